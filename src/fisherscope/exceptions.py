@@ -1,0 +1,31 @@
+"""Exception and warning classes shared by the whole package."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConvergenceWarning",
+    "DatasetNotFoundError",
+    "ModelModeWarning",
+    "NotFittedError",
+]
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A detector was used before ``fit`` (compatible with scikit-learn's class)."""
+
+
+class ModelModeWarning(UserWarning):
+    """The model was in training mode on entry; it was run in eval mode and restored."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver (power iteration, Lanczos, C&W, DeepFool) hit its step limit."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file is missing locally; the message says which file to put where."""
+
+
+class CheckpointError(RuntimeError):
+    """A cached checkpoint is corrupt or does not match the request; it is never overwritten."""
