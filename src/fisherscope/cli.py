@@ -1,0 +1,301 @@
+"""The ``fisherscope`` command line (typer + rich).
+
+Subcommands: ``demo`` (the main job), ``reproduce``, ``report``, ``train``, ``models``,
+``data list|download``, ``list``, ``env``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="fisherscope",
+    help="The Fisher information as a working instrument for adversarial robustness.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: what is available locally, and downloading them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Dataset folder (default: $FISHERSCOPE_DATA, then ~/.cache/fisherscope/data)."),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Model checkpoint cache (default: $FISHERSCOPE_CACHE, then ~/.cache/fisherscope/models)."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Parent folder of run directories.")]
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+def _context(data_dir: Path | None, cache_dir: Path | None, quiet: bool) -> Any:
+    from .experiments import Context
+
+    return Context(data_dir=data_dir, cache_dir=cache_dir, progress=not quiet)
+
+
+def configs_dirs() -> list[Path]:
+    """Folders searched for ``fisherscope reproduce NAME``: ./configs, the source tree's, the packaged copy."""
+    here = Path(__file__).resolve().parent
+    dirs = [Path.cwd() / "configs", here.parent.parent / "configs", here / "_configs"]
+    seen, out = set(), []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def find_config(name: str) -> Path:
+    """Resolve a config name (``model-accuracy``) or path to a TOML file."""
+    p = Path(name)
+    if p.suffix == ".toml" and p.is_file():
+        return p
+    for d in configs_dirs():
+        cand = d / f"{name.removesuffix('.toml')}.toml"
+        if cand.is_file():
+            return cand
+    available = sorted({c.stem for d in configs_dirs() for c in d.glob("*.toml")})
+    raise FileNotFoundError(
+        f"no config named {name!r}; available: {available or 'none found'} "
+        f"(searched {[str(d) for d in configs_dirs()]}). Pass a path to a .toml file or one of these names."
+    )
+
+
+def _run_and_report(config: Any, out: Path, resume: bool | Path, ctx: Any) -> Path:
+    from .experiments import run_experiment
+
+    run = run_experiment(config, out, resume=resume, context=ctx)
+    console.print(f"[green]results:[/] {run.results_path}")
+    console.print(f"[green]report:[/]  {run.dir / 'report.html'}")
+    console.print(f"          {run.dir / 'report.md'}")
+    return run.dir
+
+
+@app.command()
+def demo(
+    out: OutOpt = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest demo run without redoing finished cells.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for training and sampling.")] = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run the main job: the fisherscope tour on scikit-learn's digits, offline; prints where the report is."""
+    from .experiments import DemoConfig
+
+    try:
+        _run_and_report(DemoConfig(seed=seed), out, resume, _context(data_dir, cache_dir, quiet))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def reproduce(
+    name: Annotated[str, typer.Argument(help="Config name in configs/ (e.g. model-accuracy) or a path to a TOML file.")],
+    out: OutOpt = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this config.")] = False,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Resume this run directory.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set seed=1.")] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run a paper table/figure config from configs/ (resumable)."""
+    from .experiments import load_config
+
+    try:
+        config = load_config(find_config(name), set_ or ())
+        _run_and_report(config, out, run_dir or resume, _context(data_dir, cache_dir, quiet))
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<timestamp>-<name>).")],
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Re-render a run's report from its stored results (computes only missing cells)."""
+    from .experiments import load_config
+
+    cfg_path = run_dir / "config.json"
+    try:
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{run_dir} has no config.json; pass a run directory made by fisherscope.")
+        config = load_config(json.loads(cfg_path.read_text())["config"])
+        _run_and_report(config, run_dir.parent, run_dir, _context(data_dir, cache_dir, True))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def train(
+    arch: Annotated[str, typer.Argument(help="Architecture name (see `fisherscope models`).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name.")] = "digits",
+    preset: Annotated[str | None, typer.Option(help="Named hyperparameter preset (default: the architecture's).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Mini-batch size.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (training is deterministic given it).")] = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a model (or load it from the checkpoint cache) and report its accuracy."""
+    from .experiments.common import trained_model
+
+    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer).items() if v is not None}
+    try:
+        trained = trained_model(arch, dataset, _context(data_dir, cache_dir, quiet), seed=seed,
+                                preset=preset, overrides=overrides)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+        return
+    m = trained.metrics
+    src = "loaded from cache" if trained.from_cache else "trained"
+    console.print(
+        f"{arch} on {dataset}: {src} — train accuracy {m['train_accuracy']:.4f}, "
+        f"test accuracy {m['test_accuracy']:.4f}, training time {m['wall_time_s']:.1f} s"
+    )
+    console.print(f"checkpoint: {trained.checkpoint}")
+
+
+@app.command()
+def models() -> None:
+    """List the model architectures and their default training presets."""
+    from .models import MODELS, PRESETS
+
+    table = Table("name", "description")
+    for name, ctor in MODELS.items():
+        doc = (ctor.__doc__ or "").strip().splitlines()
+        table.add_row(name, doc[0] if doc else "")
+    console.print(table)
+    ptable = Table("preset", "arch", "dataset", "hyperparameters")
+    for pname, p in PRESETS.items():
+        hp = {k: v for k, v in p.items() if k not in ("arch", "dataset")}
+        ptable.add_row(pname, p.get("arch", ""), p.get("dataset", ""), json.dumps(hp))
+    console.print(ptable)
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDirOpt = None) -> None:
+    """Show which datasets are available locally and where they came from."""
+    from .data import list_datasets, resolve_data_dir
+
+    table = Table("name", "available", "train", "test", "source", "checksum")
+    for row in list_datasets(data_dir):
+        table.add_row(
+            row.name,
+            "yes" if row.available else "no",
+            str(row.n_train or "–"),
+            str(row.n_test or "–"),
+            str(row.source),
+            (row.checksum or "")[:16],
+        )
+    console.print(f"data directory: {resolve_data_dir(data_dir)}")
+    console.print(table)
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="mnist, fashion_mnist or cifar10.")],
+    data_dir: DataDirOpt = None,
+    mirror: Annotated[str | None, typer.Option(help="Base URL to fetch the raw files from instead of the canonical one.")] = None,
+    raw_dir: Annotated[Path | None, typer.Option("--raw-dir", help="Convert raw files already in this folder (no network).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the npz exists.")] = False,
+) -> None:
+    """Fetch the canonical distribution files, check their checksums and write <name>.npz."""
+    from .data import download_dataset
+
+    try:
+        path = download_dataset(name, data_dir, mirror=mirror, raw_dir=raw_dir, force=force)
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]wrote[/] {path}")
+
+
+@app.command("list")
+def list_registries() -> None:
+    """Print the registries: models, datasets, experiments (and later attacks, detectors)."""
+    for title, reg in _registries().items():
+        table = Table(title=title, show_header=False)
+        table.add_column("name")
+        table.add_column("description")
+        for key, value in reg.items():
+            table.add_row(key, _describe(value))
+        console.print(table)
+
+
+def _describe(value: Any) -> str:
+    desc = getattr(value, "description", None)
+    if isinstance(desc, str):
+        return desc
+    doc = (getattr(value, "__doc__", None) or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def _registries() -> dict[str, dict[str, Any]]:
+    from .data import DATASETS
+    from .experiments import EXPERIMENTS
+    from .models import MODELS
+
+    regs: dict[str, dict[str, Any]] = {"models": MODELS, "datasets": DATASETS, "experiments": EXPERIMENTS}
+    configs = {c.stem: c for d in configs_dirs() for c in sorted(d.glob("*.toml"))}
+    regs["configs"] = {name: _ConfigEntry(path) for name, path in configs.items()}
+    return regs
+
+
+class _ConfigEntry:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            from .experiments.config import read_toml
+
+            self.description = str(read_toml(path).get("description", "")) or str(path)
+        except ValueError as exc:
+            self.description = f"invalid: {exc}"
+
+
+@app.command()
+def env() -> None:
+    """Print versions, git SHA and device (paste this into bug reports)."""
+    from .data import resolve_data_dir
+    from .experiments.provenance import environment
+
+    info = environment()
+    info["data_dir"] = str(resolve_data_dir())
+    info["cache_dir"] = os.environ.get("FISHERSCOPE_CACHE", str(Path.home() / ".cache" / "fisherscope" / "models"))
+    for k, v in info.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                console.print(f"{kk:>14}: {vv}")
+        else:
+            console.print(f"{k:>14}: {v}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=os.environ.get("FISHERSCOPE_LOGLEVEL", "WARNING"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    app(args=argv, prog_name="fisherscope")

@@ -1,0 +1,247 @@
+"""The dataset registry: what each known dataset is, where it comes from, how to verify it.
+
+``DATASETS`` is a plain dict (name -> :class:`DatasetSpec`); the CLI's ``data list``,
+the experiment configs and the tests all read it. Tests that convert tiny self-written
+raw files replace an entry with :func:`dataclasses.replace` (for example through
+``monkeypatch.setitem(DATASETS, "mnist", replace(DATASETS["mnist"], raw_files=...))``):
+every function looks the spec up at call time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ALIASES", "DATASETS", "DatasetSpec", "RawFile", "get_spec"]
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One file of a dataset's canonical distribution.
+
+    Attributes
+    ----------
+    filename : str
+        Name of the file as published (appended to a base URL to download it).
+    md5 : str
+        The published md5 of the file; checked before the file is parsed.
+    role : str
+        What the converter does with it: ``"train_images"``, ``"train_labels"``,
+        ``"test_images"``, ``"test_labels"`` (idx files), ``"archive"`` (the CIFAR
+        tar.gz), or ``"train_batch"`` / ``"test_batch"`` / ``"meta"`` (CIFAR's
+        extracted python batches).
+    """
+
+    filename: str
+    md5: str
+    role: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the library knows about one named dataset.
+
+    Attributes
+    ----------
+    name : str
+        Registry key; the converted file is ``<data_dir>/<name>.npz``.
+    title : str
+        Human-readable name.
+    format : str
+        ``"sklearn"`` (bundled with scikit-learn, nothing to download), ``"idx"``
+        (MNIST-style idx files) or ``"cifar-python"`` (CIFAR python pickle batches).
+    classes : tuple of str
+        Class names, index = label.
+    image_shape : tuple of int
+        ``(C, H, W)`` of one image as :class:`ImageDataset` returns it.
+    n_train, n_test : int
+        Number of samples in each split.
+    urls : tuple of str
+        Base URLs of the canonical distribution, tried in order.
+    raw_files : tuple of RawFile
+        The files to fetch from ``urls`` (with their published md5).
+    extracted_files : tuple of RawFile
+        An alternative offline input: the files of an already extracted archive
+        (CIFAR-10's ``cifar-10-batches-py`` folder), each with its published md5.
+    file_sha256 : tuple of str
+        sha256 of byte-exact ``<name>.npz`` files known to be correct (fast path: a file
+        with one of these hashes is not decoded to check its content).
+    content_sha256 : str or None
+        The known content digest (:func:`fisherscope.data.content_sha256`) of the
+        dataset; a file whose content differs is rejected. ``None`` when not known:
+        the file's own content digest then identifies it.
+    homepage, reference : str
+        Where the dataset is described and how to cite it.
+    """
+
+    name: str
+    title: str
+    format: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    n_train: int
+    n_test: int
+    urls: tuple[str, ...] = ()
+    raw_files: tuple[RawFile, ...] = ()
+    extracted_files: tuple[RawFile, ...] = ()
+    file_sha256: tuple[str, ...] = ()
+    content_sha256: str | None = None
+    homepage: str = ""
+    reference: str = ""
+
+    @property
+    def filename(self) -> str:
+        """Name of the converted file inside the data directory."""
+        return f"{self.name}.npz"
+
+    @property
+    def downloadable(self) -> bool:
+        """Whether ``download_dataset`` can fetch and convert it."""
+        return self.format in ("idx", "cifar-python")
+
+
+_DIGIT_CLASSES = tuple(str(i) for i in range(10))
+
+_IDX_ROLES = (
+    ("train-images-idx3-ubyte.gz", "train_images"),
+    ("train-labels-idx1-ubyte.gz", "train_labels"),
+    ("t10k-images-idx3-ubyte.gz", "test_images"),
+    ("t10k-labels-idx1-ubyte.gz", "test_labels"),
+)
+
+
+def _idx_files(md5s: tuple[str, str, str, str]) -> tuple[RawFile, ...]:
+    return tuple(
+        RawFile(filename, md5, role) for (filename, role), md5 in zip(_IDX_ROLES, md5s, strict=True)
+    )
+
+
+# Content digest of MNIST, computed once with fisherscope.data.content_sha256 from the
+# byte-exact file /work/shared/datasets/mnist.npz (file sha256 1a9fb53b...0514e, whose
+# provenance -- every part byte-identical to the canonical idx files -- is documented in
+# that folder's MANIFEST.md). Any correct conversion of the official idx files (for
+# example by `fisherscope data download mnist`) has this digest even though its zip
+# bytes differ.
+_MNIST_CONTENT_SHA256 = "e2c4de9e0b7a1a2b36c02d6ee1c6ed8fe1ddea8e0e8d8f74d2f17c5ba0aba9c4"
+_MNIST_FILE_SHA256 = "1a9fb53be6f83d6098d96fa99748e157b118a436c2c6818a7bb2a9cb7fd0514e"
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        name="digits",
+        title="scikit-learn 8x8 handwritten digits",
+        format="sklearn",
+        classes=_DIGIT_CLASSES,
+        image_shape=(1, 8, 8),
+        n_train=1347,
+        n_test=450,
+        homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+        reference="UCI ML hand-written digits (optdigits), test set; bundled with scikit-learn",
+    ),
+    "mnist": DatasetSpec(
+        name="mnist",
+        title="MNIST handwritten digits",
+        format="idx",
+        classes=_DIGIT_CLASSES,
+        image_shape=(1, 28, 28),
+        n_train=60000,
+        n_test=10000,
+        urls=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        raw_files=_idx_files(
+            (
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+            )
+        ),
+        file_sha256=(_MNIST_FILE_SHA256,),
+        content_sha256=_MNIST_CONTENT_SHA256,
+        homepage="http://yann.lecun.com/exdb/mnist/",
+        reference="LeCun, Bottou, Bengio, Haffner (1998), Gradient-based learning applied to document recognition",
+    ),
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        title="Fashion-MNIST (Zalando article images)",
+        format="idx",
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        image_shape=(1, 28, 28),
+        n_train=60000,
+        n_test=10000,
+        urls=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
+        raw_files=_idx_files(
+            (
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+            )
+        ),
+        homepage="https://github.com/zalandoresearch/fashion-mnist",
+        reference="Xiao, Rasul, Vollgraf (2017), Fashion-MNIST, arXiv:1708.07747",
+    ),
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        title="CIFAR-10 (32x32 colour images)",
+        format="cifar-python",
+        classes=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+        image_shape=(3, 32, 32),
+        n_train=50000,
+        n_test=10000,
+        urls=("https://www.cs.toronto.edu/~kriz/",),
+        raw_files=(RawFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "archive"),),
+        extracted_files=(
+            RawFile("data_batch_1", "c99cafc152244af753f735de768cd75f", "train_batch"),
+            RawFile("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec", "train_batch"),
+            RawFile("data_batch_3", "54ebc095f3ab1f0389bbae665268c751", "train_batch"),
+            RawFile("data_batch_4", "634d18415352ddfa80567beed471001a", "train_batch"),
+            RawFile("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb", "train_batch"),
+            RawFile("test_batch", "40351d587109b95175f43aff81a1287e", "test_batch"),
+            RawFile("batches.meta", "5ff9c542aee3614f3951f8cda6e48888", "meta"),
+        ),
+        homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+        reference="Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
+    ),
+}
+
+# Spellings accepted by ``load_dataset`` / ``download_dataset`` besides the registry keys.
+ALIASES: dict[str, str] = {
+    "fashion-mnist": "fashion_mnist",
+    "fashionmnist": "fashion_mnist",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+}
+
+
+def get_spec(name: str) -> DatasetSpec | None:
+    """The registry entry for ``name`` (or one of its aliases), else ``None``."""
+    if name in DATASETS:
+        return DATASETS[name]
+    key = ALIASES.get(name.lower(), name.lower())
+    return DATASETS.get(key)

@@ -1,0 +1,59 @@
+"""Pieces several experiments share: loading data and (cached) models for a run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Context
+
+__all__ = ["trained_model", "predict", "load_split"]
+
+
+def load_split(name: str, split: str, ctx: Context) -> Any:
+    from ..data import load_dataset
+
+    return load_dataset(name, split, data_dir=ctx.data_dir)
+
+
+def trained_model(
+    arch: str,
+    dataset: str,
+    ctx: Context,
+    *,
+    seed: int,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """Train ``arch`` on ``dataset`` with a named preset (or the arch's defaults), cached.
+
+    Returns the :class:`~fisherscope.models.TrainedModel`; a repeated call with the same
+    request loads the checkpoint instead of training.
+    """
+    from ..models import resolve_preset, train_model
+
+    kwargs = dict(resolve_preset(preset or arch, dataset))
+    kwargs.update(overrides or {})
+    kwargs["seed"] = seed
+    train = load_split(dataset, "train", ctx)
+    test = load_split(dataset, "test", ctx)
+    return train_model(
+        arch, train, test_dataset=test, cache_dir=ctx.cache_dir, progress=ctx.progress,
+        device=ctx.device, **kwargs,
+    )
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Predicted classes, batched, in eval mode (the caller's mode is restored)."""
+    from .._validation import eval_mode
+
+    device = next(model.parameters()).device
+    out = []
+    with eval_mode(model, warn=False):
+        for i in range(0, x.shape[0], batch_size):
+            out.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
+    return torch.cat(out).numpy()

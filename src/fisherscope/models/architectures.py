@@ -1,0 +1,947 @@
+"""The papers' image classifiers, with normalisation inside the model.
+
+Every model maps images ``x`` of shape (N, C, H, W) with values in [0, 1] to logits of
+shape (N, K). The first module is a :class:`Normalize` whose per-channel ``mean`` and
+``std`` buffers belong to the state dict; :func:`fisherscope.models.train_model` sets
+them from the training data, so a checkpoint carries its own preprocessing.
+
+Conventions shared by all constructors (keyword-only):
+
+- ``in_channels``, ``num_classes``: input channels C and number of classes K.
+- ``activation``: ``"relu"`` | ``"elu"`` | ``"gelu"``; built as ``nn.ReLU`` /
+  ``nn.ELU`` / ``nn.GELU`` *modules* (never functional calls, never in-place), one
+  instance per use, so forward / backward hooks (guided backprop, activation capture)
+  can find and replace them.
+- ``dropout``: rate of the ``nn.Dropout`` layers used for MC-dropout (0 by default).
+  With ``dropout=0`` the dropout slots hold ``nn.Identity``, so the state dict keys do
+  not depend on the rate: weights trained without dropout load into the same
+  architecture built with ``dropout=0.5`` for MC-dropout.
+- ``input_size``: side length of the square input where the flatten size depends on it.
+
+Unknown architecture names or keyword arguments raise ``ValueError`` listing the valid
+ones (:func:`build_model` and the :data:`MODELS` entries).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "MODELS",
+    "AsLogits",
+    "ConvNetBN",
+    "DigitsCNN",
+    "LeNet5",
+    "MnistCNN",
+    "Normalize",
+    "ResNet14",
+    "ResNet18",
+    "VGG11",
+    "VGGSmall",
+    "as_logits",
+    "build_model",
+    "count_parameters",
+    "find_normalize",
+    "model_parameters",
+]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _activation(name: str) -> nn.Module:
+    return ACTIVATIONS[name]()
+
+
+def _dropout(rate: float) -> nn.Module:
+    return nn.Dropout(rate) if rate > 0 else nn.Identity()
+
+
+def _check_common(
+    cls_name: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    activation: str,
+    dropout: float,
+    input_size: int | None = None,
+    min_input_size: int = 1,
+) -> None:
+    def _int(name: str, value: Any, minimum: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{cls_name}: {name} must be an integer >= {minimum}; got {value!r}.")
+
+    _int("in_channels", in_channels, 1)
+    _int("num_classes", num_classes, 2)
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"{cls_name}: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}."
+        )
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, int | float)
+        or not 0.0 <= float(dropout) < 1.0
+    ):
+        raise ValueError(f"{cls_name}: dropout must be a rate in [0, 1); got {dropout!r}.")
+    if input_size is not None:
+        _int("input_size", input_size, min_input_size)
+
+
+def _check_spatial(x: torch.Tensor, input_size: int, name: str) -> None:
+    if x.ndim != 4 or x.shape[-2] != input_size or x.shape[-1] != input_size:
+        raise ValueError(
+            f"{name} expects images of shape (N, C, {input_size}, {input_size}); got shape "
+            f"{tuple(x.shape)}. Build the model with input_size={x.shape[-1] if x.ndim == 4 else '?'} "
+            "or resize the images."
+        )
+
+
+def _init_conv_bn(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convolutions and unit BatchNorm, as torchvision does."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation ``(x - mean) / std`` inside the model.
+
+    ``mean`` and ``std`` are buffers (part of the state dict, not parameters), shaped
+    (1, C, 1, 1). They start at 0 and 1 (identity);
+    :func:`fisherscope.models.train_model` sets them from the training set.
+
+    Parameters
+    ----------
+    num_channels : int
+        Number of input channels C.
+
+    Shapes
+    ------
+    x: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, num_channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, num_channels, 1, 1))
+
+    @torch.no_grad()
+    def set_statistics(
+        self, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+    ) -> None:
+        """Set the per-channel mean and std (length C each; std must be positive)."""
+        mean_t = torch.as_tensor(mean, dtype=self.mean.dtype).flatten()
+        std_t = torch.as_tensor(std, dtype=self.std.dtype).flatten()
+        c = self.mean.shape[1]
+        if mean_t.numel() != c or std_t.numel() != c:
+            raise ValueError(
+                f"Normalize has {c} channels; got mean of length {mean_t.numel()} and std of "
+                f"length {std_t.numel()}. Pass one value per channel."
+            )
+        if not bool(torch.isfinite(mean_t).all()) or not bool((std_t > 0).all()):
+            raise ValueError(
+                f"Normalize needs finite means and positive stds; got mean={mean_t.tolist()}, "
+                f"std={std_t.tolist()}. A constant channel has std 0: use std=1 for it."
+            )
+        self.mean.copy_(mean_t.view(1, c, 1, 1))
+        self.std.copy_(std_t.view(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"num_channels={self.mean.shape[1]}"
+
+
+def find_normalize(model: nn.Module) -> Normalize:
+    """The model's single :class:`Normalize` module.
+
+    Raises
+    ------
+    ValueError
+        The model has no ``Normalize`` module or more than one.
+    """
+    found = [m for m in model.modules() if isinstance(m, Normalize)]
+    if len(found) != 1:
+        raise ValueError(
+            f"expected exactly one fisherscope.models.Normalize module in "
+            f"{type(model).__name__}; found {len(found)}. Registry models have one as "
+            "their first module; put yours in front of the network."
+        )
+    return found[0]
+
+
+# ------------------------------------------------------------------- small MNIST nets
+
+
+class MnistCNN(nn.Module):
+    """The Keras ``mnist_cnn`` example network (Martin & Elster's MNIST stand-in).
+
+    conv 32 (3x3) - act - conv 64 (3x3) - act - max-pool 2 - [dropout] - fc 128 - act -
+    [dropout] - fc K. The Keras example uses dropout 0.25 / 0.5 at the two slots; here
+    both slots use ``dropout`` (0 by default). 1,199,882 parameters for MNIST.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+        Input channels and classes (1 and 10 for MNIST).
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+        Rate of both dropout slots.
+    input_size : int
+        Side of the square input (28 for MNIST); the flatten size is
+        ``64 * ((input_size - 4) // 2) ** 2``.
+
+    Shapes
+    ------
+    x: (N, in_channels, input_size, input_size) in [0, 1] -> logits (N, num_classes).
+
+    References
+    ----------
+    .. [1] F. Chollet et al., Keras examples, ``mnist_cnn.py`` (2015).
+    .. [2] J. Martin and C. Elster, "Inspecting adversarial examples using the Fisher
+       information", Neurocomputing 382 (2020); arXiv:1909.05527.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_size: int = 28,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "mnist_cnn", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout, input_size=input_size, min_input_size=6,
+        )  # fmt: skip
+        self.input_size = input_size
+        side = (input_size - 4) // 2
+        self.normalize = Normalize(in_channels)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3),
+            _activation(activation),
+            nn.Conv2d(32, 64, 3),
+            _activation(activation),
+            nn.MaxPool2d(2),
+            _dropout(dropout),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 128),
+            _activation(activation),
+            _dropout(dropout),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_spatial(x, self.input_size, "mnist_cnn")
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 with max-pooling (Zhao et al.'s MNIST network).
+
+    conv 6 (5x5, pad 2) - act - max-pool 2 - conv 16 (5x5) - act - max-pool 2 - fc 120 -
+    act - [dropout] - fc 84 - act - [dropout] - fc K. 61,706 parameters for MNIST.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+        Zhao's "-adv" variants use ELU.
+    dropout : float
+    input_size : int
+        28 for MNIST, 32 for CIFAR-10; flatten size ``16 * ((input_size // 2 - 4) // 2) ** 2``.
+
+    Shapes
+    ------
+    x: (N, in_channels, input_size, input_size) in [0, 1] -> logits (N, num_classes).
+
+    References
+    ----------
+    .. [1] Y. LeCun, L. Bottou, Y. Bengio and P. Haffner, "Gradient-based learning applied
+       to document recognition", Proc. IEEE 86(11) (1998).
+    .. [2] C. Zhao, P. T. Fletcher, M. Yu, Y. Peng, G. Zhang and C. Shen, "The adversarial
+       attack and detection under the Fisher information metric", AAAI 2019.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_size: int = 28,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "lenet5", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout, input_size=input_size, min_input_size=12,
+        )  # fmt: skip
+        self.input_size = input_size
+        side = (input_size // 2 - 4) // 2
+        self.normalize = Normalize(in_channels)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2),
+            _activation(activation),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            _activation(activation),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * side * side, 120),
+            _activation(activation),
+            _dropout(dropout),
+            nn.Linear(120, 84),
+            _activation(activation),
+            _dropout(dropout),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_spatial(x, self.input_size, "lenet5")
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class ConvNetBN(nn.Module):
+    """Shen et al.'s MNIST "ConvNet": two conv layers with batch norm, one fc layer.
+
+    conv 32 (5x5, pad 2) - BN - act - max-pool 2 - conv 64 (5x5, pad 2) - BN - act -
+    max-pool 2 - [dropout] - fc K. The paper gives only "two convolutional layers with
+    batch normalization and one fully connected layer ... 99%"; widths and kernel sizes
+    are the common PyTorch MNIST choice. 83,658 parameters for MNIST.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+    input_size : int
+        Flatten size ``64 * (input_size // 4) ** 2``.
+
+    Shapes
+    ------
+    x: (N, in_channels, input_size, input_size) in [0, 1] -> logits (N, num_classes).
+
+    References
+    ----------
+    .. [1] C. Shen, Y. Peng, G. Zhang and J. Fan, "Defending against adversarial attacks
+       by suppressing the largest eigenvalue of Fisher information matrix",
+       arXiv:1909.06137 (2019).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_size: int = 28,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "convnet_bn", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout, input_size=input_size, min_input_size=4,
+        )  # fmt: skip
+        self.input_size = input_size
+        side = input_size // 4
+        self.normalize = Normalize(in_channels)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=2),
+            nn.BatchNorm2d(32),
+            _activation(activation),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.BatchNorm2d(64),
+            _activation(activation),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            _dropout(dropout),
+            nn.Linear(64 * side * side, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_spatial(x, self.input_size, "convnet_bn")
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for scikit-learn's 8x8 digits (the offline default dataset).
+
+    conv 32 (3x3, pad 1) - act - conv 64 (3x3, pad 1) - act - max-pool 2 - [dropout] -
+    fc 128 - act - [dropout] - fc K. 151,306 parameters for 8x8 digits; about 98% test
+    accuracy after a few seconds of training on two cores.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+    input_size : int
+        8 for sklearn's digits; flatten size ``64 * (input_size // 2) ** 2``.
+
+    Shapes
+    ------
+    x: (N, in_channels, input_size, input_size) in [0, 1] -> logits (N, num_classes).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_size: int = 8,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "digits_cnn", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout, input_size=input_size, min_input_size=2,
+        )  # fmt: skip
+        self.input_size = input_size
+        side = input_size // 2
+        self.normalize = Normalize(in_channels)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            _activation(activation),
+            nn.Conv2d(32, 64, 3, padding=1),
+            _activation(activation),
+            nn.MaxPool2d(2),
+            _dropout(dropout),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 128),
+            _activation(activation),
+            _dropout(dropout),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_spatial(x, self.input_size, "digits_cnn")
+        return self.classifier(self.features(self.normalize(x)))
+
+
+# ------------------------------------------------------------------------------ VGG
+
+
+def _vgg_features(
+    cfg: Sequence[int | str], in_channels: int, activation: str, batch_norm: bool
+) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    c = in_channels
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            assert isinstance(v, int)
+            layers.append(nn.Conv2d(c, v, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(_activation(activation))
+            c = v
+    return nn.Sequential(*layers)
+
+
+def _vgg_classifier(
+    in_features: int, width: int, num_classes: int, activation: str, dropout: float
+) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, width),
+        _activation(activation),
+        _dropout(dropout),
+        nn.Linear(width, width),
+        _activation(activation),
+        _dropout(dropout),
+        nn.Linear(width, num_classes),
+    )
+
+
+class VGGSmall(nn.Module):
+    """Zhao et al.'s shallow VGG-16: conv4-1 ... conv5-3 removed.
+
+    Features ``64, 64, M, 128, 128, M, 256, 256, 256, M`` (3x3 convs, max-pool 2), then
+    fc ``classifier_width`` - act - [dropout] - fc ``classifier_width`` - act - [dropout] -
+    fc K, as VGG's three-layer classifier with a smaller width.
+
+    Batch norm after every convolution by default (``batch_norm=True``): the paper does not
+    say; with BN the net trains from scratch reliably with the same recipe on MNIST and
+    CIFAR-10. ``batch_norm=False`` gives the plain 2014 VGG layers (conv biases on).
+    With ``in_channels=1, input_size=28`` it is Zhao's MNIST "VGG" (28 -> 3 after three
+    pools, flatten 2,304); the defaults are CIFAR-10 (3 x 32 x 32, flatten 4,096).
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+    input_size : int
+        Flatten size ``256 * (input_size // 8) ** 2``.
+    batch_norm : bool
+    classifier_width : int
+        Width of the two hidden fully connected layers (512).
+
+    Shapes
+    ------
+    x: (N, in_channels, input_size, input_size) in [0, 1] -> logits (N, num_classes).
+
+    References
+    ----------
+    .. [1] K. Simonyan and A. Zisserman, "Very deep convolutional networks for large-scale
+       image recognition", ICLR 2015.
+    .. [2] C. Zhao et al., "The adversarial attack and detection under the Fisher
+       information metric", AAAI 2019.
+    """
+
+    cfg: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M")
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_size: int = 32,
+        batch_norm: bool = True,
+        classifier_width: int = 512,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "vgg_small", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout, input_size=input_size, min_input_size=8,
+        )  # fmt: skip
+        if not isinstance(batch_norm, bool):
+            raise ValueError(f"vgg_small: batch_norm must be True or False; got {batch_norm!r}.")
+        if isinstance(classifier_width, bool) or not isinstance(classifier_width, int) or classifier_width < 1:
+            raise ValueError(f"vgg_small: classifier_width must be a positive integer; got {classifier_width!r}.")
+        self.input_size = input_size
+        side = input_size // 8
+        self.normalize = Normalize(in_channels)
+        self.features = _vgg_features(self.cfg, in_channels, activation, batch_norm)
+        self.classifier = _vgg_classifier(
+            256 * side * side, classifier_width, num_classes, activation, dropout
+        )
+        _init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_spatial(x, self.input_size, "vgg_small")
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class VGG11(nn.Module):
+    """Shen et al.'s simplified 11-layer VGG for CIFAR-10 (VGG-11 "A" with batch norm).
+
+    Features ``64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M`` (eight 3x3 convs,
+    each followed by BN and the activation), then a small three-layer classifier
+    fc ``classifier_width`` - act - [dropout] - fc ``classifier_width`` - act -
+    [dropout] - fc K: 8 + 3 = 11 weight layers. For 32 x 32 inputs the feature map is
+    512 x 1 x 1.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+    input_size : int
+        Multiple of 32 expected; flatten size ``512 * (input_size // 32) ** 2``.
+    classifier_width : int
+        512 by default (the 2014 VGG uses 4096 for ImageNet).
+
+    Shapes
+    ------
+    x: (N, in_channels, input_size, input_size) in [0, 1] -> logits (N, num_classes).
+
+    References
+    ----------
+    .. [1] K. Simonyan and A. Zisserman, ICLR 2015 (configuration A).
+    .. [2] C. Shen et al., arXiv:1909.06137 (2019).
+    """
+
+    cfg: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_size: int = 32,
+        classifier_width: int = 512,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "vgg11", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout, input_size=input_size, min_input_size=32,
+        )  # fmt: skip
+        if isinstance(classifier_width, bool) or not isinstance(classifier_width, int) or classifier_width < 1:
+            raise ValueError(f"vgg11: classifier_width must be a positive integer; got {classifier_width!r}.")
+        self.input_size = input_size
+        side = input_size // 32
+        self.normalize = Normalize(in_channels)
+        self.features = _vgg_features(self.cfg, in_channels, activation, batch_norm=True)
+        self.classifier = _vgg_classifier(
+            512 * side * side, classifier_width, num_classes, activation, dropout
+        )
+        _init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_spatial(x, self.input_size, "vgg11")
+        return self.classifier(self.features(self.normalize(x)))
+
+
+# --------------------------------------------------------------------------- ResNets
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN and an identity (or 1x1 conv + BN projection) shortcut.
+
+    Module names follow torchvision (``conv1, bn1, conv2, bn2, downsample``) so that
+    torchvision ResNet-18 state dicts map onto :class:`ResNet18`. Each activation is
+    its own module (``act1``, ``act2``).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int, activation: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = _activation(activation)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = _activation(activation)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + identity)
+
+
+def _make_stage(in_planes: int, planes: int, blocks: int, stride: int, activation: str) -> nn.Sequential:
+    layers = [BasicBlock(in_planes, planes, stride, activation)]
+    layers += [BasicBlock(planes, planes, 1, activation) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class ResNet14(nn.Module):
+    """Shen et al.'s 14-layer ResNet for GTSRB (CIFAR-style, depth 6n + 2 with n = 2).
+
+    3x3 conv stem (``base_width`` channels) - BN - act, three stages of two basic blocks
+    with ``base_width * (1, 2, 4)`` channels (strides 1, 2, 2; 1x1 projection shortcuts
+    where the shape changes), global average pooling, [dropout], fc K: 1 + 12 + 1 = 14
+    weight layers on the main path. Any input size works (global pooling); GTSRB is
+    rescaled to 32 x 32. ``num_classes`` defaults to 43 (GTSRB).
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+    base_width : int
+        Channels of the first stage (16, as in He et al.'s CIFAR ResNets).
+
+    Shapes
+    ------
+    x: (N, in_channels, H, W) in [0, 1] -> logits (N, num_classes).
+
+    References
+    ----------
+    .. [1] K. He, X. Zhang, S. Ren and J. Sun, "Deep residual learning for image
+       recognition", CVPR 2016 (section 4.2, CIFAR-10 networks).
+    .. [2] C. Shen et al., arXiv:1909.06137 (2019).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        num_classes: int = 43,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        base_width: int = 16,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "resnet14", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout,
+        )  # fmt: skip
+        if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
+            raise ValueError(f"resnet14: base_width must be a positive integer; got {base_width!r}.")
+        w = base_width
+        self.normalize = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.act1 = _activation(activation)
+        self.layer1 = _make_stage(w, w, 2, 1, activation)
+        self.layer2 = _make_stage(w, 2 * w, 2, 2, activation)
+        self.layer3 = _make_stage(2 * w, 4 * w, 2, 2, activation)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = _dropout(dropout)
+        self.fc = nn.Linear(4 * w, num_classes)
+        _init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(self.normalize(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.dropout(self.flatten(self.avgpool(x))))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 with the ImageNet stem, written to match ``torchvision.models.resnet18``.
+
+    7x7/2 conv 64 - BN - act - 3x3/2 max-pool, four stages of two basic blocks (64, 128,
+    256, 512 channels), global average pooling, [dropout], fc K. Module names match
+    torchvision's, so a torchvision state dict loads with
+    ``model.load_state_dict(sd, strict=False)`` (only ``normalize.*`` is extra; set it to
+    the ImageNet statistics). 11,689,512 parameters with ``num_classes=1000``.
+
+    Martin & Elster fine-tuned torchvision's ImageNet-pretrained ResNet-18 on CIFAR-10
+    upscaled to 224 x 224 (92.7% test accuracy). Pretrained weights cannot be downloaded
+    here (no network access, torchvision not installed), so fisherscope trains this
+    network from scratch; expect a different operating point from the paper's.
+    ``input_resize=224`` reproduces the paper's upscaling *inside* the model (bilinear),
+    so inputs and adversarial perturbations stay 32 x 32.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+    input_resize : int or None
+        Resize inputs to ``input_resize x input_resize`` (bilinear, after normalisation)
+        before the stem; ``None`` keeps the input size.
+
+    Shapes
+    ------
+    x: (N, in_channels, H, W) in [0, 1] -> logits (N, num_classes).
+
+    References
+    ----------
+    .. [1] K. He et al., "Deep residual learning for image recognition", CVPR 2016.
+    .. [2] J. Martin and C. Elster, arXiv:1909.05527 (2019), section 4.2.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_resize: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "resnet18", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout,
+        )  # fmt: skip
+        if input_resize is not None and (
+            isinstance(input_resize, bool) or not isinstance(input_resize, int) or input_resize < 8
+        ):
+            raise ValueError(f"resnet18: input_resize must be None or an integer >= 8; got {input_resize!r}.")
+        self.input_resize = input_resize
+        self.normalize = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.act1 = _activation(activation)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = _make_stage(64, 64, 2, 1, activation)
+        self.layer2 = _make_stage(64, 128, 2, 2, activation)
+        self.layer3 = _make_stage(128, 256, 2, 2, activation)
+        self.layer4 = _make_stage(256, 512, 2, 2, activation)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = _dropout(dropout)
+        self.fc = nn.Linear(512, num_classes)
+        _init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        if self.input_resize is not None:
+            x = nn.functional.interpolate(
+                x, size=(self.input_resize, self.input_resize), mode="bilinear", align_corners=False
+            )
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.dropout(self.flatten(self.avgpool(x))))
+
+
+# ------------------------------------------------------------------------- registry
+
+
+def _registered(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    """A keyword-only factory for ``cls`` that turns bad keywords into ``ValueError``."""
+    sig = inspect.signature(cls.__init__)
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    valid = [p.name for p in params]
+
+    @functools.wraps(cls, updated=())
+    def factory(*args: Any, **kwargs: Any) -> nn.Module:
+        if args:
+            raise ValueError(
+                f"MODELS[{name!r}] takes keyword arguments only ({', '.join(valid)}); got "
+                f"{len(args)} positional argument(s)."
+            )
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown keyword argument(s) {unknown} for model {name!r}; valid keywords "
+                f"are {valid}."
+            )
+        return cls(**kwargs)
+
+    factory.__signature__ = inspect.Signature(params, return_annotation=cls)  # type: ignore[attr-defined]
+    factory.__name__ = name
+    factory.__qualname__ = name
+    return factory
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "digits_cnn": _registered("digits_cnn", DigitsCNN),
+    "mnist_cnn": _registered("mnist_cnn", MnistCNN),
+    "lenet5": _registered("lenet5", LeNet5),
+    "convnet_bn": _registered("convnet_bn", ConvNetBN),
+    "vgg_small": _registered("vgg_small", VGGSmall),
+    "vgg11": _registered("vgg11", VGG11),
+    "resnet14": _registered("resnet14", ResNet14),
+    "resnet18": _registered("resnet18", ResNet18),
+}
+"""Architecture name -> keyword-only constructor (the CLI, configs and tests use it)."""
+
+
+def model_parameters(arch: str) -> dict[str, Any]:
+    """The keyword arguments of ``MODELS[arch]`` and their defaults."""
+    _check_arch(arch)
+    sig = inspect.signature(MODELS[arch])
+    return {p.name: p.default for p in sig.parameters.values()}
+
+
+def _check_arch(arch: Any) -> None:
+    if not isinstance(arch, str) or arch not in MODELS:
+        raise ValueError(
+            f"unknown architecture {arch!r}; valid names are {sorted(MODELS)} "
+            "(fisherscope.models.MODELS)."
+        )
+
+
+def build_model(arch: str, **kwargs: Any) -> nn.Module:
+    """Build ``MODELS[arch](**kwargs)`` with validated name and keywords.
+
+    Examples
+    --------
+    >>> from fisherscope.models import build_model
+    >>> model = build_model("digits_cnn", activation="elu")
+    >>> tuple(model(torch.rand(2, 1, 8, 8)).shape)
+    (2, 10)
+
+    Raises
+    ------
+    ValueError
+        Unknown architecture (the valid names are listed) or unknown / invalid keyword.
+    """
+    _check_arch(arch)
+    return MODELS[arch](**kwargs)
+
+
+# ------------------------------------------------------------------------ adapters
+
+
+class AsLogits(nn.Module):
+    """Wraps a model that returns probabilities or log-probabilities so it returns logits.
+
+    ``output="probs"``: ``log(clamp(p, tiny))`` with ``tiny`` the smallest normal number
+    of the dtype (exact logits up to an additive per-row constant, which softmax ignores).
+    ``output="log_probs"``: returned unchanged (log-probabilities are valid logits).
+
+    Shapes
+    ------
+    x: whatever ``model`` takes -> (N, K).
+    """
+
+    def __init__(self, model: nn.Module, output: Literal["probs", "log_probs"] = "probs") -> None:
+        super().__init__()
+        if output not in ("probs", "log_probs"):
+            raise ValueError(
+                f"as_logits: output must be 'probs' or 'log_probs'; got {output!r}. Use "
+                "'probs' for a model ending in softmax, 'log_probs' for one ending in log_softmax."
+            )
+        self.model = model
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.output == "log_probs":
+            return out
+        tiny = torch.finfo(out.dtype).tiny if out.is_floating_point() else 1e-38
+        return torch.log(out.clamp_min(tiny))
+
+    def extra_repr(self) -> str:
+        return f"output={self.output!r}"
+
+
+def as_logits(model: nn.Module, output: Literal["probs", "log_probs"] = "probs") -> AsLogits:
+    """The explicit adapter for models whose outputs are not logits (DESIGN.md §3).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps (N, C, H, W) to probabilities (``output="probs"``, e.g. a final softmax) or
+        log-probabilities (``output="log_probs"``), shape (N, K).
+    output : {"probs", "log_probs"}
+
+    Returns
+    -------
+    AsLogits
+        A module returning logits z with ``softmax(z) == p`` (up to clamping of p at the
+        dtype's smallest normal number, so ``log`` stays finite).
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Softmax(dim=1))
+    >>> logits = as_logits(net, output="probs")(torch.rand(2, 1, 2, 2))
+    >>> tuple(logits.shape)
+    (2, 3)
+    """
+    return AsLogits(model, output)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+

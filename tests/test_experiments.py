@@ -1,0 +1,152 @@
+"""Config parsing, the results store, resuming and report rendering."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from fisherscope.experiments import EXPERIMENTS, Run, config_hash, load_config, render_report
+from fisherscope.experiments.base import register
+from fisherscope.experiments.config import config_from_dict, read_toml, to_toml
+from fisherscope.experiments.report import Figure, Heading, Paragraph, Table
+
+
+@dataclass(frozen=True)
+class _Inner:
+    a: int
+    b: float = 1.0
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    name: str
+    kind: str = "_test_counter"
+    seed: int = 0
+    steps: int = 3
+    tags: list[str] = field(default_factory=list)
+    inner: list[_Inner] = field(default_factory=list)
+    mode: str | None = None
+
+
+CALLS: list[str] = []
+FAIL_AT: set[int] = set()  # cells that raise, to simulate a run killed mid-way
+
+if "_test_counter" not in EXPERIMENTS:
+
+    @register("_test_counter", _Cfg, "test-only experiment counting its cells")
+    def _counter(run, cfg, ctx):
+        for i in range(cfg.steps):
+            def work(i=i):
+                CALLS.append(f"step{i}")
+                if i in FAIL_AT:
+                    raise RuntimeError("killed")
+                return {"value": i * i, "twice": 2 * i}
+            run.cell(f"step{i}", work)
+        return [Heading("Counter"), Table(["cell", "value"], [[c, v["value"]] for c, v in run.results().items()])]
+
+
+def test_unknown_keys_rejected_with_valid_list():
+    with pytest.raises(ValueError, match=r"Unknown keys in config: \['stpes'\]\. Valid keys: \[.*'steps'"):
+        config_from_dict(_Cfg, {"name": "x", "stpes": 3})
+
+
+def test_unknown_nested_key_names_its_path():
+    with pytest.raises(ValueError, match=r"Unknown keys in config\.inner\[1\]: \['c'\]"):
+        config_from_dict(_Cfg, {"name": "x", "inner": [{"a": 1}, {"a": 2, "c": 3}]})
+
+
+def test_types_checked_and_converted():
+    cfg = config_from_dict(_Cfg, {"name": "x", "inner": [{"a": 1, "b": 2}]})
+    assert cfg.inner[0].b == 2.0 and isinstance(cfg.inner[0].b, float)
+    with pytest.raises(TypeError, match=r"config\.steps must be an integer; got '3'"):
+        config_from_dict(_Cfg, {"name": "x", "steps": "3"})
+    with pytest.raises(ValueError, match=r"Missing required key config\.name"):
+        config_from_dict(_Cfg, {})
+
+
+def test_toml_round_trip_and_unknown_kind(tmp_path):
+    cfg = config_from_dict(_Cfg, {"name": "x", "tags": ["a", "b"], "inner": [{"a": 1}, {"a": 2, "b": 0.5}]})
+    path = tmp_path / "c.toml"
+    from fisherscope.experiments.config import config_to_dict
+
+    path.write_text(to_toml(config_to_dict(cfg)))
+    again = load_config(path)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    path.write_text('name = "x"\nkind = "nope"\n')
+    with pytest.raises(ValueError, match=r"'kind' must be one of \[.*'demo'"):
+        load_config(path)
+
+
+def test_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\nkind = "_test_counter"\n[[inner]]\na = 1\n')
+    cfg = load_config(path, ["steps=5", "inner.0.a=7"])
+    assert cfg.steps == 5 and cfg.inner[0].a == 7
+    with pytest.raises(ValueError, match="no key 'nope'"):
+        load_config(path, ["nope.x=1"])
+
+
+def test_invalid_toml_names_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("name = \n")
+    with pytest.raises(ValueError, match="bad.toml is not valid TOML"):
+        read_toml(path)
+
+
+def test_results_carry_provenance_and_resume_skips_finished_cells(tmp_path):
+    from fisherscope.experiments import run_experiment
+
+    CALLS.clear()
+    FAIL_AT.add(1)
+    cfg = _Cfg(name="counter", steps=3)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_experiment(cfg, tmp_path)
+    assert CALLS == ["step0", "step1"]
+    run_dir = next(tmp_path.iterdir())
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # step0's two metrics, nothing of the failed cell
+    rec = json.loads(lines[0])
+    for key in ("seed", "config_hash", "versions", "git_sha", "device", "cell", "metric", "value"):
+        assert key in rec
+    assert rec["versions"]["torch"]
+
+    # resume with a different config is refused
+    with pytest.raises(ValueError, match="different configuration"):
+        Run(_Cfg(name="counter", steps=4), tmp_path, resume=True)
+
+    # resume: finished cells are not redone, the rest completes
+    CALLS.clear()
+    FAIL_AT.clear()
+    run = run_experiment(cfg, tmp_path, resume=True)
+    assert run.dir == run_dir
+    assert CALLS == ["step1", "step2"]
+    assert run.results("step2") == {"value": 4, "twice": 4}
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_report_markdown_and_selfcontained_html(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = tmp_path / "figures" / "f.png"
+    png.parent.mkdir()
+    fig.savefig(png)
+    plt.close(fig)
+    blocks = [
+        Heading("Section"),
+        Paragraph("Some `code` and **bold** <b>escaped</b>"),
+        Table(["a", "b"], [["x", 0.123456], ["y", float("nan")]], caption="cap"),
+        Figure(png, "a line"),
+    ]
+    md, html = render_report(blocks, tmp_path, title="T")
+    text = md.read_text()
+    assert "# T" in text and "| a | b |" in text and "| x | 0.1235 |" in text and "![a line](figures/f.png)" in text
+    page = html.read_text()
+    assert "data:image/png;base64," in page and "&lt;b&gt;escaped" in page and "<code>code</code>" in page
+    assert "src='figures" not in page  # nothing external
