@@ -1,0 +1,438 @@
+"""Content-addressed checkpoint cache for trained models.
+
+A checkpoint is a dict of plain Python types and tensors, written atomically (temporary
+file + ``os.replace``) and read with ``torch.load(..., weights_only=True)``::
+
+    {"format": "fisherscope.checkpoint", "format_version": 1, "kind": "final",
+     "key": <sha256 hex>, "arch": str, "model_kwargs": dict, "config": dict,
+     "metrics": dict, "state_dict": {name: tensor}, "versions": dict, "created": str}
+
+``key`` is the sha256 of the canonical JSON of ``config`` (:func:`compute_key`), and
+``config`` holds everything that determines the weights: architecture and its keyword
+arguments, training hyperparameters, dataset identity, defense settings and the format
+version. A file whose content does not hash to its own key, or whose key is not the one
+requested, is reported with :class:`~fisherscope.exceptions.CheckpointError` and never
+overwritten. Partial checkpoints (``kind="partial"``, file ``<name>.partial.pt``) add
+optimizer, generator and RNG states so that an interrupted run resumes exactly.
+
+The cache directory is the ``cache_dir`` argument, then ``$FISHERSCOPE_CACHE``, then
+``~/.cache/fisherscope/models``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..exceptions import CheckpointError
+from .architectures import MODELS
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointInfo",
+    "TrainedModel",
+    "canonical_json",
+    "checkpoint_path",
+    "compute_key",
+    "list_checkpoints",
+    "load_checkpoint",
+    "resolve_cache_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "fisherscope.checkpoint"
+FORMAT_VERSION = 1
+CACHE_ENV_VAR = "FISHERSCOPE_CACHE"
+PARTIAL_SUFFIX = ".partial.pt"
+FINAL_SUFFIX = ".pt"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where checkpoints live: the argument, then ``$FISHERSCOPE_CACHE``, then
+    ``~/.cache/fisherscope/models``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "fisherscope" / "models"
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, ASCII, finite floats only.
+
+    Raises
+    ------
+    ValueError
+        ``obj`` holds something JSON cannot represent (tensors, sets, NaN, ...).
+    """
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"the model/training configuration must contain only JSON values (str, int, float, "
+            f"bool, None, lists and dicts of them); {exc}"
+        ) from exc
+
+
+def compute_key(config: Mapping[str, Any]) -> str:
+    """sha256 hex digest of :func:`canonical_json` of ``config``: the cache key."""
+    return hashlib.sha256(canonical_json(config).encode("ascii")).hexdigest()
+
+
+def checkpoint_path(cache_dir: str | os.PathLike[str] | None, arch: str, key: str, *, partial: bool = False) -> Path:
+    """File of the final (or partial) checkpoint for ``arch`` and ``key``."""
+    suffix = PARTIAL_SUFFIX if partial else FINAL_SUFFIX
+    return resolve_cache_dir(cache_dir) / f"{arch}-{key}{suffix}"
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    try:
+        from importlib.metadata import version
+
+        fs_version = version("fisherscope")
+    except Exception:  # not installed (source checkout)
+        fs_version = "unknown"
+    return {"fisherscope": fs_version, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def save_atomic(obj: Mapping[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(obj), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _fix_hint(path: Path) -> str:
+    return (
+        f"The file was left untouched. Delete it to retrain (rm '{path}') or pass another "
+        f"cache_dir (or set ${CACHE_ENV_VAR})."
+    )
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    expected_key: str | None = None,
+    expected_kind: str | None = None,
+    mmap: bool = False,
+) -> dict[str, Any]:
+    """Load and verify a checkpoint file (weights-only unpickling).
+
+    Verifies the format tag and version, the required fields, that ``key`` is the hash
+    of the stored ``config``, that ``arch`` / ``model_kwargs`` agree with the config
+    and, when given, ``expected_key`` and ``expected_kind``.
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable, corrupt, from another format version, inconsistent, or not the
+        requested checkpoint. The message names the file and how to fix it.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). {_fix_hint(path)}"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a fisherscope checkpoint (no format tag {FORMAT!r}). {_fix_hint(path)}"
+        )
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {ckpt.get('format_version')!r}; this "
+            f"fisherscope reads version {FORMAT_VERSION}. {_fix_hint(path)}"
+        )
+    required = ("kind", "key", "arch", "model_kwargs", "config", "state_dict")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the fields {missing}. {_fix_hint(path)}")
+    config = ckpt["config"]
+    try:
+        actual = compute_key(config)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid config ({exc}). {_fix_hint(path)}") from exc
+    if actual != ckpt["key"]:
+        raise CheckpointError(
+            f"checkpoint {path} is inconsistent: its stored key {ckpt['key']} is not the hash "
+            f"of its stored config ({actual}); it was modified or damaged. {_fix_hint(path)}"
+        )
+    if config.get("arch") != ckpt["arch"] or config.get("model_kwargs") != ckpt["model_kwargs"]:
+        raise CheckpointError(
+            f"checkpoint {path} is inconsistent: arch/model_kwargs "
+            f"({ckpt['arch']!r}, {ckpt['model_kwargs']!r}) differ from its config "
+            f"({config.get('arch')!r}, {config.get('model_kwargs')!r}). {_fix_hint(path)}"
+        )
+    if expected_kind is not None and ckpt["kind"] != expected_kind:
+        raise CheckpointError(
+            f"{path} holds a {ckpt['kind']!r} checkpoint where a {expected_kind!r} one was "
+            f"expected. {_fix_hint(path)}"
+        )
+    if expected_key is not None and ckpt["key"] != expected_key:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the request: it stores key {ckpt['key']} "
+            f"(arch {ckpt['arch']!r}) but key {expected_key} was requested under this file "
+            f"name. {_fix_hint(path)}"
+        )
+    return ckpt
+
+
+@dataclass(eq=False)
+class TrainedModel:
+    """A trained model and everything needed to reproduce or find it again.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The network, in eval mode.
+    arch : str
+        Registry name (:data:`fisherscope.models.MODELS`).
+    model_kwargs : dict
+        All constructor keywords (defaults filled in): ``MODELS[arch](**model_kwargs)``.
+    config : dict
+        Everything that determined the weights, flat: ``format_version, arch,
+        model_kwargs``, the training hyperparameters (``epochs, lr, batch_size, optimizer,
+        momentum, weight_decay, lr_schedule, augment, normalize, seed``), ``dataset``
+        (name, checksum, per-split size / shape / content sha256) and ``defense``;
+        ``key == compute_key(config)``.
+    key : str
+        sha256 cache key.
+    checkpoint_path : Path or None
+        The final checkpoint file (``None`` when trained with ``cache=False``).
+    from_cache : bool
+        True when loaded from the cache without training.
+    metrics : dict
+        ``train_accuracy`` (full training set, eval mode), ``test_accuracy`` (or None),
+        ``wall_time_s`` (training time, summed over resumed runs), ``history`` (one dict
+        per epoch), ``device``, ``versions``...
+    """
+
+    model: nn.Module
+    arch: str
+    model_kwargs: dict[str, Any]
+    config: dict[str, Any]
+    key: str
+    checkpoint_path: Path | None
+    from_cache: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """Alias of ``checkpoint_path``."""
+        return self.checkpoint_path
+
+    @property
+    def train_accuracy(self) -> float | None:
+        return self.metrics.get("train_accuracy")
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test_accuracy")
+
+    def __repr__(self) -> str:
+        acc = self.test_accuracy
+        acc_s = f"{acc:.4f}" if isinstance(acc, float) else "n/a"
+        return (
+            f"TrainedModel(arch={self.arch!r}, key={self.key[:12]}..., test_accuracy={acc_s}, "
+            f"from_cache={self.from_cache}, checkpoint_path={str(self.checkpoint_path)!r})"
+        )
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], path: Path) -> nn.Module:
+    """Build ``MODELS[arch](**model_kwargs)`` and load the state dict (eval mode, CPU)."""
+    arch = ckpt["arch"]
+    if arch not in MODELS:
+        raise CheckpointError(
+            f"checkpoint {path} is for architecture {arch!r}, which this fisherscope does not "
+            f"know (valid: {sorted(MODELS)}). Upgrade fisherscope, or delete the file."
+        )
+    try:
+        model = MODELS[arch](**ckpt["model_kwargs"])
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit architecture {arch!r} with {ckpt['model_kwargs']}: "
+            f"{str(exc).splitlines()[0]}. {_fix_hint(path)}"
+        ) from exc
+    return model.eval()
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    expected_key: str | None = None,
+) -> TrainedModel:
+    """Load a final checkpoint written by :func:`fisherscope.models.train_model`.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``<arch>-<key>.pt`` file (see :func:`list_checkpoints`).
+    device : str or torch.device, optional
+        Where to put the model (CPU by default).
+    expected_key : str, optional
+        Refuse the file unless it stores this key.
+
+    Returns
+    -------
+    TrainedModel
+        With ``from_cache=True`` and the model in eval mode.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    CheckpointError
+        Corrupt, partial, inconsistent, or another key than ``expected_key``.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path, expected_key=expected_key, expected_kind="final")
+    model = model_from_checkpoint(ckpt, path)
+    if device is not None:
+        model.to(device)
+    return TrainedModel(
+        model=model,
+        arch=ckpt["arch"],
+        model_kwargs=dict(ckpt["model_kwargs"]),
+        config=dict(ckpt["config"]),
+        key=ckpt["key"],
+        checkpoint_path=path,
+        from_cache=True,
+        metrics=dict(ckpt.get("metrics") or {}),
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One file in the checkpoint cache, as listed by :func:`list_checkpoints`.
+
+    ``status`` is ``"complete"``, ``"partial"`` (an interrupted run; training the same
+    request resumes it) or ``"corrupt"`` (``error`` says why; never used by the cache).
+    """
+
+    path: Path
+    status: str
+    arch: str | None = None
+    key: str | None = None
+    dataset: str | None = None
+    epochs_done: int | None = None
+    epochs: int | None = None
+    train_accuracy: float | None = None
+    test_accuracy: float | None = None
+    wall_time_s: float | None = None
+    created: str | None = None
+    size_bytes: int = 0
+    config: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def list_checkpoints(cache_dir: str | os.PathLike[str] | None = None) -> list[CheckpointInfo]:
+    """Every checkpoint in the cache directory, newest first.
+
+    Reads files memory-mapped (cheap even for large models) and verifies each; files that
+    fail are listed with ``status="corrupt"`` and the reason, never modified.
+
+    Parameters
+    ----------
+    cache_dir : path-like, optional
+        Defaults to :func:`resolve_cache_dir`.
+    """
+    root = resolve_cache_dir(cache_dir)
+    if not root.is_dir():
+        return []
+    infos: list[CheckpointInfo] = []
+    for path in root.glob("*.pt"):
+        if path.name.startswith("."):
+            continue
+        size = path.stat().st_size
+        try:
+            ckpt = read_checkpoint(path, mmap=True)
+        except (CheckpointError, OSError) as exc:
+            infos.append(CheckpointInfo(path=path, status="corrupt", size_bytes=size, error=str(exc)))
+            continue
+        config = ckpt["config"]
+        metrics = ckpt.get("metrics") or {}
+        partial = ckpt["kind"] == "partial"
+        training = config
+        infos.append(
+            CheckpointInfo(
+                path=path,
+                status="partial" if partial else "complete",
+                arch=ckpt["arch"],
+                key=ckpt["key"],
+                dataset=(config.get("dataset") or {}).get("name"),
+                epochs_done=int(ckpt["epoch"]) if partial else training.get("epochs"),
+                epochs=training.get("epochs"),
+                train_accuracy=None if partial else metrics.get("train_accuracy"),
+                test_accuracy=None if partial else metrics.get("test_accuracy"),
+                wall_time_s=ckpt.get("wall_time_s") if partial else metrics.get("wall_time_s"),
+                created=ckpt.get("created"),
+                size_bytes=size,
+                config=dict(config),
+            )
+        )
+    infos.sort(key=lambda i: (i.created or "", str(i.path)), reverse=True)
+    return infos
+
+
+def make_checkpoint(
+    *,
+    kind: str,
+    key: str,
+    config: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    metrics: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Assemble the checkpoint dict (plain types and CPU tensors only)."""
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "key": key,
+        "arch": config["arch"],
+        "model_kwargs": dict(config["model_kwargs"]),
+        "config": json.loads(canonical_json(config)),
+        "metrics": dict(metrics or {}),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+        "versions": _versions(),
+        "created": _now(),
+    }
+    ckpt.update(extra)
+    return ckpt

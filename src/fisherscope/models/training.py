@@ -1,0 +1,889 @@
+"""Deterministic, resumable training with a content-addressed checkpoint cache.
+
+:func:`train_model` trains a registry architecture on an in-memory
+:class:`~fisherscope.data.ImageDataset` (index permutations over tensors, no
+``DataLoader``), with an explicit ``torch.Generator`` for shuffling and augmentation
+and ``torch.random.fork_rng`` around initialisation and dropout, so the caller's global
+RNG is untouched and the same seed gives bitwise identical weights on CPU. The result
+is cached under a sha256 of everything that determines the weights; asking again
+returns the cached model at once. After every epoch a partial checkpoint is written, so
+a killed run resumes from its last finished epoch and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validation import check_inputs, check_labels, eval_mode
+from ..exceptions import CheckpointError
+from .architectures import MODELS, _check_arch, build_model, find_normalize
+from .checkpoint import (
+    FORMAT_VERSION,
+    TrainedModel,
+    _versions,
+    canonical_json,
+    checkpoint_path,
+    compute_key,
+    make_checkpoint,
+    model_from_checkpoint,
+    read_checkpoint,
+    save_atomic,
+)
+
+if TYPE_CHECKING:
+    from ..data._dataset import ImageDataset
+
+__all__ = [
+    "DEFAULT_TRAINING",
+    "GENERIC_TRAINING",
+    "LR_SCHEDULES",
+    "AUGMENTATIONS",
+    "OPTIMIZERS",
+    "PRESETS",
+    "evaluate_accuracy",
+    "resolve_preset",
+    "resolve_training",
+    "train_model",
+]
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("none", "cosine", "linear", "step")
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+#: Hyperparameters used when neither a preset nor the caller gives one.
+GENERIC_TRAINING: dict[str, Any] = {
+    "epochs": 10,
+    "lr": 1e-3,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "momentum": None,
+    "weight_decay": 0.0,
+    "lr_schedule": "cosine",
+    "augment": "none",
+    "normalize": True,
+}
+_TRAINING_KEYS = tuple(GENERIC_TRAINING)
+
+#: Named training presets: ``"<arch>"`` (the default for that architecture) and
+#: ``"<arch>@<variant>"``. Each may name a ``dataset`` and ``model_kwargs``; the other keys
+#: are :data:`GENERIC_TRAINING` keys. A variant inherits from its architecture's entry.
+#: Measured accuracies and times: ``docs/training-measurements.md``.
+DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
+    # sklearn's 8x8 digits: ~98% test in a few seconds on 2 CPU cores.
+    "digits_cnn": {
+        "dataset": "digits", "epochs": 30, "lr": 2e-3, "batch_size": 64,
+        "optimizer": "adam", "lr_schedule": "cosine",
+    },
+    # Keras mnist_cnn: >= 99.0% MNIST test.
+    "mnist_cnn": {
+        "dataset": "mnist", "epochs": 6, "lr": 1e-3, "batch_size": 128,
+        "optimizer": "adam", "lr_schedule": "cosine",
+    },
+    # Martin & Elster's operating point: ~98.5% test, ~99% train.
+    "mnist_cnn@paper": {"epochs": 1, "lr": 1e-3, "lr_schedule": "none"},
+    "lenet5": {
+        "dataset": "mnist", "epochs": 15, "lr": 2e-3, "batch_size": 128,
+        "optimizer": "adam", "lr_schedule": "cosine",
+    },
+    "convnet_bn": {
+        "dataset": "mnist", "epochs": 8, "lr": 2e-3, "batch_size": 128,
+        "optimizer": "adam", "lr_schedule": "cosine",
+    },
+    # Zhao's shallow VGG: CIFAR-10 by default, and its MNIST variant.
+    "vgg_small": {
+        "dataset": "cifar10", "epochs": 30, "lr": 0.05, "batch_size": 128,
+        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+        "lr_schedule": "cosine", "augment": "crop_flip",
+    },
+    "vgg_small@mnist": {
+        "dataset": "mnist", "epochs": 6, "lr": 0.05, "augment": "none",
+        "model_kwargs": {"in_channels": 1, "input_size": 28},
+    },
+    "vgg11": {
+        "dataset": "cifar10", "epochs": 30, "lr": 0.05, "batch_size": 128,
+        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+        "lr_schedule": "cosine", "augment": "crop_flip",
+    },
+    # GTSRB (traffic signs must not be mirrored: crop only).
+    "resnet14": {
+        "dataset": "gtsrb", "epochs": 20, "lr": 0.1, "batch_size": 128,
+        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+        "lr_schedule": "cosine", "augment": "crop",
+    },
+    "resnet18": {
+        "dataset": "cifar10", "epochs": 30, "lr": 0.1, "batch_size": 128,
+        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+        "lr_schedule": "cosine", "augment": "crop_flip",
+    },
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------- resolution
+
+
+def _split_arch(arch: str) -> tuple[str, str | None]:
+    if not isinstance(arch, str):
+        raise ValueError(f"arch must be a string naming a model in MODELS; got {arch!r}.")
+    base, _, variant = arch.partition("@")
+    _check_arch(base)
+    if variant and arch not in DEFAULT_TRAINING:
+        presets = sorted(k for k in DEFAULT_TRAINING if k.startswith(base + "@"))
+        raise ValueError(
+            f"unknown training preset {arch!r}; presets for {base!r} are "
+            f"{[base, *presets]} (fisherscope.models.DEFAULT_TRAINING)."
+        )
+    return base, (arch if variant else None)
+
+
+def resolve_training(arch: str, **overrides: Any) -> dict[str, Any]:
+    """The training settings ``train_model`` would use, after presets and overrides.
+
+    Layers, later wins: :data:`GENERIC_TRAINING`, ``DEFAULT_TRAINING[base arch]``,
+    ``DEFAULT_TRAINING[arch]`` for ``"<arch>@<variant>"``, then every override that is
+    not ``None``.
+
+    Parameters
+    ----------
+    arch : str
+        ``"lenet5"`` or ``"mnist_cnn@paper"``.
+    **overrides
+        Any of ``epochs, lr, batch_size, optimizer, momentum, weight_decay, lr_schedule,
+        augment, normalize, dataset, model_kwargs``; ``None`` means "use the preset".
+
+    Returns
+    -------
+    dict
+        Validated hyperparameters plus ``"arch"`` (the base name), ``"preset"``,
+        ``"dataset"`` (name or None) and ``"model_kwargs"`` (the preset's, merged with
+        the override's).
+
+    Raises
+    ------
+    ValueError
+        Unknown architecture, preset or key, or an invalid value.
+    """
+    base, variant = _split_arch(arch)
+    allowed = set(_TRAINING_KEYS) | {"dataset", "model_kwargs"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"unknown training setting(s) {unknown}; valid are {sorted(allowed)}.")
+    merged: dict[str, Any] = dict(GENERIC_TRAINING, dataset=None)
+    model_kwargs: dict[str, Any] = {}
+    layers = [DEFAULT_TRAINING.get(base, {})] + ([DEFAULT_TRAINING[variant]] if variant else [])
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    for layer in [*layers, explicit]:
+        for k, v in layer.items():
+            if k == "model_kwargs":
+                if not isinstance(v, Mapping):
+                    raise ValueError(f"model_kwargs must be a mapping; got {type(v).__name__}.")
+                model_kwargs.update(v)
+            else:
+                merged[k] = v
+    # momentum belongs to SGD only.
+    if merged["optimizer"] != "sgd":
+        if explicit.get("momentum") is not None:
+            raise ValueError(
+                f"momentum applies to optimizer='sgd' only; got momentum={explicit['momentum']!r} "
+                f"with optimizer={merged['optimizer']!r}. Drop momentum or use optimizer='sgd'."
+            )
+        merged["momentum"] = None
+    elif merged["momentum"] is None:
+        merged["momentum"] = 0.9
+    _validate_training(merged)
+    merged["arch"] = base
+    merged["preset"] = variant or (base if base in DEFAULT_TRAINING else None)
+    merged["model_kwargs"] = model_kwargs
+    return merged
+
+
+def _pick_preset(arch: str, dataset: str | None) -> str:
+    """``arch`` itself, or for a bare architecture name the ``arch@variant`` preset made
+    for ``dataset`` when the architecture's own preset targets another dataset."""
+    base, variant = _split_arch(arch)
+    if variant is not None or dataset is None:
+        return arch
+    own = DEFAULT_TRAINING.get(base, {}).get("dataset")
+    if own is None or own == dataset:
+        return arch
+    for name in sorted(DEFAULT_TRAINING):
+        if name.startswith(base + "@") and resolve_training(name)["dataset"] == dataset:
+            return name
+    return arch
+
+
+def resolve_preset(name: str, dataset: str | None = None) -> dict[str, Any]:
+    """The :func:`train_model` keyword arguments of a training preset.
+
+    Parameters
+    ----------
+    name : str
+        An architecture (``"vgg_small"``) or a preset (``"mnist_cnn@paper"``), see
+        :data:`DEFAULT_TRAINING`.
+    dataset : str, optional
+        For a bare architecture name: prefer its ``arch@variant`` preset made for this
+        dataset (``resolve_preset("vgg_small", "mnist")`` gives ``"vgg_small@mnist"``).
+
+    Returns
+    -------
+    dict
+        ``epochs, lr, batch_size, optimizer, momentum, weight_decay, lr_schedule,
+        augment, normalize, model_kwargs``: pass them as ``train_model(arch, data, **kw)``.
+    """
+    r = resolve_training(_pick_preset(name, dataset))
+    return {k: r[k] for k in (*_TRAINING_KEYS, "model_kwargs")}
+
+
+def _validate_training(t: dict[str, Any]) -> None:
+    def bad(name: str, expected: str) -> ValueError:
+        return ValueError(f"{name} must be {expected}; got {t[name]!r}.")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not is_int(t["epochs"]) or t["epochs"] < 1:
+        raise bad("epochs", "an integer >= 1")
+    if not is_int(t["batch_size"]) or t["batch_size"] < 1:
+        raise bad("batch_size", "an integer >= 1")
+    if not is_num(t["lr"]) or t["lr"] <= 0:
+        raise bad("lr", "a positive number")
+    t["lr"] = float(t["lr"])
+    if not is_num(t["weight_decay"]) or t["weight_decay"] < 0:
+        raise bad("weight_decay", "a number >= 0")
+    t["weight_decay"] = float(t["weight_decay"])
+    if t["momentum"] is not None:
+        if not is_num(t["momentum"]) or not 0 <= t["momentum"] < 1:
+            raise bad("momentum", "a number in [0, 1)")
+        t["momentum"] = float(t["momentum"])
+    if t["optimizer"] not in OPTIMIZERS:
+        raise bad("optimizer", f"one of {list(OPTIMIZERS)}")
+    if t["lr_schedule"] not in LR_SCHEDULES:
+        raise bad("lr_schedule", f"one of {list(LR_SCHEDULES)}")
+    if t["augment"] not in AUGMENTATIONS:
+        raise bad("augment", f"one of {list(AUGMENTATIONS)}")
+    if not isinstance(t["normalize"], bool):
+        raise bad("normalize", "True or False")
+    if t["dataset"] is not None and not isinstance(t["dataset"], str):
+        raise bad("dataset", "a dataset name or an ImageDataset")
+
+
+def _full_model_kwargs(arch: str, given: Mapping[str, Any], ds: ImageDataset) -> dict[str, Any]:
+    """Constructor kwargs with dataset-derived C, K, input size and all defaults filled in."""
+    sig = inspect.signature(MODELS[arch])
+    params = sig.parameters
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise ValueError(
+            f"unknown model_kwargs {unknown} for {arch!r}; valid keywords are {list(params)}."
+        )
+    kwargs = dict(given)
+    derived = {"in_channels": ds.in_channels, "num_classes": ds.num_classes}
+    h, w = ds.image_size
+    if "input_size" in params:
+        if h != w:
+            raise ValueError(
+                f"{arch} takes square images (input_size); dataset {ds.name!r} has {h}x{w} images."
+            )
+        derived["input_size"] = h
+    for k, v in derived.items():
+        if k in params:
+            kwargs.setdefault(k, v)
+    full = {name: kwargs.get(name, p.default) for name, p in params.items()}
+    canonical = json.loads(canonical_json(full))
+    if canonical != full:
+        raise ValueError(
+            f"model_kwargs for {arch!r} must be JSON values (str, int, float, bool, None); "
+            f"got {full!r}."
+        )
+    return canonical
+
+
+# ---------------------------------------------------------------------- data helpers
+
+
+def _content_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
+    """sha256 of the tensors' shapes, dtypes and bytes (a few hundred ms for MNIST)."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        if t.numel():
+            h.update(t.numpy().data)
+    return h.hexdigest()
+
+
+def _check_dataset(ds: Any, role: str) -> ImageDataset:
+    from ..data._dataset import ImageDataset
+
+    if not isinstance(ds, ImageDataset):
+        raise TypeError(
+            f"{role} must be a dataset name or a fisherscope.data.ImageDataset; got "
+            f"{type(ds).__name__}."
+        )
+    if ds.x.dtype != torch.float32:
+        raise TypeError(
+            f"{role} {ds.name!r}: x must be float32 in [0, 1]; got {ds.x.dtype}. "
+            "Convert with x.float() (/ 255 for uint8 images)."
+        )
+    check_inputs(ds.x, ds.y, image=True, name=f"{role}.x")
+    check_labels(ds.y, ds.x.shape[0], ds.num_classes, name=f"{role}.y")
+    return ds
+
+
+def _resolve_datasets(
+    dataset: Any, test_dataset: Any, data_dir: str | os.PathLike[str] | None
+) -> tuple[ImageDataset, ImageDataset | None]:
+    if isinstance(dataset, str):
+        from ..data import load_dataset  # lazy: data/ is optional at import time
+
+        train = load_dataset(dataset, "train", data_dir=data_dir)
+        test = test_dataset if test_dataset is not None else load_dataset(dataset, "test", data_dir=data_dir)
+    else:
+        train, test = dataset, test_dataset
+    train = _check_dataset(train, "dataset")
+    if test is not None:
+        test = _check_dataset(test, "test_dataset")
+        if test.x.shape[1:] != train.x.shape[1:]:
+            raise ValueError(
+                f"test_dataset images have shape {tuple(test.x.shape[1:])} but the training "
+                f"images have {tuple(train.x.shape[1:])}; pass splits of the same dataset."
+            )
+    return train, test
+
+
+def _dataset_identity(train: ImageDataset, test: ImageDataset | None) -> dict[str, Any]:
+    def split(ds: ImageDataset) -> dict[str, Any]:
+        return {
+            "split": ds.split,
+            "n": len(ds),
+            "shape": list(ds.x.shape[1:]),
+            "num_classes": ds.num_classes,
+            "sha256": _content_sha256(ds.x, ds.y),
+        }
+
+    return {
+        "name": train.name,
+        "checksum": train.checksum,
+        "train": split(train),
+        "test": split(test) if test is not None else None,
+    }
+
+
+def _augment(xb: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts (zero padding of side // 8, at least 1) and horizontal flips."""
+    if kind == "none":
+        return xb
+    n, c, h, w = xb.shape
+    pad = max(1, min(h, w) // 8)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(xb.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(xb.device)
+    xp = F.pad(xb, (pad, pad, pad, pad))
+    rows = (oy[:, None] + torch.arange(h, device=xb.device))[:, None, :, None]
+    xp = xp.gather(2, rows.expand(n, c, h, w + 2 * pad))
+    cols = (ox[:, None] + torch.arange(w, device=xb.device))[:, None, None, :]
+    out = xp.gather(3, cols.expand(n, c, h, w))
+    if kind == "crop_flip":
+        flip = (torch.rand(n, generator=gen) < 0.5).to(xb.device)[:, None, None, None]
+        out = torch.where(flip, out.flip(3), out)
+    return out
+
+
+def _lr_at(schedule: str, base: float, step: int, total: int) -> float:
+    frac = step / max(total, 1)
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * frac))
+    if schedule == "linear":
+        return base * (1.0 - frac)
+    if schedule == "step":  # x0.1 at 50% and 75% of training
+        return base * 0.1 ** ((frac >= 0.5) + (frac >= 0.75))
+    return base
+
+
+def _make_optimizer(model: nn.Module, t: Mapping[str, Any]) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+    if t["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def evaluate_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+    *,
+    device: str | torch.device | None = None,
+) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``, batched, in eval mode, without gradients.
+
+    Each module's train/eval mode is restored afterwards (a
+    :class:`~fisherscope.exceptions.ModelModeWarning` is emitted if the model was in
+    training mode).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns logits (or any scores whose argmax is the prediction).
+    x : Tensor
+        Inputs in [0, 1].
+    y : Tensor
+        int64 labels.
+    batch_size : int
+    device : str or torch.device, optional
+        Where the batches go; defaults to the device of the model's first parameter.
+
+    Returns
+    -------
+    float
+        Fraction of correct predictions.
+
+    Shapes
+    ------
+    x: (N, C, H, W) or (N, D); y: (N,).
+    """
+    check_inputs(x, y)
+    check_labels(y, x.shape[0])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    correct = torch.zeros((), dtype=torch.int64)
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            pred = model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu()
+            correct += (pred == y[i : i + batch_size]).sum()
+    return int(correct) / int(x.shape[0])
+
+
+# -------------------------------------------------------------------------- training
+
+
+class _NullProgress:
+    def __enter__(self) -> _NullProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return _NullProgress()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'.")
+    return dev
+
+
+def train_model(
+    arch: str,
+    dataset: str | ImageDataset | None = None,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    optimizer: str | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    lr_schedule: str | None = None,
+    augment: str | None = None,
+    normalize: bool | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    test_dataset: ImageDataset | None = None,
+    defense: Mapping[str, Any] | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    track_test_accuracy: bool = False,
+    callback: Callable[[int, Mapping[str, Any]], None] | None = None,
+) -> TrainedModel:
+    """Train ``MODELS[arch]`` (or fetch it from the checkpoint cache).
+
+    Hyperparameters left as ``None`` come from the preset (:func:`resolve_training`):
+    ``DEFAULT_TRAINING[arch]``, or ``DEFAULT_TRAINING["<arch>@<variant>"]`` when ``arch``
+    is written that way (e.g. ``"mnist_cnn@paper"``), then :data:`GENERIC_TRAINING`.
+
+    Parameters
+    ----------
+    arch : str
+        A :data:`MODELS` name, optionally with a preset variant (``"vgg_small@mnist"``).
+    dataset : str or ImageDataset, optional
+        A name for ``fisherscope.data.load_dataset`` (train and test splits are loaded),
+        or a training split held in memory. Defaults to the preset's dataset.
+    epochs, lr, batch_size : optional
+        Passes over the data, base learning rate, mini-batch size (the last, smaller
+        batch of each epoch is kept).
+    seed : int
+        Seeds initialisation (under ``torch.random.fork_rng``), dropout, shuffling and
+        augmentation (an explicit ``torch.Generator``). The global RNG is left untouched.
+    optimizer : {"adam", "adamw", "sgd"}, optional
+    momentum : float, optional
+        SGD momentum (0.9 when omitted); an error with Adam.
+    weight_decay : float, optional
+        L2 penalty (decoupled for AdamW).
+    lr_schedule : {"none", "cosine", "linear", "step"}, optional
+        Per-iteration schedule; ``"step"`` multiplies by 0.1 at 50% and 75% of training.
+    augment : {"none", "crop", "crop_flip"}, optional
+        Random shifts by up to ``side // 8`` pixels (zero padding) and horizontal flips.
+    normalize : bool, optional
+        Set the model's ``Normalize`` buffers to the per-channel mean / std of the
+        training images (True by default); False keeps mean 0, std 1.
+    model_kwargs : mapping, optional
+        Constructor keywords; ``in_channels``, ``num_classes`` and ``input_size`` default
+        to the dataset's.
+    test_dataset : ImageDataset, optional
+        Held-out split for ``metrics["test_accuracy"]`` (loaded automatically when
+        ``dataset`` is a name).
+    defense : mapping, optional
+        Defensive-training settings; part of the cache key. Only ``None`` for now.
+    cache : bool
+        Read and write the checkpoint cache (and partial checkpoints for resuming).
+    cache_dir : path-like, optional
+        Cache directory: this, then ``$FISHERSCOPE_CACHE``, then
+        ``~/.cache/fisherscope/models``.
+    data_dir : path-like, optional
+        Passed to ``load_dataset`` when ``dataset`` is a name.
+    progress : bool
+        Show a rich progress bar (stderr).
+    device : str or torch.device, optional
+        CUDA when available, else CPU. Not part of the cache key; bitwise
+        reproducibility is guaranteed on CPU only.
+    track_test_accuracy : bool
+        Also evaluate the test split after every epoch (into ``metrics["history"]``);
+        does not change the weights and is not part of the cache key.
+    callback : callable, optional
+        ``callback(epoch, record)`` after each finished epoch (1-based) and its partial
+        checkpoint; an exception raised there stops training, and the same call later
+        resumes from that epoch.
+
+    Returns
+    -------
+    TrainedModel
+        The model in eval mode on ``device``, with config, key, checkpoint path and
+        metrics (``train_accuracy`` on the full training split in eval mode,
+        ``test_accuracy``, ``wall_time_s``, ``history``).
+
+    Raises
+    ------
+    ValueError
+        Unknown architecture / preset / setting, invalid value, a ``defense``, or data
+        that does not fit the model.
+    CheckpointError
+        The cache holds a corrupt file, or a file under this request's name that belongs
+        to another request. It is never overwritten; the message says how to fix it.
+    FloatingPointError
+        The training loss became NaN or infinite (lower ``lr``).
+
+    Examples
+    --------
+    >>> tm = train_model("digits_cnn", "digits", progress=False)  # doctest: +SKIP
+    >>> tm.metrics["test_accuracy"] > 0.97  # doctest: +SKIP
+    True
+    """
+    if defense is not None:
+        raise ValueError(
+            f"defense={defense!r} is not supported yet: defensive training arrives with "
+            "fisherscope.defenses. Pass defense=None."
+        )
+    ds_name = dataset if isinstance(dataset, str) else getattr(dataset, "name", None)
+    t = resolve_training(
+        _pick_preset(arch, ds_name), epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+        momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
+        augment=augment, normalize=normalize,
+        dataset=dataset if isinstance(dataset, str) else None, model_kwargs=model_kwargs,
+    )  # fmt: skip
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    base = t["arch"]
+    if dataset is None:
+        if t["dataset"] is None:
+            raise ValueError(
+                f"no dataset given and preset {arch!r} names none; pass a dataset name "
+                "(e.g. 'digits', 'mnist') or an ImageDataset."
+            )
+        dataset = t["dataset"]
+    train_ds, test_ds = _resolve_datasets(dataset, test_dataset, data_dir)
+    full_kwargs = _full_model_kwargs(base, t["model_kwargs"], train_ds)
+    config: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "arch": base,
+        "model_kwargs": full_kwargs,
+        **{k: t[k] for k in _TRAINING_KEYS},
+        "seed": seed,
+        "dataset": _dataset_identity(train_ds, test_ds),
+        "defense": None,
+    }
+    key = compute_key(config)
+    dev = _resolve_device(device)
+    final_path = checkpoint_path(cache_dir, base, key) if cache else None
+    partial_path = checkpoint_path(cache_dir, base, key, partial=True) if cache else None
+
+    if final_path is not None and final_path.exists():
+        ckpt = read_checkpoint(final_path, expected_key=key, expected_kind="final")
+        model = model_from_checkpoint(ckpt, final_path).to(dev)
+        logger.info("%s: loaded from cache %s", base, final_path)
+        return TrainedModel(
+            model=model, arch=base, model_kwargs=full_kwargs, config=ckpt["config"], key=key,
+            checkpoint_path=final_path, from_cache=True, metrics=dict(ckpt.get("metrics") or {}),
+        )  # fmt: skip
+
+    resume = None
+    if partial_path is not None and partial_path.exists():
+        resume = read_checkpoint(partial_path, expected_key=key, expected_kind="partial")
+        logger.info("%s: resuming from %s (epoch %d)", base, partial_path, resume["epoch"])
+
+    model, metrics = _fit(
+        config, key, train_ds, test_ds, dev, resume, partial_path, progress,
+        track_test_accuracy, callback,
+    )  # fmt: skip
+    if final_path is not None:
+        save_atomic(
+            make_checkpoint(kind="final", key=key, config=config, state_dict=model.state_dict(), metrics=metrics),
+            final_path,
+        )
+        assert partial_path is not None
+        if partial_path.exists():
+            partial_path.unlink()
+        logger.info("%s: saved %s", base, final_path)
+    return TrainedModel(
+        model=model, arch=base, model_kwargs=full_kwargs,
+        config=json.loads(canonical_json(config)), key=key, checkpoint_path=final_path,
+        from_cache=False, metrics=metrics,
+    )  # fmt: skip
+
+
+def _fit(
+    config: dict[str, Any],
+    key: str,
+    train_ds: ImageDataset,
+    test_ds: ImageDataset | None,
+    dev: torch.device,
+    resume: dict[str, Any] | None,
+    partial_path: Path | None,
+    progress: bool,
+    track_test: bool,
+    callback: Callable[[int, Mapping[str, Any]], None] | None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    t = config
+    arch = config["arch"]
+    n = len(train_ds)
+    bs = t["batch_size"]
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = steps_per_epoch * t["epochs"]
+    fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+
+    x = train_ds.x.to(dev)
+    y = train_ds.y.to(dev)
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(t["seed"])
+        model = build_model(arch, **config["model_kwargs"])
+        if t["normalize"]:
+            xd = train_ds.x.double()
+            mean = xd.mean(dim=(0, 2, 3))
+            std = xd.std(dim=(0, 2, 3))
+            std = torch.where(std > 0, std, torch.ones_like(std))
+            find_normalize(model).set_statistics(mean.float(), std.float())
+        model.to(dev)
+        opt = _make_optimizer(model, t)
+        gen = torch.Generator().manual_seed(t["seed"])
+        start_epoch, history, wall = 0, [], 0.0
+        if resume is not None:
+            try:
+                model.load_state_dict(resume["state_dict"])
+                opt.load_state_dict(resume["optimizer"])
+                gen.set_state(resume["generator"])
+                torch.set_rng_state(resume["rng"])
+                if dev.type == "cuda" and resume.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(resume["cuda_rng"], dev)
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                raise CheckpointError(
+                    f"partial checkpoint {partial_path} cannot be resumed ({exc}). It was left "
+                    f"untouched; delete it to start over (rm '{partial_path}')."
+                ) from exc
+            start_epoch = int(resume["epoch"])
+            history = list(resume.get("history") or [])
+            wall = float(resume.get("wall_time_s") or 0.0)
+
+        # A dry run on two samples turns shape mismatches into a readable error.
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x[:2])
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"{arch} with {config['model_kwargs']} cannot take the dataset's images of shape "
+                f"{tuple(train_ds.x.shape[1:])}: {str(exc).splitlines()[0]}"
+            ) from exc
+        if out.ndim != 2 or out.shape[1] < train_ds.num_classes:
+            raise ValueError(
+                f"{arch} returns shape {tuple(out.shape)}, but the dataset has "
+                f"{train_ds.num_classes} classes; set model_kwargs num_classes."
+            )
+
+        with _progress(progress) as bar:
+            task = bar.add_task(f"{arch}", total=total_steps, completed=start_epoch * steps_per_epoch)
+            for epoch in range(start_epoch, t["epochs"]):
+                t0 = time.perf_counter()
+                model.train()
+                perm = torch.randperm(n, generator=gen)
+                loss_sum = torch.zeros((), device=dev)
+                correct = torch.zeros((), dtype=torch.int64, device=dev)
+                lr_now = t["lr"]
+                for i in range(steps_per_epoch):
+                    step = epoch * steps_per_epoch + i
+                    lr_now = _lr_at(t["lr_schedule"], t["lr"], step, total_steps)
+                    for group in opt.param_groups:
+                        group["lr"] = lr_now
+                    idx = perm[i * bs : (i + 1) * bs].to(dev)
+                    xb = _augment(x[idx], t["augment"], gen)
+                    yb = y[idx]
+                    logits = model(xb)
+                    loss = F.cross_entropy(logits, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.detach() * idx.numel()
+                    correct += (logits.detach().argmax(1) == yb).sum()
+                    bar.update(task, advance=1)
+                    if progress and i % 50 == 0:
+                        bar.update(task, description=f"{arch} epoch {epoch + 1}/{t['epochs']} loss {loss.item():.4f}")
+                train_loss = float(loss_sum) / n
+                if not math.isfinite(train_loss):
+                    raise FloatingPointError(
+                        f"training {arch} diverged: the mean loss of epoch {epoch + 1} is "
+                        f"{train_loss}. Lower lr (now {t['lr']}) or use a schedule; nothing was "
+                        "saved for this epoch."
+                    )
+                dt = time.perf_counter() - t0
+                wall += dt
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "train_accuracy_running": int(correct) / n,
+                    "lr_end": lr_now,
+                    "time_s": dt,
+                }
+                if track_test and test_ds is not None:
+                    model.eval()
+                    record["test_accuracy"] = evaluate_accuracy(model, test_ds.x, test_ds.y, device=dev)
+                history.append(record)
+                logger.info(
+                    "%s epoch %d/%d: loss %.4f, running acc %.4f%s, %.1fs",
+                    arch, epoch + 1, t["epochs"], train_loss, record["train_accuracy_running"],
+                    f", test acc {record['test_accuracy']:.4f}" if "test_accuracy" in record else "",
+                    dt,
+                )  # fmt: skip
+                if partial_path is not None and epoch + 1 < t["epochs"]:
+                    save_atomic(
+                        make_checkpoint(
+                            kind="partial", key=key, config=config, state_dict=model.state_dict(),
+                            optimizer=_cpu_state(opt.state_dict()), generator=gen.get_state(),
+                            rng=torch.get_rng_state(),
+                            cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                            epoch=epoch + 1, history=copy.deepcopy(history), wall_time_s=wall,
+                        ),
+                        partial_path,
+                    )  # fmt: skip
+                if callback is not None:
+                    callback(epoch + 1, dict(record))
+
+    model.eval()
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {
+        "train_accuracy": evaluate_accuracy(model, train_ds.x, train_ds.y, device=dev),
+        "test_accuracy": (
+            evaluate_accuracy(model, test_ds.x, test_ds.y, device=dev) if test_ds is not None else None
+        ),
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "wall_time_s": wall,
+        "eval_time_s": time.perf_counter() - t0,
+        "epochs": len(history),
+        "history": history,
+        "device": str(dev),
+        "num_threads": torch.get_num_threads(),
+        "versions": _versions(),
+    }
+    logger.info(
+        "%s: train acc %.4f, test acc %s, %.1fs", arch, metrics["train_accuracy"],
+        "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}", wall,
+    )  # fmt: skip
+    return model, metrics
+
+
+def _cpu_state(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_state(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu_state(v) for v in obj)
+    return obj
+
+
+def _presets() -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in DEFAULT_TRAINING:
+        r = resolve_training(name)
+        out[name] = {"arch": r["arch"], "dataset": r["dataset"], **resolve_preset(name)}
+    return out
+
+
+#: Every preset fully resolved (read-only view of :data:`DEFAULT_TRAINING` computed at
+#: import): name -> ``{"arch", "dataset", <hyperparameters>, "model_kwargs"}``.
+PRESETS: dict[str, dict[str, Any]] = _presets()
