@@ -193,7 +193,9 @@ def read_layout(path: str | os.PathLike[str]) -> NpzLayout:
             try:
                 shapes[key], dtypes[key] = _read_header(zf, members[key])
             except ValueError as e:
-                raise ValueError(f"{path}: cannot read array {key!r} ({e}). {_LAYOUT_HINT}") from None
+                raise ValueError(
+                    f"{path}: cannot read array {key!r} ({e}). {_LAYOUT_HINT}"
+                ) from None
 
     for split in ("train", "test"):
         xk, yk = f"x_{split}", f"y_{split}"
@@ -346,3 +348,46 @@ def content_mismatch_message(
         f"(Python: fisherscope.data.download_dataset({spec.name!r}, force=True)), or load "
         f"your own variant under another name (e.g. {spec.name}_custom.npz)."
     )
+
+
+def remember_identity(path: Path, file_sha: str, digest: str) -> None:
+    """Record the hashes of a file this process has just written (saves rehashing it)."""
+    key = _cache_key(path)
+    with _CACHE_LOCK:
+        _IDENTITY_CACHE[key] = (file_sha, digest)
+
+
+def check_dataset_file(
+    path: Path, spec: DatasetSpec | None
+) -> tuple[NpzLayout, FileIdentity, dict[str, np.ndarray] | None]:
+    """Structure, identity and (for known datasets) expected shapes of a dataset file.
+
+    Returns
+    -------
+    layout : NpzLayout
+    identity : FileIdentity
+    arrays : dict or None
+        The arrays, when they had to be read to compute the content digest.
+
+    Raises
+    ------
+    ValueError
+        Bad structure (see :func:`read_layout`), content differing from the known digest,
+        or shapes differing from the registry's for a known dataset.
+    """
+    layout = read_layout(path)
+    identity, arrays = verify_identity(path, layout, spec)
+    if spec is not None:
+        c, h, w = spec.image_shape
+        if (layout.n_train, layout.n_test, layout.image_shape) != (
+            spec.n_train,
+            spec.n_test,
+            (c, h, w),
+        ):
+            raise ValueError(
+                f"{path} holds {layout.describe()}, but {spec.title} has {expected_layout(spec)}. "
+                f"It is a subset or another dataset: save it under another name (e.g. "
+                f"{spec.name}_subset.npz, loaded as a custom dataset), or re-create the "
+                f"canonical file with `fisherscope data download {spec.name} --force`."
+            )
+    return layout, identity, arrays

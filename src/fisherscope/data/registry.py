@@ -94,6 +94,15 @@ class DatasetSpec:
         return f"{self.name}.npz"
 
     @property
+    def description(self) -> str:
+        """One line for registry listings (``fisherscope list``)."""
+        c, h, w = self.image_shape
+        return (
+            f"{self.title}: {self.n_train} train / {self.n_test} test images, "
+            f"{c}x{h}x{w}, {len(self.classes)} classes"
+        )
+
+    @property
     def downloadable(self) -> bool:
         """Whether ``download_dataset`` can fetch and convert it."""
         return self.format in ("idx", "cifar-python")
@@ -121,7 +130,7 @@ def _idx_files(md5s: tuple[str, str, str, str]) -> tuple[RawFile, ...]:
 # that folder's MANIFEST.md). Any correct conversion of the official idx files (for
 # example by `fisherscope data download mnist`) has this digest even though its zip
 # bytes differ.
-_MNIST_CONTENT_SHA256 = "e2c4de9e0b7a1a2b36c02d6ee1c6ed8fe1ddea8e0e8d8f74d2f17c5ba0aba9c4"
+_MNIST_CONTENT_SHA256 = "451c6b8c1ffd4bf0ee33a1a3798fda862ea36a248dc4bb4e61065cef2bb09c55"
 _MNIST_FILE_SHA256 = "1a9fb53be6f83d6098d96fa99748e157b118a436c2c6818a7bb2a9cb7fd0514e"
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -215,7 +224,9 @@ DATASETS: dict[str, DatasetSpec] = {
         n_train=50000,
         n_test=10000,
         urls=("https://www.cs.toronto.edu/~kriz/",),
-        raw_files=(RawFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "archive"),),
+        raw_files=(
+            RawFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "archive"),
+        ),
         extracted_files=(
             RawFile("data_batch_1", "c99cafc152244af753f735de768cd75f", "train_batch"),
             RawFile("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec", "train_batch"),
