@@ -88,7 +88,7 @@ def _accuracy_section(run: Run, state: DemoState) -> list[Block]:
     truth = test.y[idx].tolist()
     fig = image_grid(
         test.x[idx],
-        [f"pred {test.classes[p]}" for p in preds],
+        [f"true {test.classes[t]}, pred {test.classes[p]}" for p, t in zip(preds, truth, strict=True)],
         title_colors=["green" if p == t else "red" for p, t in zip(preds, truth, strict=True)],
         ncols=8,
     )

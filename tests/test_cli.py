@@ -1,0 +1,149 @@
+"""The command line, end to end: demo, reproduce (with a kill and --resume), registries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fisherscope.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def iso(tmp_path, monkeypatch):
+    """Run in tmp_path (the session's model cache is shared, see conftest)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_demo_writes_report_and_resume_reuses_everything(iso, digits_model):
+    res = _invoke("demo", "--quiet", "--out", "runs")
+    assert res.exit_code == 0, res.output
+    run_dirs = list((iso / "runs").iterdir())
+    assert len(run_dirs) == 1
+    run_dir = run_dirs[0]
+    assert "report.html" in res.output
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "test accuracy" in html
+    records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    acc = next(r["value"] for r in records if r["cell"] == "test" and r["metric"] == "accuracy")
+    assert acc >= 0.97
+    res2 = _invoke("demo", "--quiet", "--out", "runs", "--resume")
+    assert res2.exit_code == 0
+    assert list((iso / "runs").iterdir()) == [run_dir]
+    again = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert again == records  # nothing recomputed, nothing lost
+
+
+def _write_config(path: Path, n_models: int = 3, epochs: int = 2) -> Path:
+    blocks = "".join(
+        f'\n[[models]]\narch = "digits_cnn"\ndataset = "digits"\nlabel = "m{i}"\n'
+        f"overrides = {{ epochs = {epochs}, lr = {0.001 * (i + 1)} }}\n"
+        for i in range(n_models)
+    )
+    path.write_text(f'name = "killme"\nkind = "model_accuracy"\nseed = 0\n{blocks}')
+    return path
+
+
+def test_reproduce_killed_midway_resumes_without_redoing_cells(iso):
+    cfg = _write_config(iso / "killme.toml", n_models=3, epochs=3)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fisherscope", "reproduce", str(cfg), "--out", "runs", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=iso, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    results = None
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            found = list((iso / "runs").glob("*/results.jsonl"))
+            if found and found[0].read_text().count('"cell": "m0@digits"') > 0:
+                results = found[0]
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"run ended before it could be killed: {proc.stdout.read().decode()}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no result appeared in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = [json.loads(line) for line in results.read_text().splitlines()]
+    done_cells = {r["cell"] for r in before}
+    assert "m0@digits" in done_cells and len(done_cells) < 3  # killed mid-way
+    res = _invoke("reproduce", str(cfg), "--out", "runs", "--resume", "--quiet")
+    assert res.exit_code == 0, res.output
+    after = [json.loads(line) for line in results.read_text().splitlines()]
+    assert after[: len(before)] == before  # finished cells kept byte for byte, not redone
+    cells = [r["cell"] for r in after if r["metric"] == "test_accuracy"]
+    assert sorted(cells) == ["m0@digits", "m1@digits", "m2@digits"]  # each exactly once
+    assert (results.parent / "report.md").read_text().count("digits_cnn") == 3
+
+
+def test_reproduce_rejects_unknown_keys_with_valid_list(iso):
+    cfg = iso / "bad.toml"
+    cfg.write_text('name = "bad"\nkind = "model_accuracy"\nmodel = []\n')
+    res = _invoke("reproduce", str(cfg))
+    assert res.exit_code == 1
+    assert "Unknown keys" in res.output and "'model'" in res.output and "'models'" in res.output
+
+
+def test_reproduce_unknown_config_name_lists_available(iso):
+    res = _invoke("reproduce", "no-such-table")
+    assert res.exit_code == 1
+    assert "model-accuracy" in res.output
+
+
+def test_packaged_configs_parse():
+    from fisherscope.cli import configs_dirs
+    from fisherscope.experiments import load_config
+
+    names = {p.stem for d in configs_dirs() for p in d.glob("*.toml")}
+    assert {"model-accuracy", "demo"} <= names
+    for d in configs_dirs():
+        for p in d.glob("*.toml"):
+            load_config(p)
+
+
+def test_train_then_cached(iso):
+    res = _invoke("train", "digits_cnn", "--dataset", "digits", "--epochs", "1", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "trained" in res.output and "test accuracy" in res.output
+    res = _invoke("train", "digits_cnn", "--dataset", "digits", "--epochs", "1", "--quiet")
+    assert "loaded from cache" in res.output
+
+
+def test_train_unknown_arch_is_a_clear_error(iso):
+    res = _invoke("train", "resnet9000", "--quiet")
+    assert res.exit_code == 1 and "lenet5" in res.output
+
+
+def test_registries_env_models_data_list(iso):
+    out = _invoke("list").output
+    for name in ("digits_cnn", "lenet5", "mnist", "model_accuracy", "model-accuracy"):
+        assert name in out
+    out = _invoke("env").output
+    assert "torch" in out and "git_sha" in out
+    out = _invoke("models").output
+    assert "mnist_cnn@paper" in out
+    res = _invoke("data", "list", "--data-dir", str(iso))
+    assert res.exit_code == 0 and "digits" in res.output and "missing" in res.output.lower()
+
+
+def test_python_dash_m_matches_console_script():
+    out = subprocess.run([sys.executable, "-m", "fisherscope", "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("demo", "reproduce", "train", "models", "data", "env", "list"):
+        assert cmd in out.stdout
