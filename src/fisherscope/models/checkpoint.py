@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +110,7 @@ def _versions() -> dict[str, str]:
         fs_version = version("fisherscope")
     except Exception:  # not installed (source checkout)
         fs_version = "unknown"
-    return {"fisherscope": fs_version, "torch": torch.__version__, "python": platform.python_version()}
+    return {"fisherscope": fs_version, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def _now() -> str:
@@ -118,9 +118,14 @@ def _now() -> str:
 
 
 def save_atomic(obj: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace``."""
+    """``torch.save`` to a temporary file in the same directory, then ``os.replace``.
+
+    A reader never sees a half-written file; the temporary file is removed on failure.
+    Permissions follow the umask (like any newly created file).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(dict(obj), fh)

@@ -87,7 +87,7 @@ _TRAINING_KEYS = tuple(GENERIC_TRAINING)
 DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
     # sklearn's 8x8 digits: ~98% test in a few seconds on 2 CPU cores.
     "digits_cnn": {
-        "dataset": "digits", "epochs": 30, "lr": 2e-3, "batch_size": 64,
+        "dataset": "digits", "epochs": 20, "lr": 2e-3, "batch_size": 64,
         "optimizer": "adam", "lr_schedule": "cosine",
     },
     # Keras mnist_cnn: >= 99.0% MNIST test.
@@ -306,6 +306,18 @@ def _full_model_kwargs(arch: str, given: Mapping[str, Any], ds: ImageDataset) ->
     for k, v in derived.items():
         if k in params:
             kwargs.setdefault(k, v)
+    if "in_channels" in params and kwargs["in_channels"] != ds.in_channels:
+        raise ValueError(
+            f"model_kwargs in_channels={kwargs['in_channels']!r}, but dataset {ds.name!r} has "
+            f"{ds.in_channels}-channel images; drop in_channels to use the dataset's."
+        )
+    if "num_classes" in params and (
+        not isinstance(kwargs["num_classes"], int) or kwargs["num_classes"] < ds.num_classes
+    ):
+        raise ValueError(
+            f"model_kwargs num_classes={kwargs['num_classes']!r}, but dataset {ds.name!r} has "
+            f"{ds.num_classes} classes; drop num_classes to use the dataset's."
+        )
     full = {name: kwargs.get(name, p.default) for name, p in params.items()}
     canonical = json.loads(canonical_json(full))
     if canonical != full:
