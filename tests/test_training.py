@@ -30,6 +30,7 @@ from fisherscope.models import (
 )
 from fisherscope.models.checkpoint import FORMAT
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models run fastest single-threaded; with other processes on the two cores,

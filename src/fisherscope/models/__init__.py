@@ -14,6 +14,7 @@ from __future__ import annotations
 from .architectures import (
     ACTIVATIONS,
     MODELS,
+    VGG11,
     AsLogits,
     ConvNetBN,
     DigitsCNN,
@@ -22,7 +23,6 @@ from .architectures import (
     Normalize,
     ResNet14,
     ResNet18,
-    VGG11,
     VGGSmall,
     as_logits,
     build_model,
