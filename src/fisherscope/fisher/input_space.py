@@ -1,0 +1,573 @@
+"""The input-space Fisher information matrix G_x (Zhao et al. 2019; Shen et al.).
+
+Treat the input x as the parameter of p(y|x) = softmax(z(x)). With J = ∂z/∂x (K × D per
+sample), p the class probabilities and A = diag(p) − p pᵀ,
+
+    G_x = E_{y~p}[∇x log p(y|x) ∇x log p(y|x)ᵀ] = Jᵀ A J = Bᵀ B,
+
+where the K rows of B are √p_k · g_k and g_k = ∇x log p_k = J_k − Σ_j p_j J_j are the
+score vectors. Since Σ_k √p_k B_k = Σ_k p_k g_k = 0, rank(G_x) ≤ K − 1.
+
+- ``exact``: K batched vector-Jacobian products give J; the K × K Gram matrix B Bᵀ (in
+  float64) has the non-zero eigenvalues of G_x, and v_i = Bᵀ u_i / σ_i its eigenvectors.
+  All K − 1 eigenpairs, per sample, batched, no D × D matrix.
+- ``lanczos`` / ``power``: matrix-free, G_x v = Jᵀ (A (J v)) is one ``jvp`` and one
+  ``vjp`` whatever K is (ImageNet-size heads).
+- ``class_samples=m``: Zhao's Monte Carlo approximation, the expectation over y replaced
+  by m classes drawn from p(y|x) with the alias method: Â = (1/m) Σ_s (e_{y_s} − p)(e_{y_s} − p)ᵀ.
+
+Sign convention of eigenvectors: v is oriented so that moving along +v does not decrease
+the cross-entropy of the predicted class ŷ, i.e. ⟨v, −∇x log p(ŷ|x)⟩ ≥ 0; when that
+product vanishes (|⟨v, g_ŷ⟩| ≤ 1e-12 ‖g_ŷ‖), the entry of largest magnitude is positive.
+Eigenvectors of (numerically) zero eigenvalues are zero vectors.
+
+References
+----------
+Zhao, C., Fletcher, P. T., Yu, M., Peng, Y., Zhang, G., Shen, C. "The Adversarial Attack
+and Detection under the Fisher Information Metric." AAAI 2019. arXiv:1810.03806.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_inputs, check_logits, eval_mode
+from ..exceptions import ConvergenceWarning
+
+__all__ = [
+    "FisherSpectrum",
+    "MAX_DENSE_DIM",
+    "alias_sample",
+    "alias_table",
+    "fisher_matrix",
+    "fisher_spectrum",
+    "fisher_trace",
+    "fisher_vector_product",
+    "logits_jacobian",
+    "score_vectors",
+]
+
+#: Largest input dimension D for which :func:`fisher_matrix` builds the D × D matrix.
+MAX_DENSE_DIM = 4096
+
+Bounds = tuple[float, float] | None
+Method = Literal["exact", "lanczos", "power"]
+
+
+@dataclass(frozen=True)
+class FisherSpectrum:
+    """Top eigenpairs of G_x for a batch.
+
+    Attributes
+    ----------
+    eigenvalues : Tensor
+        (N, k), descending, ≥ 0. Entries past the rank (K − 1) are exact zeros.
+    eigenvectors : Tensor
+        (N, k, *x.shape[1:]), unit L2 norm (zero for zero eigenvalues), oriented by the
+        module's sign convention.
+    method : str
+        ``"exact"``, ``"lanczos"`` or ``"power"`` (``+alias`` with class sampling).
+    converged : Tensor
+        (N,) bool; always True for ``exact``.
+    iterations : int
+        Matrix-vector products per sample (0 for ``exact``).
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    method: str
+    converged: Tensor
+    iterations: int = 0
+
+    @property
+    def top_eigenvalue(self) -> Tensor:
+        """λ_max per sample, shape (N,)."""
+        return self.eigenvalues[:, 0]
+
+    @property
+    def top_eigenvector(self) -> Tensor:
+        """v_1 per sample, shaped like x."""
+        return self.eigenvectors[:, 0]
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def _prepare(model: nn.Module, x: Tensor, bounds: Bounds) -> None:
+    if not isinstance(model, nn.Module) and not callable(model):
+        raise TypeError(f"model must be a torch.nn.Module mapping x to logits; got {type(model).__name__}.")
+    check_inputs(x, bounds=bounds)
+
+
+def _probs(logits: Tensor) -> Tensor:
+    return torch.softmax(logits, dim=1)
+
+
+def logits_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits and their Jacobian with respect to the input, batched.
+
+    One forward pass and K vector-Jacobian products vectorised with ``torch.func.vmap``
+    (the model must treat samples independently, e.g. BatchNorm in eval mode; callers
+    run it under :func:`~fisherscope.eval_mode`).
+
+    Shapes
+    ------
+    x: (N, *S) -> logits (N, K), J (N, K, D) with D = prod(S).
+    """
+    n = x.shape[0]
+    x = x.detach()
+    logits, vjp_fn = torch.func.vjp(model, x)
+    check_logits(logits)
+    k = logits.shape[1]
+    eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+    cotangents = eye.unsqueeze(1).expand(k, n, k)  # (K, N, K): e_k for every sample
+    (jac,) = torch.func.vmap(vjp_fn)(cotangents)  # (K, N, *S)
+    return logits.detach(), jac.detach().movedim(0, 1).reshape(n, k, -1)
+
+
+def score_vectors(logits: Tensor, jac: Tensor) -> Tensor:
+    """Rows √p_k · ∇x log p_k, so that G_x = Bᵀ B.
+
+    Shapes
+    ------
+    logits: (N, K), jac: (N, K, D) -> (N, K, D).
+    """
+    p = _probs(logits.to(jac.dtype))
+    mean_row = torch.einsum("nk,nkd->nd", p, jac)
+    return p.sqrt().unsqueeze(-1) * (jac - mean_row.unsqueeze(1))
+
+
+def fisher_matrix(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) -> Tensor:
+    """The dense input-space Fisher matrix, for tests and tiny inputs only.
+
+    Shapes
+    ------
+    x: (N, *S) -> (N, D, D), D = prod(S).
+
+    Raises
+    ------
+    ValueError
+        D > :data:`MAX_DENSE_DIM` (use :func:`fisher_spectrum` or
+        :func:`fisher_vector_product`, which never build the D × D matrix).
+    """
+    _prepare(model, x, bounds)
+    d = math.prod(x.shape[1:])
+    if d > MAX_DENSE_DIM:
+        raise ValueError(
+            f"fisher_matrix builds a dense D x D matrix per sample and is meant for tiny inputs "
+            f"(D <= {MAX_DENSE_DIM}); got D = {d} for input shape {tuple(x.shape[1:])}. Use "
+            "fisher_spectrum(model, x) for eigenpairs or fisher_vector_product(model, x, v) for "
+            "products; neither forms the matrix."
+        )
+    with eval_mode(model):
+        logits, jac = logits_jacobian(model, x)
+    b = score_vectors(logits, jac)
+    return b.mT @ b
+
+
+def fisher_trace(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) -> Tensor:
+    """tr G_x = E_{y~p}‖∇x log p(y|x)‖², exact, per sample.
+
+    Shapes
+    ------
+    x: (N, *S) -> (N,).
+    """
+    _prepare(model, x, bounds)
+    with eval_mode(model):
+        logits, jac = logits_jacobian(model, x)
+    b = score_vectors(logits, jac)
+    return b.pow(2).sum(dim=(1, 2))
+
+
+def _a_operator(p: Tensor, a_matrix: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """u ↦ A u with A = diag(p) − p pᵀ, or a given (N, K, K) matrix (class sampling)."""
+    if a_matrix is not None:
+        return lambda u: torch.einsum("nij,nj->ni", a_matrix, u)
+    return lambda u: p * u - p * (p * u).sum(dim=1, keepdim=True)
+
+
+class _Products:
+    """Matrix-free G_x v for one batch: a jvp and a vjp per product, independent of K."""
+
+    def __init__(self, model: nn.Module, x: Tensor, a_matrix: Tensor | None = None):
+        self.model = model
+        self.x = x.detach()
+        logits, self._vjp = torch.func.vjp(model, self.x)
+        check_logits(logits)
+        self.logits = logits.detach()
+        self.p = _probs(self.logits)
+        self._a = _a_operator(self.p, a_matrix)
+        self.count = 0
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """v: (N, *S) -> G_x v: (N, *S)."""
+        with warnings.catch_warnings():
+            # torch's forward-mode AD scripts a helper on first use and warns that
+            # torch.jit.script is deprecated; that is torch's internal business.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+            _, jv = torch.func.jvp(self.model, (self.x,), (v.to(self.x.dtype),))
+        (g,) = self._vjp(self._a(jv.detach()))
+        self.count += 1
+        return g.detach()
+
+    def grad_log_prob(self, classes: Tensor) -> Tensor:
+        """∇x log p(c|x) for one class per sample; (N,) -> (N, *S)."""
+        onehot = torch.nn.functional.one_hot(classes, self.p.shape[1]).to(self.p.dtype)
+        (g,) = self._vjp(onehot - self.p)
+        return g.detach()
+
+
+def fisher_vector_product(
+    model: nn.Module, x: Tensor, v: Tensor, *, bounds: Bounds = (0.0, 1.0)
+) -> Tensor:
+    """G_x v per sample, with one ``jvp`` and one ``vjp`` (no Jacobian, any K).
+
+    Shapes
+    ------
+    x, v: (N, *S) -> (N, *S).
+    """
+    _prepare(model, x, bounds)
+    if not isinstance(v, Tensor) or v.shape != x.shape:
+        raise ValueError(
+            f"v must be a tensor shaped like x {tuple(x.shape)} (one direction per sample); "
+            f"got {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}."
+        )
+    with eval_mode(model):
+        return _Products(model, x)(v)
+
+
+# ------------------------------------------------------------------- alias method
+
+
+def alias_table(p: Tensor) -> tuple[Tensor, Tensor]:
+    """Walker/Vose alias tables for a batch of discrete distributions.
+
+    Built in K vectorised steps over the batch (no per-sample loop). Draws then cost
+    O(1) each: pick a column uniformly, keep it with probability ``prob`` or take its
+    ``alias``.
+
+    Shapes
+    ------
+    p: (N, K) -> prob (N, K) float64 in [0, 1], alias (N, K) int64.
+    """
+    p = p.detach().to(torch.float64)
+    n, k = p.shape
+    scaled = p / p.sum(dim=1, keepdim=True) * k
+    prob = torch.ones(n, k, dtype=torch.float64, device=p.device)
+    alias = torch.arange(k, device=p.device).expand(n, k).clone()
+    active = torch.ones(n, k, dtype=torch.bool, device=p.device)
+    rows = torch.arange(n, device=p.device)
+    for _ in range(k - 1):
+        small = active & (scaled < 1.0)
+        large = active & (scaled >= 1.0)
+        has_pair = small.any(1) & large.any(1)
+        if not bool(has_pair.any()):
+            break
+        s = torch.where(small, scaled, torch.inf).argmin(1)  # any small column
+        g = torch.where(large, scaled, -torch.inf).argmax(1)  # the largest column
+        r = rows[has_pair]
+        s, g = s[has_pair], g[has_pair]
+        prob[r, s] = scaled[r, s]
+        alias[r, s] = g
+        scaled[r, g] = scaled[r, g] - (1.0 - scaled[r, s])
+        active[r, s] = False
+    # leftovers (numerical round-off) keep prob 1 and alias to themselves
+    return prob, alias
+
+
+def alias_sample(
+    prob: Tensor, alias: Tensor, m: int, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """m draws per row from alias tables; (N, K) -> (N, m) int64."""
+    n, k = prob.shape
+    u = torch.rand(n, m, dtype=torch.float64, generator=generator, device=prob.device)
+    col = (u * k).floor().long().clamp_(max=k - 1)
+    frac = u * k - col
+    keep = frac < prob.gather(1, col)
+    return torch.where(keep, col, alias.gather(1, col))
+
+
+def _sampled_a_matrix(p: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
+    """Â = (1/m) Σ_s (e_{y_s} − p)(e_{y_s} − p)ᵀ with y_s drawn by the alias method."""
+    prob, alias = alias_table(p)
+    draws = alias_sample(prob, alias, m, generator=generator)  # (N, m)
+    k = p.shape[1]
+    counts = torch.zeros(p.shape[0], k, dtype=p.dtype, device=p.device)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=p.dtype))
+    w = counts / m  # empirical class frequencies
+    eye = torch.eye(k, dtype=p.dtype, device=p.device)
+    d = eye.unsqueeze(0) - p.unsqueeze(1)  # (N, K, K): rows e_k − p
+    return torch.einsum("nkc,nk,nkd->ncd", d, w, d)
+
+
+# ----------------------------------------------------------------- eigen-solvers
+
+
+def _orient(vecs: Tensor, g_pred: Tensor) -> Tensor:
+    """Apply the sign convention: ⟨v, −g_ŷ⟩ ≥ 0, else the largest |entry| positive.
+
+    vecs: (N, k, D); g_pred: (N, D) = ∇x log p(ŷ|x).
+    """
+    dots = -torch.einsum("nkd,nd->nk", vecs, g_pred)
+    scale = g_pred.norm(dim=1, keepdim=True) * vecs.norm(dim=2)
+    idx = vecs.abs().argmax(dim=2, keepdim=True)
+    fallback = vecs.gather(2, idx).squeeze(2)
+    ref = torch.where(dots.abs() > 1e-12 * scale, dots, fallback)
+    sign = torch.where(ref < 0, -1.0, 1.0).to(vecs.dtype)
+    return vecs * sign.unsqueeze(-1)
+
+
+def _exact(model: nn.Module, x: Tensor, k: int) -> FisherSpectrum:
+    logits, jac = logits_jacobian(model, x)
+    n, kk, d = jac.shape
+    b = score_vectors(logits, jac).to(torch.float64)  # (N, K, D)
+    gram = b @ b.mT  # (N, K, K)
+    w, u = torch.linalg.eigh(gram)
+    w, u = w.flip(-1), u.flip(-1)  # descending
+    r = min(k, kk - 1)
+    w, u = w[:, :r].clamp_min(0.0), u[:, :, :r]
+    # numerically zero eigenvalues -> exact zeros, zero eigenvectors
+    zero = w <= kk * torch.finfo(torch.float64).eps * w[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
+    sigma = w.sqrt().masked_fill(zero, 1.0)
+    vecs = torch.einsum("nkr,nkd->nrd", u, b) / sigma.unsqueeze(-1)
+    vecs = vecs.masked_fill(zero.unsqueeze(-1), 0.0)
+    w = w.masked_fill(zero, 0.0)
+    p = _probs(logits.to(torch.float64))
+    pred = p.argmax(1)
+    g_pred = (b[torch.arange(n), pred] / p[torch.arange(n), pred].sqrt().unsqueeze(-1))
+    vecs = _orient(vecs, g_pred)
+    return FisherSpectrum(
+        eigenvalues=w.to(x.dtype),
+        eigenvectors=vecs.to(x.dtype).reshape(n, r, *x.shape[1:]),
+        method="exact",
+        converged=torch.ones(n, dtype=torch.bool, device=x.device),
+    )
+
+
+def _random_start(x: Tensor, generator: torch.Generator | None, cols: int = 1) -> Tensor:
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    v = torch.randn(n, cols, d, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    return v / v.norm(dim=2, keepdim=True)
+
+
+def _warn_unconverged(converged: Tensor, method: str, max_iter: int, tol: float) -> None:
+    bad = torch.nonzero(~converged).flatten().tolist()
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        warnings.warn(
+            f"{method} did not reach tol={tol:g} within max_iter={max_iter} for {len(bad)} of "
+            f"{converged.numel()} samples: [{shown}]; their eigenpairs are the last iterates. "
+            "Raise max_iter or loosen tol.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+def _lanczos(prod: _Products, x: Tensor, k: int, tol: float, max_iter: int,
+             generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Batched Lanczos with full reorthogonalisation; returns (θ (N,k), V (N,k,D), conv, steps)."""
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    m = min(max_iter, d)
+    q = _random_start(x, generator)[:, 0]  # (N, D)
+    basis = torch.zeros(n, m, d, dtype=x.dtype, device=x.device)
+    alpha = torch.zeros(n, m, dtype=torch.float64, device=x.device)
+    beta = torch.zeros(n, m, dtype=torch.float64, device=x.device)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)  # invariant subspace found
+    converged = torch.zeros(n, dtype=torch.bool, device=x.device)
+    theta = torch.zeros(n, k, dtype=torch.float64, device=x.device)
+    s_top = None
+    steps = 0
+    for j in range(m):
+        steps = j + 1
+        basis[:, j] = q
+        w = prod(q.reshape(x.shape)).reshape(n, d)
+        a = (w * q).sum(1)
+        w = w - a.unsqueeze(1) * q
+        if j > 0:
+            w = w - beta[:, j - 1].to(w.dtype).unsqueeze(1) * basis[:, j - 1]
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            coef = torch.einsum("nmd,nd->nm", basis[:, : j + 1], w)
+            w = w - torch.einsum("nm,nmd->nd", coef, basis[:, : j + 1])
+        bnorm = w.norm(dim=1)
+        alpha[:, j] = a.to(torch.float64)
+        # breakdown: the Krylov space is invariant (G_x has rank <= K - 1)
+        scale = alpha[:, : j + 1].abs().amax(1).clamp_min(torch.finfo(torch.float64).tiny)
+        breakdown = (bnorm.to(torch.float64) <= 1e3 * torch.finfo(x.dtype).eps * scale) | done
+        beta[:, j] = torch.where(breakdown, torch.zeros_like(scale), bnorm.to(torch.float64))
+        done = breakdown
+        q = torch.where(breakdown.unsqueeze(1), torch.zeros_like(w), w / bnorm.clamp_min(1e-300).unsqueeze(1))
+        if j + 1 >= min(k, m) or j + 1 == m:
+            t = torch.diag_embed(alpha[:, : j + 1]) + torch.diag_embed(beta[:, :j], 1) + torch.diag_embed(beta[:, :j], -1)
+            ev, evec = torch.linalg.eigh(t)
+            ev, evec = ev.flip(-1), evec.flip(-1)
+            kk = min(k, j + 1)
+            resid = beta[:, j].unsqueeze(1) * evec[:, -1, :kk].abs()
+            top = ev[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
+            ok = (resid <= tol * top).all(1) | done
+            if j + 1 >= k:
+                converged = ok
+            theta = torch.zeros(n, k, dtype=torch.float64, device=x.device)
+            theta[:, :kk] = ev[:, :kk]
+            s_top = evec[:, :, :kk]
+            if bool(converged.all()):
+                break
+    assert s_top is not None
+    used = s_top.shape[1]
+    vecs = torch.zeros(n, k, d, dtype=torch.float64, device=x.device)
+    vecs[:, : s_top.shape[2]] = torch.einsum("nmr,nmd->nrd", s_top, basis[:, :used].to(torch.float64))
+    return theta.clamp_min(0.0), vecs, converged, steps
+
+
+def _power(prod: _Products, x: Tensor, k: int, tol: float, max_iter: int,
+           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Batched block power (subspace) iteration with Rayleigh–Ritz; k = 1 is plain power iteration."""
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    v = _random_start(x, generator, cols=k).to(torch.float64)  # (N, k, D)
+    v = torch.linalg.qr(v.mT).Q.mT
+    converged = torch.zeros(n, dtype=torch.bool, device=x.device)
+    theta = torch.zeros(n, k, dtype=torch.float64, device=x.device)
+    steps = 0
+    for it in range(max_iter):
+        steps = it + 1
+        gv = torch.stack([prod(v[:, c].to(x.dtype).reshape(x.shape)).reshape(n, d) for c in range(k)], 1)
+        gv = gv.to(torch.float64)
+        h = v @ gv.mT  # (N, k, k) Rayleigh quotient matrix
+        h = (h + h.mT) / 2
+        ev, evec = torch.linalg.eigh(h)
+        ev, evec = ev.flip(-1), evec.flip(-1)
+        ritz = evec.mT @ v  # (N, k, D)
+        g_ritz = evec.mT @ gv
+        resid = (g_ritz - ev.unsqueeze(-1) * ritz).norm(dim=2)
+        top = ev[:, :1].abs().clamp_min(torch.finfo(torch.float64).tiny)
+        converged = (resid <= tol * top).all(1)
+        theta, v = ev, ritz
+        if bool(converged.all()):
+            break
+        v = torch.linalg.qr(g_ritz.mT).Q.mT
+    return theta.clamp_min(0.0), v, converged, steps
+
+
+def fisher_spectrum(
+    model: nn.Module,
+    x: Tensor,
+    k: int | None = None,
+    method: Method = "exact",
+    *,
+    class_samples: int | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    generator: torch.Generator | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> FisherSpectrum:
+    """Top-k eigenpairs of the input-space Fisher matrix G_x, per sample, batched.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps x to logits (N, K); run in eval mode (every module's mode is restored).
+    x : Tensor
+        Inputs (N, C, H, W) or (N, D).
+    k : int, optional
+        Number of eigenpairs; default K − 1 (all non-zero ones). For k > K − 1 the rest
+        are explicit zeros (G_x has rank ≤ K − 1) and a warning says so once.
+    method : {"exact", "lanczos", "power"}
+        ``exact``: K batched VJPs + a K × K eigenproblem, all K − 1 eigenpairs exactly.
+        ``lanczos`` / ``power``: matrix-free (one jvp + one vjp per product), for large K.
+    class_samples : int, optional
+        With ``lanczos`` / ``power``: replace the expectation over y by m classes drawn
+        once per sample from p(y|x) with the alias method (Zhao §3.2; they use ≈ K/5).
+    tol : float
+        Convergence: residual ‖G v − θ v‖ ≤ tol · θ_max for each of the k pairs.
+    max_iter : int
+        Matrix-vector products per sample at most (Lanczos: the Krylov dimension).
+    generator : torch.Generator, optional
+        Random start vectors and class draws.
+
+    Returns
+    -------
+    FisherSpectrum
+
+    Shapes
+    ------
+    x: (N, *S) -> eigenvalues (N, k), eigenvectors (N, k, *S).
+
+    Warns
+    -----
+    ConvergenceWarning
+        Samples whose eigenpairs did not reach ``tol`` (named by index).
+    """
+    _prepare(model, x, bounds)
+    if method not in ("exact", "lanczos", "power"):
+        raise ValueError(f"method must be 'exact', 'lanczos' or 'power'; got {method!r}.")
+    if class_samples is not None:
+        if method == "exact":
+            raise ValueError(
+                "class_samples approximates the expectation over classes and applies to "
+                "method='lanczos' or 'power'; method='exact' sums over all classes. Drop "
+                "class_samples or choose an iterative method."
+            )
+        if isinstance(class_samples, bool) or not isinstance(class_samples, int) or class_samples < 1:
+            raise ValueError(f"class_samples must be a positive integer; got {class_samples!r}.")
+    if not (isinstance(tol, int | float) and tol > 0):
+        raise ValueError(f"tol must be a positive number; got {tol!r}.")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}.")
+    with eval_mode(model), torch.enable_grad():
+        logits = model(x[:1].detach())
+        check_logits(logits)
+        num_classes = logits.shape[1]
+        if k is None:
+            k = num_classes - 1
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer (number of eigenpairs); got {k!r}.")
+        r = min(k, num_classes - 1)
+        if k > num_classes - 1:
+            warnings.warn(
+                f"G_x has rank at most K - 1 = {num_classes - 1} for K = {num_classes} classes; "
+                f"the {k - r} eigenvalues past that are returned as exact zeros.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if method == "exact":
+            spec = _exact(model, x, r)
+        else:
+            a_matrix = None
+            name = method
+            if class_samples is not None:
+                p = _probs(model(x.detach()).detach())
+                a_matrix = _sampled_a_matrix(p, class_samples, generator)
+                name = f"{method}+alias"
+            prod = _Products(model, x, a_matrix)
+            solver = _lanczos if method == "lanczos" else _power
+            theta, vecs, conv, steps = solver(prod, x, r, tol, max_iter, generator)
+            n = x.shape[0]
+            norms = vecs.norm(dim=2, keepdim=True)
+            zero = (theta <= 0) | (norms.squeeze(-1) == 0)
+            vecs = torch.where(zero.unsqueeze(-1), torch.zeros_like(vecs), vecs / norms.clamp_min(1e-300))
+            g_pred = prod.grad_log_prob(prod.p.argmax(1)).reshape(n, -1).to(torch.float64)
+            vecs = _orient(vecs, g_pred)
+            _warn_unconverged(conv, name, max_iter, tol)
+            spec = FisherSpectrum(
+                eigenvalues=theta.masked_fill(zero, 0.0).to(x.dtype),
+                eigenvectors=vecs.to(x.dtype).reshape(n, r, *x.shape[1:]),
+                method=name,
+                converged=conv,
+                iterations=steps,
+            )
+    if k > r:
+        n = x.shape[0]
+        pad_vals = torch.zeros(n, k - r, dtype=spec.eigenvalues.dtype, device=x.device)
+        pad_vecs = torch.zeros(n, k - r, *x.shape[1:], dtype=spec.eigenvectors.dtype, device=x.device)
+        spec = FisherSpectrum(
+            torch.cat([spec.eigenvalues, pad_vals], 1),
+            torch.cat([spec.eigenvectors, pad_vecs], 1),
+            spec.method, spec.converged, spec.iterations,
+        )
+    return spec
