@@ -1,0 +1,252 @@
+"""The attack contract (DESIGN.md §3): frozen hyperparameters, model and data at call time.
+
+``attack(model, x, y)`` returns ``x_adv``; ``attack.run(...)`` returns an
+:class:`AttackResult` with the per-sample success mask, the perturbation norms and
+attack-specific extras. The base class validates inputs, runs the model in eval mode
+(restoring every module's mode), and enforces the post-conditions itself: the
+perturbation is projected onto the ``eps`` ball of the attack's norm and clamped to
+``bounds``, so a returned example is always admissible. Inputs are never modified and
+parameter gradients are never touched (``torch.autograd.grad`` with respect to the
+input only).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_inputs, check_labels, check_logits, eval_mode
+
+__all__ = ["Attack", "AttackResult", "OneStepAttack", "Norm", "perturbation_norms", "project"]
+
+Norm = Literal["linf", "l2", "l1", "l0"]
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack produced for a batch.
+
+    Attributes
+    ----------
+    x_adv : Tensor
+        Adversarial inputs, shaped like x, inside ``bounds`` (and the budget).
+    success : Tensor
+        (N,) bool: misclassified (untargeted) or classified as the target (targeted),
+        recomputed on ``x_adv``.
+    logits_adv : Tensor
+        (N, K) logits at ``x_adv``.
+    norms : dict
+        ``"l0", "l1", "l2", "linf"`` -> (N,) norms of the perturbation actually applied.
+    extras : dict
+        Attack-specific per-sample tensors (e.g. OSSA's sign and eigenvalue).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    logits_adv: Tensor
+    norms: dict[str, Tensor]
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def perturbation_norms(delta: Tensor) -> dict[str, Tensor]:
+    """L0 / L1 / L2 / L∞ norms per sample of a perturbation (N, ...)."""
+    flat = delta.flatten(1)
+    return {
+        "l0": (flat != 0).sum(1).to(delta.dtype),
+        "l1": flat.abs().sum(1),
+        "l2": flat.norm(dim=1),
+        "linf": flat.abs().amax(1),
+    }
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
+    """Project ``x_adv`` onto the ``eps`` ball of ``norm`` around ``x`` (eps per sample).
+
+    Samples with ``eps == 0`` come back as ``x`` exactly.
+    """
+    delta = x_adv - x
+    if norm == "linf":
+        e = _bcast(eps, x)
+        delta = torch.maximum(torch.minimum(delta, e), -e)
+    elif norm in ("l2", "l1"):
+        n = delta.flatten(1).norm(p=2 if norm == "l2" else 1, dim=1)
+        scale = torch.where(n > eps, eps / n.clamp_min(torch.finfo(n.dtype).tiny), torch.ones_like(n))
+        delta = delta * _bcast(scale, x)
+    elif norm == "l0":
+        pass  # L0 attacks bound the number of pixels themselves
+    else:  # pragma: no cover - guarded by the classes
+        raise ValueError(f"unknown norm {norm!r}")
+    out = x + delta
+    return torch.where(_bcast(eps == 0, x), x, out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack(ABC):
+    """Base class of every attack: subclasses are frozen dataclasses of hyperparameters.
+
+    Subclasses implement :meth:`_run`; budgeted attacks have an ``eps`` field in the
+    units of their ``norm`` and the base class enforces it.
+    """
+
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    norm: ClassVar[Norm] = "l2"
+    #: whether ``eps`` is a hard budget that the base class projects onto
+    budgeted: ClassVar[bool] = True
+    supports_targeted: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        lo, hi = self.bounds
+        if not (isinstance(lo, int | float) and isinstance(hi, int | float) and lo < hi):
+            raise ValueError(f"bounds must be (low, high) with low < high; got {self.bounds!r}.")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("eps", "step_size") and v is not None:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                    raise ValueError(
+                        f"The '{f.name}' parameter of {type(self).__name__} must be a finite number "
+                        f">= 0; got {v!r}."
+                    )
+            if f.name == "steps" and v is not None:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"The 'steps' parameter of {type(self).__name__} must be an integer >= 1; got {v!r}.")
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None, *, targeted: bool = False,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Adversarial examples for ``x`` (shape and dtype of ``x``)."""
+        return self.run(model, x, y, targeted=targeted, generator=generator).x_adv
+
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor | None = None,
+        *,
+        targeted: bool = False,
+        generator: torch.Generator | None = None,
+        eps: float | Tensor | None = None,
+    ) -> AttackResult:
+        """Attack a batch and return an :class:`AttackResult`.
+
+        Parameters
+        ----------
+        model : nn.Module
+            Maps x to logits (N, K).
+        x : Tensor
+            Inputs (N, C, H, W) or (N, D) within ``bounds``; never modified.
+        y : Tensor, optional
+            True labels (untargeted; default: the model's predictions) or target labels
+            (``targeted=True``, required), int64 (N,).
+        generator : torch.Generator, optional
+            Randomness (random starts, random targets), for reproducibility.
+        eps : float or Tensor (N,), optional
+            Per-call budget overriding the attack's ``eps`` (used by
+            :func:`~fisherscope.evaluation.least_perturbation`).
+        """
+        check_inputs(x, y, bounds=self.bounds)
+        if targeted and not self.supports_targeted:
+            raise ValueError(f"{type(self).__name__} is untargeted only; call it with targeted=False.")
+        x = x.detach()
+        with eval_mode(model):
+            with torch.no_grad():
+                logits = model(x)
+            check_logits(logits)
+            k = logits.shape[1]
+            if y is None:
+                if targeted:
+                    raise ValueError("targeted=True needs y: the target class of each sample (int64, shape (N,)).")
+                y = logits.argmax(1)
+            check_labels(y, x.shape[0], k)
+            eps_t = self._eps_tensor(eps, x)
+            x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
+            x_adv = self._enforce(x, x_adv.detach(), eps_t)
+            with torch.no_grad():
+                logits_adv = model(x_adv)
+        pred = logits_adv.argmax(1)
+        success = pred == y if targeted else pred != y
+        return AttackResult(x_adv, success, logits_adv, perturbation_norms(x_adv - x), extras)
+
+    # -------------------------------------------------------------- internals
+    def _eps_tensor(self, eps: float | Tensor | None, x: Tensor) -> Tensor | None:
+        if not self.budgeted:
+            return None
+        value = getattr(self, "eps", None) if eps is None else eps
+        if value is None:
+            return None
+        t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],) or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError(f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers.")
+        return t.clone()
+
+    def _enforce(self, x: Tensor, x_adv: Tensor, eps: Tensor | None) -> Tensor:
+        if eps is not None:
+            x_adv = project(x, x_adv, eps, self.norm)
+        lo, hi = self.bounds
+        out = x_adv.clamp(lo, hi)
+        if eps is not None:
+            out = torch.where(_bcast(eps == 0, x), x, out)
+        return out
+
+    @abstractmethod
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return (x_adv, extras); the base class projects and clamps afterwards."""
+
+
+class OneStepAttack(Attack):
+    """An attack whose expensive part (a direction) does not depend on ``eps``.
+
+    :meth:`prepare` computes it once; :meth:`step` applies a (per-sample) budget. A
+    budget search (:func:`~fisherscope.evaluation.least_perturbation`) therefore pays
+    for the direction once.
+    """
+
+    def prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool = False,
+                generator: torch.Generator | None = None) -> Any:
+        return self._prepare(model, x, y, targeted, generator)
+
+    @abstractmethod
+    def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool,
+                 generator: torch.Generator | None) -> Any: ...
+
+    @abstractmethod
+    def _step(self, model: nn.Module, x: Tensor, y: Tensor, state: Any, eps: Tensor,
+              targeted: bool) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def _run(self, model, x, y, eps, targeted, generator):
+        state = self._prepare(model, x, y, targeted, generator)
+        return self._step(model, x, y, state, eps, targeted)
+
+    def step(self, model: nn.Module, x: Tensor, y: Tensor, state: Any, eps: Tensor,
+             targeted: bool = False) -> Tensor:
+        """x_adv for budget ``eps`` (N,) from a prepared state, projected and clamped."""
+        x_adv, _ = self._step(model, x, y, state, eps, targeted)
+        return self._enforce(x, x_adv.detach(), eps)
+
+
+def input_gradient(model: nn.Module, x: Tensor, y: Tensor, *, targeted: bool = False) -> tuple[Tensor, Tensor]:
+    """(logits, ∇x loss) with loss = CE(y) (untargeted) or −CE(y) (targeted), per sample.
+
+    The batch-sum of per-sample losses gives per-sample gradients because samples do
+    not interact in eval mode. Parameter gradients are untouched.
+    """
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xr)
+        loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+        if targeted:
+            loss = -loss
+        (grad,) = torch.autograd.grad(loss, xr)
+    return logits.detach(), grad.detach()
