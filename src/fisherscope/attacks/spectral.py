@@ -11,7 +11,8 @@ means here.
 Sign: an eigenvector is a line, not a direction. For each sample we evaluate the real
 candidates clip(x + eps·v₁) and clip(x − eps·v₁) and keep the one with the larger
 cross-entropy of the true label (smaller CE of the target when targeted), ties going
-to +v₁. Algorithm 1 (lines 8–10) tests the unit vector x ± v₁ instead; with clipping and
+to +v₁. Zhao's eq. (5) requires the loss to increase: where neither candidate raises it
+(it can happen with clipping), the sample is left unperturbed and ``extras["sign"]`` is 0. Algorithm 1 (lines 8–10) tests the unit vector x ± v₁ instead; with clipping and
 a finite budget the real candidates are what matters. The L2 norm actually applied after
 clipping is reported in ``AttackResult.norms["l2"]`` (and ``extras["applied_l2"]``).
 """
@@ -36,18 +37,25 @@ def _bcast(v: Tensor, x: Tensor) -> Tensor:
 
 def _choose_sign(model: nn.Module, x: Tensor, y: Tensor, v: Tensor, step: Tensor,
                  bounds: tuple[float, float], targeted: bool) -> tuple[Tensor, Tensor]:
-    """Per-sample s ∈ {+1, −1} maximising CE(y) (or minimising CE(target)) at clip(x + s·step·v)."""
+    """Per-sample s ∈ {+1, 0, −1} and the step s·step·v.
+
+    s maximises CE(y) (minimises CE(target) when targeted) over the real candidates
+    clip(x ± step·v), ties to +1. Zhao's eq. (5) constrains the loss to increase; where
+    neither candidate does that (possible with clipping or strong curvature), s = 0 and
+    the sample is left where it is.
+    """
     lo, hi = bounds
     d = _bcast(step, x) * v
-    cand = torch.cat([(x + d).clamp(lo, hi), (x - d).clamp(lo, hi)])
+    cand = torch.cat([(x + d).clamp(lo, hi), (x - d).clamp(lo, hi), x])
     with torch.no_grad():
-        ce = torch.nn.functional.cross_entropy(model(cand), torch.cat([y, y]), reduction="none")
-    ce_plus, ce_minus = ce.chunk(2)
+        ce = torch.nn.functional.cross_entropy(model(cand), torch.cat([y, y, y]), reduction="none")
+    ce_plus, ce_minus, ce_0 = ce.chunk(3)
     if targeted:
-        plus = ce_plus <= ce_minus
-    else:
-        plus = ce_plus >= ce_minus
+        ce_plus, ce_minus, ce_0 = -ce_plus, -ce_minus, -ce_0
+    plus = ce_plus >= ce_minus
+    best = torch.where(plus, ce_plus, ce_minus)
     sign = torch.where(plus, 1.0, -1.0).to(x.dtype)
+    sign = torch.where(best >= ce_0, sign, torch.zeros_like(sign))
     return sign, _bcast(sign, x) * d
 
 
