@@ -57,3 +57,26 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> n
         for i in range(0, x.shape[0], batch_size):
             out.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
     return torch.cat(out).numpy()
+
+
+def select_samples(n_total: int, n: int | None, seed: int) -> torch.Tensor:
+    """Indices of ``n`` samples drawn without replacement (all, in order, when n is None)."""
+    if n is None or n >= n_total:
+        return torch.arange(n_total)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=g)[:n].sort().values
+
+
+def in_batches(fn: Any, *tensors: torch.Tensor, batch_size: int = 256) -> Any:
+    """Apply ``fn`` to aligned slices of ``tensors`` and concatenate what it returns.
+
+    ``fn`` returns a tensor, or a dict / tuple of tensors with the batch as first dim.
+    """
+    n = tensors[0].shape[0]
+    outs = [fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
+    first = outs[0]
+    if isinstance(first, dict):
+        return {k: torch.cat([o[k] for o in outs]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(torch.cat([o[j] for o in outs]) for j in range(len(first)))
+    return torch.cat(outs)

@@ -1,0 +1,321 @@
+"""Zhao et al. 2019 on MNIST: Table 2 and Figures 1–4(a) (``configs/zhao-*.toml``).
+
+Protocol notes (also in docs/RESULTS.md):
+
+- Attacks run on test images the model classifies correctly; the fooling rate is the
+  fraction of those misclassified after the attack (the paper does not say how it
+  treats already-misclassified images; counting them as fooled at budget 0 would add
+  the model's test error to every rate).
+- Budgets are L2 norms of the perturbation before clipping to [0, 1] (``eps``); the
+  norm actually applied after clipping is reported beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..attacks import ATTACKS, FGM, OSSA, IterativeOSSA
+from ..evaluation import least_perturbation
+from ..fisher import fisher_spectrum
+from ..plotting import image_grid
+from .base import Context, register
+from .common import in_batches, load_split, predict, select_samples, trained_model
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Run
+
+__all__ = ["ZhaoConfig"]
+
+
+@dataclass(frozen=True)
+class ZhaoConfig:
+    """Shared config of the Zhao et al. reproductions (each kind reads what it needs)."""
+
+    name: str
+    kind: str
+    seed: int = 0
+    description: str = ""
+    arch: str = "lenet5"
+    dataset: str = "mnist"
+    preset: str | None = None
+    n_samples: int | None = None  # test images used (None: all)
+    batch_size: int = 500
+    hi: float = 6.0  # least-perturbation search interval [0, hi]
+    tol: float = 1e-3
+    attacks: list[str] = field(default_factory=lambda: ["fgm", "ossa"])
+    budgets: list[float] = field(default_factory=lambda: [0.25 * i for i in range(25)])
+    step_size: float = 0.05
+    steps: int = 60
+    eps: float = 2.0  # Figure 1 / Figure 4(a) budget
+    n_examples: int = 16
+    paper: dict[str, Any] = field(default_factory=dict)
+
+
+def _setup(cfg: ZhaoConfig, ctx: Context) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
+    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset)
+    test = load_split(cfg.dataset, "test", ctx)
+    idx = select_samples(len(test), cfg.n_samples, cfg.seed)
+    return trained, test.x[idx], test.y[idx], test
+
+
+def _model_blurb(cfg: ZhaoConfig, trained: Any, n: int) -> Paragraph:
+    return Paragraph(
+        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {trained.metrics['test_accuracy']:.4f}, "
+        f"checkpoint `{trained.key[:12]}`), {n} test images, seed {cfg.seed}."
+    )
+
+
+def _one_step(key: str, eps: float = 1.0) -> Any:
+    cls = ATTACKS[key]
+    return cls(eps=eps)
+
+
+# ------------------------------------------------------------------- Table 2
+
+
+@register("zhao_table2", ZhaoConfig, "Zhao Table 2: fooling rate and mean least L2 perturbation, FGM vs OSSA.")
+def run_table2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
+    trained, x, y, _ = _setup(cfg, ctx)
+    model = trained.model
+    rows = []
+    for key in cfg.attacks:
+
+        def measure(key: str = key) -> dict[str, Any]:
+            attack = _one_step(key)
+            lp = in_batches(
+                lambda xb, yb: _lp_fields(least_perturbation(attack, model, xb, yb, hi=cfg.hi, tol=cfg.tol)),
+                x, y, batch_size=cfg.batch_size,
+            )
+            fooled, correct = lp["fooled"].bool(), lp["correct"].bool()
+            eps = lp["eps"]
+            return {
+                "fooling_rate": float(fooled.sum() / correct.sum()),
+                "fooling_rate_all": float((fooled | ~correct).float().mean()),
+                "mean_least_l2": float(eps[fooled].mean()),
+                "median_least_l2": float(eps[fooled].median()),
+                "mean_applied_l2": float(lp["applied_l2"][fooled].mean()),
+                "n_correct": int(correct.sum()),
+                "n_fooled": int(fooled.sum()),
+                "n": int(len(y)),
+            }
+
+        r = run.cell(f"table2/{key}", measure)
+        paper = cfg.paper.get(key, {})
+        rows.append([key.upper(), r["mean_least_l2"], 100 * r["fooling_rate"], r["mean_applied_l2"],
+                     100 * r["fooling_rate_all"], paper.get("mean", math.nan), paper.get("rate", math.nan)])
+    return [
+        Heading("Zhao et al. Table 2 (MNIST column)"),
+        _model_blurb(cfg, trained, len(y)),
+        Paragraph(
+            f"Per-sample binary search of the least L2 budget in [0, {cfg.hi}] (tolerance {cfg.tol}) "
+            "on correctly classified test images; the mean is over the fooled ones only. "
+            "'rate incl. misclassified' counts the model's own errors as fooled."
+        ),
+        Table(["attack", "mean least L2", "fooling rate %", "mean applied L2 (after clip)",
+               "rate incl. misclassified %", "paper mean", "paper rate %"], rows),
+    ]
+
+
+def _lp_fields(lp: Any) -> dict[str, torch.Tensor]:
+    return {"eps": lp.eps, "applied_l2": lp.applied_l2, "fooled": lp.fooled.float(), "correct": lp.correct.float()}
+
+
+# ------------------------------------------------------------------- Figure 1
+
+
+@register("zhao_figure1", ZhaoConfig, "Zhao Figure 1: a grid of OSSA adversarial examples with predictions.")
+def run_figure1(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
+    trained, x, y, test = _setup(cfg, ctx)
+    model = trained.model
+    x, y = x[: cfg.n_examples], y[: cfg.n_examples]
+
+    def measure() -> dict[str, Any]:
+        res = OSSA(eps=cfg.eps).run(model, x, y)
+        return {
+            "clean_pred": predict(model, x).tolist(),
+            "adv_pred": res.logits_adv.argmax(1).tolist(),
+            "applied_l2": res.norms["l2"].tolist(),
+            "success_rate": float(res.success.float().mean()),
+        }
+
+    r = run.cell("figure1", measure)
+    x_adv = OSSA(eps=cfg.eps)(model, x, y)  # deterministic: redraw the images for the figure
+    imgs = torch.cat([x, x_adv])
+    titles = [f"{test.classes[p]}" for p in r["clean_pred"]] + [
+        f"{test.classes[p]} (L2 {d:.2f})" for p, d in zip(r["adv_pred"], r["applied_l2"], strict=True)
+    ]
+    colors = ["black"] * len(x) + ["red" if a != c else "black" for a, c in zip(r["adv_pred"], r["clean_pred"], strict=True)]
+    fig = image_grid(imgs, titles, title_colors=colors, ncols=min(8, len(x)),
+                     suptitle=f"Top: clean with prediction. Bottom: OSSA, L2 budget {cfg.eps} (red: prediction changed)")
+    path = save_figure(fig, run.figures_dir / "zhao_figure1.png")
+    return [
+        Heading("Zhao et al. Figure 1: OSSA adversarial examples"),
+        _model_blurb(cfg, trained, len(y)),
+        Paragraph(f"One OSSA step with L2 budget {cfg.eps}; {100 * r['success_rate']:.1f}% of these change the prediction."),
+        Figure(path, "Clean images (top rows) and their OSSA adversarials (bottom rows), drawn as the model sees them."),
+    ]
+
+
+# ------------------------------------------------------------------- Figure 2
+
+
+@register("zhao_figure2", ZhaoConfig, "Zhao Figure 2: fooling rate vs budget (one-step) and vs iterations (iterative OSSA).")
+def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    trained, x, y, _ = _setup(cfg, ctx)
+    model = trained.model
+    correct = torch.as_tensor(predict(model, x)) == y
+    xc, yc = x[correct], y[correct]
+    keys = [k for k in cfg.attacks if k in ATTACKS]
+    curves = {}
+    for key in keys:
+
+        def measure(key: str = key) -> dict[str, Any]:
+            attack = _one_step(key)
+            rates = []
+            for eps in cfg.budgets:
+                succ = in_batches(lambda xb, yb: attack.run(model, xb, yb, eps=eps).success.float(),
+                                  xc, yc, batch_size=cfg.batch_size)
+                rates.append(float(succ.mean()))
+            return {"budgets": list(cfg.budgets), "fooling_rate": rates}
+
+        curves[key] = run.cell(f"figure2a/{key}", measure)
+
+    def measure_iter() -> dict[str, Any]:
+        attack = IterativeOSSA(step_size=cfg.step_size, steps=cfg.steps)
+        per_step = in_batches(lambda xb, yb: attack.run(model, xb, yb).extras["success_per_step"].float(),
+                              xc, yc, batch_size=cfg.batch_size)
+        return {"fooling_rate": per_step.mean(0).tolist()}
+
+    it = run.cell("figure2b/ossa_iterative", measure_iter)
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, c in curves.items():
+        ax1.plot(c["budgets"], [100 * r for r in c["fooling_rate"]], marker=".", label=key.upper())
+    ax1.set_xlabel("L2 perturbation budget")
+    ax1.set_ylabel("fooling rate (%)")
+    ax1.set_title("(a) one-step attacks")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    steps = np.arange(1, len(it["fooling_rate"]) + 1)
+    ax2.plot(steps, [100 * r for r in it["fooling_rate"]], label=f"iterative OSSA ({cfg.step_size}/step)")
+    ax2.set_xlabel("iterations")
+    ax2.set_ylabel("fooling rate (%)")
+    ax2.set_title("(b) iterative attacks")
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.tight_layout()
+    path = save_figure(fig, run.figures_dir / "zhao_figure2.png")
+    rows = []
+    for target in (0.5, 0.9):
+        row = [f"budget for {int(100 * target)}% fooled"]
+        for key in keys:
+            rates = curves[key]["fooling_rate"]
+            hit = next((b for b, r in zip(curves[key]["budgets"], rates, strict=True) if r >= target), math.nan)
+            row.append(hit)
+        rows.append(row)
+    return [
+        Heading("Zhao et al. Figure 2: fooling rate vs budget and vs iterations"),
+        _model_blurb(cfg, trained, len(y)),
+        Paragraph(f"{int(correct.sum())} correctly classified images attacked; budgets are L2 norms before clipping."),
+        Table(["", *[k.upper() for k in keys]], rows,
+              caption="Smallest budget on the grid reaching the rate (paper, OSSA on MNIST: 90% at 2.1)"),
+        Figure(path, "(a) fooling rate vs L2 budget; (b) fooling rate vs iterations of iterative OSSA."),
+    ]
+
+
+# ------------------------------------------------------------------- Figure 3
+
+
+@register("zhao_figure3", ZhaoConfig, "Zhao Figure 3: least OSSA L2 perturbation vs log λ_max, with the correlation.")
+def run_figure3(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    trained, x, y, _ = _setup(cfg, ctx)
+    model = trained.model
+
+    def measure() -> dict[str, Any]:
+        out = in_batches(
+            lambda xb, yb: {
+                **_lp_fields(least_perturbation(OSSA(eps=1.0), model, xb, yb, hi=cfg.hi, tol=cfg.tol)),
+                "lam": fisher_spectrum(model, xb, k=1).top_eigenvalue,
+            },
+            x, y, batch_size=cfg.batch_size,
+        )
+        fooled = out["fooled"].bool()
+        lam, eps = out["lam"][fooled].double(), out["eps"][fooled].double()
+        loglam = lam.clamp_min(1e-30).log10()
+        r = float(np.corrcoef(loglam.numpy(), eps.numpy())[0, 1])
+        return {"log10_lambda_max": loglam.tolist(), "least_l2": eps.tolist(), "pearson_r": r,
+                "n_fooled": int(fooled.sum()), "n_correct": int(out["correct"].sum())}
+
+    r = run.cell("figure3", measure)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(r["log10_lambda_max"], r["least_l2"], s=6, alpha=0.5)
+    ax.set_xlabel("log10 λ_max of G_x")
+    ax.set_ylabel("least OSSA L2 perturbation")
+    ax.set_title(f"{r['n_fooled']} fooled samples, Pearson r = {r['pearson_r']:.3f}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = save_figure(fig, run.figures_dir / "zhao_figure3.png")
+    return [
+        Heading("Zhao et al. Figure 3: least perturbation vs λ_max"),
+        _model_blurb(cfg, trained, len(y)),
+        Paragraph(
+            f"Least OSSA budget by binary search in [0, {cfg.hi}] for the {r['n_fooled']} of {r['n_correct']} "
+            f"correct samples fooled within it; Pearson correlation with log10 λ_max: {r['pearson_r']:.3f} "
+            "(the paper shows a clear negative trend and gives no coefficient)."
+        ),
+        Figure(path, "Least OSSA L2 perturbation against log10 of the top eigenvalue of G_x."),
+    ]
+
+
+# ------------------------------------------------------------------- Figure 4(a)
+
+
+@register("zhao_figure4a", ZhaoConfig, "Zhao Figure 4(a): histogram of λ_max for clean vs FGM test images.")
+def run_figure4a(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    trained, x, y, _ = _setup(cfg, ctx)
+    model = trained.model
+
+    def measure() -> dict[str, Any]:
+        def lam(xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
+            res = FGM(eps=cfg.eps).run(model, xb, yb)
+            return {
+                "clean": fisher_spectrum(model, xb, k=1).top_eigenvalue,
+                "adv": fisher_spectrum(model, res.x_adv, k=1).top_eigenvalue,
+                "success": res.success.float(),
+            }
+
+        out = in_batches(lam, x, y, batch_size=cfg.batch_size)
+        return {"clean": out["clean"].tolist(), "adv": out["adv"].tolist(),
+                "fgm_success_rate": float(out["success"].mean()),
+                "median_clean": float(out["clean"].median()), "median_adv": float(out["adv"].median())}
+
+    r = run.cell("figure4a", measure)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    clean = np.log10(np.clip(r["clean"], 1e-30, None))
+    adv = np.log10(np.clip(r["adv"], 1e-30, None))
+    bins = np.linspace(min(clean.min(), adv.min()), max(clean.max(), adv.max()), 60)
+    ax.hist(clean, bins=bins, alpha=0.6, label="clean")
+    ax.hist(adv, bins=bins, alpha=0.6, label=f"FGM (L2 {cfg.eps})")
+    ax.set_xlabel("log10 λ_max")
+    ax.set_ylabel("count")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = save_figure(fig, run.figures_dir / "zhao_figure4a.png")
+    return [
+        Heading("Zhao et al. Figure 4(a): λ_max of clean and FGM images"),
+        _model_blurb(cfg, trained, len(y)),
+        Table(["", "median λ_max", ], [["clean", r["median_clean"]], [f"FGM L2 {cfg.eps}", r["median_adv"]]],
+              caption=f"FGM fooled {100 * r['fgm_success_rate']:.1f}% of the images (all test images, as in the paper)."),
+        Figure(path, "Histogram of log10 λ_max for clean and FGM test images."),
+    ]
