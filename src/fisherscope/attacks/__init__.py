@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from .base import Attack, AttackResult, OneStepAttack, input_gradient, perturbation_norms, project
 from .gradient import FGM
+from .iterative import MIFGSM
 from .spectral import OSSA, IterativeOSSA
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgm": FGM,
+    "mifgsm": MIFGSM,
     "ossa": OSSA,
     "ossa_iterative": IterativeOSSA,
 }
@@ -19,6 +21,7 @@ ATTACKS: dict[str, type[Attack]] = {
 __all__ = [
     "ATTACKS",
     "FGM",
+    "MIFGSM",
     "OSSA",
     "Attack",
     "AttackResult",

@@ -1,4 +1,4 @@
-"""The maths: input-space Fisher information G_x (and, later, parameter-space F_θ and FIS)."""
+"""The maths: input-space Fisher information G_x, parameter-space F_θ and FIS maps."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from .input_space import (
     logits_jacobian,
     score_vectors,
 )
+from .parameter_space import param_direction, param_fisher_form, param_fisher_trace
+from .sensitivity import fisher_sensitivity
 
 __all__ = [
     "MAX_DENSE_DIM",
@@ -21,9 +23,13 @@ __all__ = [
     "alias_sample",
     "alias_table",
     "fisher_matrix",
+    "fisher_sensitivity",
     "fisher_spectrum",
     "fisher_trace",
     "fisher_vector_product",
     "logits_jacobian",
+    "param_direction",
+    "param_fisher_form",
+    "param_fisher_trace",
     "score_vectors",
 ]

@@ -1,0 +1,521 @@
+"""The parameter-space Fisher information F_θ(x) of a classifier (Martin & Elster 2019).
+
+For one input x, logits z = z_θ(x) and p = softmax(z), with g_c = ∇θ log p_c(x),
+
+    F_θ(x) = Σ_c p_c g_c g_cᵀ                                   (eq. 3)
+
+is a P × P matrix (P = number of parameters); it is never formed here. What is computed,
+per sample and batched with ``torch.func`` (``vmap`` over samples of ``vjp`` / ``jvp``
+through ``functional_call``; no Python loop over samples or parameter tensors):
+
+- the trace tr F_θ = Σ_c p_c ‖g_c‖² (eq. 4), from K per-sample parameter gradients;
+- the quadratic form vᵀ F_θ v = Σ_c p_c (g_c · v)² (eq. 5) along v = λ ∇θ log p_ŷ(x)
+  (eq. 6, ŷ the predicted class), and its normalised version v̄ᵀ F_θ v̄ with v̄ = v / ‖v‖
+  (eq. 8). ``method="jvp"``: the K directional derivatives J_θ v are one forward-mode
+  product (exact). ``method="finite_difference"``: the paper's eq. 9, a forward
+  difference (f(θ + ε′v) − f(θ)) / ε′ over the whole v.
+
+Two-class reduction (eq. 7): the K classes collapse to {ŷ, not ŷ} with probabilities
+(p̂, 1 − p̂). The short form of the reduced trace, p̂ / (1 − p̂) · ‖∇θ log p̂‖², loses
+all precision for confident inputs: 1 − p̂ and ∇θ log p̂ = (1 − p̂)·(…) both underflow to
+round-off. Everything here is written with
+
+    r_c = e_c − q⁽ᶜ⁾,   q⁽ᶜ⁾ = softmax of the logits other than c (q⁽ᶜ⁾_c = 0),
+
+so that e_c − p = (1 − p_c) r_c exactly, with log(1 − p_c) = logsumexp(z_{−c}) −
+logsumexp(z) computed in log space. Then, with Jᵀ r_c = ∇θ (r_c · z):
+
+    g_c            = (1 − p_c) Jᵀ r_c
+    tr F_θ         = Σ_c p_c (1 − p_c)² ‖Jᵀ r_c‖²                 (full)
+    tr F_θ^{2-cl.} = p̂ (1 − p̂) ‖Jᵀ r_ŷ‖²                         (two_class, eq. 7)
+    vᵀ F_θ v       = Σ_c p_c (1 − p_c)² (r_c · J v)²   or   p̂ (1 − p̂) (r_ŷ · J v)²
+
+The two-class expressions equal (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖² (the precise form, see
+``reference/peer-libraries-and-paper-code.md`` §6) and keep full relative precision for
+p̂ → 1. The default direction v = λ (1 − p̂) Jᵀ r_ŷ is exact in the same way, so the
+normalised form stays defined for inputs whose p̂ rounds to 1.
+
+Parameters are those of ``model.named_parameters()`` with ``requires_grad=True``; a
+direction ``v`` is a mapping from those names to tensors shaped ``(N, *param.shape)`` (one
+direction per sample) or ``param.shape`` (shared by all samples).
+
+References
+----------
+Martin, J., Elster, C. "Inspecting adversarial examples using the Fisher information."
+Neurocomputing 382 (2020) 80–86; arXiv:1909.05527.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp, vmap
+
+from .._validation import check_inputs, check_logits, eval_mode
+
+__all__ = [
+    "param_direction",
+    "param_fisher_form",
+    "param_fisher_trace",
+]
+
+Bounds = tuple[float, float] | None
+Reduction = Literal["full", "two_class"]
+FormMethod = Literal["jvp", "finite_difference"]
+Direction = Mapping[str, Tensor]
+
+#: Memory (bytes) the per-sample parameter-sized tensors of one vmapped chunk may take
+#: when ``chunk_size`` is not given.
+CHUNK_BUDGET_BYTES = 256 * 2**20
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+
+
+def _check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+    return float(value)
+
+
+def _check_chunk(chunk_size: object) -> None:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer (samples per vmapped chunk) or None; got {chunk_size!r}.")
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            "model must be a torch.nn.Module mapping x to logits (the parameter-space Fisher "
+            f"differentiates with respect to its parameters); got {type(model).__name__}."
+        )
+
+
+class _Functional:
+    """A functional view of ``model``: logits of one sample as a function of (params, x)."""
+
+    def __init__(self, model: nn.Module):
+        _check_model(model)
+        self.model = model
+        self.params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise ValueError(
+                f"{type(model).__name__} has no parameters with requires_grad=True; the "
+                "parameter-space Fisher needs at least one trainable parameter."
+            )
+        self.n_params = sum(p.numel() for p in self.params.values())
+        self.dtype = next(iter(self.params.values())).dtype
+
+    def logits1(self, params: Mapping[str, Tensor], x1: Tensor) -> Tensor:
+        """Logits (K,) of one sample x1 (shape S) under ``params``."""
+        return functional_call(self.model, dict(params), (x1.unsqueeze(0),)).squeeze(0)
+
+
+def _prepare(model: nn.Module, x: Tensor, bounds: Bounds) -> tuple[_Functional, Tensor, Tensor]:
+    """Validate, then (functional view, logits (N, K), predictions (N,)); call in eval mode."""
+    net = _Functional(model)
+    check_inputs(x, bounds=bounds)
+    with torch.no_grad():
+        logits = model(x.detach())
+    check_logits(logits)
+    return net, logits.detach(), logits.argmax(1)
+
+
+def _class_terms(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """log p, log(1 − p) and the rows r_c = e_c − q⁽ᶜ⁾, all in log space.
+
+    Shapes
+    ------
+    z: (..., K) -> log_p (..., K), log1m_p (..., K), r (..., K, K) (row c is r_c).
+    """
+    k = z.shape[-1]
+    eye = torch.eye(k, dtype=torch.bool, device=z.device)
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    log_p = z - lse
+    others = z.unsqueeze(-2).masked_fill(eye, -torch.inf)  # row c: z without z_c
+    log1m_p = torch.logsumexp(others, dim=-1) - lse.squeeze(-1)
+    q = torch.softmax(others, dim=-1)
+    r = eye.to(z.dtype) - q
+    return log_p, log1m_p, r
+
+
+def _pick(t: Tensor, idx: Tensor) -> Tensor:
+    """t[..., idx, ...] along dim 0 for a 0-d index tensor (vmap-friendly)."""
+    return torch.index_select(t, 0, idx.reshape(1)).squeeze(0)
+
+
+def _sqnorm(tree: Mapping[str, Tensor], lead: int) -> Tensor:
+    """Σ over tensors of the squared entries, keeping ``lead`` leading dims."""
+    return sum(g.pow(2).flatten(lead).sum(-1) for g in tree.values())  # type: ignore[return-value]
+
+
+def _chunks(n: int, chunk: int) -> list[slice]:
+    return [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+
+def _auto_chunk(chunk_size: int | None, net: _Functional, vectors_per_sample: int) -> int:
+    if chunk_size is not None:
+        return chunk_size
+    per_sample = max(1, vectors_per_sample) * net.n_params * torch.finfo(net.dtype).bits // 8
+    return max(1, CHUNK_BUDGET_BYTES // per_sample)
+
+
+@contextlib.contextmanager
+def _quiet_forward_ad() -> Iterator[None]:
+    """torch's forward-mode AD scripts a helper on first use and warns that
+    torch.jit.script is deprecated; that is torch's business, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+        yield
+
+
+def _grad_r_pred(net: _Functional, x1: Tensor, pred1: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """(log p̂, log(1 − p̂), logits, Jᵀ r_ŷ) for one sample; Jᵀ r_ŷ = ∇θ log p̂ / (1 − p̂)."""
+    z, vjp_fn = vjp(lambda p: net.logits1(p, x1), net.params)
+    log_p, log1m_p, r = _class_terms(z)
+    (g,) = vjp_fn(_pick(r, pred1))
+    return _pick(log_p, pred1), _pick(log1m_p, pred1), z, g
+
+
+def _normalize_tree(tree: Mapping[str, Tensor], lead: int) -> tuple[dict[str, Tensor], Tensor]:
+    """tree / ‖tree‖ per leading index (zero where the norm is zero) and the norms."""
+    norm = _sqnorm(tree, lead).sqrt()
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    out = {}
+    for k, g in tree.items():
+        shape = norm.shape + (1,) * (g.ndim - lead)
+        out[k] = torch.where((norm > 0).reshape(shape), g / safe.reshape(shape), torch.zeros_like(g))
+    return out, norm
+
+
+def _unit(tree: Mapping[str, Tensor], start: int, what: str) -> dict[str, Tensor]:
+    """Per-sample tree / ‖tree‖; samples with a zero vector get NaN and a warning."""
+    out, norm = _normalize_tree(tree, 1)
+    _warn_zero_direction(norm, start, what)
+    zero = norm == 0
+    return {k: t.masked_fill(zero.reshape(-1, *([1] * (t.ndim - 1))), torch.nan) for k, t in out.items()}
+
+
+def _warn_zero_direction(norm: Tensor, start: int, what: str) -> None:
+    bad = torch.nonzero(norm == 0).flatten().tolist()
+    if bad:
+        shown = ", ".join(str(start + i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        warnings.warn(
+            f"{what} is the zero vector for samples [{shown}] (their parameter gradient vanishes); "
+            "v / ‖v‖ is undefined there and those samples get NaN.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _check_direction(v: object, net: _Functional, n: int) -> dict[str, Tensor]:
+    """Validate a user direction; returns {name: (N, *shape)} (shared entries expanded)."""
+    if not isinstance(v, Mapping):
+        raise TypeError(
+            "v must be a mapping {parameter name: tensor} covering the model's trainable parameters "
+            f"(see fisherscope.fisher.param_direction); got {type(v).__name__}."
+        )
+    missing = sorted(set(net.params) - set(v))
+    extra = sorted(set(v) - set(net.params))
+    if missing or extra:
+        raise ValueError(
+            "v must have exactly one entry per trainable parameter of the model "
+            f"(names as in model.named_parameters()); missing {missing[:5]}, unexpected {extra[:5]}."
+        )
+    out = {}
+    for name, p in net.params.items():
+        t = v[name]
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"v[{name!r}] must be a floating-point tensor; got {type(t).__name__ if not isinstance(t, Tensor) else t.dtype}.")
+        if tuple(t.shape) == tuple(p.shape):
+            t = t.unsqueeze(0).expand(n, *p.shape)
+        elif tuple(t.shape) != (n, *p.shape):
+            raise ValueError(
+                f"v[{name!r}] must have shape {(n, *p.shape)} (one direction per sample) or "
+                f"{tuple(p.shape)} (shared); got {tuple(t.shape)}."
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"v[{name!r}] contains non-finite values; pass a finite direction.")
+        out[name] = t.detach().to(dtype=p.dtype, device=p.device)
+    return out
+
+
+# ----------------------------------------------------------------------- public API
+
+
+def param_direction(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    normalized: bool = False,
+    scale: float = 1.0,
+    chunk_size: int | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> dict[str, Tensor]:
+    """The default direction of the quadratic form: v = λ ∇θ log p(ŷ|x), per sample.
+
+    ŷ is the predicted class (eq. 6 with the prediction in place of the unknown label).
+    Computed as λ (1 − p̂) Jᵀ r_ŷ, which keeps full relative precision when p̂ → 1.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps x to logits (N, K); run in eval mode (every module's mode is restored).
+    x : Tensor
+        Inputs (N, C, H, W) or (N, D) within ``bounds``.
+    normalized : bool
+        Return v̄ = v / ‖v‖ (eq. 8); ``scale`` is then irrelevant.
+    scale : float
+        λ > 0 (e.g. the learning rate, which makes vᵀFv ≈ 2 KL of one SGD step).
+    chunk_size : int, optional
+        Samples per vmapped chunk (memory: one parameter-sized vector per sample).
+
+    Returns
+    -------
+    dict
+        ``{name: (N, *param.shape)}`` for every trainable parameter.
+
+    Shapes
+    ------
+    x: (N, *S) -> {name: (N, *param.shape)}.
+
+    References
+    ----------
+    Martin & Elster (2019), eqs. 6 and 8.
+    """
+    scale = _check_positive("scale", scale)
+    _check_chunk(chunk_size)
+    _check_model(model)
+    with eval_mode(model):
+        net, _, pred = _prepare(model, x, bounds)
+        chunk = _auto_chunk(chunk_size, net, 1)
+        x = x.detach()
+        parts: list[dict[str, Tensor]] = []
+        for sl in _chunks(x.shape[0], chunk):
+            parts.append(_direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start))
+    return {k: torch.cat([p[k] for p in parts]) for k in net.params}
+
+
+def _direction_chunk(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float,
+                     start: int) -> dict[str, Tensor]:
+    def one(x1: Tensor, pred1: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        _, log1m, _, g = _grad_r_pred(net, x1, pred1)
+        return log1m, g
+
+    log1m, g = vmap(one)(x, pred)
+    if normalized:
+        return _unit(g, start, "∇θ log p(ŷ|x)")
+    w = scale * torch.exp(log1m)  # λ (1 − p̂)
+    return {k: t * w.reshape(-1, *([1] * (t.ndim - 1))) for k, t in g.items()}
+
+
+def param_fisher_trace(
+    model: nn.Module,
+    x: Tensor,
+    reduction: Reduction = "full",
+    *,
+    chunk_size: int | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """Trace of the parameter-space Fisher information, tr F_θ(x), per sample (eq. 4).
+
+    ``full``: Σ_c p_c ‖∇θ log p_c‖², from K per-sample parameter gradients (one batched
+    vjp per class, vmapped over samples). ``two_class``: the reduction of eq. 7 to
+    {ŷ, not ŷ}, p̂ (1 − p̂) ‖Jᵀ r_ŷ‖² (= (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖²), one gradient per
+    sample. Both are exact (no sampling, no finite differences).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps x to logits (N, K); run in eval mode (every module's mode is restored). The
+        model must treat samples independently (BatchNorm in eval mode is fine).
+    x : Tensor
+        Inputs (N, C, H, W) or (N, D) within ``bounds``; never modified.
+    reduction : {"full", "two_class"}
+        Sum over all K classes (eq. 4) or over {ŷ, not ŷ} (eq. 7).
+    chunk_size : int, optional
+        Samples per vmapped chunk. Default: as many as fit in
+        :data:`CHUNK_BUDGET_BYTES` with K (full) or 1 (two_class) parameter-sized
+        gradients per sample.
+    bounds : (float, float) or None
+        Admissible input range (``None`` skips the check).
+
+    Returns
+    -------
+    Tensor
+        (N,) traces, dtype of the model's parameters.
+
+    Shapes
+    ------
+    x: (N, *S) -> (N,).
+
+    References
+    ----------
+    Martin & Elster (2019), eqs. 3, 4 and 7.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> param_fisher_trace(net, torch.rand(2, 4)).shape
+    torch.Size([2])
+    """
+    _check_choice("reduction", reduction, ("full", "two_class"))
+    _check_chunk(chunk_size)
+    _check_model(model)
+    with eval_mode(model):
+        net, logits, pred = _prepare(model, x, bounds)
+        k = logits.shape[1]
+        chunk = _auto_chunk(chunk_size, net, k if reduction == "full" else 1)
+        x = x.detach()
+
+        def full(x1: Tensor) -> Tensor:
+            z, vjp_fn = vjp(lambda p: net.logits1(p, x1), net.params)
+            log_p, log1m_p, r = _class_terms(z)
+            grads = vmap(vjp_fn)(r)[0]  # {name: (K, *shape)}: Jᵀ r_c
+            w = torch.exp(log_p + 2 * log1m_p)  # p_c (1 − p_c)²
+            return (w * _sqnorm(grads, 1)).sum()
+
+        def two_class(x1: Tensor, pred1: Tensor) -> Tensor:
+            log_p, log1m_p, _, g = _grad_r_pred(net, x1, pred1)
+            return torch.exp(log_p + log1m_p) * _sqnorm(g, 0)
+
+        out = []
+        for sl in _chunks(x.shape[0], chunk):
+            if reduction == "full":
+                out.append(vmap(full)(x[sl]))
+            else:
+                out.append(vmap(two_class)(x[sl], pred[sl]))
+    return torch.cat(out).detach()
+
+
+def _form_terms(z: Tensor, u: Tensor, pred1: Tensor, reduction: str) -> Tensor:
+    """vᵀ F v from logits z (K,) and directional derivatives u = J v (K,)."""
+    log_p, log1m_p, r = _class_terms(z)
+    d = r @ u  # (K,): r_c · u
+    if reduction == "full":
+        return (torch.exp(log_p + 2 * log1m_p) * d.pow(2)).sum()
+    return torch.exp(_pick(log_p, pred1) + _pick(log1m_p, pred1)) * _pick(d, pred1).pow(2)
+
+
+def _reduced_log_probs(z: Tensor, pred1: Tensor, reduction: str) -> Tensor:
+    """log-probabilities of the classes the sum runs over: (K,) or (log p̂, log(1 − p̂))."""
+    if reduction == "full":
+        return torch.log_softmax(z, dim=-1)
+    log_p, log1m_p, _ = _class_terms(z)
+    return torch.stack([_pick(log_p, pred1), _pick(log1m_p, pred1)])
+
+
+def _shift(params: Mapping[str, Tensor], v: Mapping[str, Tensor], eps: float) -> dict[str, Tensor]:
+    return {k: params[k] + eps * v[k] for k in params}
+
+
+def param_fisher_form(
+    model: nn.Module,
+    x: Tensor,
+    v: Direction | None = None,
+    *,
+    normalized: bool = False,
+    method: FormMethod = "jvp",
+    fd_eps: float = 1e-4,
+    reduction: Reduction = "full",
+    scale: float = 1.0,
+    chunk_size: int | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """Quadratic form vᵀ F_θ(x) v of the parameter-space Fisher, per sample (eqs. 5, 8, 9).
+
+    vᵀ F_θ v = Σ_c p_c (g_c · v)² with g_c = ∇θ log p_c(x) (or the two-class sum of eq. 7).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps x to logits (N, K); run in eval mode (every module's mode is restored).
+    x : Tensor
+        Inputs (N, C, H, W) or (N, D) within ``bounds``; never modified.
+    v : mapping, optional
+        Direction ``{param name: (N, *shape) or shape}``. Default: v = λ ∇θ log p(ŷ|x)
+        per sample (eq. 6), see :func:`param_direction`.
+    normalized : bool
+        Use v̄ = v / ‖v‖ (eq. 8); samples with v = 0 get NaN and a warning.
+    method : {"jvp", "finite_difference"}
+        ``jvp``: exact forward-mode directional derivatives J_θ v over the whole v.
+        ``finite_difference``: the paper's eq. 9, (f(θ + ε′v) − f(θ)) / ε′ for f = p and
+        log p, over the whole v (error O(ε′), plus round-off ~ machine-eps / ε′).
+    fd_eps : float
+        ε′ of the finite difference (paper: 1e-4). Applied to v as given (after
+        normalisation when ``normalized``), so it is relative to ‖v‖.
+    reduction : {"full", "two_class"}
+        Sum over all K classes or over {ŷ, not ŷ} (eq. 7).
+    scale : float
+        λ > 0 of the default direction; ignored when ``v`` is given (scale v yourself).
+    chunk_size : int, optional
+        Samples per vmapped chunk (memory: about two parameter-sized vectors per sample).
+
+    Returns
+    -------
+    Tensor
+        (N,), dtype of the model's parameters.
+
+    Shapes
+    ------
+    x: (N, *S), v: {name: (N, *param.shape)} -> (N,).
+
+    References
+    ----------
+    Martin & Elster (2019), eqs. 5–9.
+    """
+    _check_choice("reduction", reduction, ("full", "two_class"))
+    _check_choice("method", method, ("jvp", "finite_difference"))
+    fd_eps = _check_positive("fd_eps", fd_eps)
+    scale = _check_positive("scale", scale)
+    _check_chunk(chunk_size)
+    _check_model(model)
+    with eval_mode(model):
+        net, _, pred = _prepare(model, x, bounds)
+        n = x.shape[0]
+        user_v = _check_direction(v, net, n) if v is not None else None
+        chunk = _auto_chunk(chunk_size, net, 2)
+        x = x.detach()
+        out = []
+        for sl in _chunks(n, chunk):
+            if user_v is None:
+                vs = _direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start)
+            else:
+                vs = {k: t[sl] for k, t in user_v.items()}
+                if normalized:
+                    vs = _unit(vs, sl.start, "v")
+            out.append(_form_chunk(net, x[sl], pred[sl], vs, method, fd_eps, reduction))
+    return torch.cat(out).detach()
+
+
+def _form_chunk(net: _Functional, x: Tensor, pred: Tensor, vs: dict[str, Tensor], method: str,
+                fd_eps: float, reduction: str) -> Tensor:
+    if method == "jvp":
+
+        def one(x1: Tensor, pred1: Tensor, v1: dict[str, Tensor]) -> Tensor:
+            z, u = jvp(lambda p: net.logits1(p, x1), (net.params,), (v1,))
+            return _form_terms(z, u, pred1, reduction)
+
+        with _quiet_forward_ad():
+            return vmap(one)(x, pred, vs)
+
+    def fd(x1: Tensor, pred1: Tensor, v1: dict[str, Tensor]) -> Tensor:
+        lp0 = _reduced_log_probs(net.logits1(net.params, x1), pred1, reduction)
+        lp1 = _reduced_log_probs(net.logits1(_shift(net.params, v1, fd_eps), x1), pred1, reduction)
+        d_log = (lp1 - lp0) / fd_eps
+        d_p = (torch.exp(lp1) - torch.exp(lp0)) / fd_eps
+        return (d_p * d_log).sum()
+
+    return vmap(fd)(x, pred, vs)
