@@ -173,7 +173,7 @@ def test_batched_equals_per_sample(case):
     for i in range(x.shape[0]):
         one = fisher_spectrum(model, x[i : i + 1])
         torch.testing.assert_close(one.eigenvalues[0], full.eigenvalues[i], rtol=1e-10, atol=1e-14)
-        torch.testing.assert_close(one.eigenvectors[0], full.eigenvectors[i], rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(one.eigenvectors[0], full.eigenvectors[i], rtol=1e-6, atol=1e-7)
 
 
 def test_class_sampling_is_unbiased_and_converges():

@@ -11,6 +11,7 @@ from .input_space import (
     fisher_spectrum,
     fisher_trace,
     fisher_vector_product,
+    helmert_basis,
     logits_jacobian,
     score_vectors,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "fisher_spectrum",
     "fisher_trace",
     "fisher_vector_product",
+    "helmert_basis",
     "logits_jacobian",
     "param_direction",
     "param_fisher_form",

@@ -8,9 +8,11 @@ sample), p the class probabilities and A = diag(p) − p pᵀ,
 where the K rows of B are √p_k · g_k and g_k = ∇x log p_k = J_k − Σ_j p_j J_j are the
 score vectors. Since Σ_k √p_k B_k = Σ_k p_k g_k = 0, rank(G_x) ≤ K − 1.
 
-- ``exact``: K batched vector-Jacobian products give J; the K × K Gram matrix B Bᵀ (in
-  float64) has the non-zero eigenvalues of G_x, and v_i = Bᵀ u_i / σ_i its eigenvectors.
-  All K − 1 eigenpairs, per sample, batched, no D × D matrix.
+- ``exact``: A annihilates 𝟙, so with H an orthonormal basis of 𝟙^⊥ (Helmert),
+  G_x = B'ᵀB' with B' = (HᵀAH)^{1/2} HᵀJ: K − 1 batched vector-Jacobian products give
+  HᵀJ, the (K − 1) × (K − 1) Gram matrix B'B'ᵀ (float64) has the non-zero eigenvalues and
+  v_i = B'ᵀu_i / σ_i the eigenvectors. All K − 1 eigenpairs, per sample, batched, no
+  D × D matrix.
 - ``lanczos`` / ``power``: matrix-free, G_x v = Jᵀ (A (J v)) is one ``jvp`` and one
   ``vjp`` whatever K is (ImageNet-size heads).
 - ``class_samples=m``: Zhao's Monte Carlo approximation, the expectation over y replaced
@@ -50,6 +52,7 @@ __all__ = [
     "fisher_spectrum",
     "fisher_trace",
     "fisher_vector_product",
+    "helmert_basis",
     "logits_jacobian",
     "score_vectors",
 ]
@@ -144,6 +147,44 @@ def score_vectors(logits: Tensor, jac: Tensor) -> Tensor:
     return p.sqrt().unsqueeze(-1) * (jac - mean_row.unsqueeze(1))
 
 
+def helmert_basis(k: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    """An orthonormal basis H (K × (K − 1)) of the vectors orthogonal to 𝟙 (Helmert contrasts).
+
+    A = diag(p) − ppᵀ annihilates 𝟙, so G_x = Jᵀ A J = (HᵀJ)ᵀ (HᵀAH) (HᵀJ): only the
+    K − 1 rows of HᵀJ — K − 1 vector-Jacobian products — are needed.
+    """
+    h = torch.zeros(k, k - 1, dtype=dtype, device=device)
+    for j in range(1, k):
+        h[:j, j - 1] = 1.0
+        h[j, j - 1] = -float(j)
+        h[:, j - 1] /= math.sqrt(j * (j + 1))
+    return h
+
+
+def _centered_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(logits (N, K), Hᵀ J (N, K − 1, D), H (K, K − 1)): K − 1 batched VJPs, one forward."""
+    n = x.shape[0]
+    x = x.detach()
+    logits, vjp_fn = torch.func.vjp(model, x)
+    check_logits(logits)
+    k = logits.shape[1]
+    h = helmert_basis(k, dtype=logits.dtype, device=logits.device)
+    cotangents = h.mT.unsqueeze(1).expand(k - 1, n, k)  # (K - 1, N, K)
+    (jac,) = torch.func.vmap(vjp_fn)(cotangents)
+    return logits.detach(), jac.detach().movedim(0, 1).reshape(n, k - 1, -1), h
+
+
+def _factor(logits: Tensor, jc: Tensor, h: Tensor) -> Tensor:
+    """B' = (HᵀAH)^{1/2} HᵀJ, so that G_x = B'ᵀB'; (N, K − 1, D), float64."""
+    p = _probs(logits.to(torch.float64))
+    hd = h.to(torch.float64)
+    a = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    a_r = hd.mT @ a @ hd  # (N, K-1, K-1), symmetric PSD
+    w, u = torch.linalg.eigh((a_r + a_r.mT) / 2)
+    root = (u * w.clamp_min(0).sqrt().unsqueeze(1)) @ u.mT
+    return root @ jc.to(torch.float64)
+
+
 def fisher_matrix(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) -> Tensor:
     """The dense input-space Fisher matrix, for tests and tiny inputs only.
 
@@ -167,9 +208,8 @@ def fisher_matrix(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) -
             "products; neither forms the matrix."
         )
     with eval_mode(model):
-        logits, jac = logits_jacobian(model, x)
-    b = score_vectors(logits, jac)
-    return b.mT @ b
+        b = _factor(*_centered_jacobian(model, x))
+    return (b.mT @ b).to(x.dtype)
 
 
 def fisher_trace(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) -> Tensor:
@@ -181,9 +221,8 @@ def fisher_trace(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) ->
     """
     _prepare(model, x, bounds)
     with eval_mode(model):
-        logits, jac = logits_jacobian(model, x)
-    b = score_vectors(logits, jac)
-    return b.pow(2).sum(dim=(1, 2))
+        b = _factor(*_centered_jacobian(model, x))
+    return b.pow(2).sum(dim=(1, 2)).to(x.dtype)
 
 
 def _a_operator(p: Tensor, a_matrix: Tensor | None) -> Callable[[Tensor], Tensor]:
@@ -325,23 +364,25 @@ def _orient(vecs: Tensor, g_pred: Tensor) -> Tensor:
 
 
 def _exact(model: nn.Module, x: Tensor, k: int) -> FisherSpectrum:
-    logits, jac = logits_jacobian(model, x)
-    n, kk, d = jac.shape
-    b = score_vectors(logits, jac).to(torch.float64)  # (N, K, D)
-    gram = b @ b.mT  # (N, K, K)
+    logits, jc, h = _centered_jacobian(model, x)
+    n, r_full, d = jc.shape  # r_full = K - 1
+    b = _factor(logits, jc, h)  # (N, K-1, D) float64, G = bᵀb
+    gram = b @ b.mT  # (N, K-1, K-1)
     w, u = torch.linalg.eigh(gram)
     w, u = w.flip(-1), u.flip(-1)  # descending
-    r = min(k, kk - 1)
+    r = min(k, r_full)
     w, u = w[:, :r].clamp_min(0.0), u[:, :, :r]
     # numerically zero eigenvalues -> exact zeros, zero eigenvectors
-    zero = w <= kk * torch.finfo(torch.float64).eps * w[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
+    tiny = torch.finfo(torch.float64).tiny
+    zero = w <= (r_full + 1) * torch.finfo(torch.float64).eps * w[:, :1].clamp_min(tiny)
     sigma = w.sqrt().masked_fill(zero, 1.0)
     vecs = torch.einsum("nkr,nkd->nrd", u, b) / sigma.unsqueeze(-1)
     vecs = vecs.masked_fill(zero.unsqueeze(-1), 0.0)
     w = w.masked_fill(zero, 0.0)
+    # g_ŷ = Jᵀ(e_ŷ − p) = (HᵀJ)ᵀ Hᵀ(e_ŷ − p)
     p = _probs(logits.to(torch.float64))
-    pred = p.argmax(1)
-    g_pred = (b[torch.arange(n), pred] / p[torch.arange(n), pred].sqrt().unsqueeze(-1))
+    c = torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).to(torch.float64) - p
+    g_pred = torch.einsum("nk,nkd->nd", c @ h.to(torch.float64), jc.to(torch.float64))
     vecs = _orient(vecs, g_pred)
     return FisherSpectrum(
         eigenvalues=w.to(x.dtype),

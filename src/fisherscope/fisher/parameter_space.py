@@ -490,6 +490,9 @@ def param_fisher_form(
         x = x.detach()
         out = []
         for sl in _chunks(n, chunk):
+            if user_v is None and method == "jvp":
+                out.append(_form_default_jvp(net, x[sl], pred[sl], normalized, scale, reduction, sl.start))
+                continue
             if user_v is None:
                 vs = _direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start)
             else:
@@ -498,6 +501,36 @@ def param_fisher_form(
                     vs = _unit(vs, sl.start, "v")
             out.append(_form_chunk(net, x[sl], pred[sl], vs, method, fd_eps, reduction))
     return torch.cat(out).detach()
+
+
+def _default_scale(log1m: Tensor, sqnorm: Tensor, normalized: bool, scale: float, start: int) -> Tensor:
+    """Per-sample factor turning a quadratic quantity in g = Jᵀ r_ŷ into the one in v.
+
+    v = λ (1 − p̂) g gives λ² (1 − p̂)²; v̄ = g / ‖g‖ gives 1 / ‖g‖² (NaN where g = 0).
+    """
+    if normalized:
+        _warn_zero_direction(sqnorm, start, "∇θ log p(ŷ|x)")
+        return torch.where(sqnorm > 0, 1.0 / torch.where(sqnorm > 0, sqnorm, torch.ones_like(sqnorm)),
+                           torch.full_like(sqnorm, torch.nan))
+    return (scale * torch.exp(log1m)).pow(2)
+
+
+def _form_default_jvp(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float,
+                      reduction: str, start: int) -> Tensor:
+    """The default-direction form in one vmapped pass: g = Jᵀ r_ŷ, then J g by ``jvp``.
+
+    The form is quadratic in v, so it is evaluated at g and rescaled per sample, which
+    saves two passes over the per-sample parameter-sized vectors.
+    """
+
+    def one(x1: Tensor, pred1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        _, log1m, _, g = _grad_r_pred(net, x1, pred1)
+        z, u = jvp(lambda p: net.logits1(p, x1), (net.params,), (g,))
+        return _form_terms(z, u, pred1, reduction), log1m, _sqnorm(g, 0)
+
+    with _quiet_forward_ad():
+        q, log1m, sqnorm = vmap(one)(x, pred)
+    return q * _default_scale(log1m, sqnorm, normalized, scale, start)
 
 
 def _form_chunk(net: _Functional, x: Tensor, pred: Tensor, vs: dict[str, Tensor], method: str,

@@ -51,13 +51,16 @@ from .parameter_space import (
     _check_positive,
     _chunks,
     _class_terms,
+    _default_scale,
     _direction_chunk,
     _Functional,
+    _grad_r_pred,
     _pick,
     _prepare,
     _quiet_forward_ad,
     _reduced_log_probs,
     _shift,
+    _sqnorm,
     _unit,
 )
 
@@ -108,6 +111,25 @@ def _fis_chunk(net: _Functional, x: Tensor, pred: Tensor, vs: dict[str, Tensor],
 
     with _quiet_forward_ad():
         return vmap(one)(x, pred, vs)
+
+
+def _fis_default_jvp(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float,
+                     reduction: str, start: int) -> Tensor:
+    """FIS along g = Jᵀ r_ŷ in one vmapped pass, rescaled per sample (it is quadratic in v)."""
+    terms = _directional_terms(net, reduction, "jvp", 0.0)
+
+    def one(x1: Tensor, pred1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        _, log1m, _, g = _grad_r_pred(net, x1, pred1)  # at x1, held fixed below
+        out, vjp_fn = vjp(lambda xx: terms(xx, pred1, g), x1)
+        m = out.shape[0]
+        (grads,) = vmap(vjp_fn)(torch.eye(m, dtype=out.dtype, device=out.device))
+        half = m // 2
+        return (grads[:half] * grads[half:]).sum(0), log1m, _sqnorm(g, 0)
+
+    with _quiet_forward_ad():
+        fis, log1m, sqnorm = vmap(one)(x, pred)
+    factor = _default_scale(log1m, sqnorm, normalized, scale, start)
+    return fis * factor.reshape(-1, *([1] * (fis.ndim - 1)))
 
 
 def fisher_sensitivity(
@@ -181,6 +203,9 @@ def fisher_sensitivity(
         x = x.detach()
         out = []
         for sl in _chunks(n, chunk):
+            if user_v is None and method == "jvp":
+                out.append(_fis_default_jvp(net, x[sl], pred[sl], normalized, scale, reduction, sl.start))
+                continue
             if user_v is None:
                 vs = _direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start)
             else:

@@ -1,0 +1,217 @@
+"""Input-space Fisher spectrum: ours against the floor, Algorithm 1 and Zhao's Table 1.
+
+Run: ``python benchmarks/fisher_spectrum.py [--quick]``. Prints ratios measured in one
+process (interleaved repeats); docs/BENCHMARKS.md records them. Timings use random
+weights: the cost does not depend on the values.
+
+1. floor = one batched forward + one input-gradient backward (batch 64), against the
+   full ``exact`` spectrum (all K − 1 eigenpairs), on mnist_cnn and vgg_small (3×32×32).
+2. Algorithm 1 in its best reading for 10 classes (per sample: the K gradients g_y once,
+   then power iteration η ← Σ p_y (g_yᵀη) g_y until ‖η_{k+1} − η_k‖ < 1e-6) against our
+   batched exact top eigenpair.
+3. Zhao's Table 1 methods (seconds per sample ± std): dense eigendecomposition, Lanczos,
+   alias + Lanczos, power iteration, alias + power iteration, plus exact.
+4. A synthetic 1000-class head: ``lanczos`` with exact products to 1e-3 relative error
+   against Algorithm 1 as written (alias sampling of K/5 classes redrawn every iteration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import header, interleaved, med, spread  # noqa: E402
+
+from fisherscope.fisher import alias_sample, alias_table, fisher_spectrum  # noqa: E402
+from fisherscope.models import build_model  # noqa: E402
+
+
+def floor_fn(model: nn.Module, x: torch.Tensor):
+    def run():
+        xr = x.clone().requires_grad_(True)
+        out = model(xr)
+        torch.autograd.grad(out.logsumexp(1).sum(), xr)
+
+    return run
+
+
+def algorithm1_top(model: nn.Module, x: torch.Tensor, tol: float = 1e-6, max_iter: int = 10_000,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zhao's Algorithm 1 (exact expectation, best reading), one sample at a time."""
+    g = torch.Generator().manual_seed(seed)
+    lams, vecs = [], []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        logp = torch.log_softmax(model(xi), 1)[0]
+        k = logp.shape[0]
+        grads = torch.autograd.grad(logp, xi, torch.eye(k), is_grads_batched=True)[0].reshape(k, -1)
+        p = logp.detach().exp()
+        eta = torch.randn(grads.shape[1], generator=g)
+        eta /= eta.norm()
+        for _ in range(max_iter):
+            new = (p * (grads @ eta)) @ grads
+            new /= new.norm()
+            done = (new - eta).norm() < tol
+            eta = new
+            if done:
+                break
+        lams.append((p * (grads @ eta) ** 2).sum())
+        vecs.append(eta)
+    return torch.stack(lams), torch.stack(vecs)
+
+
+def algorithm1_alias(model: nn.Module, x: torch.Tensor, m: int, iters: int, tol: float = 1e-3,
+                     seed: int = 0) -> torch.Tensor:
+    """Algorithm 1 as written: alias table once, m classes redrawn and their gradients
+    recomputed every iteration (vectorised over the m classes), per sample."""
+    g = torch.Generator().manual_seed(seed)
+    lams = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        logp = torch.log_softmax(model(xi), 1)[0]
+        p = logp.detach().exp()
+        prob, alias = alias_table(p.unsqueeze(0))
+        eta = torch.randn(xi.numel(), generator=g)
+        eta /= eta.norm()
+        lam = torch.tensor(0.0)
+        for _ in range(iters):
+            ys = alias_sample(prob, alias, m, generator=g)[0]
+            onehot = torch.nn.functional.one_hot(ys, p.shape[0]).to(logp.dtype)
+            gy = torch.autograd.grad(logp, xi, onehot, is_grads_batched=True, retain_graph=True)[0].reshape(m, -1)
+            new = ((gy @ eta) @ gy) / m
+            lam = ((gy @ eta) ** 2).mean()
+            new /= new.norm()
+            done = (new - eta).norm() < tol
+            eta = new
+            if done:
+                break
+        lams.append(lam)
+    return torch.stack(lams)
+
+
+def dense_top(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Dense eigendecomposition of G_x per sample (Table 1, first column)."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        logp = torch.log_softmax(model(xi), 1)[0]
+        k = logp.shape[0]
+        grads = torch.autograd.grad(logp, xi, torch.eye(k), is_grads_batched=True)[0].reshape(k, -1)
+        p = logp.detach().exp()
+        gmat = grads.T @ (p.unsqueeze(1) * grads)
+        out.append(torch.linalg.eigvalsh(gmat)[-1])
+    return torch.stack(out)
+
+
+class ThousandHead(nn.Module):
+    """A small conv net with a 1000-class head (ImageNet-size output, CIFAR-size input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        )
+        self.head = nn.Linear(32 * 8 * 8, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and samples (smoke run)")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rep = 2 if args.quick else 5
+    results: dict[str, object] = {"env": header()}
+    print(header())
+
+    models = {
+        "mnist_cnn": (build_model("mnist_cnn").eval(), torch.rand(64, 1, 28, 28)),
+        "vgg_small": (build_model("vgg_small", in_channels=3, input_size=32).eval(), torch.rand(64, 3, 32, 32)),
+    }
+    print("\n1. exact spectrum (all K-1 eigenpairs) vs floor (forward + input-gradient backward), batch 64")
+    for name, (model, x) in models.items():
+        t = interleaved({"floor": floor_fn(model, x), "exact": lambda m=model, xx=x: fisher_spectrum(m, xx)}, repeats=rep)
+        ratio = med(t["exact"]) / med(t["floor"])
+        results[f"floor/{name}"] = {"floor_s": med(t["floor"]), "exact_s": med(t["exact"]), "multiple": ratio}
+        print(f"  {name:10s} floor {med(t['floor']) * 1e3:8.1f} ms   exact {med(t['exact']) * 1e3:8.1f} ms   multiple {ratio:5.2f}x")
+
+    print("\n2. top eigenpair: batched exact vs Algorithm 1 (best reading, per sample, K gradients once), batch 64")
+    for name, (model, x) in models.items():
+        xs = x[:16] if args.quick else x
+        ours = fisher_spectrum(model, xs, k=1)
+        lam_ref, vec_ref = algorithm1_top(model, xs)
+        rel = ((ours.top_eigenvalue - lam_ref).abs() / lam_ref).max().item()
+        cos = (ours.top_eigenvector.flatten(1) * vec_ref).sum(1).abs().min().item()
+        t = interleaved({"alg1": lambda m=model, xx=xs: algorithm1_top(m, xx),
+                         "ours": lambda m=model, xx=xs: fisher_spectrum(m, xx, k=1)}, repeats=max(2, rep - 2))
+        ratio = med(t["alg1"]) / med(t["ours"])
+        results[f"alg1/{name}"] = {"alg1_s_per_sample": med(t["alg1"]) / len(xs), "ours_s_per_sample": med(t["ours"]) / len(xs),
+                                   "speedup": ratio, "max_rel_eig_diff": rel, "min_abs_cos": cos}
+        print(f"  {name:10s} Algorithm 1 {med(t['alg1']) / len(xs) * 1e3:7.2f} ms/sample   ours {med(t['ours']) / len(xs) * 1e3:7.2f} ms/sample"
+              f"   speed-up {ratio:5.1f}x   (eigenvalue rel. diff {rel:.1e}, |cos| >= {1 - cos:.1e} from 1)")
+
+    print("\n3. Zhao Table 1 on vgg_small, 3x32x32 (seconds per sample, median ± std over repeats)")
+    model, x = models["vgg_small"]
+    xb = x[:16] if args.quick else x[:32]
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    fns = {
+        "dense eigendecomposition": (lambda: dense_top(model, x[:2]), 2),
+        "Lanczos": (lambda: fisher_spectrum(model, xb, k=1, method="lanczos", generator=gen()), len(xb)),
+        "alias + Lanczos (m=2)": (lambda: fisher_spectrum(model, xb, k=1, method="lanczos", class_samples=2, generator=gen()), len(xb)),
+        "power iteration": (lambda: fisher_spectrum(model, xb, k=1, method="power", generator=gen(), max_iter=500), len(xb)),
+        "alias + power (m=2)": (lambda: fisher_spectrum(model, xb, k=1, method="power", class_samples=2, generator=gen(), max_iter=500), len(xb)),
+        "exact (ours)": (lambda: fisher_spectrum(model, xb, k=1), len(xb)),
+    }
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = interleaved({k: f for k, (f, _) in fns.items()}, repeats=max(2, rep - 2))
+    table = {}
+    for k, (_, n) in fns.items():
+        per = [s / n for s in t[k]]
+        table[k] = {"s_per_sample": med(per), "std": spread(per)}
+        print(f"  {k:28s} {med(per):.5f} ± {spread(per):.5f} s   (batch {n})")
+    print("  paper (CIFAR-10, their GPU): 1.49 / 0.30 / 0.15 / 0.28 / 0.25 s")
+    results["table1"] = table
+
+    print("\n4. 1000-class head: lanczos (exact products, tol for 1e-3 rel. error) vs Algorithm 1 as written (alias m=200, redrawn every iteration)")
+    big = ThousandHead().eval()
+    with torch.no_grad():
+        big.head.weight.mul_(8.0)  # spread the softmax a little, as a trained ImageNet head would
+    xk = torch.rand(8 if args.quick else 16, 3, 32, 32)
+    exact = fisher_spectrum(big, xk, k=1).top_eigenvalue
+    t0 = time.perf_counter()
+    ours = fisher_spectrum(big, xk, k=1, method="lanczos", tol=1e-3, max_iter=300, generator=gen())
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = algorithm1_alias(big, xk, m=200, iters=50)
+    t_ref = time.perf_counter() - t0
+    err_ours = ((ours.top_eigenvalue - exact).abs() / exact).max().item()
+    err_ref = ((ref - exact).abs() / exact)
+    results["k1000"] = {"lanczos_s_per_sample": t_ours / len(xk), "alg1_alias_s_per_sample": t_ref / len(xk),
+                        "speedup": t_ref / t_ours, "lanczos_max_rel_err": err_ours,
+                        "alg1_alias_mean_rel_err": err_ref.mean().item(), "alg1_alias_max_rel_err": err_ref.max().item(),
+                        "lanczos_iterations": ours.iterations}
+    print(f"  lanczos {t_ours / len(xk):.4f} s/sample ({ours.iterations} products, max rel. err {err_ours:.1e})   "
+          f"Algorithm 1 + alias {t_ref / len(xk):.4f} s/sample (mean rel. err {err_ref.mean():.1%}, max {err_ref.max():.1%})   "
+          f"speed-up {t_ref / t_ours:.1f}x")
+    print("\nGPU rows (vgg_small 32x32x3 per sample vs the paper's 0.25 s): not measured here (no GPU).")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
+
+
+if __name__ == "__main__":
+    main()
