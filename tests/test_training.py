@@ -495,3 +495,22 @@ def test_digits_cnn_reaches_97_percent(digits, tmp_path):
     assert tm.metrics["test_accuracy"] >= 0.97, tm.metrics
     assert tm.metrics["train_accuracy"] >= 0.99
     assert elapsed < 60, f"took {elapsed:.1f}s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "preset, lo, hi",
+    [("lenet5", 0.99, 1.0), ("mnist_cnn@paper", 0.980, 0.990)],
+)
+def test_mnist_presets(preset, lo, hi, tmp_path):
+    """MNIST presets reach their documented operating points (docs/training-measurements.md)."""
+    from fisherscope.data import load_dataset
+
+    try:
+        train = load_dataset("mnist", "train")
+        test = load_dataset("mnist", "test")
+    except FileNotFoundError as exc:
+        pytest.skip(f"MNIST not available: {exc}")
+    torch.set_num_threads(2)
+    tm = train_model(preset, train, test_dataset=test, cache_dir=tmp_path, progress=False)
+    assert lo <= tm.metrics["test_accuracy"] <= hi, tm.metrics["test_accuracy"]

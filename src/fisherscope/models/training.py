@@ -95,8 +95,8 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
         "dataset": "mnist", "epochs": 6, "lr": 1e-3, "batch_size": 128,
         "optimizer": "adam", "lr_schedule": "cosine",
     },
-    # Martin & Elster's operating point: ~98.5% test, ~99% train.
-    "mnist_cnn@paper": {"epochs": 1, "lr": 1e-3, "lr_schedule": "none"},
+    # Martin & Elster's operating point: ~98.5% test, ~99% train (constant lr, 2 epochs).
+    "mnist_cnn@paper": {"epochs": 2, "lr": 1e-3, "lr_schedule": "none"},
     "lenet5": {
         "dataset": "mnist", "epochs": 15, "lr": 2e-3, "batch_size": 128,
         "optimizer": "adam", "lr_schedule": "cosine",
