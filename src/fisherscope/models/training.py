@@ -87,7 +87,7 @@ _TRAINING_KEYS = tuple(GENERIC_TRAINING)
 DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
     # sklearn's 8x8 digits: ~98% test in a few seconds on 2 CPU cores.
     "digits_cnn": {
-        "dataset": "digits", "epochs": 20, "lr": 2e-3, "batch_size": 64,
+        "dataset": "digits", "epochs": 12, "lr": 2e-3, "batch_size": 64,
         "optimizer": "adam", "lr_schedule": "cosine",
     },
     # Keras mnist_cnn: >= 99.0% MNIST test.
@@ -112,7 +112,7 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
         "lr_schedule": "cosine", "augment": "crop_flip",
     },
     "vgg_small@mnist": {
-        "dataset": "mnist", "epochs": 6, "lr": 0.05, "augment": "none",
+        "dataset": "mnist", "epochs": 2, "lr": 0.05, "augment": "none",
         "model_kwargs": {"in_channels": 1, "input_size": 28},
     },
     "vgg11": {
