@@ -514,3 +514,12 @@ def test_mnist_presets(preset, lo, hi, tmp_path):
     torch.set_num_threads(2)
     tm = train_model(preset, train, test_dataset=test, cache_dir=tmp_path, progress=False)
     assert lo <= tm.metrics["test_accuracy"] <= hi, tm.metrics["test_accuracy"]
+
+
+def test_num_threads_is_restored(tiny):
+    before = torch.get_num_threads()  # 1, set by the module fixture
+    tm = _train(tiny, epochs=1, num_threads=before + 1)
+    assert tm.metrics["num_threads"] == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads"):
+        _train(tiny, epochs=1, num_threads=0)
