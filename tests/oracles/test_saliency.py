@@ -232,3 +232,38 @@ def test_bad_inputs_rejected(data):
     with pytest.raises(TypeError, match="torch.nn.Module"):
         gradient(42, x)  # type: ignore[arg-type]
     assert math.isfinite(float(gradient(model, x).sum()))
+
+
+def test_map_figures_render_images_as_seen():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fisherscope.plotting_maps import fis_figure, map_overlay, saliency_figure
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 6, 6, generator=g)
+    xa = (x + 0.1 * torch.randn(2, 1, 6, 6, generator=g)).clamp(0, 1)
+    fa, fc = torch.randn(2, 1, 6, 6, generator=g), 1e-3 * torch.randn(2, 1, 6, 6, generator=g)
+    for shared in (True, False):
+        fig = fis_figure(xa, fa, x, fc, shared_scale=shared, row_titles=["a", "b"])
+        overlays = [im for ax in fig.axes for im in ax.get_images() if im.get_alpha() is not None]
+        tops = [im.get_clim()[1] for im in overlays]  # adv, clean, adv, clean
+        assert math.isclose(tops[0], float(fa[0].abs().max()), rel_tol=1e-6)
+        if shared:
+            assert tops[1] == tops[0]
+        else:
+            assert math.isclose(tops[1], float(fc[0].abs().max()), rel_tol=1e-6)
+        # images are drawn on the fixed range [0, 1], never rescaled
+        grey = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "gray"]
+        assert grey and all(im.get_clim() == (0.0, 1.0) for im in grey)
+        plt.close(fig)
+    fig = saliency_figure(list(x), {"gradient": list(fa), "FIS": list(fc)})
+    plt.close(fig)
+    with pytest.raises(ValueError, match="outside"):
+        fis_figure(xa + 0.5, fa, x, fc, shared_scale=True)
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="hide the perturbation"):
+        map_overlay(ax, x[0] - 0.2, fa[0])
+    plt.close(fig)

@@ -1,0 +1,480 @@
+"""Martin & Elster 2019 on MNIST: Figure 1 and Figure 2 (``configs/martin-elster-*.toml``),
+and the demo's "inspect" section.
+
+Protocol (also in docs/RESULTS.md):
+
+- Model ``mnist_cnn`` at the paper's operating point (preset ``mnist_cnn@paper``: one
+  epoch, about 98.5% test accuracy). Attack: MI-FGSM, L∞ ε = 0.1, T = 10, μ = 1.0
+  (α = ε / T), untargeted on the true label, on every test image.
+- Detection (Fig. 1): trace (eq. 4), quadratic form (eq. 5) and normalised form (eq. 8)
+  on clean images (negatives) and their MI-FGSM versions (positives). Paper protocol
+  (§4.1): every attacked image is a positive, failed attacks included. Beside it:
+  successful attacks only (pairs whose clean image is classified correctly and whose
+  adversarial is not). The forms are computed exactly (forward mode) and with the
+  paper's eq. 9 forward difference (ε′ = 1e-4, float32) as the paper did.
+- ROC on ``n_roc`` (400) and histogram on ``n_hist`` (1000) random test images; the ROC
+  images are the first ``n_roc`` of the same random draw.
+- FIS maps (Fig. 2): two-class reduction (eq. 7, the authors' code default) with the
+  normalised direction v̄ = ∇θ log p(ŷ|x) / ‖·‖ at the same image, exact forward mode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..attacks import MIFGSM
+from ..fisher import fisher_sensitivity, param_fisher_form, param_fisher_trace
+from ..plotting_maps import fis_figure, roc_figure, saliency_figure, score_histogram
+from ..saliency import gradient, guided_backprop, hendrycks_saliency
+from .base import Context, register
+from .common import load_split, predict, trained_model
+from .demo import DEMO_SECTIONS, DemoState
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Run
+
+__all__ = ["MartinElsterConfig", "inspect_maps", "inspect_section"]
+
+#: score name -> (label, equation)
+SCORES: dict[str, tuple[str, str]] = {
+    "trace": ("trace tr F", "eq. 4"),
+    "form": ("form vᵀFv", "eq. 5"),
+    "nform": ("normalised form v̄ᵀFv̄", "eq. 8"),
+    "trace_2c": ("two-class trace", "eqs. 4 + 7"),
+    "form_fd": ("form vᵀFv, finite difference", "eqs. 5 + 9"),
+    "nform_fd": ("normalised form, finite difference", "eqs. 8 + 9"),
+    "softmax": ("baseline: 1 − max softmax", "Hendrycks & Gimpel"),
+}
+
+
+@dataclass(frozen=True)
+class MartinElsterConfig:
+    """Shared config of the Martin & Elster reproductions (each kind reads what it needs)."""
+
+    name: str
+    kind: str
+    seed: int = 0
+    description: str = ""
+    arch: str = "mnist_cnn"
+    dataset: str = "mnist"
+    preset: str | None = "mnist_cnn@paper"
+    eps: float = 0.1
+    steps: int = 10
+    decay: float = 1.0
+    n_attack: int | None = None  # test images attacked for the accuracy (None: all)
+    attack_batch: int = 500
+    n_roc: int = 400
+    n_hist: int = 1000
+    score_batch: int = 50
+    fd_eps: float = 1e-4
+    fis_reduction: str = "two_class"
+    n_rows: int = 4  # Figure 2 rows
+    n_failed_rows: int = 1  # of which failed attacks
+    n_stats: int = 200  # images for the FIS magnitude statistics
+    paper: dict[str, Any] = field(default_factory=dict)
+
+
+def _attack(cfg: MartinElsterConfig) -> MIFGSM:
+    return MIFGSM(eps=cfg.eps, steps=cfg.steps, decay=cfg.decay)
+
+
+def _setup(cfg: MartinElsterConfig, ctx: Context) -> tuple[Any, Any]:
+    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset)
+    return trained, load_split(cfg.dataset, "test", ctx)
+
+
+def _draw(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """A seeded random permutation's first n indices (not sorted: any prefix is random too)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=g)[:n]
+
+
+def _model_cell(run: Run, trained: Any, test: Any) -> dict[str, Any]:
+    def measure() -> dict[str, Any]:
+        pred = predict(trained.model, test.x)
+        return {
+            "test_accuracy": float((pred == test.y.numpy()).mean()),
+            "train_accuracy": trained.metrics["train_accuracy"],
+            "checkpoint_key": trained.key,
+            "n_parameters": sum(p.numel() for p in trained.model.parameters()),
+        }
+
+    return run.cell("model", measure)
+
+
+# ---------------------------------------------------------------------- Figure 1
+
+
+def fisher_scores(model: torch.nn.Module, x: torch.Tensor, fd_eps: float) -> dict[str, list[float]]:
+    """The detection scores of Fig. 1 for a batch (see :data:`SCORES`), plus the softmax baseline."""
+    out = {
+        "trace": param_fisher_trace(model, x, "full"),
+        "trace_2c": param_fisher_trace(model, x, "two_class"),
+        "form": param_fisher_form(model, x),
+        "nform": param_fisher_form(model, x, normalized=True),
+        "form_fd": param_fisher_form(model, x, method="finite_difference", fd_eps=fd_eps),
+        "nform_fd": param_fisher_form(model, x, normalized=True, method="finite_difference", fd_eps=fd_eps),
+    }
+    with torch.no_grad():
+        z = model(x).double()
+    # 1 − p̂ = exp(logsumexp of the other logits − logsumexp of all), exact for confident inputs
+    others = z.masked_fill(torch.nn.functional.one_hot(z.argmax(1), z.shape[1]).bool(), -torch.inf)
+    out["softmax"] = torch.exp(others.logsumexp(1) - z.logsumexp(1))
+    return {k: v.double().tolist() for k, v in out.items()}
+
+
+def _auc(neg: np.ndarray, pos: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    s = np.concatenate([neg, pos])
+    lab = np.concatenate([np.zeros(len(neg)), np.ones(len(pos))])
+    ok = np.isfinite(s)
+    fpr, tpr, _ = roc_curve(lab[ok], s[ok])
+    return float(roc_auc_score(lab[ok], s[ok])), fpr, tpr
+
+
+@register("martin_elster_fig1", MartinElsterConfig,
+          "Martin & Elster Fig. 1: MI-FGSM on MNIST, ROC/AUC of Fisher trace and forms, histogram.")
+def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
+    trained, test = _setup(cfg, ctx)
+    model = trained.model.eval()
+    m = _model_cell(run, trained, test)
+    attack = _attack(cfg)
+
+    # accuracy under attack, on the test set, in resumable chunks
+    n_att = len(test) if cfg.n_attack is None else min(cfg.n_attack, len(test))
+    clean_ok = adv_ok = 0
+    for start in range(0, n_att, cfg.attack_batch):
+        stop = min(start + cfg.attack_batch, n_att)
+
+        def measure_attack(start: int = start, stop: int = stop) -> dict[str, Any]:
+            x, y = test.x[start:stop], test.y[start:stop]
+            res = attack.run(model, x, y)
+            with torch.no_grad():
+                clean = model(x).argmax(1) == y
+            return {"n": stop - start, "clean_correct": int(clean.sum()), "adv_correct": int((~res.success).sum())}
+
+        r = run.cell(f"attack/{start:05d}", measure_attack)
+        clean_ok += r["clean_correct"]
+        adv_ok += r["adv_correct"]
+
+    # scores on a random subset, clean and adversarial
+    idx = _draw(len(test), cfg.n_hist, cfg.seed)
+    run.cell("subset", lambda: {"indices": idx.tolist()})
+    rec: dict[str, list[Any]] = {}
+    for start in range(0, len(idx), cfg.score_batch):
+        sel = idx[start : start + cfg.score_batch]
+
+        def measure_scores(sel: torch.Tensor = sel) -> dict[str, Any]:
+            x, y = test.x[sel], test.y[sel]
+            res = attack.run(model, x, y)
+            with torch.no_grad():
+                pred = model(x).argmax(1)
+            out: dict[str, Any] = {"y": y.tolist(), "pred_clean": pred.tolist(),
+                                   "pred_adv": res.logits_adv.argmax(1).tolist(),
+                                   "linf": res.norms["linf"].tolist()}
+            for tag, xs in (("clean", x), ("adv", res.x_adv)):
+                for k, v in fisher_scores(model, xs, cfg.fd_eps).items():
+                    out[f"{k}/{tag}"] = v
+            return out
+
+        r = run.cell(f"scores/{start:05d}", measure_scores)
+        for k, v in r.items():
+            rec.setdefault(k, []).extend(v)
+    arr = {k: np.asarray(v, dtype=float) for k, v in rec.items()}
+    y, pc, pa = arr["y"], arr["pred_clean"], arr["pred_adv"]
+    success = (pc == y) & (pa != y)
+
+    # AUCs: paper protocol (every attacked image positive) and successful attacks only
+    rows, curves, curves_fd = [], {}, {}
+    paper_auc = cfg.paper.get("auc", {})
+    for k, (label, eq) in SCORES.items():
+        neg, pos = arr[f"{k}/clean"], arr[f"{k}/adv"]
+        a400, fpr, tpr = _auc(neg[: cfg.n_roc], pos[: cfg.n_roc])
+        a1000, _, _ = _auc(neg, pos)
+        s400 = success[: cfg.n_roc]
+        a_succ, _, _ = _auc(neg[: cfg.n_roc][s400], pos[: cfg.n_roc][s400])
+        a_succ_all, _, _ = _auc(neg[success], pos[success])
+        base = k.replace("_fd", "")
+        paper = paper_auc.get(base, math.nan)
+        rows.append([label, eq, a400, paper, a_succ, a1000, a_succ_all])
+        if k in ("trace", "form", "nform"):
+            curves[label] = (fpr, tpr, a400)
+        if k in ("form_fd", "nform_fd"):
+            curves_fd[label] = (fpr, tpr, a400)
+    roc_path = save_figure(
+        roc_figure({**curves, **curves_fd}, title=f"MNIST, MI-FGSM ε={cfg.eps}, {cfg.n_roc} test images",
+                   styles={lbl: "--" for lbl in curves_fd}),
+        run.figures_dir / "fig1_roc.png",
+    )
+    hist_path = save_figure(
+        score_histogram(arr["nform/clean"], arr["nform/adv"], xlabel="v̄ᵀFv̄ (exact)",
+                        title=f"{cfg.n_hist} MNIST test images"),
+        run.figures_dir / "fig1_hist_nform.png",
+    )
+    hist_fd_path = save_figure(
+        score_histogram(arr["nform_fd/clean"], arr["nform_fd/adv"], xlabel=f"v̄ᵀFv̄ (eq. 9, ε′={cfg.fd_eps:g}, float32)",
+                        title=f"{cfg.n_hist} MNIST test images"),
+        run.figures_dir / "fig1_hist_nform_fd.png",
+    )
+    # how far the paper's finite difference is from the exact form (float32)
+    fd_err = {}
+    for k in ("form", "nform"):
+        for tag in ("clean", "adv"):
+            ex, fd = arr[f"{k}/{tag}"], arr[f"{k}_fd/{tag}"]
+            fd_err[f"{k}/{tag}"] = float(np.median(np.abs(fd - ex) / np.abs(ex)))
+    acc_adv = adv_ok / n_att
+    paper_acc = cfg.paper.get("accuracy", {})
+    return [
+        Heading("Martin & Elster 2019, Figure 1 (MNIST)"),
+        Paragraph(
+            f"Model `{cfg.arch}` (preset `{cfg.preset}`, {m['n_parameters']:,} parameters, checkpoint "
+            f"`{m['checkpoint_key'][:12]}`), seed {cfg.seed}. Attack: MI-FGSM, L∞ ε = {cfg.eps}, T = {cfg.steps}, "
+            f"μ = {cfg.decay}, untargeted on the true label, {n_att} test images."
+        ),
+        Table(
+            ["quantity", "ours", "paper"],
+            [
+                ["test accuracy (clean)", m["test_accuracy"], paper_acc.get("clean", math.nan)],
+                ["train accuracy", m["train_accuracy"], paper_acc.get("train", math.nan)],
+                [f"test accuracy under MI-FGSM ε={cfg.eps}", acc_adv, paper_acc.get("adversarial", math.nan)],
+                [f"attack success on the {cfg.n_hist}-image subset (clean correct, adversarial wrong)",
+                 float(success.mean()), math.nan],
+            ],
+            caption="Accuracy",
+        ),
+        Table(
+            ["score", "equation", f"AUC, {cfg.n_roc} images (paper protocol)", "paper",
+             f"AUC, {cfg.n_roc} images, successful attacks only", f"AUC, {cfg.n_hist} images",
+             f"AUC, {cfg.n_hist} images, successful only"],
+            rows,
+            caption=("Detection AUC. Paper protocol: clean images negative, every attacked image positive "
+                     "(failed attacks included). 'Successful only': pairs with a correctly classified clean "
+                     "image whose adversarial is misclassified. The paper computed the forms with eq. 9 "
+                     f"(ε′ = {cfg.fd_eps:g}); its numbers stand in the finite-difference rows."),
+        ),
+        Figure(roc_path, f"ROC on {cfg.n_roc} random test images (paper protocol); solid: exact, dashed: eq. 9."),
+        Figure(hist_path, f"Normalised form v̄ᵀF_θv̄ (exact) on {cfg.n_hist} random test images: clean (green) "
+               "and MI-FGSM (red), log10 scale (Martin & Elster Fig. 1 left)."),
+        Figure(hist_fd_path, "The same with the paper's finite difference (eq. 9) in float32."),
+        Table(["quantity", "median abs(eq. 9 − exact) / exact"], [[k, v] for k, v in fd_err.items()],
+              caption=f"Finite difference (ε′ = {cfg.fd_eps:g}, float32) against the exact forward-mode form"),
+    ]
+
+
+# ---------------------------------------------------------------------- Figure 2
+
+
+def inspect_maps(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                 fis_reduction: str = "two_class") -> dict[str, torch.Tensor]:
+    """FIS and saliency maps of clean and adversarial images (each w.r.t. its own prediction)."""
+    out: dict[str, torch.Tensor] = {}
+    for tag, xs in (("clean", x), ("adv", x_adv)):
+        out[f"fis/{tag}"] = fisher_sensitivity(model, xs, reduction=fis_reduction)  # type: ignore[arg-type]
+        out[f"gradient/{tag}"] = gradient(model, xs)
+        out[f"guided/{tag}"] = guided_backprop(model, xs)
+        out[f"hendrycks/{tag}"] = hendrycks_saliency(model, xs)
+    return out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel(), b.ravel()
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _saliency_rows(x: np.ndarray, xa: np.ndarray, maps: dict[str, np.ndarray], titles_clean: list[str],
+                   titles_adv: list[str]) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]], list[str]]:
+    images, titles = [], []
+    cols: dict[str, list[np.ndarray]] = {"gradient": [], "guided backprop": [], "Hendrycks": [], "FIS": []}
+    names = {"gradient": "gradient", "guided backprop": "guided", "Hendrycks": "hendrycks", "FIS": "fis"}
+    for i in range(len(x)):
+        for tag, img, title in (("clean", x[i], titles_clean[i]), ("adv", xa[i], titles_adv[i])):
+            images.append(img)
+            titles.append(title)
+            for col, key in names.items():
+                cols[col].append(maps[f"{key}/{tag}"][i])
+    return images, cols, titles
+
+
+@register("martin_elster_fig2", MartinElsterConfig,
+          "Martin & Elster Fig. 2: FIS maps of MI-FGSM adversarials on MNIST, beside saliency maps.")
+def run_fig2(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
+    trained, test = _setup(cfg, ctx)
+    model = trained.model.eval()
+    m = _model_cell(run, trained, test)
+    attack = _attack(cfg)
+
+    def pick() -> dict[str, Any]:
+        cand = _draw(len(test), 256, cfg.seed + 1)
+        x, y = test.x[cand], test.y[cand]
+        res = attack.run(model, x, y)
+        with torch.no_grad():
+            clean_ok = model(x).argmax(1) == y
+        succ = [int(i) for i in cand[clean_ok & res.success]]
+        fail = [int(i) for i in cand[clean_ok & ~res.success]]
+        n_fail = min(cfg.n_failed_rows, len(fail))
+        return {"indices": succ[: cfg.n_rows - n_fail] + fail[:n_fail]}
+
+    rows = run.cell("rows", pick)["indices"]
+
+    def measure_maps() -> dict[str, Any]:
+        sel = torch.tensor(rows)
+        x, y = test.x[sel], test.y[sel]
+        res = attack.run(model, x, y)
+        maps = inspect_maps(model, x, res.x_adv, cfg.fis_reduction)
+        other = "full" if cfg.fis_reduction == "two_class" else "two_class"
+        maps_other = {f"fis_{other}/{t}": fisher_sensitivity(model, xs, reduction=other)  # type: ignore[arg-type]
+                      for t, xs in (("clean", x), ("adv", res.x_adv))}
+        with torch.no_grad():
+            pc = model(x).argmax(1)
+        out = {"y": y.tolist(), "pred_clean": pc.tolist(), "pred_adv": res.logits_adv.argmax(1).tolist(),
+               "x": x.tolist(), "x_adv": res.x_adv.tolist(), "other_reduction": other}
+        out.update({k: v.tolist() for k, v in {**maps, **maps_other}.items()})
+        return out
+
+    r = run.cell("maps", measure_maps)
+
+    def measure_stats() -> dict[str, Any]:
+        sel = _draw(len(test), cfg.n_stats, cfg.seed + 2)
+        x, y = test.x[sel], test.y[sel]
+        res = attack.run(model, x, y)
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        fa = fisher_sensitivity(model, res.x_adv, reduction=cfg.fis_reduction).abs().flatten(1)  # type: ignore[arg-type]
+        fc = fisher_sensitivity(model, x, reduction=cfg.fis_reduction).abs().flatten(1)  # type: ignore[arg-type]
+        diff = (res.x_adv - x).abs().flatten(1)
+        corr = [_corr(fa[i].numpy(), diff[i].numpy()) for i in range(len(sel))]
+        return {"max_ratio": (fa.amax(1) / fc.amax(1)).tolist(), "sum_ratio": (fa.sum(1) / fc.sum(1)).tolist(),
+                "success": (ok & res.success).tolist(), "clean_correct": ok.tolist(), "corr_fis_diff": corr}
+
+    st = run.cell("fis_stats", measure_stats)
+
+    arr = {k: np.asarray(v, dtype=float) for k, v in r.items() if k not in ("other_reduction",)}
+    x, xa = arr["x"], arr["x_adv"]
+    titles = [f"true {int(t)}, adv pred {int(p)} ({'fooled' if p != t else 'not fooled'})"
+              for t, p in zip(arr["y"], arr["pred_adv"], strict=True)]
+    fig2a = save_figure(fis_figure(xa, arr["fis/adv"], x, arr["fis/clean"], shared_scale=True, row_titles=titles,
+                                   suptitle="FIS, same colour scale for adversarial and clean (cf. Fig. 2a)"),
+                        run.figures_dir / "fig2a_fis_same_scale.png")
+    fig2b = save_figure(fis_figure(xa, arr["fis/adv"], x, arr["fis/clean"], shared_scale=False, row_titles=titles,
+                                   suptitle="FIS, separate colour scales (cf. Fig. 2b)"),
+                        run.figures_dir / "fig2b_fis_own_scale.png")
+    t_clean = [f"clean, pred {int(p)}" for p in arr["pred_clean"]]
+    t_adv = [f"adv, pred {int(p)}" for p in arr["pred_adv"]]
+    images, cols, stitles = _saliency_rows(x, xa, arr, t_clean, t_adv)
+    sal = save_figure(saliency_figure(images, cols, row_titles=stitles,
+                                      suptitle="Signed maps (red +, blue −, each on its own symmetric scale)"),
+                      run.figures_dir / "fig2_saliency.png")
+    other = r["other_reduction"]
+    per_row = []
+    for i in range(len(x)):
+        ma, mc = np.abs(arr["fis/adv"][i]).max(), np.abs(arr["fis/clean"][i]).max()
+        per_row.append([titles[i], float(ma), float(mc), float(ma / mc),
+                        _corr(arr["fis/adv"][i], arr[f"fis_{other}/adv"][i]),
+                        _corr(arr["fis/clean"][i], arr[f"fis_{other}/clean"][i])])
+    ratio = np.asarray(st["max_ratio"])
+    succ = np.asarray(st["success"], dtype=bool)
+    corr = np.asarray(st["corr_fis_diff"], dtype=float)
+    clean_ok = np.asarray(st["clean_correct"], dtype=bool)
+
+    def stats_row(label: str, mask: np.ndarray) -> list[Any]:
+        if not mask.any():
+            return [label, 0, math.nan, math.nan, math.nan]
+        return [label, int(mask.sum()), float(np.median(ratio[mask])), float((ratio[mask] > 1).mean()),
+                float(np.nanmedian(corr[mask]))]
+
+    stats_rows = [
+        stats_row("all attacked images", np.ones_like(succ)),
+        stats_row("successful attacks", succ),
+        stats_row("failed attacks (clean correct)", ~succ & clean_ok),
+    ]
+    return [
+        Heading("Martin & Elster 2019, Figure 2 (MNIST): Fisher information sensitivity"),
+        Paragraph(
+            f"Model `{cfg.arch}` (preset `{cfg.preset}`, test accuracy {m['test_accuracy']:.4f}), MI-FGSM "
+            f"ε = {cfg.eps}, T = {cfg.steps}, μ = {cfg.decay}. FIS (eq. 13) with the {cfg.fis_reduction.replace('_', '-')} "
+            "reduction and the normalised direction v̄ = ∇θ log p(ŷ|x)/‖·‖ at the same image, exact (forward "
+            "mode); |FIS| is drawn over the image the model saw. Saliency maps explain each image's own "
+            "predicted class."
+        ),
+        Figure(fig2a, "FIS of the adversarial and the clean image on the adversarial map's colour scale; "
+               "rightmost: x_adv − x."),
+        Figure(fig2b, "The same rows, each FIS map on its own colour scale."),
+        Table(["row", "max abs FIS adv", "max abs FIS clean", "ratio", f"corr. with {other} FIS (adv)",
+               f"corr. with {other} FIS (clean)"], per_row,
+              caption=f"Per row: magnitudes and the correlation between the {cfg.fis_reduction} and {other} maps"),
+        Table(["images", "n", "median of max abs FIS adv / max abs FIS clean", "fraction with ratio > 1",
+               "median corr(abs FIS adv, abs(x_adv − x))"], stats_rows,
+              caption=f"{cfg.n_stats} random test images: is the FIS larger on the adversarial image (paper §4.1)?"),
+        Figure(sal, "Clean and adversarial image of each row with the gradient, guided-backprop, Hendrycks & "
+               "Gimpel saliency and the (signed) FIS."),
+    ]
+
+
+# -------------------------------------------------------------- demo: inspect
+
+DEMO_INSPECT_N = 4
+DEMO_INSPECT_EPS = 0.15
+
+
+def inspect_section(run: Run, state: DemoState) -> list[Block]:
+    """The demo's "inspect" section: FIS and saliency maps of clean and MI-FGSM digits."""
+    model, test = state.model, state.test
+    attack = MIFGSM(eps=DEMO_INSPECT_EPS, steps=10, decay=1.0)
+
+    def measure() -> dict[str, Any]:
+        with torch.no_grad():
+            ok = torch.nonzero(model(test.x[:64]).argmax(1) == test.y[:64]).flatten()
+        x, y = test.x[ok], test.y[ok]
+        res = attack.run(model, x, y)
+        fooled, kept = torch.nonzero(res.success).flatten(), torch.nonzero(~res.success).flatten()
+        n_kept = min(1, len(kept))  # one failed attack when there is one, as in Fig. 2
+        sel = torch.cat([fooled[: DEMO_INSPECT_N - n_kept], kept[:n_kept]])
+        x, xa, y = x[sel], res.x_adv[sel], y[sel]
+        maps = inspect_maps(model, x, xa)
+        with torch.no_grad():
+            pc, pa = model(x).argmax(1), model(xa).argmax(1)
+        out: dict[str, Any] = {"x": x.tolist(), "x_adv": xa.tolist(), "y": y.tolist(), "pred_clean": pc.tolist(),
+                               "pred_adv": pa.tolist(), "fooling_rate_first64": float(res.success.float().mean())}
+        out.update({k: v.tolist() for k, v in maps.items()})
+        ratio = maps["fis/adv"].abs().flatten(1).amax(1) / maps["fis/clean"].abs().flatten(1).amax(1)
+        out["max_fis_ratio"] = ratio.tolist()
+        return out
+
+    r = run.cell("inspect", measure)
+    arr = {k: np.asarray(v, dtype=float) for k, v in r.items()}
+    x, xa = arr["x"], arr["x_adv"]
+    titles = [f"true {int(t)}, adv pred {int(p)}" for t, p in zip(arr["y"], arr["pred_adv"], strict=True)]
+    fis_path = save_figure(fis_figure(xa, arr["fis/adv"], x, arr["fis/clean"], shared_scale=False, row_titles=titles,
+                                      cell_size=1.3),
+                           run.figures_dir / "inspect_fis.png")
+    images, cols, stitles = _saliency_rows(x, xa, arr, [f"clean, pred {int(p)}" for p in arr["pred_clean"]],
+                                           [f"adv, pred {int(p)}" for p in arr["pred_adv"]])
+    sal_path = save_figure(saliency_figure(images, cols, row_titles=stitles, cell_size=1.2),
+                           run.figures_dir / "inspect_saliency.png")
+    ratio = ", ".join(f"{v:.3g}" for v in r["max_fis_ratio"])
+    return [
+        Heading("Inspect: Fisher information sensitivity and saliency maps"),
+        Paragraph(
+            "The Fisher information sensitivity (Martin & Elster 2019, eq. 13) says how much each pixel moves "
+            "the Fisher information of the weights, vᵀF_θv, when it is perturbed by noise; fisherscope "
+            "computes it exactly with one forward-mode product in parameter space and one batched backward "
+            "pass in input space. Shown for test digits and their MI-FGSM adversarials "
+            f"(L∞ ε = {DEMO_INSPECT_EPS}, T = 10, μ = 1; it fooled the model on "
+            f"{100 * r['fooling_rate_first64']:.0f}% of the correctly classified of the first 64 test digits), "
+            "beside the gradient, guided-backprop and Hendrycks & Gimpel saliency maps. Images are drawn "
+            f"exactly as the model saw them. max|FIS adv| / max|FIS clean| per row: {ratio}."
+        ),
+        Figure(fis_path, "Adversarial digit, |FIS| of the adversarial and of the clean digit (each on its own "
+               "colour scale, drawn over its image), and x_adv − x."),
+        Figure(sal_path, "Clean and adversarial digits with their signed saliency maps (red +, blue −)."),
+    ]
+
+
+DEMO_SECTIONS.append(inspect_section)
