@@ -233,7 +233,7 @@ def test_dense_refuses_large_inputs():
 
 
 def test_probability_outputs_rejected():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4), torch.nn.Softmax(dim=1)).double()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4), torch.nn.Softmax(dim=1)).double().eval()
     x = torch.rand(2, 12, dtype=F64)
     for fn in (lambda: fisher_spectrum(model, x), lambda: fisher_trace(model, x),
                lambda: fisher_vector_product(model, x, x)):
