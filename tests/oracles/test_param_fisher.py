@@ -433,3 +433,74 @@ def test_frozen_parameters_are_excluded(mlp, xs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fisher_sensitivity(model, xs)
+
+
+# ------------------------------------------------- factored nn.Linear layers
+
+
+class _Reuse(nn.Module):
+    """Linear layers the factored path must not take: tied, called twice, functional reuse, 3-D input."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.kind = kind
+        self.a = nn.Linear(6, 6).double()
+        self.b = nn.Linear(6, 4).double()
+        if kind == "tied":
+            self.c = nn.Linear(6, 6).double()
+            self.c.weight = self.a.weight
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.7)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if self.kind == "tied":
+            h = torch.tanh(self.c(h))
+        elif self.kind == "twice":
+            h = torch.tanh(self.a(h))
+        elif self.kind == "functional":
+            h = torch.tanh(torch.nn.functional.linear(h, self.a.weight))
+        elif self.kind == "3d":
+            h = torch.tanh(self.a(h.reshape(-1, 2, 3).repeat(1, 1, 2))).sum(1)
+        elif self.kind == "rows":  # 2-D input, but two rows per sample
+            n = h.shape[0]
+            h = torch.tanh(self.a(h.reshape(-1, 3).repeat(1, 2))).reshape(n, 2, 6).sum(1)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("kind", ["tied", "twice", "functional", "3d", "rows"])
+def test_factoring_skips_reused_linear_layers(kind, xs):
+    from fisherscope.fisher.parameter_space import _prepare
+
+    model = _Reuse(kind).eval()
+    net, _, _ = _prepare(model, xs, (0.0, 1.0))
+    assert "a" not in net.lins and "b" in net.lins
+    ref_t = torch.stack([torch.trace(naive_fisher(model, xs[i])) for i in range(xs.shape[0])])
+    assert rel_err(param_fisher_trace(model, xs), ref_t) < 1e-10
+    ref_f = []
+    for i in range(xs.shape[0]):
+        v = naive_direction(model, xs[i])
+        ref_f.append(v @ naive_fisher(model, xs[i]) @ v / (v @ v))
+    assert rel_err(param_fisher_form(model, xs, normalized=True), torch.stack(ref_f)) < 1e-10
+    v = naive_direction(model, xs[0]).detach()
+    assert rel_err(fisher_sensitivity(model, xs[:1], normalized=False, reduction="full")[0],
+                   naive_fis(model, xs[0], v, "full")) < 1e-9
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_factored_equals_generic_path(monkeypatch, mlp, xs, name):
+    import fisherscope.fisher.parameter_space as ps
+
+    factored = FUNCS[name](mlp, xs)
+    monkeypatch.setattr(ps, "FACTOR_LINEAR", False)
+    generic = FUNCS[name](mlp, xs)
+    torch.testing.assert_close(factored, generic, rtol=1e-10, atol=1e-14)
+
+
+def test_factoring_leaves_no_hooks(mlp, xs):
+    fisher_sensitivity(mlp, xs)
+    param_fisher_trace(mlp, xs)
+    assert all(not m._forward_hooks for m in mlp.modules())
+    assert not torch._C._is_torch_function_mode_enabled()

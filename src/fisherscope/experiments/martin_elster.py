@@ -227,6 +227,17 @@ def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
         for tag in ("clean", "adv"):
             ex, fd = arr[f"{k}/{tag}"], arr[f"{k}_fd/{tag}"]
             fd_err[f"{k}/{tag}"] = float(np.median(np.abs(fd - ex) / np.abs(ex)))
+    # how much of each score is the softmax confidence: Spearman rank correlation with 1 − p̂
+    from scipy.stats import spearmanr
+
+    rank_rows = []
+    for k, (label, _) in SCORES.items():
+        if k == "softmax":
+            continue
+        both = [spearmanr(arr[f"{k}/{t}"], arr[f"softmax/{t}"]).statistic for t in ("clean", "adv")]
+        pooled = spearmanr(np.concatenate([arr[f"{k}/clean"], arr[f"{k}/adv"]]),
+                           np.concatenate([arr["softmax/clean"], arr["softmax/adv"]])).statistic
+        rank_rows.append([label, float(both[0]), float(both[1]), float(pooled)])
     acc_adv = adv_ok / n_att
     paper_acc = cfg.paper.get("accuracy", {})
     return [
@@ -261,6 +272,8 @@ def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
         Figure(hist_path, f"Normalised form v̄ᵀF_θv̄ (exact) on {cfg.n_hist} random test images: clean (green) "
                "and MI-FGSM (red), log10 scale (Martin & Elster Fig. 1 left)."),
         Figure(hist_fd_path, "The same with the paper's finite difference (eq. 9) in float32."),
+        Table(["score", "clean", "adversarial", "clean and adversarial pooled"], rank_rows,
+              caption=f"Spearman rank correlation with the softmax baseline 1 − p̂ on the {cfg.n_hist} images"),
         Table(["quantity", "median abs(eq. 9 − exact) / exact"], [[k, v] for k, v in fd_err.items()],
               caption=f"Finite difference (ε′ = {cfg.fd_eps:g}, float32) against the exact forward-mode form"),
     ]

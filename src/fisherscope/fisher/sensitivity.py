@@ -52,19 +52,33 @@ from .parameter_space import (
     _chunks,
     _class_terms,
     _default_scale,
-    _direction_chunk,
+    _direction_factor,
+    _fast_direction,
+    _fast_jv,
+    _fast_shifted,
     _Functional,
-    _grad_r_pred,
     _pick,
     _prepare,
     _quiet_forward_ad,
     _reduced_log_probs,
     _shift,
-    _sqnorm,
     _unit,
+    _warn_zero_direction,
 )
 
 __all__ = ["fisher_sensitivity"]
+
+
+def _jvp_terms(z: Tensor, u: Tensor, pred1: Tensor, reduction: str) -> Tensor:
+    """[a_c, b_c] (full) or [a_ŷ, d] (two_class) from logits z and u = J v (see below)."""
+    log_p, log1m_p, r = _class_terms(z)
+    d = r @ u  # r_c · J v
+    if reduction == "full":
+        b = torch.exp(log1m_p) * d  # (1 − p_c) r_c · J v = v · ∇θ log p_c
+        return torch.cat([torch.exp(log_p) * b, b])
+    d1 = _pick(d, pred1)
+    a1 = torch.exp(_pick(log_p, pred1) + _pick(log1m_p, pred1)) * d1  # p̂ (1 − p̂) d
+    return torch.stack([a1, d1])
 
 
 def _directional_terms(net: _Functional, reduction: str, method: str, fd_eps: float
@@ -79,14 +93,7 @@ def _directional_terms(net: _Functional, reduction: str, method: str, fd_eps: fl
 
         def terms(x1: Tensor, pred1: Tensor, v1: dict[str, Tensor]) -> Tensor:
             z, u = jvp(lambda p: net.logits1(p, x1), (net.params,), (v1,))
-            log_p, log1m_p, r = _class_terms(z)
-            d = r @ u  # r_c · J v
-            if reduction == "full":
-                b = torch.exp(log1m_p) * d  # (1 − p_c) r_c · J v = v · ∇θ log p_c
-                return torch.cat([torch.exp(log_p) * b, b])
-            d1 = _pick(d, pred1)
-            a1 = torch.exp(_pick(log_p, pred1) + _pick(log1m_p, pred1)) * d1  # p̂ (1 − p̂) d
-            return torch.stack([a1, d1])
+            return _jvp_terms(z, u, pred1, reduction)
 
         return terms
 
@@ -113,22 +120,43 @@ def _fis_chunk(net: _Functional, x: Tensor, pred: Tensor, vs: dict[str, Tensor],
         return vmap(one)(x, pred, vs)
 
 
-def _fis_default_jvp(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float,
-                     reduction: str, start: int) -> Tensor:
-    """FIS along g = Jᵀ r_ŷ in one vmapped pass, rescaled per sample (it is quadratic in v)."""
-    terms = _directional_terms(net, reduction, "jvp", 0.0)
+def _fis_default(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float, reduction: str,
+                 method: str, fd_eps: float, start: int) -> Tensor:
+    """FIS along the default direction (factored form), one vmapped pass per chunk.
 
+    ``jvp``: evaluated along g = Jᵀ r_ŷ and rescaled per sample (the map is quadratic in
+    v). ``finite_difference``: eq. 9 with the step ε′ · v, v = c · g. In both, g is computed
+    at the sample and held fixed while the terms are differentiated in x.
+    """
     def one(x1: Tensor, pred1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        _, log1m, _, g = _grad_r_pred(net, x1, pred1)  # at x1, held fixed below
-        out, vjp_fn = vjp(lambda xx: terms(xx, pred1, g), x1)
+        _, _, log1m, g_gen, lin_dir, sq = _fast_direction(net, x1, pred1)
+        if method == "jvp":
+
+            def terms(xx: Tensor) -> Tensor:
+                z, u = _fast_jv(net, xx, g_gen, lin_dir)
+                return _jvp_terms(z, u, pred1, reduction)
+
+        else:
+            step = fd_eps * _direction_factor(log1m, sq, normalized, scale)
+
+            def terms(xx: Tensor) -> Tensor:
+                lp0 = _reduced_log_probs(net.logits1(net.params, xx), pred1, reduction)
+                lp1 = _reduced_log_probs(_fast_shifted(net, xx, g_gen, lin_dir, step), pred1, reduction)
+                return torch.cat([(torch.exp(lp1) - torch.exp(lp0)) / fd_eps, (lp1 - lp0) / fd_eps])
+
+        out, vjp_fn = vjp(terms, x1)
         m = out.shape[0]
         (grads,) = vmap(vjp_fn)(torch.eye(m, dtype=out.dtype, device=out.device))
         half = m // 2
-        return (grads[:half] * grads[half:]).sum(0), log1m, _sqnorm(g, 0)
+        return (grads[:half] * grads[half:]).sum(0), log1m, sq
 
     with _quiet_forward_ad():
         fis, log1m, sqnorm = vmap(one)(x, pred)
-    factor = _default_scale(log1m, sqnorm, normalized, scale, start)
+    if normalized:
+        _warn_zero_direction(sqnorm, start, "∇θ log p(ŷ|x)")
+    if method == "finite_difference":
+        return fis
+    factor = _default_scale(log1m, sqnorm, normalized, scale, start, warn=False)
     return fis * factor.reshape(-1, *([1] * (fis.ndim - 1)))
 
 
@@ -199,18 +227,19 @@ def fisher_sensitivity(
         net, _, pred = _prepare(model, x, bounds)
         n = x.shape[0]
         user_v = _check_direction(v, net, n) if v is not None else None
+        if user_v is not None:
+            net.lins = {}  # an arbitrary direction has no factored form: generic path
         chunk = _auto_chunk(chunk_size, net, 2)
         x = x.detach()
         out = []
-        for sl in _chunks(n, chunk):
-            if user_v is None and method == "jvp":
-                out.append(_fis_default_jvp(net, x[sl], pred[sl], normalized, scale, reduction, sl.start))
-                continue
-            if user_v is None:
-                vs = _direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start)
-            else:
+        with net.hooked():
+            for sl in _chunks(n, chunk):
+                if user_v is None:
+                    out.append(_fis_default(net, x[sl], pred[sl], normalized, scale, reduction, method, fd_eps,
+                                            sl.start))
+                    continue
                 vs = {k: t[sl] for k, t in user_v.items()}
                 if normalized:
                     vs = _unit(vs, sl.start, "v")
-            out.append(_fis_chunk(net, x[sl], pred[sl], vs, reduction, method, fd_eps))
+                out.append(_fis_chunk(net, x[sl], pred[sl], vs, reduction, method, fd_eps))
     return torch.cat(out).detach()
