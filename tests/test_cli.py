@@ -126,6 +126,12 @@ def test_train_then_cached(iso):
     assert "loaded from cache" in res.output
 
 
+def test_train_defaults_to_the_presets_dataset(iso, tmp_path):
+    # lenet5's preset trains on MNIST: with an empty data folder the error names mnist.npz, not digits
+    res = _invoke("train", "lenet5", "--quiet", "--data-dir", str(tmp_path / "empty"))
+    assert res.exit_code == 1 and "mnist.npz" in res.output
+
+
 def test_train_unknown_arch_is_a_clear_error(iso):
     res = _invoke("train", "resnet9000", "--quiet")
     assert res.exit_code == 1 and "lenet5" in res.output

@@ -150,7 +150,7 @@ def report(
 @app.command()
 def train(
     arch: Annotated[str, typer.Argument(help="Architecture name (see `fisherscope models`).")],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name.")] = "digits",
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset name (default: the preset's dataset).")] = None,
     preset: Annotated[str | None, typer.Option(help="Named hyperparameter preset (default: the architecture's).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -166,9 +166,13 @@ def train(
 
     overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer).items() if v is not None}
     try:
+        if dataset is None:
+            from .models import resolve_training
+
+            dataset = resolve_training(preset or arch)["dataset"] or "digits"
         trained = trained_model(arch, dataset, _context(data_dir, cache_dir, quiet), seed=seed,
                                 preset=preset, overrides=overrides)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(exc)
         return
     m = trained.metrics
