@@ -49,13 +49,13 @@ def test_registered():
     assert (atk.steps, atk.decay, atk.step_size, atk.norm) == (10, 1.0, None, "linf")
 
 
-@pytest.mark.parametrize("decay", [1.0, 0.5, 0.0])
-@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize(("decay", "targeted"), [(1.0, False), (0.5, True), (0.0, False)])
 def test_matches_naive_reference(setup, decay, targeted):
     model, x, y = setup
+    x, y = x[:4], y[:4]
     target = (y + 1) % 5 if targeted else y
-    ours = MIFGSM(eps=0.1, steps=5, decay=decay)(model, x, target, targeted=targeted)
-    torch.testing.assert_close(ours, naive_mifgsm(model, x, target, 0.1, 5, decay, targeted), rtol=0, atol=1e-12)
+    ours = MIFGSM(eps=0.1, steps=4, decay=decay)(model, x, target, targeted=targeted)
+    torch.testing.assert_close(ours, naive_mifgsm(model, x, target, 0.1, 4, decay, targeted), rtol=0, atol=1e-12)
 
 
 def test_one_step_is_fgsm(setup):
@@ -88,10 +88,10 @@ def test_eps_zero_returns_x_exactly(setup):
 
 def test_deterministic_and_batch_equals_per_sample(setup):
     model, x, y = setup
-    atk = MIFGSM(eps=0.1, steps=4)
+    atk = MIFGSM(eps=0.1, steps=3)
     a, b = atk(model, x, y), atk(model, x, y)
     assert torch.equal(a, b)
-    for i in range(x.shape[0]):
+    for i in range(3):
         torch.testing.assert_close(atk(model, x[i : i + 1], y[i : i + 1])[0], a[i], rtol=0, atol=1e-12)
 
 

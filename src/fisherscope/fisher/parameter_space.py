@@ -35,6 +35,13 @@ The two-class expressions equal (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖² 
 p̂ → 1. The default direction v = λ (1 − p̂) Jᵀ r_ŷ is exact in the same way, so the
 normalised form stays defined for inputs whose p̂ rounds to 1.
 
+Memory and speed: per-sample parameter-sized tensors are what ``vmap`` materialises. For
+``nn.Linear`` layers (most of the parameters of the papers' nets) they are avoided: the
+per-sample weight gradient is an outer product δ aᵀ, so its squared norm is ‖δ‖²‖a‖² and
+its product with J is an output shift (see :class:`_Functional`); layers that are tied,
+reused or see more than one row per sample take the generic path. Samples are processed
+in chunks of at most :data:`CHUNK_BUDGET_BYTES` of such tensors.
+
 Parameters are those of ``model.named_parameters()`` with ``requires_grad=True``; a
 direction ``v`` is a mapping from those names to tensors shaped ``(N, *param.shape)`` (one
 direction per sample) or ``param.shape`` (shared by all samples).
