@@ -39,7 +39,7 @@ def tiny_cnn(c: int = 1, side: int = 8, k: int = 6, seed: int = 0, dtype: torch.
                nn.Linear(6 * (side // 2) ** 2, k)]
     net = nn.Sequential(*layers)
     with torch.no_grad():
-        for name, p in net.named_parameters():
+        for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):

@@ -141,11 +141,12 @@ def test_report_markdown_and_selfcontained_html(tmp_path):
     blocks = [
         Heading("Section"),
         Paragraph("Some `code` and **bold** <b>escaped</b>"),
-        Table(["a", "b"], [["x", 0.123456], ["y", float("nan")]], caption="cap"),
+        Table(["a", "b"], [["x", 0.123456], ["y", float("nan")], ["p|q", 1]], caption="cap"),
         Figure(png, "a line"),
     ]
     md, html = render_report(blocks, tmp_path, title="T")
     text = md.read_text()
+    assert "| p\\|q | 1 |" in text
     assert "# T" in text and "| a | b |" in text and "| x | 0.1235 |" in text and "![a line](figures/f.png)" in text
     page = html.read_text()
     assert "data:image/png;base64," in page and "&lt;b&gt;escaped" in page and "<code>code</code>" in page

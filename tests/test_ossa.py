@@ -10,7 +10,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import LinearSoftmax, tiny_cnn, tiny_mlp  # noqa: E402
-
 from fisherscope.attacks import FGM, OSSA, IterativeOSSA  # noqa: E402
 from fisherscope.evaluation import least_perturbation  # noqa: E402
 from fisherscope.fisher import fisher_matrix, fisher_spectrum  # noqa: E402

@@ -15,7 +15,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _models import tiny_cnn  # noqa: E402
-
 from fisherscope import ModelModeWarning  # noqa: E402
 from fisherscope.attacks import ATTACKS, Attack  # noqa: E402
 

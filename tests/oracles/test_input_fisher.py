@@ -10,7 +10,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _models import LinearSoftmax, tiny_cnn, tiny_mlp  # noqa: E402
-
 from fisherscope import ConvergenceWarning  # noqa: E402
 from fisherscope.fisher import (  # noqa: E402
     MAX_DENSE_DIM,

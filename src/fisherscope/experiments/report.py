@@ -67,6 +67,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(v: Any) -> str:
+    """A markdown table cell: formatted, with pipes escaped so they do not split the row."""
+    return _fmt(v).replace("|", "\\|")
+
+
 def _markdown(blocks: Sequence[Block], run_dir: Path) -> str:
     out: list[str] = []
     for b in blocks:
@@ -78,10 +83,10 @@ def _markdown(blocks: Sequence[Block], run_dir: Path) -> str:
             if b.caption:
                 out.append(f"*{b.caption}*")
                 out.append("")
-            out.append("| " + " | ".join(b.columns) + " |")
+            out.append("| " + " | ".join(_cell(c) for c in b.columns) + " |")
             out.append("|" + "---|" * len(b.columns))
             for row in b.rows:
-                out.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+                out.append("| " + " | ".join(_cell(v) for v in row) + " |")
         elif isinstance(b, Figure):
             rel = Path(b.path).resolve().relative_to(run_dir.resolve())
             out.append(f"![{b.alt or b.caption}]({rel.as_posix()})")

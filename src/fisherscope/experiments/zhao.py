@@ -179,7 +179,7 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
             attack = _one_step(key)
             rates = []
             for eps in cfg.budgets:
-                succ = in_batches(lambda xb, yb: attack.run(model, xb, yb, eps=eps).success.float(),
+                succ = in_batches(lambda xb, yb, eps=eps: attack.run(model, xb, yb, eps=eps).success.float(),
                                   xc, yc, batch_size=cfg.batch_size)
                 rates.append(float(succ.mean()))
             return {"budgets": list(cfg.budgets), "fooling_rate": rates}
