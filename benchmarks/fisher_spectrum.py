@@ -130,6 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats and samples (smoke run)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--parts", default="1234", help="which parts to run, e.g. 12")
     args = ap.parse_args()
     torch.manual_seed(0)
     rep = 2 if args.quick else 5
@@ -140,6 +141,21 @@ def main() -> None:
         "mnist_cnn": (build_model("mnist_cnn").eval(), torch.rand(64, 1, 28, 28)),
         "vgg_small": (build_model("vgg_small", in_channels=3, input_size=32).eval(), torch.rand(64, 3, 32, 32)),
     }
+    parts = set(args.parts)
+    if "1" in parts:
+        _part1(models, rep, results)
+    if "2" in parts:
+        _part2(models, rep, results, args.quick)
+    if "3" in parts:
+        _part3(models, rep, results, args.quick)
+    if "4" in parts:
+        _part4(results, args.quick)
+    print("\nGPU rows (vgg_small 32x32x3 per sample vs the paper's 0.25 s): not measured here (no GPU).")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
+
+
+def _part1(models, rep, results):
     print("\n1. exact spectrum (all K-1 eigenpairs) vs floor (forward + input-gradient backward), batch 64")
     for name, (model, x) in models.items():
         t = interleaved({"floor": floor_fn(model, x), "exact": lambda m=model, xx=x: fisher_spectrum(m, xx)}, repeats=rep)
@@ -147,9 +163,12 @@ def main() -> None:
         results[f"floor/{name}"] = {"floor_s": med(t["floor"]), "exact_s": med(t["exact"]), "multiple": ratio}
         print(f"  {name:10s} floor {med(t['floor']) * 1e3:8.1f} ms   exact {med(t['exact']) * 1e3:8.1f} ms   multiple {ratio:5.2f}x")
 
+
+
+def _part2(models, rep, results, quick):
     print("\n2. top eigenpair: batched exact vs Algorithm 1 (best reading, per sample, K gradients once), batch 64")
     for name, (model, x) in models.items():
-        xs = x[:16] if args.quick else x
+        xs = x[:16] if quick else x
         ours = fisher_spectrum(model, xs, k=1)
         lam_ref, vec_ref = algorithm1_top(model, xs)
         rel = ((ours.top_eigenvalue - lam_ref).abs() / lam_ref).max().item()
@@ -162,9 +181,12 @@ def main() -> None:
         print(f"  {name:10s} Algorithm 1 {med(t['alg1']) / len(xs) * 1e3:7.2f} ms/sample   ours {med(t['ours']) / len(xs) * 1e3:7.2f} ms/sample"
               f"   speed-up {ratio:5.1f}x   (eigenvalue rel. diff {rel:.1e}, |cos| >= {1 - cos:.1e} from 1)")
 
+
+
+def _part3(models, rep, results, quick):
     print("\n3. Zhao Table 1 on vgg_small, 3x32x32 (seconds per sample, median ± std over repeats)")
     model, x = models["vgg_small"]
-    xb = x[:16] if args.quick else x[:32]
+    xb = x[:16] if quick else x[:32]
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     fns = {
         "dense eigendecomposition": (lambda: dense_top(model, x[:2]), 2),
@@ -187,11 +209,15 @@ def main() -> None:
     print("  paper (CIFAR-10, their GPU): 1.49 / 0.30 / 0.15 / 0.28 / 0.25 s")
     results["table1"] = table
 
+
+
+def _part4(results, quick):
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     print("\n4. 1000-class head: lanczos (exact products, tol for 1e-3 rel. error) vs Algorithm 1 as written (alias m=200, redrawn every iteration)")
     big = ThousandHead().eval()
     with torch.no_grad():
         big.head.weight.mul_(8.0)  # spread the softmax a little, as a trained ImageNet head would
-    xk = torch.rand(8 if args.quick else 16, 3, 32, 32)
+    xk = torch.rand(8 if quick else 16, 3, 32, 32)
     exact = fisher_spectrum(big, xk, k=1).top_eigenvalue
     t0 = time.perf_counter()
     ours = fisher_spectrum(big, xk, k=1, method="lanczos", tol=1e-3, max_iter=300, generator=gen())
@@ -208,9 +234,6 @@ def main() -> None:
     print(f"  lanczos {t_ours / len(xk):.4f} s/sample ({ours.iterations} products, max rel. err {err_ours:.1e})   "
           f"Algorithm 1 + alias {t_ref / len(xk):.4f} s/sample (mean rel. err {err_ref.mean():.1%}, max {err_ref.max():.1%})   "
           f"speed-up {t_ref / t_ours:.1f}x")
-    print("\nGPU rows (vgg_small 32x32x3 per sample vs the paper's 0.25 s): not measured here (no GPU).")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
 
 
 if __name__ == "__main__":
