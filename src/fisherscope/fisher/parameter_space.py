@@ -58,7 +58,7 @@ import contextlib
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -711,6 +711,29 @@ def param_fisher_form(
     _check_choice("method", method, ("jvp", "finite_difference"))
     fd_eps = _check_positive("fd_eps", fd_eps)
     scale = _check_positive("scale", scale)
+    return _directional(
+        model, x, v, bounds, chunk_size, normalized,
+        lambda net, xs, ps, start: _form_default(net, xs, ps, normalized, scale, method, fd_eps, reduction, start),
+        lambda net, xs, ps, vs: _form_chunk(net, xs, ps, vs, method, fd_eps, reduction),
+    )
+
+
+def _directional(
+    model: nn.Module,
+    x: Tensor,
+    v: Any,
+    bounds: Any,
+    chunk_size: Any,
+    normalized: bool,
+    default: Callable[[Any, Tensor, Tensor, int], Tensor],
+    given: Callable[[Any, Tensor, Tensor, dict[str, Tensor]], Tensor],
+) -> Tensor:
+    """Shared driver of the quantities along a parameter direction v (form, FIS).
+
+    Validates, runs in eval mode, and evaluates chunk by chunk either the default
+    direction (``default(net, x, pred, start)``) or the caller's ``v`` (``given(net, x,
+    pred, v_chunk)``, normalised first when asked).
+    """
     _check_chunk(chunk_size)
     _check_model(model)
     with eval_mode(model):
@@ -725,13 +748,12 @@ def param_fisher_form(
         with net.hooked():
             for sl in _chunks(n, chunk):
                 if user_v is None:
-                    out.append(_form_default(net, x[sl], pred[sl], normalized, scale, method, fd_eps, reduction,
-                                             sl.start))
+                    out.append(default(net, x[sl], pred[sl], sl.start))
                     continue
                 vs = {k: t[sl] for k, t in user_v.items()}
                 if normalized:
                     vs = _unit(vs, sl.start, "v")
-                out.append(_form_chunk(net, x[sl], pred[sl], vs, method, fd_eps, reduction))
+                out.append(given(net, x[sl], pred[sl], vs))
     return torch.cat(out).detach()
 
 

@@ -37,32 +37,25 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from .._validation import eval_mode
 from .parameter_space import (
     Bounds,
     Direction,
     FormMethod,
     Reduction,
-    _auto_chunk,
     _check_choice,
-    _check_chunk,
-    _check_direction,
-    _check_model,
     _check_positive,
-    _chunks,
     _class_terms,
     _default_scale,
     _direction_factor,
+    _directional,
     _fast_direction,
     _fast_jv,
     _fast_shifted,
     _Functional,
     _pick,
-    _prepare,
     _quiet_forward_ad,
     _reduced_log_probs,
     _shift,
-    _unit,
     _warn_zero_direction,
 )
 
@@ -221,25 +214,8 @@ def fisher_sensitivity(
     _check_choice("method", method, ("jvp", "finite_difference"))
     fd_eps = _check_positive("fd_eps", fd_eps)
     scale = _check_positive("scale", scale)
-    _check_chunk(chunk_size)
-    _check_model(model)
-    with eval_mode(model):
-        net, _, pred = _prepare(model, x, bounds)
-        n = x.shape[0]
-        user_v = _check_direction(v, net, n) if v is not None else None
-        if user_v is not None:
-            net.lins = {}  # an arbitrary direction has no factored form: generic path
-        chunk = _auto_chunk(chunk_size, net, 2)
-        x = x.detach()
-        out = []
-        with net.hooked():
-            for sl in _chunks(n, chunk):
-                if user_v is None:
-                    out.append(_fis_default(net, x[sl], pred[sl], normalized, scale, reduction, method, fd_eps,
-                                            sl.start))
-                    continue
-                vs = {k: t[sl] for k, t in user_v.items()}
-                if normalized:
-                    vs = _unit(vs, sl.start, "v")
-                out.append(_fis_chunk(net, x[sl], pred[sl], vs, reduction, method, fd_eps))
-    return torch.cat(out).detach()
+    return _directional(
+        model, x, v, bounds, chunk_size, normalized,
+        lambda net, xs, ps, start: _fis_default(net, xs, ps, normalized, scale, reduction, method, fd_eps, start),
+        lambda net, xs, ps, vs: _fis_chunk(net, xs, ps, vs, reduction, method, fd_eps),
+    )
