@@ -236,10 +236,23 @@ def fisher_trace(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) ->
 
 
 def _a_operator(p: Tensor, a_matrix: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """u ↦ A u with A = diag(p) − p pᵀ, or a given (N, K, K) matrix (class sampling)."""
+    """u ↦ A u with A = diag(p) − p pᵀ, or a given (N, K, K) matrix (class sampling).
+
+    Evaluated in float64 and returned in u's dtype. For a confident prediction
+    (p_ŷ = 1 − δ) the ŷ entry p_ŷ(u_ŷ − pᵀu) is a difference of two numbers that agree
+    to within δ: in float32 it loses all accuracy once δ ≲ 1e-5, and the Krylov solvers
+    then converge to the wrong operator. The cost is O(N K), nothing next to the jvp.
+    """
+    p = p.to(torch.float64)
     if a_matrix is not None:
-        return lambda u: torch.einsum("nij,nj->ni", a_matrix, u)
-    return lambda u: p * u - p * (p * u).sum(dim=1, keepdim=True)
+        a64 = a_matrix.to(torch.float64)
+        return lambda u: torch.einsum("nij,nj->ni", a64, u.to(torch.float64)).to(u.dtype)
+
+    def apply(u: Tensor) -> Tensor:
+        u64 = u.to(torch.float64)
+        return (p * (u64 - (p * u64).sum(dim=1, keepdim=True))).to(u.dtype)
+
+    return apply
 
 
 class _Products:
@@ -251,7 +264,7 @@ class _Products:
         logits, self._vjp = torch.func.vjp(model, self.x)
         check_logits(logits)
         self.logits = logits.detach()
-        self.p = _probs(self.logits)
+        self.p = _probs(self.logits.to(torch.float64))  # float64: see _a_operator
         self._a = _a_operator(self.p, a_matrix)
         self.count = 0
 
@@ -269,7 +282,7 @@ class _Products:
     def grad_log_prob(self, classes: Tensor) -> Tensor:
         """∇x log p(c|x) for one class per sample; (N,) -> (N, *S)."""
         onehot = torch.nn.functional.one_hot(classes, self.p.shape[1]).to(self.p.dtype)
-        (g,) = self._vjp(onehot - self.p)
+        (g,) = self._vjp((onehot - self.p).to(self.logits.dtype))
         return g.detach()
 
 
@@ -592,7 +605,7 @@ def fisher_spectrum(
             a_matrix = None
             name = method
             if class_samples is not None:
-                p = _probs(model(x.detach()).detach())
+                p = _probs(model(x.detach()).detach().to(torch.float64))
                 a_matrix = _sampled_a_matrix(p, class_samples, generator)
                 name = f"{method}+alias"
             prod = _Products(model, x, a_matrix)
