@@ -19,8 +19,9 @@ $(VENV)/.installed: $(PY) pyproject.toml constraints.txt
 	$(PIP) -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-peers.txt
 	$(PIP) -q -e ".[dev]"
+	$(PIP) -q --no-deps -r requirements-peers.txt
 	touch $@
 
 install: $(VENV)/.installed
