@@ -36,3 +36,8 @@ def test_zhao_kind_runs_and_reports(tmp_path, digits_model, kind, extra):
     if kind == "zhao_figure2":
         rates = [r["value"] for r in records if r["metric"] == "fooling_rate" and r["cell"] == "figure2a/ossa"][0]
         assert rates[0] == 0.0 and rates[-1] >= rates[0]
+        cells = {r["cell"] for r in records}
+        assert {"figure2b/ossa_iterative", "figure2b/fgm_iterative", "figure2b/otcm_iterative"} <= cells
+        for cell in ("figure2b/fgm_iterative", "figure2b/otcm_iterative"):
+            it = [r["value"] for r in records if r["metric"] == "fooling_rate" and r["cell"] == cell][0]
+            assert len(it) == 4 and all(0.0 <= v <= 1.0 for v in it)

@@ -69,6 +69,12 @@ def _model_blurb(cfg: ZhaoConfig, trained: Any, n: int) -> Paragraph:
     )
 
 
+def predict_logits_width(model: Any, x: torch.Tensor) -> int:
+    """Number of classes of a model (width of its logits)."""
+    with torch.no_grad():
+        return int(model(x).shape[1])
+
+
 def _one_step(key: str, eps: float = 1.0) -> Any:
     cls = ATTACKS[key]
     return cls(eps=eps)
@@ -163,7 +169,7 @@ def run_figure1(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
 # ------------------------------------------------------------------- Figure 2
 
 
-@register("zhao_figure2", ZhaoConfig, "Zhao Figure 2: fooling rate vs budget (one-step) and vs iterations (iterative OSSA).")
+@register("zhao_figure2", ZhaoConfig, "Zhao Figure 2: fooling rate vs budget (one-step) and vs iterations (iterative OSSA, FGM, OTCM).")
 def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     import matplotlib.pyplot as plt
 
@@ -179,7 +185,8 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
             attack = _one_step(key)
             rates = []
             for eps in cfg.budgets:
-                succ = in_batches(lambda xb, yb, eps=eps: attack.run(model, xb, yb, eps=eps).success.float(),
+                gen = torch.Generator().manual_seed(cfg.seed)  # OTCM's targets: the same draw at every budget
+                succ = in_batches(lambda xb, yb, eps=eps, gen=gen: attack.run(model, xb, yb, eps=eps, generator=gen).success.float(),
                                   xc, yc, batch_size=cfg.batch_size)
                 rates.append(float(succ.mean()))
             return {"budgets": list(cfg.budgets), "fooling_rate": rates}
@@ -194,6 +201,32 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
 
     it = run.cell("figure2b/ossa_iterative", measure_iter)
 
+    def measure_repeated(targeted: bool) -> dict[str, Any]:
+        # Iterative FGM / OTCM as Zhao run them: repeated one-step L2 gradient steps of
+        # cfg.step_size, clipped to the box after each step, no total budget; OTCM steps
+        # towards one target per sample, drawn uniformly from the wrong classes once.
+        step = FGM(eps=cfg.step_size)
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def per_batch(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            k = int(predict_logits_width(model, xb[:1]))
+            target = (yb + torch.randint(1, k, yb.shape, generator=gen)) % k
+            cur, hits = xb, []
+            for _ in range(cfg.steps):
+                cur = step.run(model, cur, target if targeted else yb, targeted=targeted).x_adv
+                with torch.no_grad():
+                    hits.append(model(cur).argmax(1) != yb)
+            return torch.stack(hits, 1).float()
+
+        per_step = in_batches(per_batch, xc, yc, batch_size=cfg.batch_size)
+        return {"fooling_rate": per_step.mean(0).tolist()}
+
+    iterative = {"ossa": it}
+    if "fgm" in keys:
+        iterative["fgm"] = run.cell("figure2b/fgm_iterative", lambda: measure_repeated(False))
+    if "otcm" in cfg.attacks:
+        iterative["otcm"] = run.cell("figure2b/otcm_iterative", lambda: measure_repeated(True))
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, c in curves.items():
         ax1.plot(c["budgets"], [100 * r for r in c["fooling_rate"]], marker=".", label=key.upper())
@@ -202,8 +235,9 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ax1.set_title("(a) one-step attacks")
     ax1.grid(alpha=0.3)
     ax1.legend()
-    steps = np.arange(1, len(it["fooling_rate"]) + 1)
-    ax2.plot(steps, [100 * r for r in it["fooling_rate"]], label=f"iterative OSSA ({cfg.step_size}/step)")
+    for key, c in iterative.items():
+        steps = np.arange(1, len(c["fooling_rate"]) + 1)
+        ax2.plot(steps, [100 * r for r in c["fooling_rate"]], label=f"iterative {key.upper()} ({cfg.step_size}/step)")
     ax2.set_xlabel("iterations")
     ax2.set_ylabel("fooling rate (%)")
     ax2.set_title("(b) iterative attacks")
@@ -225,7 +259,11 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
         Paragraph(f"{int(correct.sum())} correctly classified images attacked; budgets are L2 norms before clipping."),
         Table(["", *[k.upper() for k in keys]], rows,
               caption="Smallest budget on the grid reaching the rate (paper, OSSA on MNIST: 90% at 2.1)"),
-        Figure(path, "(a) fooling rate vs L2 budget; (b) fooling rate vs iterations of iterative OSSA."),
+        Table(["iterations", *[f"iterative {k.upper()}" for k in iterative]],
+              [[t, *[c["fooling_rate"][t - 1] for c in iterative.values()]]
+               for t in (1, 5, 10, 20, 40, cfg.steps) if t <= cfg.steps],
+              caption=f"(b) fooling rate after t steps of {cfg.step_size} (L2, clipped every step, no total budget)"),
+        Figure(path, "(a) fooling rate vs L2 budget; (b) fooling rate vs iterations of the iterative variants."),
     ]
 
 
