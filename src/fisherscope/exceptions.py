@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+
 __all__ = [
     "CheckpointError",
     "ConvergenceWarning",
@@ -11,8 +13,8 @@ __all__ = [
 ]
 
 
-class NotFittedError(ValueError, AttributeError):
-    """A detector was used before ``fit`` (compatible with scikit-learn's class)."""
+class NotFittedError(_SklearnNotFittedError):
+    """A detector was used before ``fit`` (a subclass of scikit-learn's, so its checks see it)."""
 
 
 class ModelModeWarning(UserWarning):

@@ -1,0 +1,144 @@
+"""The detector contract: scikit-learn estimators on feature matrices.
+
+A detector maps a feature matrix ``X`` (n_samples, n_features), made from a model and its
+inputs by :mod:`fisherscope.features`, to a score per sample:
+
+- :meth:`~Detector.decision_function` — higher means more adversarial;
+- :meth:`~Detector.predict` — 1 (adversarial) where the score exceeds ``threshold_``, a
+  threshold set so that at most ``target_fpr`` of the *clean* calibration samples are
+  flagged (the clean rows of the fitting data, or a separate split given to
+  :meth:`~Detector.calibrate`);
+- :meth:`~Detector.score` — the area under the ROC curve (AUROC), not accuracy.
+
+Labels are binary: 0 = clean (including noisy negatives), 1 = adversarial. Supervised
+detectors (``supervised = True``) need both classes in ``fit``; unsupervised ones
+(a score with no learned decision, e.g. the maximum softmax probability) fit only on the
+clean rows and accept ``y=None`` (all rows clean).
+
+Subclasses set ``feature`` (the :mod:`fisherscope.features` function that makes their
+input), implement ``_fit(X, y)`` and ``_decision(X)``, and declare every hyperparameter
+as an explicit keyword of ``__init__`` stored unchanged (scikit-learn's ``get_params`` /
+``clone`` convention).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import roc_auc_score
+from sklearn.utils.validation import validate_data
+
+from ..exceptions import NotFittedError
+
+__all__ = ["Detector", "threshold_at_fpr"]
+
+
+def threshold_at_fpr(clean_scores: np.ndarray, target_fpr: float) -> float:
+    """The smallest threshold t with mean(clean_scores > t) <= target_fpr.
+
+    ``predict`` flags scores strictly above t, so on these clean scores the false-positive
+    rate is at most ``target_fpr`` (exactly the empirical quantile rule, no interpolation).
+    """
+    s = np.sort(np.asarray(clean_scores, dtype=np.float64).ravel())
+    if s.size == 0:
+        raise ValueError("threshold_at_fpr needs at least one clean score; got none.")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("clean scores contain NaN or inf; check the features fed to the detector.")
+    if not 0.0 <= target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in [0, 1); got {target_fpr!r}.")
+    allowed = int(np.floor(target_fpr * s.size + 1e-9))  # clean samples allowed above t
+    return float(s[s.size - 1 - allowed])
+
+
+class Detector(ClassifierMixin, BaseEstimator):
+    """Base class of every detector (see the module docstring for the contract)."""
+
+    #: name of the :mod:`fisherscope.features` function that makes this detector's X
+    feature: ClassVar[str] = ""
+    #: whether fitting needs adversarial rows (y == 1) as well as clean ones
+    supervised: ClassVar[bool] = True
+
+    def __init__(self, *, target_fpr: float = 0.05) -> None:
+        self.target_fpr = target_fpr
+
+    # ----------------------------------------------------------------- sklearn API
+    def fit(self, X: Any, y: Any = None) -> Detector:
+        """Fit on features X with labels y (0 clean, 1 adversarial); set ``threshold_``."""
+        if y is None:
+            if self.supervised:
+                raise ValueError(
+                    f"{type(self).__name__} is supervised: fit(X, y) needs y with 0 for clean and "
+                    "1 for adversarial rows; got y=None."
+                )
+            X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=1)
+            y = np.zeros(X.shape[0], dtype=np.int64)
+        else:
+            X, y = validate_data(self, X, y, reset=True, dtype=np.float64, ensure_min_samples=1)
+            y = self._check_binary(y)
+        self.classes_ = np.array([0, 1])
+        clean = y == 0
+        if not clean.any():
+            raise ValueError("fit needs clean rows (y == 0) to set the threshold; got none.")
+        if self.supervised and clean.all():
+            raise ValueError(
+                f"{type(self).__name__} is supervised and needs adversarial rows (y == 1) as well; "
+                "got only clean rows."
+            )
+        self._fit(X, y)
+        self.threshold_ = threshold_at_fpr(self._decision(X[clean]), self._target_fpr())
+        return self
+
+    def calibrate(self, X_clean: Any) -> Detector:
+        """Re-set ``threshold_`` on a separate split of clean features (no refit)."""
+        scores = self.decision_function(X_clean)
+        self.threshold_ = threshold_at_fpr(scores, self._target_fpr())
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Score per sample, higher = more adversarial; shape (n_samples,)."""
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet: call fit(X, y) (or fit(X) for an "
+                "unsupervised detector) before decision_function / predict / score."
+            )
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return np.asarray(self._decision(X), dtype=np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """1 where ``decision_function`` exceeds ``threshold_`` (adversarial), else 0."""
+        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:  # noqa: ARG002
+        """AUROC of ``decision_function`` against y (0 clean, 1 adversarial)."""
+        y = self._check_binary(np.asarray(y))
+        if np.unique(y).size < 2:
+            raise ValueError("score (AUROC) needs both clean (0) and adversarial (1) rows in y.")
+        return float(roc_auc_score(y, self.decision_function(X), sample_weight=sample_weight))
+
+    # ------------------------------------------------------------------ internals
+    def _target_fpr(self) -> float:
+        t = self.target_fpr
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t < 1.0:
+            raise ValueError(f"target_fpr must be a number in [0, 1); got {t!r}.")
+        return float(t)
+
+    @staticmethod
+    def _check_binary(y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D (n_samples,); got shape {y.shape}.")
+        values = set(np.unique(y).tolist())
+        if not values <= {0, 1}:  # bools compare equal to 0 and 1
+            raise ValueError(
+                f"detectors are binary: y must hold 0 (clean) and 1 (adversarial); got labels "
+                f"{sorted(values)[:10]}. Map your labels to 0/1 first."
+            )
+        return y.astype(np.int64)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        """Learn from X (float64, validated) and binary y; unsupervised detectors may ignore y."""
+
+    def _decision(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
