@@ -28,11 +28,27 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import validate_data
 
 from ..exceptions import NotFittedError
 
-__all__ = ["Detector", "threshold_at_fpr"]
+__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "Detector", "threshold_at_fpr"]
+
+_LABELS_01 = "labels must be 0 (clean) and 1 (adversarial); this check uses other labels"
+
+#: scikit-learn estimator checks every :class:`Detector` fails by design, with the reason:
+#: ``parametrize_with_checks(..., expected_failed_checks=lambda est: SKLEARN_EXPECTED_FAILED_CHECKS)``.
+SKLEARN_EXPECTED_FAILED_CHECKS: dict[str, str] = {
+    "check_classifiers_train": (
+        "predict flags decision_function > threshold_ (set at target_fpr on clean rows), "
+        "not decision_function > 0"
+    ),
+    "check_estimators_dtypes": f"{_LABELS_01} ({{1, 2}})",
+    "check_classifier_data_not_an_array": f"{_LABELS_01} ({{1, 2}})",
+    "check_classifiers_classes": f"{_LABELS_01} (strings, {{1, 2}})",
+    "check_fit2d_1feature": f"{_LABELS_01} ({{0, 1, 2}})",
+}
 
 
 def threshold_at_fpr(clean_scores: np.ndarray, target_fpr: float) -> float:
@@ -70,7 +86,7 @@ class Detector(ClassifierMixin, BaseEstimator):
             if self.supervised:
                 raise ValueError(
                     f"{type(self).__name__} is supervised: fit(X, y) needs y with 0 for clean and "
-                    "1 for adversarial rows; got y=None."
+                    "1 for adversarial rows (it requires y to be passed, but the target y is None)."
                 )
             X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=1)
             y = np.zeros(X.shape[0], dtype=np.int64)
@@ -80,14 +96,17 @@ class Detector(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         clean = y == 0
         if not clean.any():
-            raise ValueError("fit needs clean rows (y == 0) to set the threshold; got none.")
+            raise ValueError(
+                "fit needs clean rows (y == 0) to set the threshold; got none (y holds one class, "
+                "1 = adversarial)."
+            )
         if self.supervised and clean.all():
             raise ValueError(
                 f"{type(self).__name__} is supervised and needs adversarial rows (y == 1) as well; "
-                "got only clean rows."
+                "got only clean rows (one class)."
             )
         self._fit(X, y)
-        self.threshold_ = threshold_at_fpr(self._decision(X[clean]), self._target_fpr())
+        self.threshold_ = threshold_at_fpr(self._clean_fit_scores(X, y), self._target_fpr())
         return self
 
     def calibrate(self, X_clean: Any) -> Detector:
@@ -124,6 +143,12 @@ class Detector(ClassifierMixin, BaseEstimator):
             raise ValueError(f"target_fpr must be a number in [0, 1); got {t!r}.")
         return float(t)
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # 0 = clean, 1 = adversarial
+        tags.target_tags.required = self.supervised
+        return tags
+
     @staticmethod
     def _check_binary(y: np.ndarray) -> np.ndarray:
         y = np.asarray(y)
@@ -131,14 +156,27 @@ class Detector(ClassifierMixin, BaseEstimator):
             raise ValueError(f"y must be 1-D (n_samples,); got shape {y.shape}.")
         values = set(np.unique(y).tolist())
         if not values <= {0, 1}:  # bools compare equal to 0 and 1
+            kind = type_of_target(y, input_name="y")
+            lead = {
+                "continuous": "got continuous values, not labels: ",
+                "multiclass": "Only binary classification is supported; ",
+            }.get(kind, "")
             raise ValueError(
-                f"detectors are binary: y must hold 0 (clean) and 1 (adversarial); got labels "
-                f"{sorted(values)[:10]}. Map your labels to 0/1 first."
+                f"detectors are binary: {lead}y must hold 0 (clean) and 1 (adversarial); got "
+                f"labels {sorted(values)[:10]}. Map your labels to 0/1 first."
             )
         return y.astype(np.int64)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         """Learn from X (float64, validated) and binary y; unsupervised detectors may ignore y."""
+
+    def _clean_fit_scores(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Scores of the clean fitting rows (y == 0) that ``fit`` sets the threshold on.
+
+        Default: ``_decision`` of those rows. Override where in-sample scores are
+        optimistic (a kernel density evaluated at its own support points: leave one out).
+        """
+        return self._decision(X[y == 0])
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
