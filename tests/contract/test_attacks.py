@@ -24,6 +24,8 @@ EXAMPLES: dict[str, dict] = {
     "ossa": dict(eps=1.5),
     "ossa_iterative": dict(step_size=0.3, steps=4, eps=1.5),
     "mifgsm": dict(eps=0.2, steps=5),
+    "hg_targeted": dict(step_size=0.05, max_steps=100, target="most_likely"),
+    "hg_fast": dict(eps=0.3, target="most_likely"),
 }
 NORM_ORD = {"l2": 2, "linf": float("inf"), "l1": 1}
 

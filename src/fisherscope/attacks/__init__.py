@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from .base import Attack, AttackResult, OneStepAttack, input_gradient, perturbation_norms, project
 from .gradient import FGM
+from .hendrycks import HGFast, HGTargeted
 from .iterative import MIFGSM
 from .spectral import OSSA, IterativeOSSA
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgm": FGM,
+    "hg_fast": HGFast,
+    "hg_targeted": HGTargeted,
     "mifgsm": MIFGSM,
     "ossa": OSSA,
     "ossa_iterative": IterativeOSSA,
@@ -21,6 +24,8 @@ ATTACKS: dict[str, type[Attack]] = {
 __all__ = [
     "ATTACKS",
     "FGM",
+    "HGFast",
+    "HGTargeted",
     "MIFGSM",
     "OSSA",
     "Attack",
