@@ -39,6 +39,7 @@ from .checkpoint import (
     load_checkpoint,
     resolve_cache_dir,
 )
+from .hg_mlp import HGMLP  # registers MODELS["hg_mlp"]
 from .training import (
     AUGMENTATIONS,
     DEFAULT_TRAINING,
@@ -66,6 +67,7 @@ __all__ = [
     "CheckpointInfo",
     "ConvNetBN",
     "DigitsCNN",
+    "HGMLP",
     "LeNet5",
     "MnistCNN",
     "Normalize",

@@ -1,0 +1,104 @@
+"""Reconstruction error of a classifier-autoencoder (Hendrycks & Gimpel 2017, §3.4).
+
+The model must expose ``reconstruct(x)`` returning a tensor shaped like ``x`` (the
+registry's ``hg_mlp`` does: its decoder is fed the second hidden layer and the logits).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_inputs, eval_mode
+
+__all__ = ["RECONSTRUCTION_KINDS", "reconstruction_error"]
+
+#: ``kind`` values of :func:`reconstruction_error`, and the column order of ``kind="all"``.
+RECONSTRUCTION_KINDS = ("signed_mean", "squared")
+
+
+def reconstruction_error(
+    model: nn.Module,
+    x: torch.Tensor,
+    kind: Literal["signed_mean", "squared", "all"] = "signed_mean",
+    *,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Per-sample reconstruction error of ``model.reconstruct``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Has ``reconstruct(x) -> Tensor`` shaped like ``x`` (e.g. ``hg_mlp``). Run in eval
+        mode (each module's mode is restored), without gradients.
+    x : Tensor
+        Inputs (N, C, H, W) in [0, 1].
+    kind : {"signed_mean", "squared", "all"}
+        ``"signed_mean"``: mean over the input's values of ``x − reconstruct(x)``
+        (Hendrycks & Gimpel's detection score); ``"squared"``: mean of
+        ``(x − reconstruct(x))²``; ``"all"``: both columns, in that order.
+    batch_size : int
+        Samples per forward pass.
+
+    Returns
+    -------
+    ndarray
+        Shape (N, 1) (or (N, 2) for ``kind="all"``), float64.
+
+    Raises
+    ------
+    TypeError
+        The model has no ``reconstruct`` method.
+    ValueError
+        Unknown ``kind``, bad ``batch_size``, invalid ``x``, or a reconstruction whose
+        shape differs from the input's.
+
+    Shapes
+    ------
+    x: (N, C, H, W) -> (N, 1) or (N, 2).
+
+    References
+    ----------
+    .. [1] D. Hendrycks and K. Gimpel, "Early methods for detecting adversarial images",
+       ICLR 2017 workshop; arXiv:1608.00530, section 3.4.
+
+    Examples
+    --------
+    >>> from fisherscope.models import build_model
+    >>> model = build_model("hg_mlp", input_size=8).eval()
+    >>> reconstruction_error(model, torch.rand(4, 1, 8, 8), kind="all").shape
+    (4, 2)
+    """
+    if kind not in (*RECONSTRUCTION_KINDS, "all"):
+        raise ValueError(
+            f"kind must be one of {[*RECONSTRUCTION_KINDS, 'all']}; got {kind!r}."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    reconstruct = getattr(model, "reconstruct", None)
+    if not callable(reconstruct):
+        raise TypeError(
+            f"{type(model).__name__} has no reconstruct(x) method; reconstruction_error needs a "
+            "classifier-autoencoder such as MODELS['hg_mlp'] (train_model('hg_mlp', 'mnist'))."
+        )
+    check_inputs(x)
+    chunks = []
+    with eval_mode(model), torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size]
+            rec = reconstruct(xb)
+            if not isinstance(rec, torch.Tensor) or rec.shape != xb.shape:
+                got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
+                raise ValueError(
+                    f"{type(model).__name__}.reconstruct returned {got} for inputs of shape "
+                    f"{tuple(xb.shape)}; it must return a tensor shaped like its input."
+                )
+            diff = (xb.double() - rec.double()).flatten(1)
+            chunks.append(torch.stack([diff.mean(1), diff.square().mean(1)], dim=1))
+    both = torch.cat(chunks).cpu().numpy()
+    if kind == "all":
+        return both
+    return both[:, [RECONSTRUCTION_KINDS.index(kind)]].copy()
