@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import accuracy, demo, demo_ossa, martin_elster, zhao  # noqa: F401  (register the experiment kinds and demo sections)
+from . import accuracy, demo, demo_attacks, demo_ossa, hendrycks_gimpel, martin_elster, zhao  # noqa: F401  (register the experiment kinds and demo sections)
 from .base import EXPERIMENTS, Context, Experiment, load_config, parse_overrides, run_experiment
 from .config import config_from_dict, config_hash, config_to_dict
 from .demo import DEMO_SECTIONS, DemoConfig

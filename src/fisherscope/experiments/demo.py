@@ -18,7 +18,7 @@ from .common import load_split, predict, trained_model
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
-__all__ = ["DemoConfig", "DemoState", "DEMO_SECTIONS", "run_demo"]
+__all__ = ["DemoConfig", "DemoState", "DEMO_SECTIONS", "add_demo_section", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,19 @@ def _accuracy_section(run: Run, state: DemoState) -> list[Block]:
 
 
 DemoSection = Callable[[Run, DemoState], list[Block]]
-#: Sections of the demo report, in order. Capabilities append theirs.
+#: Sections of the demo report, in order. Capabilities add theirs with add_demo_section.
 DEMO_SECTIONS: list[DemoSection] = [_accuracy_section]
+_ORDER: dict[DemoSection, float] = {_accuracy_section: 0.0}
+
+
+def add_demo_section(section: DemoSection, order: float) -> DemoSection:
+    """Add a section to the demo report at position ``order`` (the accuracy section is 0;
+    attack 10–20, inspect 30, detect 40, defend 50), whatever the import order."""
+    _ORDER[section] = order
+    if section not in DEMO_SECTIONS:
+        DEMO_SECTIONS.append(section)
+    DEMO_SECTIONS.sort(key=lambda s: _ORDER.get(s, float("inf")))
+    return section
 
 
 @register("demo", DemoConfig, "The one-command tour of fisherscope on digits (the main job).")

@@ -10,7 +10,7 @@ import torch
 from ..attacks import FGM, OSSA
 from ..fisher import fisher_spectrum
 from ..plotting import to_display
-from .demo import DEMO_SECTIONS, DemoState
+from .demo import DemoState, add_demo_section
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
@@ -103,4 +103,4 @@ def ossa_section(run: Run, state: DemoState) -> list[Block]:
     ]
 
 
-DEMO_SECTIONS.append(ossa_section)
+add_demo_section(ossa_section, order=10)

@@ -33,7 +33,7 @@ from ..plotting_maps import fis_figure, roc_figure, saliency_figure, score_histo
 from ..saliency import gradient, guided_backprop, hendrycks_saliency
 from .base import Context, register
 from .common import load_split, predict, trained_model
-from .demo import DEMO_SECTIONS, DemoState
+from .demo import DemoState, add_demo_section
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
@@ -490,4 +490,4 @@ def inspect_section(run: Run, state: DemoState) -> list[Block]:
     ]
 
 
-DEMO_SECTIONS.append(inspect_section)
+add_demo_section(inspect_section, order=30)

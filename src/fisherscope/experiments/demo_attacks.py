@@ -1,0 +1,125 @@
+"""The demo's "attack suite" section: every registered attack at a standard budget on digits."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..attacks import ATTACKS
+from ..plotting import to_display
+from .demo import DemoState, add_demo_section
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Run
+
+__all__ = ["STANDARD_SETTINGS", "attack_suite_section"]
+
+N_ATTACK = 100
+N_SHOW = 4
+
+#: The demo's standard setting of each attack on 8×8 digits in [0, 1] (64 pixels): L∞
+#: budgets of 0.1, L2 budgets of 1.0, minimal-perturbation attacks with their defaults.
+STANDARD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
+    "fgsm": ({"eps": 0.1}, "L∞ ε = 0.1, one step"),
+    "fgm": ({"eps": 1.0}, "L2 ε = 1.0, one step"),
+    "otcm": ({"eps": 1.0}, "L2 ε = 1.0, one targeted step (random wrong class)"),
+    "ossa": ({"eps": 1.0}, "L2 ε = 1.0, one step along the top eigenvector of G_x"),
+    "bim": ({"eps": 0.1, "steps": 10}, "L∞ ε = 0.1, 10 steps"),
+    "mifgsm": ({"eps": 0.1, "steps": 10, "decay": 1.0}, "L∞ ε = 0.1, 10 steps, μ = 1"),
+    "pgd": ({"eps": 0.1, "steps": 20}, "L∞ ε = 0.1, 20 steps, random start"),
+    "otcm_iterative": ({"eps": 1.0, "step_size": 0.1, "steps": 10}, "L2 ε = 1.0, 10 targeted steps of 0.1"),
+    "ossa_iterative": ({"eps": 1.0, "step_size": 0.1, "steps": 10}, "L2 ε = 1.0, 10 steps of 0.1"),
+    "deepfool": ({"steps": 50}, "minimal L2, 50 steps, overshoot 0.02"),
+    "deepfool_linf": ({"steps": 50}, "minimal L∞, 50 steps, overshoot 0.02"),
+    "cw": ({"steps": 100, "binary_search_steps": 3}, "minimal L2, 3 × 100 Adam steps"),
+    "opt": ({"steps": 200}, "L2-penalised CE (Liu et al. 2016), 200 Adam steps"),
+    "jsma": ({"gamma": 0.2}, "L0, at most 20% of the pixels"),
+    "hg_targeted": ({}, "targeted, 1/255 raw-gradient steps until p_target > 0.5"),
+    "hg_fast": ({}, "one targeted sign step of 10/255"),
+}
+
+
+def attack_suite_section(run: Run, state: DemoState) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    model, test, seed = state.model, state.test, state.config.seed
+    x, y = test.x[:N_ATTACK], test.y[:N_ATTACK]
+    keys = [k for k in STANDARD_SETTINGS if k in ATTACKS]
+    keys += sorted(k for k in ATTACKS if k not in STANDARD_SETTINGS)
+
+    def measure(key: str) -> dict[str, Any]:
+        params = STANDARD_SETTINGS.get(key, ({}, ""))[0]
+        attack = ATTACKS[key](**params)
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+        t0 = time.perf_counter()
+        res = attack.run(model, x, y, generator=torch.Generator().manual_seed(seed))
+        wall = time.perf_counter() - t0
+        with torch.no_grad():
+            wrong_after = model(res.x_adv).argmax(1) != y
+        fooled = wrong_after & correct
+        return {
+            "params": params,
+            "accuracy": float((~wrong_after).float().mean()),
+            "fooling_ratio": float(fooled.sum() / correct.sum().clamp_min(1)),
+            "mean_l2_fooled": float(res.norms["l2"][fooled].mean()) if fooled.any() else float("nan"),
+            "mean_linf_fooled": float(res.norms["linf"][fooled].mean()) if fooled.any() else float("nan"),
+            "mean_l0_fooled": float(res.norms["l0"][fooled].mean()) if fooled.any() else float("nan"),
+            "images_per_s": len(x) / wall,
+        }
+
+    results = {key: run.cell(f"attacks/{key}", lambda key=key: measure(key)) for key in keys}
+    with torch.no_grad():
+        clean_acc = float((model(x).argmax(1) == y).float().mean())
+
+    # grid: the first N_SHOW test digits (rows), clean and under each attack (columns), on [0, 1]
+    xs, ys = x[:N_SHOW], y[:N_SHOW]
+    cols = [("clean", xs, None)]
+    for key in keys:
+        attack = ATTACKS[key](**STANDARD_SETTINGS.get(key, ({}, ""))[0])
+        res = attack.run(model, xs, ys, generator=torch.Generator().manual_seed(seed))
+        cols.append((key, res.x_adv, res))
+    fig, axes = plt.subplots(N_SHOW, len(cols), figsize=(1.05 * len(cols), 1.2 * N_SHOW), squeeze=False)
+    for c, (name, imgs, res) in enumerate(cols):
+        with torch.no_grad():
+            preds = model(imgs).argmax(1)
+        for i in range(N_SHOW):
+            img, cmap = to_display(imgs[i])
+            ax = axes[i, c]
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = f"{int(preds[i])}"
+            if res is not None:
+                label += f" · {float(res.norms['l2'][i]):.2f}"
+            ax.set_xlabel(label, fontsize=7, color="red" if int(preds[i]) != int(ys[i]) else "black", labelpad=1)
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+    fig.suptitle("Test digits (rows), clean and under each attack (columns), drawn exactly as the model sees "
+                 "them; under each image: prediction · L2 of the perturbation (red: misclassified)", fontsize=8)
+    fig.tight_layout()
+    grid_path = save_figure(fig, run.figures_dir / "attack_suite_grid.png")
+
+    table_rows = [["none (clean)", "", 100 * clean_acc, "", "", "", "", ""]]
+    for key in keys:
+        r = results[key]
+        table_rows.append([
+            key, STANDARD_SETTINGS.get(key, ({}, "defaults"))[1], 100 * r["accuracy"], 100 * r["fooling_ratio"],
+            r["mean_l2_fooled"], r["mean_linf_fooled"], r["mean_l0_fooled"], r["images_per_s"],
+        ])
+    return [
+        Heading("Attack suite"),
+        Paragraph(
+            f"Every attack in `fisherscope.attacks.ATTACKS` on the first {N_ATTACK} test digits, untargeted "
+            "(targeted attacks draw a random wrong class), at the demo's standard setting. Accuracy is over all "
+            "images; the fooling ratio is over the originally correct ones (Shen et al.'s definition); the "
+            "distances are means over the fooled images. Every adversarial stays in [0, 1] and inside its budget."
+        ),
+        Table(["attack", "setting", "accuracy %", "fooling ratio %", "mean L2", "mean L∞", "mean L0", "images/s"],
+              table_rows, caption="Accuracy under attack (digits_cnn, CPU)"),
+        Figure(grid_path, "Clean and adversarial digits; red titles are misclassified."),
+    ]
+
+
+add_demo_section(attack_suite_section, order=20)
