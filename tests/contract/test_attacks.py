@@ -24,6 +24,13 @@ EXAMPLES: dict[str, dict] = {
     "ossa": dict(eps=1.5),
     "ossa_iterative": dict(step_size=0.3, steps=4, eps=1.5),
     "mifgsm": dict(eps=0.2, steps=5),
+    "fgsm": dict(eps=0.3),
+    "bim": dict(eps=0.2, steps=5),
+    # deterministic options here (random targets / starts are drawn in batch order, so batch != per-sample);
+    # the random paths are covered in tests/test_gradient_attacks.py
+    "pgd": dict(eps=0.2, steps=5, random_start=False),
+    "otcm": dict(eps=2.5, target="least_likely"),
+    "otcm_iterative": dict(step_size=0.5, steps=5, eps=2.5, target="least_likely"),
     "hg_targeted": dict(step_size=0.05, max_steps=100, target="most_likely"),
     "hg_fast": dict(eps=0.3, target="most_likely"),
 }

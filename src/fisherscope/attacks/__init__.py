@@ -7,30 +7,40 @@ tests are driven by it.
 from __future__ import annotations
 
 from .base import Attack, AttackResult, OneStepAttack, input_gradient, perturbation_norms, project
-from .gradient import FGM
+from .gradient import FGM, FGSM, OTCM
 from .hendrycks import HGFast, HGTargeted
-from .iterative import MIFGSM
+from .iterative import BIM, MIFGSM, PGD, IterativeOTCM
 from .spectral import OSSA, IterativeOSSA
 
 ATTACKS: dict[str, type[Attack]] = {
+    "bim": BIM,
     "fgm": FGM,
+    "fgsm": FGSM,
     "hg_fast": HGFast,
     "hg_targeted": HGTargeted,
     "mifgsm": MIFGSM,
+    "otcm": OTCM,
+    "otcm_iterative": IterativeOTCM,
+    "pgd": PGD,
     "ossa": OSSA,
     "ossa_iterative": IterativeOSSA,
 }
 
 __all__ = [
     "ATTACKS",
+    "BIM",
     "FGM",
+    "FGSM",
     "HGFast",
     "HGTargeted",
     "MIFGSM",
+    "OTCM",
+    "PGD",
     "OSSA",
     "Attack",
     "AttackResult",
     "IterativeOSSA",
+    "IterativeOTCM",
     "OneStepAttack",
     "input_gradient",
     "perturbation_norms",

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._validation import check_inputs, check_labels, check_logits, eval_mode
 
-__all__ = ["Attack", "AttackResult", "OneStepAttack", "Norm", "perturbation_norms", "project"]
+__all__ = ["Attack", "AttackResult", "OneStepAttack", "Norm", "perturbation_norms", "project", "project_l1_ball"]
 
 Norm = Literal["linf", "l2", "l1", "l0"]
 
@@ -68,19 +68,44 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def project_l1_ball(delta: Tensor, eps: Tensor) -> Tensor:
+    """Euclidean projection of each sample of ``delta`` (N, ...) onto the L1 ball of radius ``eps`` (N,).
+
+    Exact, sort-based (Duchi, Shalev-Shwartz, Singer, Chandra, ICML 2008, Fig. 1), batched:
+    with u the sorted magnitudes (descending) and ρ the largest j with
+    u_j > (Σ_{i≤j} u_i − eps) / j, the projection soft-thresholds every coordinate at
+    θ = (Σ_{i≤ρ} u_i − eps) / ρ. Samples already inside the ball are returned unchanged.
+    """
+    flat = delta.flatten(1)
+    mag = flat.abs()
+    inside = mag.sum(1) <= eps
+    u = mag.sort(dim=1, descending=True).values
+    css = u.cumsum(1)
+    j = torch.arange(1, u.shape[1] + 1, dtype=u.dtype, device=u.device)
+    cond = u * j > css - eps.unsqueeze(1)
+    rho = torch.where(cond, j, torch.zeros_like(j)).amax(1).clamp_min(1)
+    theta = (css.gather(1, rho.long().unsqueeze(1) - 1).squeeze(1) - eps) / rho
+    out = flat.sign() * (mag - theta.clamp_min(0).unsqueeze(1)).clamp_min(0)
+    return torch.where(inside.unsqueeze(1), flat, out).reshape(delta.shape)
+
+
 def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     """Project ``x_adv`` onto the ``eps`` ball of ``norm`` around ``x`` (eps per sample).
 
-    Samples with ``eps == 0`` come back as ``x`` exactly.
+    L∞: coordinate clipping; L2: radial rescaling; L1: the exact Euclidean projection
+    (:func:`project_l1_ball`; a radial rescaling would stay in the ball but is not the
+    nearest point). Samples with ``eps == 0`` come back as ``x`` exactly.
     """
     delta = x_adv - x
     if norm == "linf":
         e = _bcast(eps, x)
         delta = torch.maximum(torch.minimum(delta, e), -e)
-    elif norm in ("l2", "l1"):
-        n = delta.flatten(1).norm(p=2 if norm == "l2" else 1, dim=1)
+    elif norm == "l2":
+        n = delta.flatten(1).norm(p=2, dim=1)
         scale = torch.where(n > eps, eps / n.clamp_min(torch.finfo(n.dtype).tiny), torch.ones_like(n))
         delta = delta * _bcast(scale, x)
+    elif norm == "l1":
+        delta = project_l1_ball(delta, eps)
     elif norm == "l0":
         pass  # L0 attacks bound the number of pixels themselves
     else:  # pragma: no cover - guarded by the classes
