@@ -432,6 +432,11 @@ def test_layer_activations_errors_and_mode_restored():
         layer_activations(net, x, ["fc"])
     with pytest.raises(ValueError, match="pool"):
         layer_activations(net, x, pool="max")
+    with pytest.raises(TypeError, match="nn.Module"):
+        layer_activations(lambda t: t, x)
+    with pytest.raises(ValueError, match="run more than once"):
+        shared = nn.ReLU()
+        layer_activations(nn.Sequential(nn.Flatten(), shared, nn.Linear(16, 3), shared), x)
     hg = build_model("hg_mlp", input_size=4, hidden=8)
     with pytest.raises(ValueError, match="did not run"):
         layer_activations(hg.eval(), x, ["decoder.bottleneck"])

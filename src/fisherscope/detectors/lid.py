@@ -81,7 +81,8 @@ def lid_mle(
         Reference index to skip for each query row (-1: none): leave-one-out when the
         query rows are reference rows themselves.
     batch_size : int
-        Query rows per distance block (memory ~ batch_size · m floats).
+        Most query rows per distance block (fewer where a block would exceed ~16M floats:
+        memory ~ rows · max(m, k · d)).
 
     Returns
     -------
@@ -109,10 +110,12 @@ def lid_mle(
         )
     r_sq = np.einsum("ij,ij->i", r, r)
     out = np.empty(q.shape[0])
-    for i in range(0, q.shape[0], batch_size):
-        qb = q[i : i + batch_size]
+    # rows per block: at most batch_size, and blocks of at most ~16M floats (128 MB)
+    step = max(1, min(int(batch_size), 16_000_000 // max(m, k * q.shape[1], 1)))
+    for i in range(0, q.shape[0], step):
+        qb = q[i : i + step]
         d2 = np.einsum("ij,ij->i", qb, qb)[:, None] + r_sq[None, :] - 2.0 * (qb @ r.T)
-        ex = exclude[i : i + batch_size]
+        ex = exclude[i : i + step]
         rows = np.flatnonzero(ex >= 0)
         d2[rows, ex[rows]] = np.inf
         idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
@@ -124,7 +127,7 @@ def lid_mle(
             lid = -1.0 / mean_log
         # nearest neighbour at distance 0: log 0 = -inf gives 0; all k at 0 gives nan -> 0
         lid[~np.isfinite(lid) | (dist[:, 0] == 0)] = 0.0
-        out[i : i + batch_size] = lid
+        out[i : i + step] = lid
     return out
 
 

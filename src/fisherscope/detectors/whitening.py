@@ -29,8 +29,11 @@ class PCAWhiteningDetector(Detector):
     covariance has rank ~712 < 784, the trailing coefficients from index 712 on divide by
     ``sqrt(eps)`` alone, and the score of an input with energy there grows like
     ``1 / eps``. Hendrycks & Gimpel's code uses 1e-11 (the default here); their "10
-    billion standard deviations" comes from that choice. Ranking (AUROC) is much less
-    sensitive to eps than the raw values are; ``docs/RESULTS.md`` reports both.
+    billion standard deviations" comes from that choice. The ranking (AUROC) moves much
+    less than the raw values: measured on ``hg_mlp`` / MNIST (whitening fitted on the
+    60,000 training images, rank 712; 1,000 correctly classified test images and their
+    ``HGTargeted`` adversarials), AUROC 0.9895 at eps = 1e-11, 0.9889 at 1e-7 and 0.9883
+    from 1e-5 to 1e-1, while the median adversarial score falls from 5.5e5 to 6.6e-5.
 
     Parameters
     ----------

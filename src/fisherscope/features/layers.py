@@ -37,7 +37,11 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 OUTPUT = "output"
 
 
-def _check_common(x: torch.Tensor, pool: Any, batch_size: Any) -> None:
+def _check_common(model: Any, x: torch.Tensor, pool: Any, batch_size: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module mapping x to logits (N, K); got {type(model).__name__}."
+        )
     check_inputs(x)
     if pool not in ("none", "mean"):
         raise ValueError(f"pool must be 'none' or 'mean'; got {pool!r}.")
@@ -212,7 +216,7 @@ def layer_activations(
     >>> layer_activations(model, torch.rand(5, 1, 8, 8), with_prediction=True).shape
     (5, 43)
     """
-    _check_common(x, pool, batch_size)
+    _check_common(model, x, pool, batch_size)
     if not isinstance(with_prediction, bool):
         raise TypeError(f"with_prediction must be True or False; got {with_prediction!r}.")
     _, blocks, preds = _run(model, x, _resolve(model, layers), pool, batch_size)
@@ -241,6 +245,6 @@ def layer_sizes(
         Ordered like the columns of :func:`layer_activations` (without the prediction
         column); ``tuple(layer_sizes(...).values())`` is a detector's ``layer_sizes``.
     """
-    _check_common(x, pool, 1)
+    _check_common(model, x, pool, 1)
     names, blocks, _ = _run(model, x[:1], _resolve(model, layers), pool, 1)
     return {n: int(b.shape[1]) for n, b in zip(names, blocks, strict=True)}

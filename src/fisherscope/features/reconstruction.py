@@ -79,7 +79,7 @@ def reconstruction_error(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     reconstruct = getattr(model, "reconstruct", None)
-    if not callable(reconstruct):
+    if not isinstance(model, nn.Module) or not callable(reconstruct):
         raise TypeError(
             f"{type(model).__name__} has no reconstruct(x) method; reconstruction_error needs a "
             "classifier-autoencoder such as MODELS['hg_mlp'] (train_model('hg_mlp', 'mnist'))."
