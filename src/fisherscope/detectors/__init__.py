@@ -8,8 +8,49 @@ on clean data, and ``score`` = AUROC. ``DETECTORS`` maps registry keys to classe
 
 from __future__ import annotations
 
-from .base import Detector, threshold_at_fpr
+from .base import SKLEARN_EXPECTED_FAILED_CHECKS, Detector, threshold_at_fpr
+from .density import (
+    BayesianUncertaintyDetector,
+    KDBUDetector,
+    KernelDensityDetector,
+    gaussian_kde_logpdf,
+    join_kdbu,
+)
+from .fisher import FisherScoreDetector, FisherSpectrumDetector
+from .lid import LIDDetector
+from .mahalanobis import MahalanobisDetector
+from .reconstruction import ReconstructionDetector
+from .softmax import SoftmaxDetector
+from .whitening import PCAWhiteningDetector
 
-DETECTORS: dict[str, type[Detector]] = {}
+DETECTORS: dict[str, type[Detector]] = {
+    "fisher_spectrum": FisherSpectrumDetector,
+    "fisher_score": FisherScoreDetector,
+    "kd": KernelDensityDetector,
+    "bu": BayesianUncertaintyDetector,
+    "kdbu": KDBUDetector,
+    "softmax": SoftmaxDetector,
+    "pca_whitening": PCAWhiteningDetector,
+    "reconstruction": ReconstructionDetector,
+    "lid": LIDDetector,
+    "mahalanobis": MahalanobisDetector,
+}
 
-__all__ = ["DETECTORS", "Detector", "threshold_at_fpr"]
+__all__ = [
+    "DETECTORS",
+    "SKLEARN_EXPECTED_FAILED_CHECKS",
+    "BayesianUncertaintyDetector",
+    "Detector",
+    "FisherScoreDetector",
+    "FisherSpectrumDetector",
+    "KDBUDetector",
+    "KernelDensityDetector",
+    "LIDDetector",
+    "MahalanobisDetector",
+    "PCAWhiteningDetector",
+    "ReconstructionDetector",
+    "SoftmaxDetector",
+    "gaussian_kde_logpdf",
+    "join_kdbu",
+    "threshold_at_fpr",
+]
