@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks import ATTACKS, FGM, OSSA, IterativeOSSA
+from ..attacks import ATTACKS, BIM, FGM, OSSA, IterativeOSSA, IterativeOTCM
 from ..evaluation import least_perturbation
 from ..fisher import fisher_spectrum
 from ..plotting import image_grid
@@ -67,12 +67,6 @@ def _model_blurb(cfg: ZhaoConfig, trained: Any, n: int) -> Paragraph:
         f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {trained.metrics['test_accuracy']:.4f}, "
         f"checkpoint `{trained.key[:12]}`), {n} test images, seed {cfg.seed}."
     )
-
-
-def predict_logits_width(model: Any, x: torch.Tensor) -> int:
-    """Number of classes of a model (width of its logits)."""
-    with torch.no_grad():
-        return int(model(x).shape[1])
 
 
 def _one_step(key: str, eps: float = 1.0) -> Any:
@@ -201,31 +195,22 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
 
     it = run.cell("figure2b/ossa_iterative", measure_iter)
 
-    def measure_repeated(targeted: bool) -> dict[str, Any]:
-        # Iterative FGM / OTCM as Zhao run them: repeated one-step L2 gradient steps of
-        # cfg.step_size, clipped to the box after each step, no total budget; OTCM steps
-        # towards one target per sample, drawn uniformly from the wrong classes once.
-        step = FGM(eps=cfg.step_size)
+    def measure_repeated(attack: Any) -> dict[str, Any]:
+        # Iterative FGM (BIM-L2) / OTCM as Zhao run them: cfg.step_size per step, clipped to
+        # the box after each step, no total budget; OTCM keeps one random wrong-class target.
         gen = torch.Generator().manual_seed(cfg.seed)
-
-        def per_batch(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            k = int(predict_logits_width(model, xb[:1]))
-            target = (yb + torch.randint(1, k, yb.shape, generator=gen)) % k
-            cur, hits = xb, []
-            for _ in range(cfg.steps):
-                cur = step.run(model, cur, target if targeted else yb, targeted=targeted).x_adv
-                with torch.no_grad():
-                    hits.append(model(cur).argmax(1) != yb)
-            return torch.stack(hits, 1).float()
-
-        per_step = in_batches(per_batch, xc, yc, batch_size=cfg.batch_size)
+        per_step = in_batches(
+            lambda xb, yb: attack.run(model, xb, yb, generator=gen).extras["success_per_step"].float(),
+            xc, yc, batch_size=cfg.batch_size)
         return {"fooling_rate": per_step.mean(0).tolist()}
 
     iterative = {"ossa": it}
     if "fgm" in keys:
-        iterative["fgm"] = run.cell("figure2b/fgm_iterative", lambda: measure_repeated(False))
-    if "otcm" in cfg.attacks:
-        iterative["otcm"] = run.cell("figure2b/otcm_iterative", lambda: measure_repeated(True))
+        bim = BIM(norm="l2", eps=None, step_size=cfg.step_size, steps=cfg.steps)
+        iterative["fgm"] = run.cell("figure2b/fgm_iterative", lambda: measure_repeated(bim))
+    if "otcm" in keys:
+        otcm = IterativeOTCM(step_size=cfg.step_size, steps=cfg.steps)
+        iterative["otcm"] = run.cell("figure2b/otcm_iterative", lambda: measure_repeated(otcm))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, c in curves.items():
