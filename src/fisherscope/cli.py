@@ -157,15 +157,31 @@ def train(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Mini-batch size.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (training is deterministic given it).")] = 0,
+    defense: Annotated[str | None, typer.Option(help="Defensive training: fisher, label_smoothing or adversarial.")] = None,
+    mu: Annotated[float | None, typer.Option(help="Fisher penalty weight (--defense fisher), e.g. 0.02.")] = None,
+    penalty: Annotated[str | None, typer.Option(help="softmax_trace (default), log_softmax_trace, input_trace or top_eigenvalue.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Label smoothing (--defense label_smoothing, or with fisher).")] = None,
+    attack: Annotated[str | None, typer.Option(help="Attack for --defense adversarial: fgsm, pgd, fgm, ...")] = None,
+    attack_params: Annotated[str | None, typer.Option("--attack-params", help='JSON hyperparameters of --attack, e.g. \'{"eps": 0.3, "steps": 7}\'.')] = None,
+    mix: Annotated[float | None, typer.Option(help="Weight of the adversarial loss (default 0.5; Madry's PGD training: 1).")] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Train a model (or load it from the checkpoint cache) and report its accuracy."""
+    """Train a model (or load it from the checkpoint cache) and report its accuracy.
+
+    Defensive training: ``--defense fisher --mu 0.02 [--penalty softmax_trace]``,
+    ``--defense label_smoothing --alpha 0.1``, ``--defense adversarial --attack pgd
+    --attack-params '{"eps": 0.3, "steps": 7}' --mix 1``.
+    """
     from .experiments.common import trained_model
 
-    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer).items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer).items() if v is not None}
     try:
+        spec = _defense_spec(defense, mu=mu, penalty=penalty, alpha=alpha, attack=attack,
+                             attack_params=attack_params, mix=mix)
+        if spec is not None:
+            overrides["defense"] = spec
         if dataset is None:
             from .models import resolve_training
 
@@ -181,7 +197,44 @@ def train(
         f"{arch} on {dataset}: {src} — train accuracy {m['train_accuracy']:.4f}, "
         f"test accuracy {m['test_accuracy']:.4f}, training time {m['wall_time_s']:.1f} s"
     )
+    if trained.config.get("defense") is not None:
+        console.print(f"defense: {json.dumps(trained.config['defense'], sort_keys=True)}")
     console.print(f"checkpoint: {trained.checkpoint}")
+
+
+def _defense_spec(kind: str | None, **options: Any) -> dict[str, Any] | None:
+    """The ``defense`` mapping of the ``train`` options (validated by train_model)."""
+    allowed = {
+        "fisher": {"mu", "penalty", "alpha"},
+        "label_smoothing": {"alpha"},
+        "adversarial": {"attack", "attack_params", "mix"},
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    if kind is None:
+        if given:
+            owners = sorted({d for d, keys in allowed.items() if set(given) & keys})
+            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+            raise ValueError(f"{flags} need(s) a defense: add {' or '.join('--defense ' + o for o in owners)}.")
+        return None
+    if kind not in allowed:
+        raise ValueError(f"--defense must be one of {sorted(allowed)}; got {kind!r}.")
+    extra = sorted(set(given) - allowed[kind])
+    if extra:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise ValueError(f"{flags} do(es) not apply to --defense {kind}.")
+    spec: dict[str, Any] = {"kind": kind}
+    for key in ("mu", "penalty", "alpha", "attack", "mix"):
+        if key in given:
+            spec[key] = given[key]
+    if "attack_params" in given:
+        try:
+            params = json.loads(given["attack_params"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--attack-params must be a JSON object such as '{{\"eps\": 0.3}}'; got {given['attack_params']!r} ({exc}).") from exc
+        if not isinstance(params, dict):
+            raise ValueError(f"--attack-params must be a JSON object such as '{{\"eps\": 0.3}}'; got {given['attack_params']!r}.")
+        spec["params"] = params
+    return spec
 
 
 @app.command()

@@ -602,7 +602,19 @@ def train_model(
         Held-out split for ``metrics["test_accuracy"]`` (loaded automatically when
         ``dataset`` is a name).
     defense : mapping, optional
-        Defensive-training settings; part of the cache key. Only ``None`` for now.
+        Defensive training, validated and normalised by
+        :func:`fisherscope.defenses.normalize_defense` and part of the cache key
+        (``config["defense"]``): ``{"kind": "fisher", "mu": 0.02, "penalty":
+        "softmax_trace"}`` (Shen et al.'s Fisher penalty; also ``"log_softmax_trace"``,
+        ``"input_trace"``, ``"top_eigenvalue"``), ``{"kind": "label_smoothing", "alpha":
+        0.1}``, ``{"kind": "adversarial", "attack": "pgd", "params": {...}, "mix": 0.5}``
+        (adversarial examples from ``fisherscope.attacks.ATTACKS``, drawn with the training
+        generator). ``None`` (and every request equivalent to it, e.g. ``mu=0``) is plain
+        cross-entropy training, bitwise unchanged. Each epoch's history record gets
+        ``defense_stats``: per-sample means of the objective's terms (``cross_entropy``,
+        ``penalty``, ``capped`` — the fraction of samples whose softmax-trace penalty hit
+        its cap, logged as a warning when non-zero —, ``adv_cross_entropy``,
+        ``adv_accuracy``).
     cache : bool
         Read and write the checkpoint cache (and partial checkpoints for resuming).
     cache_dir : path-like, optional
@@ -637,7 +649,7 @@ def train_model(
     Raises
     ------
     ValueError
-        Unknown architecture / preset / setting, invalid value, a ``defense``, or data
+        Unknown architecture / preset / setting, invalid value or ``defense``, or data
         that does not fit the model.
     CheckpointError
         The cache holds a corrupt file, or a file under this request's name that belongs
@@ -651,11 +663,9 @@ def train_model(
     >>> tm.metrics["test_accuracy"] > 0.97  # doctest: +SKIP
     True
     """
-    if defense is not None:
-        raise ValueError(
-            f"defense={defense!r} is not supported yet: defensive training arrives with "
-            "fisherscope.defenses. Pass defense=None."
-        )
+    from ..defenses import normalize_defense  # lazy: defenses imports the attacks
+
+    defense_cfg = normalize_defense(defense)
     ds_name = dataset if isinstance(dataset, str) else getattr(dataset, "name", None)
     t = resolve_training(
         _pick_preset(arch, ds_name), epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
@@ -682,7 +692,7 @@ def train_model(
         **{k: t[k] for k in _TRAINING_KEYS},
         "seed": seed,
         "dataset": _dataset_identity(train_ds, test_ds),
-        "defense": None,
+        "defense": defense_cfg,
     }
     key = compute_key(config)
     dev = _resolve_device(device)
@@ -766,6 +776,7 @@ def _fit(
             find_normalize(model).set_statistics(mean.float(), std.float())
         model.to(dev)
         opt = _make_optimizer(model, t)
+        objective = _objective(config.get("defense"))
         gen = torch.Generator().manual_seed(t["seed"])
         start_epoch, history, wall = 0, [], 0.0
         if resume is not None:
@@ -809,6 +820,7 @@ def _fit(
                 perm = torch.randperm(n, generator=gen)
                 loss_sum = torch.zeros((), device=dev)
                 correct = torch.zeros((), dtype=torch.int64, device=dev)
+                defense_sums: dict[str, torch.Tensor] = {}
                 lr_now = t["lr"]
                 for i in range(steps_per_epoch):
                     step = epoch * steps_per_epoch + i
@@ -818,8 +830,14 @@ def _fit(
                     idx = perm[i * bs : (i + 1) * bs].to(dev)
                     xb = _augment(x[idx], t["augment"], gen)
                     yb = y[idx]
-                    logits = model(xb)
-                    loss = F.cross_entropy(logits, yb)
+                    if objective is None:
+                        logits = model(xb)
+                        loss = F.cross_entropy(logits, yb)
+                    else:
+                        terms = objective.evaluate(model, xb, yb, generator=gen)
+                        logits, loss = terms.logits, terms.loss
+                        for name, value in terms.stats.items():
+                            defense_sums[name] = defense_sums.get(name, 0.0) + value.detach()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -844,6 +862,17 @@ def _fit(
                     "lr_end": lr_now,
                     "time_s": dt,
                 }
+                if objective is not None:
+                    record["defense_stats"] = {k: float(v) / n for k, v in sorted(defense_sums.items())}
+                    capped = record["defense_stats"].get("capped", 0.0)
+                    if capped > 0:
+                        logger.warning(
+                            "%s epoch %d: the softmax-trace penalty hit its cap (log sum 1/p > %g) "
+                            "for %.3g%% of the samples; their push is bounded (see "
+                            "fisherscope.defenses.fisher_penalty). Lower mu or the learning rate "
+                            "if this persists.",
+                            arch, epoch + 1, config["defense"].get("max_log"), 100 * capped,
+                        )  # fmt: skip
                 if track_test and test_ds is not None:
                     model.eval()
                     record["test_accuracy"] = evaluate_accuracy(model, test_ds.x, test_ds.y, device=dev)
@@ -889,6 +918,15 @@ def _fit(
         "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}", wall,
     )  # fmt: skip
     return model, metrics
+
+
+def _objective(defense: Mapping[str, Any] | None) -> Any:
+    """The training objective of a (normalised) defense; None for plain cross-entropy."""
+    if defense is None:
+        return None
+    from ..defenses import build_objective
+
+    return build_objective(defense)
 
 
 def _cpu_state(obj: Any) -> Any:
