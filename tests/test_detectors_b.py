@@ -50,6 +50,19 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
+def test_registry_and_feature_exports():
+    import fisherscope.features as features
+    from fisherscope.detectors import DETECTORS
+
+    assert DETECTORS["pca_whitening"] is PCAWhiteningDetector
+    assert DETECTORS["reconstruction"] is ReconstructionDetector
+    assert DETECTORS["lid"] is LIDDetector
+    assert DETECTORS["mahalanobis"] is MahalanobisDetector
+    for cls in (PCAWhiteningDetector, ReconstructionDetector, LIDDetector, MahalanobisDetector):
+        assert callable(getattr(features, cls.feature)), cls.feature
+    assert features.fit_pca_whitening is fit_pca_whitening
+
+
 # ----------------------------------------------------------------- synthetic data
 
 
