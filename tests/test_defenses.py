@@ -321,6 +321,18 @@ def test_defended_training_is_deterministic_and_resumes(tiny, tmp_path, defense)
     ]
 
 
+@pytest.mark.parametrize(
+    "defense",
+    [{"kind": "fisher", "mu": 0.1}, {"kind": "fisher", "mu": 0.1, "penalty": "input_trace"},
+     {"kind": "adversarial", "attack": "fgm", "params": {"eps": 1.0}}],
+    ids=["softmax_trace", "input_trace", "fgm"],
+)  # fmt: skip
+def test_divergence_with_a_defense_is_reported(tiny, tmp_path, defense):
+    with pytest.raises(FloatingPointError, match="diverged"):
+        _train(tiny, tmp_path, optimizer="sgd", lr=1e30, lr_schedule="none", epochs=1, defense=defense)
+    assert not list(tmp_path.glob("*.pt"))
+
+
 def test_capped_penalty_is_logged(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="fisherscope.models.training"):
         tm = _train(tiny, epochs=1, defense={"kind": "fisher", "mu": 0.01, "max_log": 2.0})  # < 2 log 3

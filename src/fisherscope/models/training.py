@@ -834,7 +834,16 @@ def _fit(
                         logits = model(xb)
                         loss = F.cross_entropy(logits, yb)
                     else:
-                        terms = objective.evaluate(model, xb, yb, generator=gen)
+                        try:
+                            terms = objective.evaluate(model, xb, yb, generator=gen)
+                        except ValueError as exc:  # e.g. non-finite logits met by a penalty or an attack
+                            if not _diverged(model, xb):
+                                raise
+                            raise FloatingPointError(
+                                f"training {arch} diverged in epoch {epoch + 1}: the model's weights "
+                                f"or outputs are no longer finite ({exc}). Lower lr (now {t['lr']}) "
+                                "or use a schedule; nothing was saved for this epoch."
+                            ) from exc
                         logits, loss = terms.logits, terms.loss
                         for name, value in terms.stats.items():
                             defense_sums[name] = defense_sums.get(name, 0.0) + value.detach()
@@ -918,6 +927,14 @@ def _fit(
         "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}", wall,
     )  # fmt: skip
     return model, metrics
+
+
+def _diverged(model: nn.Module, xb: torch.Tensor) -> bool:
+    """Whether the weights, or the eval-mode outputs on a (finite) batch, are non-finite."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return True
+    with eval_mode(model, warn=False), torch.no_grad():
+        return not bool(torch.isfinite(model(xb)).all())
 
 
 def _objective(defense: Mapping[str, Any] | None) -> Any:
