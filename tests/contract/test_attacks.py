@@ -33,6 +33,12 @@ EXAMPLES: dict[str, dict] = {
     "otcm_iterative": dict(step_size=0.5, steps=5, eps=2.5, target="least_likely"),
     "hg_targeted": dict(step_size=0.05, max_steps=100, target="most_likely"),
     "hg_fast": dict(eps=0.3, target="most_likely"),
+    # minimal-perturbation attacks (no eps budget); JSMA with a deterministic target choice
+    "cw": dict(steps=30, binary_search_steps=3, initial_const=1.0, learning_rate=0.05),
+    "opt": dict(steps=50, learning_rate=0.05),
+    "deepfool": dict(steps=20),
+    "deepfool_linf": dict(steps=20),
+    "jsma": dict(gamma=0.3, target="most_likely"),
 }
 NORM_ORD = {"l2": 2, "linf": float("inf"), "l1": 1}
 

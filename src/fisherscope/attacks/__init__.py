@@ -7,19 +7,27 @@ tests are driven by it.
 from __future__ import annotations
 
 from .base import Attack, AttackResult, OneStepAttack, input_gradient, perturbation_norms, project
+from .deepfool import DeepFool, DeepFoolLinf
 from .gradient import FGM, FGSM, OTCM
 from .hendrycks import HGFast, HGTargeted
 from .iterative import BIM, MIFGSM, PGD, IterativeOTCM
+from .jsma import JSMA
+from .optimization import CarliniWagnerL2, Opt
 from .spectral import OSSA, IterativeOSSA
 
 ATTACKS: dict[str, type[Attack]] = {
     "bim": BIM,
+    "cw": CarliniWagnerL2,
+    "deepfool": DeepFool,
+    "deepfool_linf": DeepFoolLinf,
     "fgm": FGM,
     "fgsm": FGSM,
     "hg_fast": HGFast,
     "hg_targeted": HGTargeted,
+    "jsma": JSMA,
     "mifgsm": MIFGSM,
     "otcm": OTCM,
+    "opt": Opt,
     "otcm_iterative": IterativeOTCM,
     "pgd": PGD,
     "ossa": OSSA,
@@ -29,12 +37,17 @@ ATTACKS: dict[str, type[Attack]] = {
 __all__ = [
     "ATTACKS",
     "BIM",
+    "CarliniWagnerL2",
+    "DeepFool",
+    "DeepFoolLinf",
     "FGM",
     "FGSM",
     "HGFast",
     "HGTargeted",
+    "JSMA",
     "MIFGSM",
     "OTCM",
+    "Opt",
     "PGD",
     "OSSA",
     "Attack",
