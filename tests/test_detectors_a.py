@@ -315,6 +315,9 @@ def test_fisher_spectrum_matches_sklearn_classifiers_on_log_eigenvalues():
     rf = RandomForestClassifier(n_estimators=30, max_depth=4, random_state=3).fit(Z, y)
     np.testing.assert_array_equal(det.decision_function(X), rf.predict_proba(Z)[:, 1])
     assert all(t.get_depth() <= 4 for t in det.estimator_.estimators_)
+    # the threshold comes from out-of-bag probabilities of the clean rows, not in-sample ones
+    oob = RandomForestClassifier(n_estimators=30, max_depth=4, random_state=3, oob_score=True).fit(Z, y)
+    assert det.threshold_ == threshold_at_fpr(oob.oob_decision_function_[y == 0, 1], 0.05)
     nb = FisherSpectrumDetector(classifier="naive_bayes").fit(X, y)
     np.testing.assert_allclose(nb.decision_function(X), GaussianNB().fit(Z, y).predict_proba(Z)[:, 1])
     raw = FisherSpectrumDetector(classifier="naive_bayes", log_transform=False).fit(X, y)

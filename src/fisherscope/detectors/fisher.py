@@ -58,6 +58,10 @@ class FisherSpectrumDetector(Detector):
     a Gaussian naive Bayes classifier is trained to separate negatives (y = 0) from
     adversarial examples (y = 1); the score is its probability of the adversarial class.
 
+    ``threshold_`` is set on the forest's **out-of-bag** probabilities of the clean fitting
+    rows (in-sample ones are optimistic: on held-out clean data the false-positive rate
+    would exceed ``target_fpr``); naive Bayes uses its in-sample probabilities.
+
     Zhao et al. put **clean and noisy** samples among the negatives (networks are meant to
     be robust to random noise, so noisy inputs must not be flagged); building that
     training set is the job of the evaluation protocol, not of this class.
@@ -138,7 +142,7 @@ class FisherSpectrumDetector(Detector):
                 if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                     raise ValueError(f"{name} must be a positive integer; got {v!r}.")
             return RandomForestClassifier(
-                n_estimators=self.n_estimators, max_depth=self.max_depth,
+                n_estimators=self.n_estimators, max_depth=self.max_depth, oob_score=True,
                 random_state=self.random_state,
             )
         if self.classifier == "naive_bayes":
@@ -160,6 +164,15 @@ class FisherSpectrumDetector(Detector):
             _check_non_negative(X, type(self).__name__)
             self.offset_ = 1e-12 * max(float(np.median(X.max(axis=1))), _TINY / 1e-12)
         self.estimator_ = estimator.fit(self._transform(X), y)
+
+    def _clean_fit_scores(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # a forest's in-sample probabilities are optimistic: use the out-of-bag ones (the
+        # trees that did not see the row); rows no tree left out keep the in-sample value
+        scores = self._decision(X[y == 0])
+        if isinstance(self.estimator_, RandomForestClassifier):
+            oob = self.estimator_.oob_decision_function_[y == 0, 1]
+            scores = np.where(np.isfinite(oob), oob, scores)
+        return scores
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         proba = self.estimator_.predict_proba(self._transform(X))
