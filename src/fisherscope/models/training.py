@@ -43,6 +43,7 @@ from .checkpoint import (
     read_checkpoint,
     save_atomic,
 )
+from .hg_mlp import HGMLP as _HGMLP  # noqa: F401  (registers MODELS["hg_mlp"] before PRESETS resolve)
 
 if TYPE_CHECKING:
     from ..data._dataset import ImageDataset
@@ -130,6 +131,12 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
         "dataset": "cifar10", "epochs": 30, "lr": 0.1, "batch_size": 128,
         "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
         "lr_schedule": "cosine", "augment": "crop_flip",
+    },
+    # Hendrycks & Gimpel §3.4: GELU MLP + logit-fed decoder, CE + MSE, Adam 1e-3 (default,
+    # constant), 20 epochs; the batch size is not stated (128 here).
+    "hg_mlp": {
+        "dataset": "mnist", "epochs": 20, "lr": 1e-3, "batch_size": 128,
+        "optimizer": "adam", "lr_schedule": "none", "model_kwargs": {"activation": "gelu"},
     },
 }  # fmt: skip
 
@@ -570,6 +577,12 @@ def train_model(
     ``DEFAULT_TRAINING[arch]``, or ``DEFAULT_TRAINING["<arch>@<variant>"]`` when ``arch``
     is written that way (e.g. ``"mnist_cnn@paper"``), then :data:`GENERIC_TRAINING`.
 
+    Joint objectives: a model that defines ``training_forward(x) -> (logits, aux_loss)``
+    is trained on ``cross_entropy(logits, y) + aux_loss`` (``hg_mlp``: the mean squared
+    reconstruction error of its decoder), and each epoch's history record gets
+    ``train_aux_loss`` (the epoch mean of ``aux_loss``). The objective belongs to the
+    architecture, which is part of the cache key.
+
     Parameters
     ----------
     arch : str
@@ -796,6 +809,15 @@ def _fit(
             history = list(resume.get("history") or [])
             wall = float(resume.get("wall_time_s") or 0.0)
 
+        # Joint objectives: a model with ``training_forward(x) -> (logits, aux_loss)``
+        # trains on cross_entropy(logits, y) + aux_loss (hg_mlp: its reconstruction MSE).
+        joint = getattr(model, "training_forward", None)
+        if joint is not None and objective is not None:
+            raise ValueError(
+                f"{arch} trains on its own joint loss (training_forward); combining it with "
+                "defense= is not supported. Pass defense=None."
+            )
+
         # A dry run on two samples turns shape mismatches into a readable error.
         model.eval()
         try:
@@ -819,6 +841,7 @@ def _fit(
                 model.train()
                 perm = torch.randperm(n, generator=gen)
                 loss_sum = torch.zeros((), device=dev)
+                aux_sum = torch.zeros((), device=dev)
                 correct = torch.zeros((), dtype=torch.int64, device=dev)
                 defense_sums: dict[str, torch.Tensor] = {}
                 lr_now = t["lr"]
@@ -830,9 +853,13 @@ def _fit(
                     idx = perm[i * bs : (i + 1) * bs].to(dev)
                     xb = _augment(x[idx], t["augment"], gen)
                     yb = y[idx]
-                    if objective is None:
+                    if objective is None and joint is None:
                         logits = model(xb)
                         loss = F.cross_entropy(logits, yb)
+                    elif objective is None:
+                        logits, aux = joint(xb)
+                        loss = F.cross_entropy(logits, yb) + aux
+                        aux_sum += aux.detach() * idx.numel()
                     else:
                         try:
                             terms = objective.evaluate(model, xb, yb, generator=gen)
@@ -871,6 +898,8 @@ def _fit(
                     "lr_end": lr_now,
                     "time_s": dt,
                 }
+                if joint is not None:
+                    record["train_aux_loss"] = float(aux_sum) / n
                 if objective is not None:
                     record["defense_stats"] = {k: float(v) / n for k, v in sorted(defense_sums.items())}
                     capped = record["defense_stats"].get("capped", 0.0)
