@@ -1,7 +1,17 @@
-"""Metrics and protocols: least perturbation, fooling ratio, success rate, distances, transfer (and, later, detector splits)."""
+"""Metrics and protocols: least perturbation, fooling ratio, success rate, distances, transfer, detector evaluation."""
 
 from __future__ import annotations
 
+from .detection import (
+    DetectionMetrics,
+    DetectionResult,
+    DetectorSpec,
+    Feature,
+    detection_metrics,
+    evaluate_detectors,
+    matched_noise,
+    source_splits,
+)
 from .least_perturbation import LeastPerturbation, least_perturbation
 from .metrics import (
     DistanceSummary,
@@ -15,14 +25,22 @@ from .transfer import COUNT_RULES, TransferMatrix, transfer_matrix
 
 __all__ = [
     "COUNT_RULES",
+    "DetectionMetrics",
+    "DetectionResult",
+    "DetectorSpec",
     "DistanceSummary",
+    "Feature",
     "FoolingRatio",
     "LeastPerturbation",
     "SuccessRate",
     "TransferMatrix",
     "attack_success_rate",
+    "detection_metrics",
     "distance_summary",
+    "evaluate_detectors",
     "fooling_ratio",
     "least_perturbation",
+    "matched_noise",
+    "source_splits",
     "transfer_matrix",
 ]
