@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from . import accuracy, demo, demo_attacks, demo_ossa, hendrycks_gimpel, martin_elster, zhao  # noqa: F401  (register the experiment kinds and demo sections)
+from . import (  # noqa: F401  (register the experiment kinds and demo sections)
+    accuracy,
+    demo,
+    demo_attacks,
+    demo_defend,
+    demo_ossa,
+    hendrycks_gimpel,
+    martin_elster,
+    shen,
+    zhao,
+    zhao_table3,
+)
 from .base import EXPERIMENTS, Context, Experiment, load_config, parse_overrides, run_experiment
 from .config import config_from_dict, config_hash, config_to_dict
 from .demo import DEMO_SECTIONS, DemoConfig

@@ -1,0 +1,838 @@
+"""Shen et al. (arXiv:1909.06137) on MNIST with ``convnet_bn``: Figures 1, 2–3 and 5 and
+Tables 1–2 (``configs/shen-*.toml``), with label smoothing, the input-space trace penalty
+and PGD adversarial training as extra rows.
+
+Protocol notes (also in docs/RESULTS.md):
+
+- Every network is trained with the same preset and seed; only the ``defense`` differs
+  (``{"kind": "fisher", "mu": μ}`` is Shen's loss CE + μ Σ_i 1/p_i). Each is a cached
+  checkpoint of :func:`fisherscope.models.train_model`, so a repeated or resumed run loads
+  it, and a killed training resumes from its last finished epoch.
+- Fooling ratio (Shen §4, item 3): of the test images a network classifies correctly, the
+  fraction it misclassifies after the attack (predictions recomputed). L2 budgets are
+  norms of the perturbation before clipping to [0, 1]; the norm applied after clipping is
+  recorded beside them.
+- Table 1 measures *minimal* perturbations, as the paper did with Foolbox's minimisation
+  attacks: C&W, DeepFool and JSMA as they are; FGSM, FGM, BIM-L1/L2/L∞ and random-start PGD
+  through a per-sample binary search of the smallest budget that fools
+  (:func:`~fisherscope.evaluation.least_perturbation`). Means are over the correctly
+  classified images the attack fooled. Both the paper's (Foolbox) units — L2 rows
+  ‖δ‖₂²/D, L1 rows ‖δ‖₁/D, L∞ rows ‖δ‖∞, the L0 row a count of changed elements, D = 784 —
+  and the plain norms are reported.
+- Table 2 is :func:`~fisherscope.evaluation.transfer_matrix` with ``count="fooled_source"``:
+  examples that fool the network they were crafted on, and the accuracy of the other
+  network on them (1 − the transfer rate), the paper's "cross model classification
+  accuracy" (its 97.47% "raises from 0% of the original network").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..attacks import ATTACKS, FGM, FGSM, OSSA, OTCM, Attack, OneStepAttack
+from ..evaluation import least_perturbation, transfer_matrix
+from ..fisher.input_space import FisherSpectrum
+from ..plotting import to_display
+from .base import Context, register
+from .common import in_batches, load_split, predict, select_samples, trained_model
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Run
+
+__all__ = ["AttackSpec", "ModelSpec", "ShenConfig", "TABLE1_ATTACKS", "paper_units"]
+
+Distance = Literal["linf", "l2", "l1", "l0"]
+
+
+# ====================================================================== config
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained network of an experiment.
+
+    Parameters
+    ----------
+    name : str
+        Row / column name in the report and part of the cell keys.
+    defense : dict, optional
+        The ``defense=`` mapping of :func:`fisherscope.models.train_model` (None: plain
+        cross-entropy).
+    arch, preset : str, optional
+        Architecture and training preset (default: the config's).
+    model_kwargs : dict, optional
+        Constructor keywords merged into the preset's (``{"activation": "elu"}``).
+    overrides : dict, optional
+        Training settings for this network only, applied after the config's ``training``.
+    """
+
+    name: str
+    defense: dict[str, Any] | None = None
+    arch: str | None = None
+    preset: str | None = None
+    model_kwargs: dict[str, Any] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack row of Tables 1 and 2.
+
+    Parameters
+    ----------
+    label : str
+        Row name (``"BIM-L2"``).
+    attack : str
+        A key of :data:`fisherscope.attacks.ATTACKS`.
+    params : dict
+        Its hyperparameters (without ``eps`` when ``search`` is on).
+    distance : {"linf", "l2", "l1", "l0"}
+        The norm the row is measured in.
+    search : bool
+        Minimal budget by per-sample binary search in [0, ``hi``] (tolerance ``tol``);
+        otherwise the attack runs as configured (minimisation attacks, or a fixed budget).
+    """
+
+    label: str
+    attack: str
+    params: dict[str, Any] = field(default_factory=dict)
+    distance: Distance = "l2"
+    search: bool = False
+    hi: float = 6.0
+    tol: float = 1e-3
+
+
+#: The nine rows of Shen et al.'s Table 1, minimal perturbations (see the module doc).
+#: C&W and DeepFool use Foolbox 2's defaults (the paper's Foolbox), JSMA steers to the
+#: runner-up class (the cheapest target), BIM takes 10 steps and PGD 40 from a random start.
+TABLE1_ATTACKS: tuple[AttackSpec, ...] = (
+    AttackSpec(label="FGSM", attack="fgsm", distance="linf", search=True, hi=1.0, tol=1e-3),
+    AttackSpec(label="FGM", attack="fgm", distance="l2", search=True, hi=15.0, tol=1e-2),
+    AttackSpec(label="BIM-L1", attack="bim", params={"norm": "l1", "steps": 10}, distance="l1", search=True,
+               hi=150.0, tol=0.1),
+    AttackSpec(label="BIM-L2", attack="bim", params={"norm": "l2", "steps": 10}, distance="l2", search=True,
+               hi=15.0, tol=1e-2),
+    AttackSpec(label="BIM-Linf", attack="bim", params={"norm": "linf", "steps": 10}, distance="linf", search=True,
+               hi=1.0, tol=1e-3),
+    AttackSpec(label="DeepFool", attack="deepfool", params={"steps": 100}, distance="l2"),
+    AttackSpec(label="CW", attack="cw", params={"binary_search_steps": 5, "steps": 1000, "learning_rate": 5e-3,
+                                                "initial_const": 1e-2}, distance="l2"),
+    AttackSpec(label="JSMA", attack="jsma", params={"target": "most_likely"}, distance="l0"),
+    AttackSpec(label="PGD-random", attack="pgd", params={"norm": "linf", "steps": 40, "random_start": True},
+               distance="linf", search=True, hi=1.0, tol=1e-3),
+)
+
+
+def _default_models() -> list[ModelSpec]:
+    return [ModelSpec(name="original"), ModelSpec(name="shen mu=0.024", defense={"kind": "fisher", "mu": 0.024})]
+
+
+@dataclass(frozen=True)
+class ShenConfig:
+    """Shared config of the Shen et al. reproductions (each kind reads what it needs).
+
+    ``models`` (Tables 1–2): the first is the reference ("original network"), the one
+    named ``paper_model`` (default: the second) is compared with the paper's numbers.
+    """
+
+    name: str
+    kind: str
+    seed: int = 0
+    description: str = ""
+    arch: str = "convnet_bn"
+    dataset: str = "mnist"
+    preset: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # overrides for every network (e.g. epochs)
+    n_samples: int | None = 1000  # test images used (None: all)
+    batch_size: int = 500
+    penalty: str = "softmax_trace"  # Fisher penalty of the μ sweep / Figures 1 and 5
+    mu: float = 0.02  # the penalised network of Figures 1 and 5
+    mus: list[float] = field(default_factory=lambda: [0.0, 0.005, 0.01, 0.015, 0.02, 0.022, 0.024, 0.025])
+    baseline_seeds: list[int] = field(default_factory=list)  # extra μ = 0 seeds for Figure 2's baseline
+    budgets: list[float] = field(default_factory=lambda: [0.5 * i for i in range(13)])  # L2
+    linf_budgets: list[float] = field(default_factory=lambda: [0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3])
+    eps: float = 2.0  # Figure 1's OSSA budget
+    n_examples: int = 2
+    models: list[ModelSpec] = field(default_factory=_default_models)
+    paper_model: str | None = None
+    attacks: list[AttackSpec] = field(default_factory=lambda: list(TABLE1_ATTACKS))
+    paper: dict[str, Any] = field(default_factory=dict)
+
+
+# ====================================================================== shared pieces
+
+
+def train_spec(spec: ModelSpec, arch: str, dataset: str, ctx: Context, *, seed: int, preset: str | None,
+               training: dict[str, Any]) -> Any:
+    """Train (or load from the cache) the network ``spec`` describes; returns the TrainedModel."""
+    overrides = {**training, **spec.overrides}
+    if spec.model_kwargs:
+        overrides["model_kwargs"] = {**overrides.get("model_kwargs", {}), **spec.model_kwargs}
+    if spec.defense is not None:
+        overrides["defense"] = dict(spec.defense)
+    return trained_model(spec.arch or arch, dataset, ctx, seed=seed, preset=spec.preset or preset,
+                         overrides=overrides)
+
+
+def _train(cfg: Any, ctx: Context, spec: ModelSpec, seed: int | None = None) -> Any:
+    return train_spec(spec, cfg.arch, cfg.dataset, ctx, seed=cfg.seed if seed is None else seed,
+                      preset=cfg.preset, training=cfg.training)
+
+
+def _fisher(cfg: ShenConfig, mu: float) -> dict[str, Any] | None:
+    return None if mu == 0 else {"kind": "fisher", "mu": mu, "penalty": cfg.penalty}
+
+
+def _sample(cfg: Any, ctx: Context) -> tuple[Any, Tensor, Tensor]:
+    """The test split and the ``n_samples`` test images of the config (seeded draw, in test order)."""
+    test = load_split(cfg.dataset, "test", ctx)
+    idx = select_samples(len(test), cfg.n_samples, cfg.seed)
+    return test, test.x[idx], test.y[idx]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def model_record(tm: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
+    """What a report says about a network: accuracies, checkpoint, defense, training time."""
+    m = tm.metrics
+    history = m.get("history") or []
+    stats = (history[-1].get("defense_stats") or {}) if history else {}
+    return {
+        "test_accuracy": m["test_accuracy"],
+        "sample_accuracy": float((predict(tm.model, x) == y.numpy()).mean()),
+        "checkpoint_key": tm.key,
+        "defense": tm.config.get("defense"),
+        "epochs": tm.config["epochs"],
+        "train_wall_time_s": m.get("wall_time_s", float("nan")),
+        "last_epoch_capped": stats.get("capped", 0.0),
+    }
+
+
+def _blurb(cfg: Any, n: int) -> Paragraph:
+    return Paragraph(
+        f"`{cfg.arch}` on `{cfg.dataset}`, preset `{cfg.preset or cfg.arch}`"
+        + (f" with {cfg.training}" if cfg.training else "")
+        + f", seed {cfg.seed}; {n} test images (seeded draw)."
+    )
+
+
+def paper_units(norms: dict[str, Tensor], distance: str, d: int) -> Tensor:
+    """Foolbox's distance units, as Shen et al.'s Table 1 reports them.
+
+    L2 rows: mean squared difference ‖δ‖₂² / D; L1 rows: mean absolute difference
+    ‖δ‖₁ / D; L∞: ‖δ‖∞; L0: the number of changed elements (pixels, for one channel).
+    ``d`` is D, the number of input elements (784 on MNIST).
+    """
+    if distance == "l2":
+        return norms["l2"].double() ** 2 / d
+    if distance == "l1":
+        return norms["l1"].double() / d
+    return norms[distance].double()
+
+
+def one_step_curve(attack: OneStepAttack, model: nn.Module, x: Tensor, y: Tensor, budgets: Sequence[float], *,
+                   seed: int, batch_size: int) -> dict[str, Any]:
+    """Fooling ratio of a one-step attack at every budget, on the images ``model`` gets right.
+
+    The direction is computed once per batch (:meth:`OneStepAttack.prepare`, with a
+    generator seeded by ``seed``: OTCM's random targets are the same draw at every budget)
+    and re-applied at each budget. Also the mean applied (after clipping) L2 and L∞ norms,
+    and for OSSA the top eigenvalue of G_x of each attacked image (``lambda_max``, from the
+    spectrum the attack computed anyway) with its mean and median.
+    """
+    from .._validation import eval_mode
+
+    dev = _device(model)
+    x, y = x.to(dev), y.to(dev)
+    correct = torch.as_tensor(predict(model, x), device=dev) == y
+    xc, yc = x[correct], y[correct]
+    gen = torch.Generator().manual_seed(seed)
+
+    def one(xb: Tensor, yb: Tensor) -> dict[str, Tensor]:
+        state = attack.prepare(model, xb, yb, False, gen)
+        fooled, l2, linf = [], [], []
+        for b in budgets:
+            xa = attack.step(model, xb, yb, state, torch.full((len(xb),), float(b), dtype=xb.dtype, device=dev))
+            with torch.no_grad():
+                fooled.append(model(xa).argmax(1) != yb)
+            delta = (xa - xb).flatten(1)
+            l2.append(delta.norm(dim=1))
+            linf.append(delta.abs().amax(1))
+        out = {"fooled": torch.stack(fooled, 1), "l2": torch.stack(l2, 1), "linf": torch.stack(linf, 1)}
+        if isinstance(state, FisherSpectrum):
+            out["lam"] = state.eigenvalues[:, 0]
+        return out
+
+    n_correct = int(correct.sum())
+    if n_correct == 0:
+        raise ValueError("the network classifies none of the sampled test images correctly; nothing to attack.")
+    with eval_mode(model, warn=False):
+        out = in_batches(one, xc, yc, batch_size=batch_size)
+    res: dict[str, Any] = {
+        "budgets": [float(b) for b in budgets],
+        "fooling_ratio": out["fooled"].double().mean(0).tolist(),
+        "mean_applied_l2": out["l2"].double().mean(0).tolist(),
+        "mean_applied_linf": out["linf"].double().mean(0).tolist(),
+        "n_correct": n_correct,
+        "n": int(len(y)),
+    }
+    if "lam" in out:
+        lam = out["lam"].double()
+        res.update({"lambda_max_mean": float(lam.mean()), "lambda_max_median": float(lam.median()),
+                    "lambda_max": lam.tolist()})
+    return res
+
+
+# ------------------------------------------------------------ minimal-budget attacks
+
+
+def _seed_from(generator: torch.Generator | None) -> int:
+    if generator is None:
+        return 0
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FixedSeed(Attack):
+    """``attack`` with a fresh generator seeded ``seed`` at every call: the same random
+    draws (PGD's random start) whatever the budget, so a budget search is searching a
+    deterministic function of the budget, and re-running at the budget found reproduces
+    the example it found."""
+
+    attack: Attack
+    seed: int
+
+    @property
+    def norm(self) -> str:  # type: ignore[override]
+        return self.attack.norm
+
+    @property
+    def eps(self) -> Any:
+        return getattr(self.attack, "eps", None)
+
+    @property
+    def budgeted(self) -> bool:  # type: ignore[override]
+        return self.attack.budgeted
+
+    @property
+    def supports_targeted(self) -> bool:  # type: ignore[override]
+        return self.attack.supports_targeted
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        res = self.attack.run(model, x, y, targeted=targeted, eps=eps,
+                              generator=torch.Generator().manual_seed(self.seed))
+        return res.x_adv, dict(res.extras)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MinimalBudget(Attack):
+    """The smallest-budget adversarial example of a budgeted attack (Foolbox's
+    "minimisation" use of FGSM / BIM / PGD with a binary search over epsilon).
+
+    Per sample, :func:`~fisherscope.evaluation.least_perturbation` finds the smallest
+    budget in [0, ``hi``] (within ``tol``) at which ``attack`` fools the model; the example
+    returned is the attack's at that budget. Samples not fooled within ``hi``, and samples
+    already misclassified, are returned unchanged (as C&W does for its failures). The
+    attack's randomness is one seed drawn from ``generator`` per call, reused at every
+    budget of the search (:class:`_FixedSeed`), so the search and the returned example agree.
+
+    Used by Shen Tables 1 and 2 (not in :data:`~fisherscope.attacks.ATTACKS`: it wraps an
+    attack instance). ``extras["eps"]`` is the budget found (NaN where none was).
+    """
+
+    attack: Attack
+    hi: float
+    tol: float = 1e-3
+    budgeted = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.attack, Attack) or not self.attack.budgeted or getattr(self.attack, "eps", None) is None:
+            raise ValueError(
+                f"MinimalBudget needs a budgeted attack instance with an eps (e.g. FGSM(eps=1.0)); got {self.attack!r}."
+            )
+        if not (self.hi > 0 and self.tol > 0):
+            raise ValueError(f"MinimalBudget needs hi > 0 and tol > 0; got hi={self.hi!r}, tol={self.tol!r}.")
+
+    @property
+    def norm(self) -> str:  # type: ignore[override]
+        return self.attack.norm
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        seed = _seed_from(generator)
+        inner = self.attack
+        if isinstance(inner, OneStepAttack):
+            lp = least_perturbation(inner, model, x, y, hi=self.hi, tol=self.tol, targeted=targeted,
+                                    generator=torch.Generator().manual_seed(seed))
+            at = torch.where(lp.fooled, lp.eps, torch.zeros_like(lp.eps))
+            state = inner.prepare(model, x, y, targeted, torch.Generator().manual_seed(seed))
+            x_adv = inner.step(model, x, y, state, at, targeted)
+        else:
+            fixed = _FixedSeed(attack=inner, seed=seed, bounds=inner.bounds)
+            lp = least_perturbation(fixed, model, x, y, hi=self.hi, tol=self.tol, targeted=targeted)
+            at = torch.where(lp.fooled, lp.eps, torch.zeros_like(lp.eps))
+            x_adv = fixed.run(model, x, y, targeted=targeted, eps=at).x_adv
+        return x_adv, {"eps": lp.eps}
+
+
+def build_attack(spec: AttackSpec) -> Attack:
+    """The attack of a table row: ``ATTACKS[spec.attack](**params)``, wrapped in
+    :class:`MinimalBudget` when ``spec.search``."""
+    if spec.attack not in ATTACKS:
+        raise ValueError(f"attack row {spec.label!r}: unknown attack {spec.attack!r}; valid keys are {sorted(ATTACKS)}.")
+    cls = ATTACKS[spec.attack]
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.params.items()}
+    if not spec.search:
+        return cls(**params)
+    if "eps" in params:
+        raise ValueError(f"attack row {spec.label!r}: drop 'eps' from params; search=true searches it in [0, hi].")
+    inner = cls(eps=spec.hi, **params)
+    if not inner.budgeted:
+        raise ValueError(f"attack row {spec.label!r}: {spec.attack!r} has no budget to search; set search=false.")
+    return MinimalBudget(attack=inner, hi=spec.hi, tol=spec.tol, bounds=inner.bounds)
+
+
+def _paper_model(cfg: ShenConfig) -> str:
+    names = [m.name for m in cfg.models]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"{cfg.name}: 'models' needs at least two networks with distinct names (the first is the "
+                         f"original network); got {names}.")
+    name = cfg.paper_model or names[1]
+    if name not in names:
+        raise ValueError(f"{cfg.name}: paper_model {name!r} is not one of the models {names}.")
+    return name
+
+
+def _paper_pair(cfg: ShenConfig, label: str) -> list[float]:
+    v = cfg.paper.get(label, [])
+    v = list(v) if isinstance(v, list | tuple) else [v]
+    return [float(a) for a in v] + [math.nan] * (2 - len(v))
+
+
+# ====================================================================== Figure 1
+
+
+@register("shen_figure1", ShenConfig,
+          "Shen Figure 1: label distributions of the original and the penalised net on OSSA examples.")
+def run_figure1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    test, x, y = _sample(cfg, ctx)
+    if cfg.mu <= 0:
+        raise ValueError(f"{cfg.name}: Figure 1 compares with a penalised net; set mu > 0 (got {cfg.mu}).")
+    specs = {"original": ModelSpec(name="original"), "penalised": ModelSpec(name="penalised", defense=_fisher(cfg, cfg.mu))}
+
+    def measure() -> dict[str, Any]:
+        orig, pen = _train(cfg, ctx, specs["original"]).model, _train(cfg, ctx, specs["penalised"]).model
+        dev = _device(orig)
+        xd, yd = x.to(dev), y.to(dev)
+        ok = torch.as_tensor(predict(orig, xd), device=dev) == yd
+        ok &= torch.as_tensor(predict(pen, xd), device=dev) == yd
+        res = in_batches(lambda xb, yb: _ossa_pair(orig, pen, xb, yb, cfg.eps), xd[ok], yd[ok],
+                         batch_size=cfg.batch_size)
+        fooled = res["orig_wrong"]
+        survived = fooled & ~res["pen_wrong"]
+        order = torch.cat([survived.nonzero().flatten(), (fooled & ~survived).nonzero().flatten()])
+        pick = order[: cfg.n_examples]
+        idx = ok.nonzero().flatten()[pick]
+        test_idx = select_samples(len(test), cfg.n_samples, cfg.seed)[idx.cpu()]
+        return {
+            "n_both_correct": int(ok.sum()),
+            "n_fooled_original": int(fooled.sum()),
+            "n_survived": int(survived.sum()),
+            "penalised_whitebox_fooling": float(res["pen_own_wrong"].double().mean()),
+            "original_fooling": float(fooled.double().mean()),
+            "test_indices": test_idx.tolist(),
+            "labels": yd[idx].tolist(),
+            "x_adv": res["x_adv"][pick].cpu().tolist(),
+            "applied_l2": res["applied_l2"][pick].tolist(),
+            "p_original": res["p_orig"][pick].tolist(),
+            "p_penalised": res["p_pen"][pick].tolist(),
+            "p_penalised_own": res["p_pen_own"][pick].tolist(),
+            "applied_l2_own": res["applied_l2_own"][pick].tolist(),
+        }
+
+    r = run.cell("figure1", measure)
+    n = len(r["test_indices"])
+    classes = list(test.classes)
+    path = None
+    if n:
+        fig, axes = plt.subplots(n, 4, figsize=(12, 2.4 * n), squeeze=False)
+        for i in range(n):
+            img, cmap = to_display(torch.tensor(r["x_adv"][i]))
+            true = r["labels"][i]
+            axes[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            axes[i, 0].set_axis_off()
+            axes[i, 0].set_title(f"OSSA on the original, L2 {r['applied_l2'][i]:.2f}", fontsize=8)
+            for j, (key, title) in enumerate((("p_original", "original net"), ("p_penalised", f"penalised μ={cfg.mu:g}"),
+                                              ("p_penalised_own", f"penalised, its own OSSA (L2 {r['applied_l2_own'][i]:.2f})"))):
+                p = np.asarray(r[key][i])
+                pred = int(p.argmax())
+                colors = ["lightgray"] * len(p)
+                colors[true] = "tab:blue"
+                if pred != true:
+                    colors[pred] = "tab:red"
+                ax = axes[i, j + 1]
+                ax.bar(range(len(p)), p, color=colors)
+                ax.set_xticks(range(len(p)), classes, fontsize=7)
+                ax.set_ylim(0, 1)
+                ax.set_title(f"{title}: {classes[pred]}", fontsize=8, color="red" if pred != true else "black")
+        fig.suptitle("Label distributions (blue: true label, red: wrong prediction)", fontsize=9)
+        fig.tight_layout()
+        path = save_figure(fig, run.figures_dir / "shen_figure1.png")
+    blocks: list[Block] = [
+        Heading("Shen et al. Figure 1: label distributions under OSSA"),
+        _blurb(cfg, len(y)),
+        Paragraph(
+            f"OSSA with L2 budget {cfg.eps:g} crafted on the original net, on the {r['n_both_correct']} sampled test "
+            f"images both nets classify correctly: it fools the original on {r['n_fooled_original']} "
+            f"({100 * r['original_fooling']:.1f}%); the penalised net (μ = {cfg.mu:g}) still classifies "
+            f"{r['n_survived']} of those correctly. OSSA crafted on the penalised net itself (white box, same budget) "
+            f"fools it on {100 * r['penalised_whitebox_fooling']:.1f}% of the images. The examples shown fool the "
+            "original and not the penalised net where such images exist (the paper's choice)."
+        ),
+    ]
+    if path is not None:
+        blocks.append(Figure(path, "Left: the OSSA example; then the softmax of the original net, of the penalised net on "
+                                   "the same image, and of the penalised net on its own OSSA example."))
+    return blocks
+
+
+def _ossa_pair(orig: nn.Module, pen: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Tensor]:
+    a = OSSA(eps=eps).run(orig, x, y)
+    b = OSSA(eps=eps).run(pen, x, y)
+    with torch.no_grad():
+        p_pen = pen(a.x_adv).softmax(1)
+    return {
+        "x_adv": a.x_adv, "applied_l2": a.norms["l2"], "p_orig": a.logits_adv.softmax(1),
+        "orig_wrong": a.logits_adv.argmax(1) != y, "p_pen": p_pen, "pen_wrong": p_pen.argmax(1) != y,
+        "p_pen_own": b.logits_adv.softmax(1), "pen_own_wrong": b.logits_adv.argmax(1) != y,
+        "applied_l2_own": b.norms["l2"],
+    }
+
+
+# ====================================================================== Figures 2 and 3
+
+
+@register("shen_figure2_3", ShenConfig,
+          "Shen Figures 2-3: test accuracy and OSSA fooling ratio against the penalty weight μ (one cached model per μ).")
+def run_figure2_3(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    if not cfg.mus:
+        raise ValueError(f"{cfg.name}: 'mus' is empty; give the penalty weights to sweep (e.g. [0.0, 0.02]).")
+    test, x, y = _sample(cfg, ctx)
+
+    def measure(mu: float, seed: int) -> dict[str, Any]:
+        tm = _train(cfg, ctx, ModelSpec(name=f"mu={mu:g}", defense=_fisher(cfg, mu)), seed=seed)
+        out = one_step_curve(OSSA(eps=1.0), tm.model, x, y, cfg.budgets, seed=cfg.seed, batch_size=cfg.batch_size)
+        return {"mu": mu, "seed": seed, **model_record(tm, x, y), **out}
+
+    results = {mu: run.cell(f"mu/{mu:g}", lambda mu=mu: measure(mu, cfg.seed)) for mu in cfg.mus}
+    baselines = [run.cell(f"baseline/seed{s}", lambda s=s: measure(0.0, s)) for s in cfg.baseline_seeds]
+    plain = [r for mu, r in results.items() if mu == 0] + baselines
+    base_acc = float(np.mean([r["test_accuracy"] for r in plain])) if plain else math.nan
+
+    mus = list(results)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(mus, [100 * results[m]["test_accuracy"] for m in mus], marker="o", label="penalised (μ)")
+    if plain:
+        ax.axhline(100 * base_acc, ls=":", color="gray", label=f"baseline μ = 0 (mean of {len(plain)})")
+    ax.set_xlabel("μ")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path2 = save_figure(fig, run.figures_dir / "shen_figure2.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in mus:
+        c = results[m]
+        ax.plot(c["budgets"], [100 * v for v in c["fooling_ratio"]], marker=".", label=f"μ = {m:g}")
+    ax.set_xlabel("L2 budget ε (OSSA)")
+    ax.set_ylabel("fooling ratio (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path3 = save_figure(fig, run.figures_dir / "shen_figure3.png")
+
+    show = [b for b in (1.0, 2.0, 4.0, 6.0) if b in cfg.budgets] or [cfg.budgets[-1]]
+    rows = []
+    for m in mus:
+        c = results[m]
+        rows.append([f"{m:g}", 100 * c["test_accuracy"], c["lambda_max_median"],
+                     *[100 * c["fooling_ratio"][c["budgets"].index(b)] for b in show], c["n_correct"],
+                     c["last_epoch_capped"], c["checkpoint_key"][:12]])
+    p = cfg.paper
+    blocks: list[Block] = [
+        Heading("Shen et al. Figures 2 and 3: accuracy and OSSA fooling ratio against μ"),
+        _blurb(cfg, len(y)),
+        Paragraph(
+            f"One network per μ (loss CE + μ Σ 1/p_i, penalty `{cfg.penalty}`), same preset and seed; OSSA on the "
+            "sampled test images each network classifies correctly, L2 budgets before clipping. "
+            + (f"Baseline (dotted): mean test accuracy of the μ = 0 networks, seeds "
+               f"{[cfg.seed, *cfg.baseline_seeds] if 0.0 in results else cfg.baseline_seeds}: {100 * base_acc:.2f}%. "
+               if plain else "")
+            + ("Paper: " + str(p.get("note", "")) if p else "")
+        ),
+        Table(["μ", "test accuracy %", "median λ_max", *[f"fooling % at ε={b:g}" for b in show], "attacked",
+               "capped (last epoch)", "checkpoint"], rows),
+        Figure(path2, "Figure 2: test accuracy against μ (dotted: the μ = 0 baseline)."),
+        Figure(path3, "Figure 3: OSSA fooling ratio against the L2 budget, one curve per μ."),
+    ]
+    if baselines:
+        blocks.insert(4, Table(["seed", "test accuracy %", *[f"fooling % at ε={b:g}" for b in show]],
+                               [[r["seed"], 100 * r["test_accuracy"],
+                                 *[100 * r["fooling_ratio"][r["budgets"].index(b)] for b in show]] for r in baselines],
+                               caption="Extra μ = 0 networks (other seeds) for the baseline"))
+    return blocks
+
+
+# ====================================================================== Figure 5
+
+
+@register("shen_figure5", ShenConfig,
+          "Shen Figure 5: FGM, OTCM and FGSM fooling ratios of the penalised net (and the original).")
+def run_figure5(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    if cfg.mu <= 0:
+        raise ValueError(f"{cfg.name}: Figure 5 attacks a penalised net; set mu > 0 (got {cfg.mu}).")
+    test, x, y = _sample(cfg, ctx)
+    specs = [ModelSpec(name="original"), ModelSpec(name=f"mu={cfg.mu:g}", defense=_fisher(cfg, cfg.mu))]
+    attacks: dict[str, tuple[OneStepAttack, list[float]]] = {
+        "fgm": (FGM(eps=1.0), list(cfg.budgets)),
+        "otcm": (OTCM(eps=1.0), list(cfg.budgets)),
+        "fgsm": (FGSM(eps=0.1), list(cfg.linf_budgets)),
+    }
+    res: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        tm = _train(cfg, ctx, spec)
+        res[spec.name] = {"model": run.cell(f"model/{spec.name}", lambda tm=tm: model_record(tm, x, y))}
+        for key, (atk, budgets) in attacks.items():
+            res[spec.name][key] = run.cell(
+                f"figure5/{spec.name}/{key}",
+                lambda atk=atk, budgets=budgets, tm=tm: one_step_curve(atk, tm.model, x, y, budgets, seed=cfg.seed,
+                                                                         batch_size=cfg.batch_size))
+    names = [s.name for s in specs]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key in zip(axes, attacks, strict=True):
+        for name, style in zip(names, ("--", "-"), strict=True):
+            c = res[name][key]
+            ax.plot(c["budgets"], [100 * v for v in c["fooling_ratio"]], style, marker=".", label=name)
+        ax.set_title(key.upper())
+        ax.set_ylabel("fooling ratio (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_xlabel("L2 budget ε")
+    axes[1].set_xlabel("L2 budget ε (random wrong-class target)")
+    axes[2].set_xlabel("L∞ budget ε")
+    fg = res[names[1]]["fgsm"]
+    top = axes[2].secondary_xaxis("top")
+    top.set_xticks(fg["budgets"][:: max(1, len(fg["budgets"]) // 5)],
+                   [f"{v:.1f}" for v in fg["mean_applied_l2"][:: max(1, len(fg["budgets"]) // 5)]])
+    top.set_xlabel("mean applied L2 (penalised net)", fontsize=8)
+    fig.tight_layout()
+    path = save_figure(fig, run.figures_dir / "shen_figure5.png")
+    l2_rows = [[f"{b:g}", *[100 * res[n][k]["fooling_ratio"][i] for k in ("fgm", "otcm") for n in names]]
+               for i, b in enumerate(res[names[0]]["fgm"]["budgets"])]
+    linf_rows = [[f"{b:g}", *[res[n]["fgsm"]["mean_applied_l2"][i] for n in names],
+                  *[100 * res[n]["fgsm"]["fooling_ratio"][i] for n in names]]
+                 for i, b in enumerate(res[names[0]]["fgsm"]["budgets"])]
+    acc = ", ".join(f"{n} {100 * res[n]['model']['test_accuracy']:.2f}%" for n in names)
+    return [
+        Heading("Shen et al. Figure 5: FGM, OTCM and FGSM against the penalised net"),
+        _blurb(cfg, len(y)),
+        Paragraph(f"Test accuracy: {acc}. Fooling ratios on the sampled test images each net classifies correctly; "
+                  "OTCM steers to one random wrong class per image (the same draw at every budget). "
+                  + str(cfg.paper.get("note", ""))),
+        Table(["L2 ε", *[f"{k.upper()} {n} %" for k in ("fgm", "otcm") for n in names]], l2_rows,
+              caption="FGM and OTCM fooling ratios against the L2 budget (before clipping)"),
+        Table(["L∞ ε", *[f"mean applied L2, {n}" for n in names], *[f"FGSM {n} %" for n in names]], linf_rows,
+              caption="FGSM: fooling ratio against the L∞ budget, with the L2 norm it reaches after clipping"),
+        Figure(path, "Fooling ratio against the budget; original dashed, penalised solid. FGSM on its L∞ axis; its top "
+                     "axis gives the mean L2 norm the sign step reaches."),
+    ]
+
+
+# ====================================================================== Table 1
+
+
+def _distances(spec: AttackSpec, attack: Attack, model: nn.Module, x: Tensor, y: Tensor, *, seed: int,
+               batch_size: int) -> dict[str, Any]:
+    dev = _device(model)
+    x, y = x.to(dev), y.to(dev)
+    correct = torch.as_tensor(predict(model, x), device=dev) == y
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    out = in_batches(lambda xb, yb: _norms_of(attack.run(model, xb, yb, generator=gen)), x, y, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    ok = out["success"].bool() & correct
+    d = x[0].numel()
+    vals: dict[str, Any] = {"n": int(len(y)), "n_correct": int(correct.sum()), "n_fooled": int(ok.sum()),
+                            "fooling_ratio": float(ok.sum()) / max(int(correct.sum()), 1), "seconds": seconds,
+                            "distance": spec.distance}
+    norms = {k: out[k][ok] for k in ("l0", "l1", "l2", "linf")}
+    for k, v in norms.items():
+        vals[f"mean_{k}"] = float(v.double().mean()) if len(v) else math.nan
+    primary = norms[spec.distance].double()
+    vals["median"] = float(primary.median()) if len(primary) else math.nan
+    pu = paper_units(norms, spec.distance, d)
+    vals["mean_paper_units"] = float(pu.mean()) if len(pu) else math.nan
+    vals["per_sample"] = primary.tolist()
+    if "eps" in out:
+        e = out["eps"][ok].double()
+        vals["mean_least_eps"] = float(e.mean()) if len(e) else math.nan
+    return vals
+
+
+def _norms_of(res: Any) -> dict[str, Tensor]:
+    out = {**res.norms, "success": res.success.float()}
+    if "eps" in res.extras:
+        out["eps"] = res.extras["eps"]
+    return out
+
+
+@register("shen_table1", ShenConfig,
+          "Shen Table 1: mean minimal perturbation of nine attacks, original vs penalised (and other defenses).")
+def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    ref, cmp_name = cfg.models[0].name, _paper_model(cfg)
+    attacks = {spec.label: (spec, build_attack(spec)) for spec in cfg.attacks}
+    test, x, y = _sample(cfg, ctx)
+    models: dict[str, dict[str, Any]] = {}
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for mspec in cfg.models:
+        tm = _train(cfg, ctx, mspec)
+        models[mspec.name] = run.cell(f"model/{mspec.name}", lambda tm=tm: model_record(tm, x, y))
+        for label, (spec, atk) in attacks.items():
+            cells[mspec.name, label] = run.cell(
+                f"table1/{mspec.name}/{label}",
+                lambda spec=spec, atk=atk, tm=tm: _distances(spec, atk, tm.model, x, y, seed=cfg.seed,
+                                                             batch_size=cfg.batch_size))
+    names = [m.name for m in cfg.models]
+    labels = list(attacks)
+    paper_rows = []
+    for label in labels:
+        a, b = cells[ref, label], cells[cmp_name, label]
+        pa, pb = _paper_pair(cfg, label)
+        paper_rows.append([label, attacks[label][0].distance, a["mean_paper_units"], b["mean_paper_units"],
+                           b["mean_paper_units"] / a["mean_paper_units"], pa, pb, pb / pa,
+                           f"{a['n_fooled']}/{a['n_correct']}", f"{b['n_fooled']}/{b['n_correct']}"])
+    plain_rows = [[label, attacks[label][0].distance, *[cells[n, label][f"mean_{attacks[label][0].distance}"]
+                                                        for n in names]] for label in labels]
+    model_rows = [[n, 100 * models[n]["test_accuracy"], *[cells[n, label]["mean_paper_units"] for label in labels]]
+                  for n in names]
+    ratio_rows = [[n, *[cells[n, label]["mean_paper_units"] / cells[ref, label]["mean_paper_units"] for label in labels]]
+                  for n in names[1:]]
+    fooled_rows = [[n, *[f"{cells[n, label]['n_fooled']}/{cells[n, label]['n_correct']}" for label in labels]]
+                   for n in names]
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels)), 3.8))
+    width = 0.8 / max(1, len(names) - 1)
+    for i, n in enumerate(names[1:]):
+        ax.bar(np.arange(len(labels)) + i * width, [r for r in ratio_rows[i][1:]], width=width, label=n)
+    ax.axhline(1.0, color="gray", lw=1)
+    pr = [(_paper_pair(cfg, label)[1] / _paper_pair(cfg, label)[0]) for label in labels]
+    if any(not math.isnan(v) for v in pr):
+        ax.plot(np.arange(len(labels)), pr, "k*", label=f"paper ({cmp_name})")
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=30, fontsize=8)
+    ax.set_ylabel(f"mean distance / {ref}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = save_figure(fig, run.figures_dir / "shen_table1_ratios.png")
+    return [
+        Heading("Shen et al. Table 1: mean minimal perturbation"),
+        _blurb(cfg, len(y)),
+        Paragraph(
+            "Minimal adversarial perturbations on the sampled test images each network classifies correctly; means "
+            "over the images the attack fooled (the counts are in the last columns). FGSM, FGM, BIM and PGD: the "
+            "smallest budget that fools, by per-sample binary search; C&W, DeepFool, JSMA: the attacks' own minimal "
+            "perturbations. Paper units (Foolbox): L2 rows ‖δ‖²/D, L1 rows ‖δ‖₁/D, L∞ rows ‖δ‖∞, L0 a count of "
+            f"changed pixels, D = {x[0].numel()}. Paper ratios: 1.24 to 1.73."
+        ),
+        Table(["attack", "norm", f"{ref}", f"{cmp_name}", "ratio", "paper original", "paper ours", "paper ratio",
+               f"fooled {ref}", f"fooled {cmp_name}"], paper_rows,
+              caption="The paper's layout, in the paper's units"),
+        Table(["attack", "norm", *[f"{n} (plain norm)" for n in names]], plain_rows,
+              caption="The same means as plain norms (‖δ‖₂, ‖δ‖₁, ‖δ‖∞, changed elements)"),
+        Table(["network", "clean test accuracy %", *labels], model_rows,
+              caption="Every network (extra defenses as extra rows), paper units"),
+        Table(["network", *labels], ratio_rows, caption=f"Ratio of the mean distance to the {ref} network's"),
+        Table(["network", *labels], fooled_rows, caption="Fooled / attacked (correctly classified) images"),
+        Figure(path, f"Mean minimal distance relative to the {ref} network (stars: the paper's {cmp_name} ratios)."),
+    ]
+
+
+# ====================================================================== Table 2
+
+
+@register("shen_table2", ShenConfig,
+          "Shen Table 2: black-box transfer accuracies between the original and the penalised net (and other defenses).")
+def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
+    ref, cmp_name = cfg.models[0].name, _paper_model(cfg)
+    attacks = {spec.label: build_attack(spec) for spec in cfg.attacks}
+    test, x, y = _sample(cfg, ctx)
+    trained = {m.name: _train(cfg, ctx, m) for m in cfg.models}
+    models = {n: run.cell(f"model/{n}", lambda tm=tm: model_record(tm, x, y)) for n, tm in trained.items()}
+    nets = {n: tm.model for n, tm in trained.items()}
+    dev = _device(nets[ref])
+    xd, yd = x.to(dev), y.to(dev)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for label, atk in attacks.items():
+        for src in nets:
+            def measure(atk: Attack = atk, src: str = src) -> dict[str, Any]:
+                t0 = time.perf_counter()
+                tm = transfer_matrix(atk, {src: nets[src]}, nets, xd, yd, count="fooled_source",
+                                     generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
+                return {**tm.as_dict(), "seconds": time.perf_counter() - t0}
+
+            rows[label, src] = run.cell(f"table2/{label}/{src}", measure)
+
+    def acc(label: str, src: str, tgt: str) -> tuple[float, str]:
+        r = rows[label, src]
+        j = r["targets"].index(tgt)
+        n_f, n_c = r["n_fooled"][0][j], r["n_counted"][0][j]
+        return (1 - n_f / n_c if n_c else math.nan), f"{n_c - n_f}/{n_c}"
+
+    paper_rows = []
+    for label in attacks:
+        a, ca = acc(label, ref, cmp_name)
+        b, cb = acc(label, cmp_name, ref)
+        pa, pb = _paper_pair(cfg, label)
+        paper_rows.append([label, 100 * a, ca, 100 * b, cb, pa, pb])
+    others = [n for n in nets if n != ref]
+    to_rows = [[n, 100 * models[n]["test_accuracy"], *[100 * acc(label, ref, n)[0] for label in attacks]] for n in others]
+    from_rows = [[n, 100 * models[n]["test_accuracy"], *[100 * acc(label, n, ref)[0] for label in attacks]]
+                 for n in others]
+    return [
+        Heading("Shen et al. Table 2: black-box transfer (cross-model classification accuracy)"),
+        _blurb(cfg, len(y)),
+        Paragraph(
+            "For each attack and each source network, adversarial examples are crafted on the source (minimal "
+            "perturbations as in Table 1; OSSA at its fixed budget) and every other network classifies them; a cell "
+            "counts the examples that fool the source (the source classifies the clean image correctly and the "
+            "adversarial one wrongly) and gives the target's accuracy on them, with 'correct/counted'. "
+            "`transfer_matrix(..., count=\"fooled_source\")`; the full matrices are in results.jsonl."
+        ),
+        Table(["attack", f"{ref} → {cmp_name} acc %", "count", f"{cmp_name} → {ref} acc %", "count",
+               "paper: original → ours %", "paper: ours → original %"], paper_rows,
+              caption="The paper's layout: generated on the first network, tested on the second"),
+        Table(["network (target)", "clean test accuracy %", *attacks], to_rows,
+              caption=f"Accuracy of each network on examples crafted on `{ref}` that fool it"),
+        Table(["network (source)", "clean test accuracy %", *attacks], from_rows,
+              caption=f"Accuracy of `{ref}` on examples crafted on each network that fool that network"),
+    ]
