@@ -22,6 +22,7 @@ from fisherscope.attacks import DeepFool  # noqa: E402
 pytestmark = pytest.mark.peer
 
 
+@pytest.mark.slow  # torchattacks loops per image and spends all 50 steps on the two thirds it fails: minutes on 2 cores
 def test_deepfool_distances_match_torchattacks_where_both_succeed(digits_model):
     from fisherscope.data import load_dataset
 
