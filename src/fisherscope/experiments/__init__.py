@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (register the experiment kinds and demo sections)
     demo_defend,
     demo_ossa,
     hendrycks_gimpel,
+    hendrycks_gimpel_detection,
     martin_elster,
     shen,
     zhao,
