@@ -240,9 +240,9 @@ def _part3(models, rep, results, quick):
         runs = {
             "dense eigendecomposition": (lambda md=model, xx=xb: dense_top(md, xx[:2]), 2, None),
             "Lanczos": (lambda md=model, xx=xb: fisher_spectrum(md, xx, k=1, method="lanczos", tol=1e-4, max_iter=300, generator=gen()), len(xb), None),
-            f"alias + Lanczos (m={m})": (lambda md=model, xx=xb: fisher_spectrum(md, xx, k=1, method="lanczos", class_samples=m, tol=1e-4, max_iter=300, generator=gen()), len(xb), None),
+            f"alias + Lanczos (m={m})": (lambda md=model, xx=xb, m=m: fisher_spectrum(md, xx, k=1, method="lanczos", class_samples=m, tol=1e-4, max_iter=300, generator=gen()), len(xb), None),
             "power iteration": (lambda md=model, xx=xb: fisher_spectrum(md, xx, k=1, method="power", tol=1e-4, max_iter=300, generator=gen()), len(xb), None),
-            f"alias + power (m={m})": (lambda md=model, xx=xb: fisher_spectrum(md, xx, k=1, method="power", class_samples=m, tol=1e-4, max_iter=300, generator=gen()), len(xb), None),
+            f"alias + power (m={m})": (lambda md=model, xx=xb, m=m: fisher_spectrum(md, xx, k=1, method="power", class_samples=m, tol=1e-4, max_iter=300, generator=gen()), len(xb), None),
             "exact (ours)": (lambda md=model, xx=xb: fisher_spectrum(md, xx, k=1), len(xb), None),
         }
         table = {}
