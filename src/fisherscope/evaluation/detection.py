@@ -572,8 +572,9 @@ class DetectionResult:
         (adversarial vs noise-matched, test) and ``noise_flagged``; ``supervised`` and
         ``error`` (None, or why the cell has no numbers).
     cross : dict
-        ``{detector: {train attack: {test attack: {"auroc", "tpr", "fpr"}}}}`` for
-        supervised detectors (the diagonal equals the table).
+        ``{detector: {train attack: {test attack: {"auroc", "aupr", "tpr", "fpr"}}}}`` for
+        supervised detectors (the diagonal equals the table); empty with
+        ``cross_attack=False``.
     attacks : dict
         Per attack: ``n_images, n_correct, n_success, success_rate`` (of the correctly
         classified), L2 statistics of the positives and of the noise rows, positives per
@@ -965,7 +966,7 @@ def evaluate_detectors(
                         warnings.warn(f"detector {det_name!r} on {test!r}: {msg}", UserWarning, stacklevel=2)
                         rows.append(_error_row(det_name, test, supervised, target_fpr, msg))
                     continue
-                if supervised:
+                if supervised and cross_attack:
                     cross.setdefault(det_name, {}).setdefault(str(train), {})[test] = {
                         "auroc": m.auroc, "aupr": m.aupr, "tpr": m.tpr, "fpr": m.fpr}
                 if not seen:

@@ -7,12 +7,15 @@ from . import (  # noqa: F401  (register the experiment kinds and demo sections)
     demo,
     demo_attacks,
     demo_defend,
+    demo_detect,
     demo_ossa,
     hendrycks_gimpel,
     hendrycks_gimpel_detection,
     martin_elster,
     shen,
+    unified_detection,
     zhao,
+    zhao_detection,
     zhao_table3,
 )
 from .base import EXPERIMENTS, Context, Experiment, load_config, parse_overrides, run_experiment
