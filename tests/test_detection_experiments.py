@@ -65,6 +65,7 @@ def test_detection_unified_kind(tmp_path, digits_model):
     assert not [r for r in recs if r["kind"] == "cross"]
     md = (run.dir / "report.md").read_text()
     assert "Reconstruction: n/a" in md and "Noise control" in md
+    assert (run.figures_dir / "unified-detection-auroc.png").stat().st_size > 0
 
 
 def test_zhao_figure4b_kind(tmp_path, digits_model):

@@ -29,7 +29,7 @@ import torch
 from ..attacks import ATTACKS
 from .base import Context, register
 from .common import load_split, select_samples, trained_model
-from .report import Block, Heading, Paragraph, Table
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
 __all__ = ["AttackSpec", "DetectionConfig", "SweepSpec", "build_attacks", "detector_specs",
@@ -393,6 +393,13 @@ def run_unified(run: Run, cfg: DetectionConfig, ctx: Context) -> list[Block]:
             attack_table(cfg.attacks, attack_rows(rr["records"])),
             *detection_tables(rr["records"], ["reconstruction", "softmax"], names, "AUROC % [95% interval]"),
         ]
+    heat = {DETECTOR_LABELS.get(d, d): [table_rows(r["records"]).get((d, a)) for a in names] for d in main}
+    if "reconstruction" in dets and not has_decoder and cfg.reconstruction_arch:
+        heat[f"reconstruction (H&G) on {cfg.reconstruction_arch}"] = [
+            table_rows(rr["records"]).get(("reconstruction", a)) for a in names]
+    blocks.append(Figure(save_figure(_heatmap(heat, names), run.figures_dir / "unified-detection-auroc.png"),
+                         "AUROC % (left) and the noise control, AUROC % of adversarial vs noise with the same L2 "
+                         "norm (right); test split."))
     cross = cross_rows(r["records"])
     for d, m in cross.items():
         blocks.append(Table(["trained on \\ tested on", *names],
@@ -400,6 +407,26 @@ def run_unified(run: Run, cfg: DetectionConfig, ctx: Context) -> list[Block]:
                             caption=f"{DETECTOR_LABELS.get(d, d)}: AUROC % trained on one attack, tested on each"))
     blocks.append(Paragraph(f"Evaluation wall time {wall:.0f} s (0 when the cell was resumed)."))
     return blocks
+
+
+def _heatmap(rows: dict[str, list[dict[str, Any] | None]], attacks: list[str]) -> Any:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(2.0 + 1.3 * len(attacks), 0.9 + 0.42 * len(rows)), sharey=True)
+    for ax, metric, title in zip(axes, ("auroc", "auroc_noise"), ("AUROC %: adversarial vs clean",
+                                                                    "control: adversarial vs noise"), strict=True):
+        vals = np.array([[np.nan if c is None or c.get(metric) is None else 100 * c[metric] for c in row]
+                         for row in rows.values()])
+        ax.imshow(vals, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        for i, j in np.ndindex(vals.shape):
+            ax.text(j, i, "n/a" if np.isnan(vals[i, j]) else f"{vals[i, j]:.0f}", ha="center", va="center",
+                    fontsize=7.5)
+        ax.set_xticks(range(len(attacks)), attacks, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    axes[0].set_yticks(range(len(rows)), list(rows), fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _with(cfg: Any, **changes: Any) -> Any:
