@@ -12,7 +12,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import tiny_cnn, tiny_mlp  # noqa: E402
 from fisherscope.attacks import ATTACKS, HGFast, HGTargeted  # noqa: E402
-from fisherscope.attacks.hendrycks import draw_targets  # noqa: E402
+from fisherscope.attacks.gradient import choose_targets  # noqa: E402
 
 K = 5
 
@@ -151,7 +151,7 @@ def test_deterministic_targets(setup):
     y_true = (y + 3) % K  # labels that differ from the predictions, to see that y (not the prediction) is avoided
     order = logits.argsort(1)
     for sel in ("least_likely", "most_likely"):
-        t = draw_targets(logits, y_true, sel)
+        t = choose_targets(logits, y_true, sel)
         for i in range(len(x)):
             ranked = [c for c in order[i].tolist() if c != y_true[i].item()]
             assert t[i].item() == (ranked[0] if sel == "least_likely" else ranked[-1])

@@ -39,12 +39,17 @@ def choose_targets(logits: Tensor, y: Tensor, how: str, generator: torch.Generat
         (N, K) logits at the clean inputs (only used by ``"least_likely"``; K is read from it).
     y : Tensor
         (N,) int64 true labels; the target is never ``y``.
-    how : {"random", "least_likely"}
+    how : {"random", "least_likely", "most_likely"}
         ``"random"``: ``t = (y + u) mod K`` with u uniform on {1, …, K − 1}, drawn on the
         CPU (or the generator's device) from ``generator`` — uniform over the wrong
         classes. ``"least_likely"``: the argmin of the logits over the classes other than
         ``y`` (Kurakin et al. 2016b, "step l.l."; equal to the plain argmin whenever ``y``
         is not itself the least likely class, e.g. for every correctly classified sample).
+        ``"most_likely"``: the argmax over the classes other than ``y`` (the runner-up
+        when ``y`` is the prediction).
+
+    Random targets are drawn in batch order: a batch and its samples attacked one at a
+    time with identically seeded generators get different targets.
 
     Shapes
     ------
@@ -57,10 +62,12 @@ def choose_targets(logits: Tensor, y: Tensor, how: str, generator: torch.Generat
         dev = generator.device if generator is not None else torch.device("cpu")
         u = torch.randint(1, k, tuple(y.shape), generator=generator, device=dev).to(y.device)
         return (y + u) % k
+    is_y = torch.nn.functional.one_hot(y, k).bool()
     if how == "least_likely":
-        masked = logits.detach().masked_fill(torch.nn.functional.one_hot(y, k).bool(), float("inf"))
-        return masked.argmin(1)
-    raise ValueError(f"target must be 'random' or 'least_likely'; got {how!r}.")
+        return logits.detach().masked_fill(is_y, float("inf")).argmin(1)
+    if how == "most_likely":
+        return logits.detach().masked_fill(is_y, float("-inf")).argmax(1)
+    raise ValueError(f"target must be 'random', 'least_likely' or 'most_likely'; got {how!r}.")
 
 
 @dataclass(frozen=True, kw_only=True)

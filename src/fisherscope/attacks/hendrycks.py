@@ -24,50 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from .base import Attack, AttackResult, OneStepAttack, input_gradient
+from .gradient import choose_targets
 
-__all__ = ["HGFast", "HGTargeted", "draw_targets"]
+__all__ = ["HGFast", "HGTargeted"]
 
 TargetSelection = Literal["random", "least_likely", "most_likely"]
 _SELECTIONS = ("random", "least_likely", "most_likely")
-
-
-def draw_targets(logits: Tensor, y: Tensor, selection: TargetSelection = "random",
-                 generator: torch.Generator | None = None) -> Tensor:
-    """Target classes different from ``y``, one per sample.
-
-    Parameters
-    ----------
-    logits : Tensor
-        (N, K) clean logits (used by the deterministic selections).
-    y : Tensor
-        (N,) classes the target must differ from (true labels, or predictions).
-    selection : {"random", "least_likely", "most_likely"}
-        ``"random"``: uniform over the K − 1 classes ≠ y, drawn with ``generator`` (the
-        paper's choice); ``"least_likely"``: the class ≠ y with the smallest clean logit
-        (as in step-l.l. / OTCM); ``"most_likely"``: the class ≠ y with the largest clean
-        logit (the runner-up when y is the prediction).
-    generator : torch.Generator, optional
-        Randomness for ``"random"``; the draw is made on the generator's device.
-
-    Notes
-    -----
-    Random targets are drawn in batch order: a batch and its samples attacked one at a
-    time with identically seeded generators get different targets. Use a deterministic
-    selection (or pass the targets with ``targeted=True``) where that matters.
-
-    Shapes
-    ------
-    logits: (N, K); y: (N,) -> (N,) int64 on y's device.
-    """
-    n, k = logits.shape
-    if selection == "random":
-        device = generator.device if generator is not None else y.device
-        offset = torch.randint(1, k, (n,), generator=generator, device=device).to(y.device)
-        return (y + offset) % k
-    masked = logits.detach().clone()
-    fill = math.inf if selection == "least_likely" else -math.inf
-    masked.scatter_(1, y[:, None], fill)
-    return masked.argmin(1) if selection == "least_likely" else masked.argmax(1)
 
 
 def _check_common(attack: Attack) -> None:
@@ -100,7 +62,7 @@ class _KeepRule(Attack):
             return y
         with torch.no_grad():
             logits = model(x)
-        return draw_targets(logits, y, self.target, generator)  # type: ignore[attr-defined]
+        return choose_targets(logits, y, self.target, generator)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +108,7 @@ class HGTargeted(_KeepRule):
     max_steps : int
         Most descent steps per sample (paper: 1000; 100 in their CIFAR default).
     target : {"random", "least_likely", "most_likely"}
-        How untargeted calls choose the target (see :func:`draw_targets`).
+        How untargeted calls choose the target (see :func:`~fisherscope.attacks.gradient.choose_targets`).
 
     Extras
     ------
@@ -247,7 +209,7 @@ class HGFast(_KeepRule, OneStepAttack):
     threshold : float
         Keep rule on the target's softmax probability (0.5).
     target : {"random", "least_likely", "most_likely"}
-        How untargeted calls choose the target (see :func:`draw_targets`).
+        How untargeted calls choose the target (see :func:`~fisherscope.attacks.gradient.choose_targets`).
 
     Extras
     ------

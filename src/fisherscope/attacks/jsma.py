@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Attack
+from .gradient import choose_targets
 
 __all__ = ["JSMA"]
 
@@ -126,14 +127,7 @@ class JSMA(Attack):
     def _targets(self, logits: Tensor, y: Tensor, targeted: bool, generator: torch.Generator | None) -> Tensor:
         if targeted:
             return y
-        n, k = logits.shape
-        is_y = torch.nn.functional.one_hot(y, k).bool()
-        if self.target == "most_likely":
-            return logits.masked_fill(is_y, -torch.inf).argmax(1)
-        if self.target == "least_likely":
-            return logits.masked_fill(is_y, torch.inf).argmin(1)
-        shift = torch.randint(1, k, (n,), generator=generator, device="cpu").to(y.device)
-        return (y + shift) % k
+        return choose_targets(logits, y, self.target, generator)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
