@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import _sample_list, check_inputs, check_logits
-from ..fisher.input_space import _factor, helmert_basis
+from ..fisher.input_space import _factor, _helmert_rows, _reduced_a
 
 __all__ = [
     "INPUT_PENALTIES",
@@ -263,30 +263,6 @@ def fisher_penalty(
 # ------------------------------------------------------------------- input space
 
 
-def _centered_jacobian_graph(logits: Tensor, xr: Tensor) -> tuple[Tensor, Tensor]:
-    """(Hᵀ J (N, K − 1, D), H (K, K − 1)) with the graph kept for double backprop.
-
-    The differentiable counterpart of ``fisher.input_space._centered_jacobian``: K − 1
-    batched vector-jacobian products along the Helmert contrasts (``create_graph=True``),
-    a loop over classes, never over samples.
-    """
-    n, k = logits.shape
-    h = helmert_basis(k, dtype=logits.dtype, device=logits.device)
-    rows = []
-    for j in range(k - 1):
-        (g,) = torch.autograd.grad(logits, xr, h[:, j].expand(n, k), create_graph=True, retain_graph=True)
-        rows.append(g.reshape(n, -1))
-    return torch.stack(rows, 1), h
-
-
-def _reduced_a(logits: Tensor, h: Tensor) -> Tensor:
-    """M = Hᵀ (diag p − p pᵀ) H, (N, K − 1, K − 1) float64, differentiable in the logits."""
-    p = torch.softmax(logits.to(torch.float64), dim=1)
-    hd = h.to(torch.float64)
-    a = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-    return hd.mT @ a @ hd
-
-
 def _input_penalty(logits: Tensor, xr: Tensor, kind: str) -> Tensor:
     """The input-space penalty (N,) of a forward pass ``logits = model(xr)``.
 
@@ -296,7 +272,7 @@ def _input_penalty(logits: Tensor, xr: Tensor, kind: str) -> Tensor:
       ``fisher_spectrum``), then λ₁ = v₁ᵀ G_x v₁ = (HᵀJ v₁)ᵀ M (HᵀJ v₁) with v₁ held fixed:
       by the envelope theorem its gradient is ∇θ λ_max wherever λ_max is simple.
     """
-    jc, h = _centered_jacobian_graph(logits, xr)
+    jc, h = _helmert_rows(logits, xr, create_graph=True)
     m = _reduced_a(logits, h)
     if kind == "input_trace":
         gram = (jc @ jc.mT).to(torch.float64)  # (N, K-1, K-1)

@@ -170,26 +170,39 @@ def _centered_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Ten
     ``torch.func.vmap`` (whose batching rules re-lay out every activation gradient), see
     docs/BENCHMARKS.md. The loop runs over classes, never over samples.
     """
-    n = x.shape[0]
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(xr)
         check_logits(logits)
-        k = logits.shape[1]
-        h = helmert_basis(k, dtype=logits.dtype, device=logits.device)
-        rows = []
-        for j in range(k - 1):
-            (g,) = torch.autograd.grad(logits, xr, h[:, j].expand(n, k), retain_graph=j < k - 2)
-            rows.append(g.reshape(n, -1))
-    return logits.detach(), torch.stack(rows, 1), h
+        jc, h = _helmert_rows(logits, xr)
+    return logits.detach(), jc, h
+
+
+def _helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """(Hᵀ J (N, K − 1, D), H (K, K − 1)) for ``logits = model(xr)``: K − 1 batched VJPs on
+    one graph, a loop over classes (never samples). ``create_graph=True`` keeps the rows
+    differentiable for double backprop (the input-space penalties of fisherscope.defenses)."""
+    n, k = logits.shape
+    h = helmert_basis(k, dtype=logits.dtype, device=logits.device)
+    rows = []
+    for j in range(k - 1):
+        (g,) = torch.autograd.grad(logits, xr, h[:, j].expand(n, k), create_graph=create_graph,
+                                   retain_graph=create_graph or j < k - 2)
+        rows.append(g.reshape(n, -1))
+    return torch.stack(rows, 1), h
+
+
+def _reduced_a(logits: Tensor, h: Tensor) -> Tensor:
+    """M = Hᵀ (diag p − p pᵀ) H, (N, K − 1, K − 1) float64 (differentiable in the logits)."""
+    p = _probs(logits.to(torch.float64))
+    hd = h.to(torch.float64)
+    a = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    return hd.mT @ a @ hd
 
 
 def _factor(logits: Tensor, jc: Tensor, h: Tensor) -> Tensor:
     """B' = (HᵀAH)^{1/2} HᵀJ, so that G_x = B'ᵀB'; (N, K − 1, D), float64."""
-    p = _probs(logits.to(torch.float64))
-    hd = h.to(torch.float64)
-    a = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-    a_r = hd.mT @ a @ hd  # (N, K-1, K-1), symmetric PSD
+    a_r = _reduced_a(logits, h)  # (N, K-1, K-1), symmetric PSD
     w, u = torch.linalg.eigh((a_r + a_r.mT) / 2)
     root = (u * w.clamp_min(0).sqrt().unsqueeze(1)) @ u.mT
     return root @ jc.to(torch.float64)
