@@ -204,7 +204,7 @@ def _ours(key: str, s: Setup, c: float, x: torch.Tensor, y: torch.Tensor) -> tup
     except (TypeError, ValueError) as e:
         return None, f"could not build {cls.__name__}({kwargs}): {e}"
     note = repr(atk) + (f"  [no field for: {', '.join(unmapped)}]" if unmapped else "")
-    return (lambda: atk.run(s.model, x, y).x_adv), note
+    return (lambda: atk(s.model, x, y)), note  # like the peers: images only, no success mask
 
 
 def _torchattacks(key: str, s: Setup, c: float, x: torch.Tensor, y: torch.Tensor) -> tuple[Runner | None, str]:

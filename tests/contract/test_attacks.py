@@ -141,6 +141,39 @@ def test_bad_inputs_rejected(setup, key):
     prob_model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
     with pytest.raises(ValueError, match="looks like probabilities"):
         atk(prob_model, x, y)
+    # labels are checked against the number of classes on the attack's own first forward
+    for call in (atk, atk.run):
+        with pytest.raises(ValueError, match=r"values in \[0, 5\)"):
+            call(model, x, torch.full_like(y, 5))
+        with pytest.raises(ValueError, match=r"values in \[0, 5\)"):
+            call(model, x, torch.full_like(y, -1))
+    assert not model._forward_hooks, "the validating hook must be removed, also after an error"
+
+
+class _CountingModel(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.forwards = inner, 0
+
+    def forward(self, x):
+        self.forwards += 1
+        return self.inner(x)
+
+
+def test_one_step_call_costs_one_forward(setup):
+    """attack(model, x, y) spends no forward on validation or on a success mask."""
+    model, x, y = setup
+    counting = _CountingModel(model)
+    for key in ("fgsm", "fgm"):
+        counting.forwards = 0
+        make(key)(counting, x, y)
+        assert counting.forwards == 1
+    counting.forwards = 0
+    make("pgd", steps=4)(counting, x, y)
+    assert counting.forwards == 4
+    counting.forwards = 0
+    make("fgsm").run(counting, x, y)  # + the forward at x_adv for the success mask
+    assert counting.forwards == 2
 
 
 @pytest.mark.parametrize("key", KEYS)

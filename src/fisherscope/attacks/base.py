@@ -114,6 +114,49 @@ def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     return torch.where(_bcast(eps == 0, x), x, out)
 
 
+class _validate_first_forward:
+    """Context manager: check the model output and the labels on the model's first forward.
+
+    A one-shot forward hook runs :func:`check_logits` and :func:`check_labels` (the number
+    of classes is only known from the output) and removes itself, so validation costs no
+    forward pass of its own. Modules that refuse hooks get one validating forward at
+    ``x`` up front instead; an attack that never called the model gets it on exit.
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        self.model, self.x, self.y = model, x, y
+        self.done = False
+        self.handle: Any = None
+
+    def _check(self, out: Any) -> None:
+        self.done = True
+        check_logits(out)
+        check_labels(self.y, self.x.shape[0], out.shape[1])
+
+    def _hook(self, module: nn.Module, args: Any, out: Any) -> None:
+        if not self.done:
+            self.handle.remove()
+            self._check(out)
+
+    def _eager(self) -> None:
+        with torch.no_grad():
+            self._check(self.model(self.x))
+
+    def __enter__(self) -> _validate_first_forward:
+        try:
+            self.handle = self.model.register_forward_hook(self._hook)
+        except (RuntimeError, AttributeError):  # pragma: no cover - modules without hooks
+            self._eager()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.done:
+            if self.handle is not None:
+                self.handle.remove()
+            if exc[0] is None:
+                self._eager()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Attack(ABC):
     """Base class of every attack: subclasses are frozen dataclasses of hyperparameters.
@@ -148,8 +191,14 @@ class Attack(ABC):
     # ------------------------------------------------------------------ public
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None, *, targeted: bool = False,
                  generator: torch.Generator | None = None) -> Tensor:
-        """Adversarial examples for ``x`` (shape and dtype of ``x``)."""
-        return self.run(model, x, y, targeted=targeted, generator=generator).x_adv
+        """Adversarial examples for ``x`` (shape and dtype of ``x``).
+
+        Same ``x_adv`` as :meth:`run`, without the forward pass at ``x_adv`` that ``run``
+        spends on the success mask: with ``y`` given, FGSM costs exactly one forward and
+        one input-gradient backward.
+        """
+        x, y, x_adv, _, _ = self._generate(model, x, y, targeted, generator, None)
+        return x_adv
 
     def run(
         self,
@@ -178,28 +227,42 @@ class Attack(ABC):
             Per-call budget overriding the attack's ``eps`` (used by
             :func:`~fisherscope.evaluation.least_perturbation`).
         """
+        x, y, x_adv, extras, _ = self._generate(model, x, y, targeted, generator, eps)
+        with eval_mode(model), torch.no_grad():
+            logits_adv = model(x_adv)
+        pred = logits_adv.argmax(1)
+        success = pred == y if targeted else pred != y
+        return AttackResult(x_adv, success, logits_adv, perturbation_norms(x_adv - x), extras)
+
+    # -------------------------------------------------------------- internals
+    def _generate(self, model: nn.Module, x: Tensor, y: Tensor | None, targeted: bool,
+                  generator: torch.Generator | None, eps: float | Tensor | None
+                  ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], Tensor | None]:
+        """Validate, run the attack in eval mode, project and clamp: (x, y, x_adv, extras, eps).
+
+        With ``y`` given no forward pass is spent on validation: the model output and the
+        labels are checked by a one-shot forward hook on the attack's own first forward
+        (before any loss sees them). Only ``y=None`` costs a forward, for the predictions.
+        """
         check_inputs(x, y, bounds=self.bounds)
         if targeted and not self.supports_targeted:
             raise ValueError(f"{type(self).__name__} is untargeted only; call it with targeted=False.")
         x = x.detach()
         with eval_mode(model):
-            with torch.no_grad():
-                logits = model(x)
-            check_logits(logits)
-            k = logits.shape[1]
+            eps_t = self._eps_tensor(eps, x)
             if y is None:
                 if targeted:
                     raise ValueError("targeted=True needs y: the target class of each sample (int64, shape (N,)).")
+                with torch.no_grad():
+                    logits = model(x)
+                check_logits(logits)
                 y = logits.argmax(1)
-            check_labels(y, x.shape[0], k)
-            eps_t = self._eps_tensor(eps, x)
-            x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
+                x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
+            else:
+                with _validate_first_forward(model, x, y):
+                    x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
             x_adv = self._enforce(x, x_adv.detach(), eps_t)
-            with torch.no_grad():
-                logits_adv = model(x_adv)
-        pred = logits_adv.argmax(1)
-        success = pred == y if targeted else pred != y
-        return AttackResult(x_adv, success, logits_adv, perturbation_norms(x_adv - x), extras)
+        return x, y, x_adv, extras, eps_t
 
     # -------------------------------------------------------------- internals
     def _eps_tensor(self, eps: float | Tensor | None, x: Tensor) -> Tensor | None:

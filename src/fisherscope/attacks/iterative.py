@@ -285,9 +285,14 @@ class PGD(Attack):
         assert eps is not None  # budgeted: the base class always passes eps
         alpha = eps * 2.5 / self.steps if self.step_size is None else torch.full_like(eps, self.step_size)
         direction = _steepest(self.norm, self.bounds, 0.0)
+        kept = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if self.restarts == 1:  # nothing to choose between: no forward at the end, no copies
+            start = self._start(x, eps, generator) if self.random_start else x
+            xt, _, _ = _iterate(model, x, y, start, steps=self.steps, alpha=alpha, eps=eps, norm=self.norm,
+                                bounds=self.bounds, targeted=targeted, direction=direction)
+            return xt, {"restart": kept}
         best = x.clone()
         best_loss = torch.full_like(eps, -float("inf"))
-        kept = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for r in range(self.restarts):
             start = self._start(x, eps, generator) if self.random_start else x

@@ -39,10 +39,15 @@ __all__ = ["AttackSpec", "DetectionConfig", "SweepSpec", "build_attacks", "detec
 ZHAO_DETECTORS = ["kd", "bu", "kdbu", "fisher_spectrum"]
 DETECTOR_LABELS = {
     "kd": "KD", "bu": "BU", "kdbu": "KD+BU", "fisher_spectrum": "eigenvalues (Zhao)",
-    "fisher_score": "Fisher trace (Martin & Elster)", "softmax": "max softmax (H&G)",
+    "fisher_score": "Fisher trace (Martin & Elster)", "fisher_form": "Fisher form (Martin & Elster)",
+    "fisher_nform": "Fisher normalised form (Martin & Elster)", "softmax": "max softmax (H&G)",
     "pca_whitening": "PCA whitening (H&G)", "reconstruction": "reconstruction (H&G)",
     "lid": "LID", "mahalanobis": "Mahalanobis",
 }
+
+
+#: Martin & Elster's three scores (eqs. 4, 5, 8) as detector keys -> FisherScoreDetector's statistic
+FISHER_SCORES = {"fisher_score": "trace", "fisher_form": "form", "fisher_nform": "normalized"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,9 @@ def detector_specs(names: list[str], trained: Any, cfg: Any, ctx: Context, x_pro
     - ``fisher_spectrum``: top-``cfg.eigenvalues`` eigenvalues of G_x -> random forest
       (``n_estimators``, ``max_depth``); noise rows among its fitting negatives when the
       key is in ``cfg.noise_in_fit`` (Zhao §4).
-    - ``fisher_score``: the trace tr F_θ (Martin & Elster eq. 4) as the score.
+    - ``fisher_score`` / ``fisher_form`` / ``fisher_nform``: the trace tr F_θ, the quadratic
+      form vᵀF_θv and its normalised version (Martin & Elster eqs. 4, 5, 8) as the score;
+      the three share one feature, computed once.
     - ``kd`` / ``mahalanobis``: penultimate features (input of the last linear layer) with
       the predicted class; KD bandwidth by leave-one-out likelihood on the fit split;
       Mahalanobis with one tied covariance (unsupervised, one layer).
@@ -180,9 +187,8 @@ def detector_specs(names: list[str], trained: Any, cfg: Any, ctx: Context, x_pro
                                          max_depth=cfg.max_depth)
             out[name] = DetectorSpec(det, Feature("fisher_eigenvalues", kwargs={"k": cfg.eigenvalues}),
                                      fit_noise=noise)
-        elif name == "fisher_score":
-            out[name] = DetectorSpec(FisherScoreDetector(statistic="trace"),
-                                     Feature("param_fisher_scores", kwargs={"scores": ("trace",)}))
+        elif name in FISHER_SCORES:  # one feature (all three scores, computed once) for the three detectors
+            out[name] = DetectorSpec(FisherScoreDetector(statistic=FISHER_SCORES[name]), Feature("param_fisher_scores"))
         elif name == "kd":
             out[name] = DetectorSpec(KernelDensityDetector(), pen)
         elif name == "bu":
