@@ -419,9 +419,11 @@ def _heatmap(rows: dict[str, list[dict[str, Any] | None]], attacks: list[str]) -
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(2.0 + 1.3 * len(attacks), 0.9 + 0.42 * len(rows)), sharey=True)
-    for ax, metric, title in zip(axes, ("auroc", "auroc_noise"), ("AUROC %: adversarial vs clean",
-                                                                    "control: adversarial vs noise"), strict=True):
+    narrow = len(attacks) < 4  # titles on two lines, and a minimum width, for one to three columns
+    sep = "\n" if narrow else " "
+    fig, axes = plt.subplots(1, 2, figsize=(2.6 + 1.3 * max(len(attacks), 2), 0.9 + 0.42 * len(rows)), sharey=True)
+    for ax, metric, title in zip(axes, ("auroc", "auroc_noise"), (f"AUROC %:{sep}adversarial vs clean",
+                                                                    f"control:{sep}adversarial vs noise"), strict=True):
         vals = np.array([[np.nan if c is None or c.get(metric) is None else 100 * c[metric] for c in row]
                          for row in rows.values()])
         ax.imshow(vals, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
