@@ -180,6 +180,20 @@ def test_shen_figure2_3_one_cell_per_mu_and_resume_per_mu(tmp_path, digits_model
         sum(json.loads(ln)["cell"] == "mu/0" for ln in lines)
 
 
+def test_shen_figure2_3_finetune_starts_penalised_nets_from_the_plain_one(tmp_path, digits_model):
+    from fisherscope.models import load_checkpoint
+
+    cfg, run = _run("shen_figure2_3", tmp_path, mus=[0.0, 0.02], budgets=[0.0, 1.0], n_samples=30, batch_size=30,
+                    finetune={"epochs": 1, "lr": 1e-4})
+    res = run.results()
+    plain, tuned = res["mu/0"], res["mu/0.02"]
+    assert plain["checkpoint_key"] == digits_model.key  # μ = 0 is the plain network itself
+    ckpt = load_checkpoint(next(Path(digits_model.checkpoint_path).parent.glob(f"*{tuned['checkpoint_key']}.pt")))
+    assert ckpt.config["init_from"] == digits_model.key and ckpt.config["epochs"] == 1
+    # one short epoch from the trained weights keeps the accuracy (from scratch it would be ~chance)
+    assert tuned["test_accuracy"] >= digits_model.metrics["test_accuracy"] - 0.03
+
+
 def test_shen_figure5(tmp_path, digits_model):
     cfg, run = _run("shen_figure5", tmp_path, budgets=[0.0, 1.0, 3.0], linf_budgets=[0.0, 0.1, 0.3])
     res = run.results()

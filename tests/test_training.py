@@ -523,3 +523,29 @@ def test_num_threads_is_restored(tiny):
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="num_threads"):
         _train(tiny, epochs=1, num_threads=0)
+
+
+# ---------------------------------------------------------------------- fine-tuning
+
+
+def test_init_from_fine_tunes_from_the_given_weights(tiny, tmp_path):
+    base = _train(tiny, tmp_path)
+    scratch = _train(tiny, tmp_path, epochs=1)
+    tuned = _train(tiny, tmp_path, epochs=1, init_from=base)
+    assert tuned.key not in (scratch.key, base.key)  # the source is part of the key
+    assert tuned.config["init_from"] == base.key and "init_from" not in scratch.config
+    # with a vanishing learning rate one epoch of fine-tuning keeps the source's weights
+    still = _train(tiny, tmp_path, epochs=1, lr=1e-12, init_from=base)
+    for k, v in base.model.state_dict().items():
+        torch.testing.assert_close(still.model.state_dict()[k], v, rtol=0, atol=1e-6)
+    assert not _same_weights(still.model, scratch.model)
+    again = _train(tiny, tmp_path, epochs=1, init_from=base)
+    assert again.from_cache and _same_weights(again.model, tuned.model)
+
+
+def test_init_from_rejects_another_architecture(tiny, tmp_path):
+    base = _train(tiny, tmp_path, model_kwargs={"dropout": 0.2})
+    with pytest.raises(ValueError, match="same architecture and keywords"):
+        _train(tiny, tmp_path, init_from=base)
+    with pytest.raises(TypeError, match="must be a TrainedModel"):
+        _train(tiny, tmp_path, init_from=base.model)

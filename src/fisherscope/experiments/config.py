@@ -109,9 +109,15 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "con
 
 
 def config_to_dict(cfg: Any) -> Any:
-    """Plain (JSON/TOML-ready) form of a config dataclass."""
+    """Plain (JSON/TOML-ready) form of a config dataclass.
+
+    A field declared with ``metadata={"omit_if_default": True}`` is left out while it holds
+    its default, so adding such an option keeps the hashes (and the resumability) of the
+    runs made before it existed.
+    """
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not (f.metadata.get("omit_if_default") and getattr(cfg, f.name) == f.default)}
     if isinstance(cfg, list | tuple):
         return [config_to_dict(v) for v in cfg]
     if isinstance(cfg, dict):

@@ -570,6 +570,7 @@ def train_model(
     track_test_accuracy: bool = False,
     callback: Callable[[int, Mapping[str, Any]], None] | None = None,
     num_threads: int | None = None,
+    init_from: TrainedModel | None = None,
 ) -> TrainedModel:
     """Train ``MODELS[arch]`` (or fetch it from the checkpoint cache).
 
@@ -651,6 +652,12 @@ def train_model(
         CPU intra-op threads for this call (``torch.set_num_threads``; the previous value
         is restored afterwards). Small models on a busy machine train fastest with 1.
         Not part of the cache key.
+    init_from : TrainedModel, optional
+        Start from this model's weights (and its ``Normalize`` statistics) instead of a
+        fresh initialisation: fine-tuning, e.g. a penalised network retrained from the
+        plain one. Same architecture and constructor keywords required. Its cache key is
+        part of this model's (``config["init_from"]``); the optimizer starts fresh and
+        the seed still drives shuffling, dropout and augmentation.
 
     Returns
     -------
@@ -707,6 +714,17 @@ def train_model(
         "dataset": _dataset_identity(train_ds, test_ds),
         "defense": defense_cfg,
     }
+    init_state = None
+    if init_from is not None:
+        if not isinstance(init_from, TrainedModel):
+            raise TypeError(f"init_from must be a TrainedModel (from train_model); got {type(init_from).__name__}.")
+        if init_from.arch != base or dict(init_from.model_kwargs) != dict(full_kwargs):
+            raise ValueError(
+                f"init_from is a {init_from.arch} with {dict(init_from.model_kwargs)}; this request builds a "
+                f"{base} with {full_kwargs}. Fine-tune from a model of the same architecture and keywords."
+            )
+        config["init_from"] = init_from.key  # only present when given: other keys are unchanged
+        init_state = {k: v.detach().cpu().clone() for k, v in init_from.model.state_dict().items()}
     key = compute_key(config)
     dev = _resolve_device(device)
     final_path = checkpoint_path(cache_dir, base, key) if cache else None
@@ -736,7 +754,7 @@ def train_model(
     try:
         model, metrics = _fit(
             config, key, train_ds, test_ds, dev, resume, partial_path, progress,
-            track_test_accuracy, callback,
+            track_test_accuracy, callback, init_state,
         )  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
@@ -767,6 +785,7 @@ def _fit(
     progress: bool,
     track_test: bool,
     callback: Callable[[int, Mapping[str, Any]], None] | None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     t = config
     arch = config["arch"]
@@ -787,6 +806,8 @@ def _fit(
             std = xd.std(dim=(0, 2, 3))
             std = torch.where(std > 0, std, torch.ones_like(std))
             find_normalize(model).set_statistics(mean.float(), std.float())
+        if init_state is not None:
+            model.load_state_dict(init_state)
         model.to(dev)
         opt = _make_optimizer(model, t)
         objective = _objective(config.get("defense"))
