@@ -14,12 +14,32 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["config_from_dict", "config_hash", "config_to_dict", "read_toml", "to_toml"]
 
 T = TypeVar("T")
+
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The fields every paper config starts with (subclasses may change the defaults).
+
+    ``name`` names the run, ``kind`` picks the registered experiment, ``seed`` seeds the
+    sample draw, training and attacks, ``arch`` / ``dataset`` / ``preset`` the model
+    (a :data:`~fisherscope.models.MODELS` name, a dataset name, a training preset).
+    """
+
+    name: str
+    kind: str
+    seed: int = 0
+    description: str = ""
+    arch: str = "lenet5"
+    dataset: str = "mnist"
+    preset: str | None = None
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from ..evaluation import distance_summary, fooling_ratio
 from ..plotting import image_grid
 from .base import Context, register
 from .common import in_batches, load_split, predict, trained_model
+from .config import ExperimentConfig
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
@@ -38,16 +39,9 @@ __all__ = ["HGAttackConfig"]
 
 
 @dataclass(frozen=True)
-class HGAttackConfig:
+class HGAttackConfig(ExperimentConfig):
     """Config of the Hendrycks & Gimpel attack reproduction."""
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
-    arch: str = "lenet5"
-    dataset: str = "mnist"
-    preset: str | None = None
     n_samples: int = 500  # correctly classified test images attacked
     batch_size: int = 500
     step_size: float = 1 / 255

@@ -50,6 +50,7 @@ from ..features import fit_pca_whitening, pixels, reconstruction_error, softmax_
 from ..plotting import image_grid
 from .base import Context, register
 from .common import load_split, predict, trained_model
+from .config import ExperimentConfig
 from .hendrycks_gimpel import _run_attack
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
@@ -184,16 +185,10 @@ def _sym_rows(rows: dict[str, np.ndarray], ranges: dict[str, float], side: int, 
 
 
 @dataclass(frozen=True)
-class HGDetectionConfig:
+class HGDetectionConfig(ExperimentConfig):
     """Config of the Hendrycks & Gimpel detection reproduction (kind ``hg_detection``)."""
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
     arch: str = "hg_mlp"
-    dataset: str = "mnist"
-    preset: str | None = None
     epochs: int | None = None  # override of the preset's epochs (quick runs and tests only)
     n_samples: int = 500  # correctly classified test images attacked
     n_fit: int | None = 10000  # correctly classified training images for thresholds / clean statistics
@@ -612,16 +607,10 @@ def _detection_blocks(cfg: HGDetectionConfig, trained: Any, info: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class HGAdaptiveConfig:
+class HGAdaptiveConfig(ExperimentConfig):
     """Config of Hendrycks & Gimpel's detector-aware attacks (kind ``hg_adaptive``)."""
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
     arch: str = "hg_mlp"
-    dataset: str = "mnist"
-    preset: str | None = None
     epochs: int | None = None  # override of the preset's epochs (quick runs and tests only)
     n_samples: int = 200
     n_fit: int | None = 10000

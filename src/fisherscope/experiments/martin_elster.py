@@ -33,6 +33,7 @@ from ..plotting_maps import fis_figure, roc_figure, saliency_figure, score_histo
 from ..saliency import gradient, guided_backprop, hendrycks_saliency
 from .base import Context, register
 from .common import load_split, predict, trained_model
+from .config import ExperimentConfig
 from .demo import DemoState, add_demo_section
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
@@ -52,15 +53,10 @@ SCORES: dict[str, tuple[str, str]] = {
 
 
 @dataclass(frozen=True)
-class MartinElsterConfig:
+class MartinElsterConfig(ExperimentConfig):
     """Shared config of the Martin & Elster reproductions (each kind reads what it needs)."""
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
     arch: str = "mnist_cnn"
-    dataset: str = "mnist"
     preset: str | None = "mnist_cnn@paper"
     eps: float = 0.1
     steps: int = 10

@@ -43,6 +43,7 @@ from ..fisher.input_space import FisherSpectrum
 from ..plotting import to_display
 from .base import Context, register
 from .common import in_batches, load_split, predict, select_samples, trained_model
+from .config import ExperimentConfig
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
@@ -135,20 +136,14 @@ def _default_models() -> list[ModelSpec]:
 
 
 @dataclass(frozen=True)
-class ShenConfig:
+class ShenConfig(ExperimentConfig):
     """Shared config of the Shen et al. reproductions (each kind reads what it needs).
 
     ``models`` (Tables 1–2): the first is the reference ("original network"), the one
     named ``paper_model`` (default: the second) is compared with the paper's numbers.
     """
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
     arch: str = "convnet_bn"
-    dataset: str = "mnist"
-    preset: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # overrides for every network (e.g. epochs)
     #: None: every network is trained from scratch. A dict of training settings (e.g.
     #: ``{epochs = 3, lr = 5e-4}``): every *defended* network is instead fine-tuned from the

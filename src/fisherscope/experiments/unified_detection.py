@@ -29,6 +29,7 @@ import torch
 from ..attacks import ATTACKS
 from .base import Context, register
 from .common import load_split, select_samples, trained_model
+from .config import ExperimentConfig
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
@@ -70,16 +71,9 @@ class SweepSpec:
 
 
 @dataclass(frozen=True)
-class DetectionConfig:
+class DetectionConfig(ExperimentConfig):
     """Config of the detection experiments (``zhao_table4``, ``detection_unified``)."""
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
-    arch: str = "lenet5"
-    dataset: str = "mnist"
-    preset: str | None = None
     n_samples: int | None = 1000  # test images drawn at random (None: all)
     batch_size: int = 250
     attacks: list[AttackSpec] = field(default_factory=list)

@@ -25,6 +25,7 @@ from ..fisher import fisher_spectrum
 from ..plotting import image_grid
 from .base import Context, register
 from .common import in_batches, load_split, predict, select_samples, trained_model
+from .config import ExperimentConfig
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
@@ -32,16 +33,9 @@ __all__ = ["ZhaoConfig"]
 
 
 @dataclass(frozen=True)
-class ZhaoConfig:
+class ZhaoConfig(ExperimentConfig):
     """Shared config of the Zhao et al. reproductions (each kind reads what it needs)."""
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
-    arch: str = "lenet5"
-    dataset: str = "mnist"
-    preset: str | None = None
     n_samples: int | None = None  # test images used (None: all)
     batch_size: int = 500
     hi: float = 6.0  # least-perturbation search interval [0, hi]

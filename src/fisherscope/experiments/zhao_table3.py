@@ -30,6 +30,7 @@ from ..attacks import OSSA
 from ..evaluation import transfer_matrix
 from .base import Context, register
 from .common import load_split, predict, select_samples
+from .config import ExperimentConfig
 from .report import Block, Heading, Paragraph, Table
 from .runner import Run
 from .shen import ModelSpec, model_record, train_spec
@@ -50,16 +51,9 @@ def _default_models() -> list[ModelSpec]:
 
 
 @dataclass(frozen=True)
-class ZhaoTable3Config:
+class ZhaoTable3Config(ExperimentConfig):
     """Config of Zhao Table 3. ``paper`` maps tested-on name -> {crafted-from name: %}."""
 
-    name: str
-    kind: str
-    seed: int = 0
-    description: str = ""
-    arch: str = "lenet5"  # for model entries without an arch
-    dataset: str = "mnist"
-    preset: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # overrides for every network
     n_samples: int | None = 1000
     batch_size: int = 250
