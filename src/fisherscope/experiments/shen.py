@@ -149,6 +149,9 @@ class ShenConfig(ExperimentConfig):
     #: ``{epochs = 3, lr = 5e-4}``): every *defended* network is instead fine-tuned from the
     #: plain network of the same seed (``train_model(init_from=...)``) with ``training``
     #: updated by these settings — the other reading of Shen's "the new model should be retrained".
+    #: Caveat (docs/RESULTS.md): a confident plain net has Σ 1/p_i ~ 1e11+, the penalty then is
+    #: the whole loss, and Adam's scale invariance makes μ irrelevant (μ = 0.005 and 0.01 gave
+    #: the same network on MNIST).
     finetune: dict[str, Any] | None = field(default=None, metadata={"omit_if_default": True})
     n_samples: int | None = 1000  # test images used (None: all)
     batch_size: int = 500
