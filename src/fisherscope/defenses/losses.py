@@ -197,7 +197,7 @@ class AdversarialLoss(nn.Module):
     - ``mix=1`` with PGD (e.g. 7 steps on MNIST) is Madry et al.'s: train on the
       adversarial examples only.
 
-    The examples come from ``attack.run(model, x, y, generator=...)`` (untargeted, true
+    The examples come from ``attack(model, x, y, generator=...)`` (untargeted, true
     labels), computed with the model in **eval mode** (BatchNorm running statistics,
     dropout off; every module's mode is restored) — as in most public adversarial
     training code — so the attack sees a deterministic function and does not disturb the
@@ -256,7 +256,7 @@ class AdversarialLoss(nn.Module):
     def evaluate(self, model: nn.Module, x: Tensor, y: Tensor,
                  generator: torch.Generator | None = None) -> LossTerms:
         with eval_mode(model, warn=False):
-            x_adv = self.attack.run(model, x, y, generator=generator).x_adv.detach()
+            x_adv = self.attack(model, x, y, generator=generator).detach()  # no success mask: no extra forward
         n = x.shape[0]
         if self.mix == 1.0:
             logits_adv = model(x_adv)
