@@ -1,4 +1,4 @@
-"""Shared fixtures: a private model cache for the whole session, and the demo model.
+"""Shared fixtures: a private model cache for the whole session, the demo model, one thread.
 
 No test writes into the user's ``~/.cache``: the session gets its own checkpoint cache
 (``$FISHERSCOPE_CACHE``), so a model trained once (e.g. the demo's ``digits_cnn``) is
@@ -32,3 +32,16 @@ def digits_model(session_model_cache):
     from fisherscope.experiments.common import trained_model
 
     return trained_model("digits_cnn", "digits", Context(progress=False), seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (restored after): tiny models and tensors run fastest,
+    and steadiest, single-threaded on a shared 2-core machine, where a second thread only
+    spins. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

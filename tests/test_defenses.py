@@ -24,14 +24,7 @@ from fisherscope.defenses import (
 from fisherscope.fisher import fisher_spectrum, fisher_trace
 from fisherscope.models import train_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train fastest single-threaded on the shared cores (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _dataset(split, x, y, k=3) -> ImageDataset:

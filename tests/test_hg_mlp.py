@@ -17,13 +17,7 @@ from fisherscope.features.reconstruction import reconstruction_error
 from fisherscope.models import MODELS, PRESETS, build_model, count_parameters, train_model
 from fisherscope.models.hg_mlp import DecoderActivation
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,7 @@ from fisherscope.models import (
 ARCHS = sorted(MODELS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded; with other processes on the two cores,
-    intra-op threads spin and slow them down several-fold. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _input_for(arch: str, n: int = 2, **kwargs) -> torch.Tensor:

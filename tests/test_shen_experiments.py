@@ -40,13 +40,7 @@ MODELS = [{"name": "original"}, {"name": "shen", "defense": PEN},
           {"name": "smooth", "defense": {"kind": "label_smoothing", "alpha": 0.1}, "overrides": {"epochs": 3}}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _records(run) -> list[dict]:

@@ -30,15 +30,7 @@ from fisherscope.models import (
 )
 from fisherscope.models.checkpoint import FORMAT
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded; with other processes on the two cores,
-    intra-op threads spin and slow them down several-fold. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------- fixtures

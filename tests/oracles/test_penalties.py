@@ -22,14 +22,7 @@ from fisherscope.fisher import fisher_spectrum, fisher_trace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _models import LinearSoftmax, tiny_cnn, tiny_mlp  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny float64 models run fastest single-threaded on the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ helpers
