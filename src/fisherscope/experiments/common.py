@@ -59,6 +59,16 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> n
     return torch.cat(out).numpy()
 
 
+def correct_draw(model: torch.nn.Module, split: Any, n: int | None, seed: int) -> tuple[torch.Tensor, int]:
+    """(indices, count): ``n`` of the images of ``split`` the model classifies correctly,
+    drawn at random with ``seed`` (all of them when ``n`` is None) and returned in split
+    order, and how many are classified correctly in all."""
+    correct = torch.nonzero(torch.as_tensor(predict(model, split.x)) == split.y).flatten()
+    g = torch.Generator().manual_seed(seed)
+    k = len(correct) if n is None else min(n, len(correct))
+    return correct[torch.randperm(len(correct), generator=g)[:k]].sort().values, len(correct)
+
+
 def select_samples(n_total: int, n: int | None, seed: int) -> torch.Tensor:
     """Indices of ``n`` samples drawn without replacement (all, in order, when n is None)."""
     if n is None or n >= n_total:

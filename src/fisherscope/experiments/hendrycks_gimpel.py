@@ -30,17 +30,17 @@ from ..attacks import HGFast, HGTargeted
 from ..evaluation import distance_summary, fooling_ratio
 from ..plotting import image_grid
 from .base import Context, register
-from .common import in_batches, load_split, predict, trained_model
+from .common import correct_draw, in_batches, load_split, predict, trained_model
 from .config import ExperimentConfig
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
-__all__ = ["HGAttackConfig"]
+__all__ = ["HGAttackConfig", "HGConfig"]
 
 
 @dataclass(frozen=True)
-class HGAttackConfig(ExperimentConfig):
-    """Config of the Hendrycks & Gimpel attack reproduction."""
+class HGConfig(ExperimentConfig):
+    """What every Hendrycks & Gimpel config shares: the iterative targeted attack (§2)."""
 
     n_samples: int = 500  # correctly classified test images attacked
     batch_size: int = 500
@@ -48,6 +48,12 @@ class HGAttackConfig(ExperimentConfig):
     l2_reg: float = 1e-3
     threshold: float = 0.5
     max_steps: int = 1000
+
+
+@dataclass(frozen=True)
+class HGAttackConfig(HGConfig):
+    """Config of the Hendrycks & Gimpel attack reproduction."""
+
     fast_eps: float = 10 / 255
     n_examples: int = 8
     paper: dict[str, Any] = field(default_factory=dict)
@@ -61,14 +67,17 @@ def _attacks(cfg: HGAttackConfig) -> dict[str, Any]:
     }
 
 
-def _sources(cfg: HGAttackConfig, ctx: Context) -> tuple[Any, torch.Tensor, torch.Tensor, Any, int]:
-    """The model and ``n_samples`` correctly classified test images (seeded draw, in test order)."""
-    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset)
+def _sources(cfg: Any, ctx: Context) -> tuple[Any, torch.Tensor, torch.Tensor, Any, int]:
+    """The model and ``n_samples`` correctly classified test images (seeded draw, in test order).
+
+    Shared by the detection configs, whose optional ``epochs`` overrides the preset's.
+    """
+    epochs = getattr(cfg, "epochs", None)
+    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset,
+                            overrides=None if epochs is None else {"epochs": epochs})
     test = load_split(cfg.dataset, "test", ctx)
-    correct = torch.nonzero(torch.as_tensor(predict(trained.model, test.x)) == test.y).flatten()
-    g = torch.Generator().manual_seed(cfg.seed)
-    idx = correct[torch.randperm(len(correct), generator=g)[: cfg.n_samples]].sort().values
-    return trained, test.x[idx], test.y[idx], test, len(correct)
+    idx, n_correct = correct_draw(trained.model, test, cfg.n_samples, cfg.seed)
+    return trained, test.x[idx], test.y[idx], test, n_correct
 
 
 def _run_attack(attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, seed: int,

@@ -49,9 +49,8 @@ from ..detectors import PCAWhiteningDetector, ReconstructionDetector, SoftmaxDet
 from ..features import fit_pca_whitening, pixels, reconstruction_error, softmax_stats
 from ..plotting import image_grid
 from .base import Context, register
-from .common import load_split, predict, trained_model
-from .config import ExperimentConfig
-from .hendrycks_gimpel import _run_attack
+from .common import correct_draw, load_split
+from .hendrycks_gimpel import HGConfig, _run_attack, _sources
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
@@ -67,24 +66,10 @@ _ATTACK_LABELS = {
 # ----------------------------------------------------------------------------- shared
 
 
-def _sources(cfg: Any, ctx: Context) -> tuple[Any, torch.Tensor, torch.Tensor, Any, int]:
-    """The model and ``n_samples`` correctly classified test images (the draw of ``hg_attack``)."""
-    overrides = None if cfg.epochs is None else {"epochs": cfg.epochs}
-    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset, overrides=overrides)
-    test = load_split(cfg.dataset, "test", ctx)
-    correct = torch.nonzero(torch.as_tensor(predict(trained.model, test.x)) == test.y).flatten()
-    g = torch.Generator().manual_seed(cfg.seed)
-    idx = correct[torch.randperm(len(correct), generator=g)[: cfg.n_samples]].sort().values
-    return trained, test.x[idx], test.y[idx], test, len(correct)
-
-
 def _fit_images(cfg: Any, ctx: Context, model: torch.nn.Module) -> tuple[Any, torch.Tensor]:
     """The training split and ``n_fit`` correctly classified training images (seeded draw)."""
     train = load_split(cfg.dataset, "train", ctx)
-    correct = torch.nonzero(torch.as_tensor(predict(model, train.x)) == train.y).flatten()
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    n = len(correct) if cfg.n_fit is None else min(cfg.n_fit, len(correct))
-    idx = correct[torch.randperm(len(correct), generator=g)[:n]].sort().values
+    idx, _ = correct_draw(model, train, cfg.n_fit, cfg.seed + 1)
     return train, train.x[idx]
 
 
@@ -185,21 +170,21 @@ def _sym_rows(rows: dict[str, np.ndarray], ranges: dict[str, float], side: int, 
 
 
 @dataclass(frozen=True)
-class HGDetectionConfig(ExperimentConfig):
-    """Config of the Hendrycks & Gimpel detection reproduction (kind ``hg_detection``)."""
+class _HGDetectorConfig(HGConfig):
+    """What the detection and the detector-aware configs share: the jointly trained MLP."""
 
     arch: str = "hg_mlp"
     epochs: int | None = None  # override of the preset's epochs (quick runs and tests only)
-    n_samples: int = 500  # correctly classified test images attacked
     n_fit: int | None = 10000  # correctly classified training images for thresholds / clean statistics
-    batch_size: int = 500
-    step_size: float = 1 / 255
-    l2_reg: float = 1e-3
-    recon_l2_reg: float = 1.0
-    threshold: float = 0.5
-    max_steps: int = 1000
-    fast_eps: float = 10 / 255
     whitening_start: int | None = None  # None: the paper's cut-off (700 on MNIST)
+
+
+@dataclass(frozen=True)
+class HGDetectionConfig(_HGDetectorConfig):
+    """Config of the Hendrycks & Gimpel detection reproduction (kind ``hg_detection``)."""
+
+    recon_l2_reg: float = 1.0
+    fast_eps: float = 10 / 255
     whitening_eps: tuple[float, ...] = (1e-11, 1e-8, 1e-5, 1e-2)
     paper_eps: float = 1e-11
     target_fpr: float = 0.05
@@ -607,21 +592,13 @@ def _detection_blocks(cfg: HGDetectionConfig, trained: Any, info: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class HGAdaptiveConfig(ExperimentConfig):
+class HGAdaptiveConfig(_HGDetectorConfig):
     """Config of Hendrycks & Gimpel's detector-aware attacks (kind ``hg_adaptive``)."""
 
-    arch: str = "hg_mlp"
-    epochs: int | None = None  # override of the preset's epochs (quick runs and tests only)
     n_samples: int = 200
-    n_fit: int | None = 10000
     batch_size: int = 200
-    step_size: float = 1 / 255
-    l2_reg: float = 1e-3
-    threshold: float = 0.5
-    max_steps: int = 1000
     max_backtracks: int = 20
     barrier_weight: float = 1.0
-    whitening_start: int | None = None
     whitening_eps: tuple[float, ...] = (1e-11, 1e-5)
     whitening_radius: float = 1.0
     projected: bool = True  # also run the barrier search with steps projected off the whitened window
