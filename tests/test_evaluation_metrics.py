@@ -24,6 +24,7 @@ from fisherscope.evaluation import (  # noqa: E402
     attack_success_rate,
     distance_summary,
     fooling_ratio,
+    transfer_from_examples,
     transfer_matrix,
 )
 
@@ -229,6 +230,27 @@ def test_transfer_diagonal_is_the_white_box_rate():
     assert not torch.equal(tables["all"].rates, tables["correct_target"].rates)
     # transfer is partial: some off-diagonal cell below 1
     assert bool((tables["fooled_source"].rates < 1).any())
+
+
+@pytest.mark.parametrize("count", sorted(HAND))
+def test_transfer_from_examples_equals_transfer_matrix(count):
+    """Examples crafted beforehand give the same table as crafting inside transfer_matrix."""
+    models = {"A": A, "B": B}
+    adversarial = {name: Reflect()(m, X, Y) for name, m in models.items()}
+    tm = transfer_from_examples(adversarial, models, models, X, Y, count=count, batch_size=2)
+    ref = transfer_matrix(Reflect(), models, models, X, Y, count=count)
+    assert torch.equal(tm.n_fooled, ref.n_fooled) and torch.equal(tm.n_counted, ref.n_counted)
+    assert tm.attack == "precomputed" and tm.n == 5
+
+
+def test_transfer_from_examples_validates():
+    models = {"A": A, "B": B}
+    with pytest.raises(ValueError, match=r"one tensor per source model; sources \['A', 'B'\]"):
+        transfer_from_examples({"A": X}, models, models, X, Y)
+    with pytest.raises(ValueError, match=r"adversarial\['B'\] must be a tensor of x's shape"):
+        transfer_from_examples({"A": X, "B": X[:3]}, models, models, X, Y)
+    with pytest.raises(ValueError, match="count must be one of"):
+        transfer_from_examples({"A": X, "B": X}, models, models, X, Y, count="fooled")
 
 
 def test_transfer_validates():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -226,9 +227,16 @@ def test_shen_tables_1_and_2_agree_and_resume(tmp_path, digits_model):
     assert "Table 1" in md and "| smooth |" in md and "0.107" in md
     _resume_is_a_no_op(t1cfg, t1, tmp_path)
 
+    store = Path(os.environ["FISHERSCOPE_CACHE"]) / "adversarial"
+    made = {f.name: f.stat().st_mtime_ns for f in store.glob("*.pt")}
+    assert len(made) >= len(MODELS) * len(ATTACKS)  # every (network, row) stored once
+
     pick = [a for a in ATTACKS if a["label"] in ("FGSM", "PGD-random", "CW")]
     t2cfg, t2 = _run("shen_table2", tmp_path, models=MODELS[:2],
                      attacks=[*pick, {"label": "OSSA", "attack": "ossa", "params": {"eps": 1.0}}])
+    after = {f.name: f.stat().st_mtime_ns for f in store.glob("*.pt")}
+    assert {k: after[k] for k in made} == made  # Table 1's examples reused, not rewritten
+    assert len(after) == len(made) + 2  # only OSSA (not in Table 1) crafted, on each of the two sources
     res2 = t2.results()
     for a in [*pick, {"label": "OSSA"}]:
         for src in ("original", "shen"):

@@ -21,7 +21,7 @@ from .metrics import (
     distance_summary,
     fooling_ratio,
 )
-from .transfer import COUNT_RULES, TransferMatrix, transfer_matrix
+from .transfer import COUNT_RULES, TransferMatrix, transfer_from_examples, transfer_matrix
 
 __all__ = [
     "COUNT_RULES",
@@ -42,5 +42,6 @@ __all__ = [
     "least_perturbation",
     "matched_noise",
     "source_splits",
+    "transfer_from_examples",
     "transfer_matrix",
 ]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._validation import check_inputs, check_labels, check_logits, eval_mode
 from ..attacks.base import Attack
 
-__all__ = ["COUNT_RULES", "TransferMatrix", "transfer_matrix"]
+__all__ = ["COUNT_RULES", "TransferMatrix", "transfer_from_examples", "transfer_matrix"]
 
 CountRule = Literal["fooled_source", "all", "correct_target", "correct_pair", "correct_all"]
 
@@ -204,36 +204,84 @@ def transfer_matrix(
     """
     if not isinstance(attack, Attack):
         raise TypeError(f"attack must be a fisherscope Attack instance (e.g. FGM(eps=2.0)); got {type(attack).__name__}.")
-    if count not in COUNT_RULES:
-        raise ValueError(f"count must be one of {sorted(COUNT_RULES)}; got {count!r}.")
+    _check_count(count)
     sources = _named(source_models, "source_models")
-    targets = _named(target_models, "target_models")
+    _named(target_models, "target_models")  # fail before the (long) attacks, not after
     check_inputs(x, y, bounds=attack.bounds)
     check_labels(y, x.shape[0])
     n = x.shape[0]
-    if batch_size is None:
-        batch_size = n
-    elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}.")
-    x = x.detach()
+    step = _batch_size(batch_size, n)
+    x, y = x.detach(), y.to(x.device)
+    adversarial = {
+        name: torch.cat([attack(src, x[j : j + step], y[j : j + step], generator=generator) for j in range(0, n, step)])
+        for name, src in sources.items()
+    }
+    return transfer_from_examples(adversarial, sources, target_models, x, y, count=count, batch_size=batch_size,
+                                  attack=repr(attack))
 
+
+def _check_count(count: str) -> None:
+    if count not in COUNT_RULES:
+        raise ValueError(f"count must be one of {sorted(COUNT_RULES)}; got {count!r}.")
+
+
+def _batch_size(batch_size: int | None, n: int) -> int:
+    if batch_size is None:
+        return n
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}.")
+    return batch_size
+
+
+def transfer_from_examples(
+    adversarial: Mapping[str, Tensor],
+    source_models: Mapping[str, nn.Module],
+    target_models: Mapping[str, nn.Module] | Sequence[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    *,
+    count: CountRule = "fooled_source",
+    batch_size: int | None = None,
+    attack: str = "precomputed",
+) -> TransferMatrix:
+    """:func:`transfer_matrix` on adversarial examples crafted beforehand.
+
+    ``adversarial[s]`` holds the examples crafted on ``source_models[s]`` from ``x``
+    (same shape, same order); the counting rules are :func:`transfer_matrix`'s. Use it to
+    reuse examples another measurement already made (Shen et al.'s Tables 1 and 2 share
+    their minimal perturbations) instead of attacking again.
+
+    Shapes
+    ------
+    adversarial[s], x: (N, ...); y: (N,) -> rates (S, T).
+    """
+    _check_count(count)
+    sources = _named(source_models, "source_models")
+    targets = _named(target_models, "target_models")
+    if set(adversarial) != set(sources):
+        raise ValueError(f"adversarial must hold one tensor per source model; sources {sorted(sources)}, "
+                         f"adversarial {sorted(adversarial)}.")
+    check_labels(y, x.shape[0])
+    for name, xa in adversarial.items():
+        if not isinstance(xa, Tensor) or xa.shape != x.shape:
+            raise ValueError(f"adversarial[{name!r}] must be a tensor of x's shape {tuple(x.shape)}; got "
+                             f"{tuple(xa.shape) if isinstance(xa, Tensor) else type(xa).__name__}.")
+    n = x.shape[0]
+    step = _batch_size(batch_size, n)
     y = y.to(x.device)
     models: dict[int, nn.Module] = {id(m): m for m in [*sources.values(), *targets.values()]}
-    correct = {k: _predict(m, x, batch_size) == y for k, m in models.items()}
+    correct = {k: _predict(m, x, step) == y for k, m in models.items()}
     correct_all = torch.stack(list(correct.values())).all(0)
 
     s_n, t_n = len(sources), len(targets)
     n_fooled = torch.zeros(s_n, t_n, dtype=torch.int64)
     n_counted = torch.zeros(s_n, t_n, dtype=torch.int64)
-    for i, src in enumerate(sources.values()):
-        x_adv = torch.cat([
-            attack(src, x[j : j + batch_size], y[j : j + batch_size], generator=generator)
-            for j in range(0, n, batch_size)
-        ])
-        wrong_src = _predict(src, x_adv, batch_size) != y
+    for i, (name, src) in enumerate(sources.items()):
+        x_adv = adversarial[name].to(x.device)
+        wrong_src = _predict(src, x_adv, step) != y
         fooled_src = correct[id(src)] & wrong_src
         for j, tgt in enumerate(targets.values()):
-            wrong = wrong_src if tgt is src else _predict(tgt, x_adv, batch_size) != y
+            wrong = wrong_src if tgt is src else _predict(tgt, x_adv, step) != y
             if count == "fooled_source":
                 counted = fooled_src
             elif count == "all":
@@ -248,4 +296,4 @@ def transfer_matrix(
             n_fooled[i, j] = int((counted & wrong).sum())
     rates = torch.where(n_counted > 0, n_fooled.double() / n_counted.clamp_min(1).double(),
                         torch.full((s_n, t_n), float("nan"), dtype=torch.float64))
-    return TransferMatrix(tuple(sources), tuple(targets), rates, n_fooled, n_counted, count, n, repr(attack))
+    return TransferMatrix(tuple(sources), tuple(targets), rates, n_fooled, n_counted, count, n, attack)

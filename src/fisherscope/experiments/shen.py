@@ -19,7 +19,8 @@ Protocol notes (also in docs/RESULTS.md):
   classified images the attack fooled. Both the paper's (Foolbox) units — L2 rows
   ‖δ‖₂²/D, L1 rows ‖δ‖₁/D, L∞ rows ‖δ‖∞, the L0 row a count of changed elements, D = 784 —
   and the plain norms are reported.
-- Table 2 is :func:`~fisherscope.evaluation.transfer_matrix` with ``count="fooled_source"``:
+- Table 2 is :func:`~fisherscope.evaluation.transfer_from_examples` with
+  ``count="fooled_source"`` on Table 1's minimal examples (stored once, :func:`crafted`):
   examples that fool the network they were crafted on, and the accuracy of the other
   network on them (1 − the transfer rate), the paper's "cross model classification
   accuracy" (its 97.47% "raises from 0% of the original network").
@@ -27,6 +28,8 @@ Protocol notes (also in docs/RESULTS.md):
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -38,8 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import ATTACKS, FGM, FGSM, OSSA, OTCM, Attack, OneStepAttack
-from ..evaluation import least_perturbation, transfer_matrix
+from ..attacks.base import perturbation_norms
+from ..evaluation import least_perturbation, transfer_from_examples
 from ..fisher.input_space import FisherSpectrum
+from ..models.checkpoint import canonical_json, compute_key, resolve_cache_dir, save_atomic
 from ..plotting import to_display
 from .base import Context, register
 from .common import in_batches, load_split, predict, select_samples, trained_model
@@ -679,21 +684,60 @@ def run_figure5(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
 # ====================================================================== Table 1
 
 
-def _distances(spec: AttackSpec, attack: Attack, model: nn.Module, x: Tensor, y: Tensor, *, seed: int,
-               batch_size: int) -> dict[str, Any]:
-    dev = _device(model)
-    x, y = x.to(dev), y.to(dev)
-    correct = torch.as_tensor(predict(model, x), device=dev) == y
+def crafted(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, seed: int, batch_size: int,
+            ctx: Context) -> dict[str, Tensor]:
+    """The adversarial examples of the row ``spec`` on the network ``tm``, made once.
+
+    Tables 1 and 2 use the same minimal perturbations (C&W alone is 5 × 1000 steps per
+    image), so they are stored on disk under ``<model cache>/adversarial/``, keyed by the
+    network's checkpoint key, the attack row (without its label), the seed, the batch size
+    and the bytes of ``x`` and ``y``; a second table, or a resumed run, loads them. The
+    attack runs in batches of ``batch_size`` from one generator seeded with ``seed``.
+
+    Returns ``{"x_adv", "success"}`` (+ ``"eps"``, the least budget, for searched rows), on CPU.
+    """
+    ident = {
+        "model": tm.key,
+        "attack": {k: v for k, v in dataclasses.asdict(spec).items() if k != "label"},
+        "seed": seed,
+        "batch_size": batch_size,
+        "x": hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+        "y": hashlib.sha256(y.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+    }
+    path = resolve_cache_dir(ctx.cache_dir) / "adversarial" / f"{tm.arch}-{compute_key(ident)}.pt"
+    if path.exists():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("ident") != canonical_json(ident):
+            raise ValueError(f"{path} holds adversarial examples of another request; delete it to recompute them.")
+        return stored["tensors"]
+    dev = _device(tm.model)
     gen = torch.Generator().manual_seed(seed)
+    out = in_batches(lambda xb, yb: _outputs_of(attack.run(tm.model, xb, yb, generator=gen)), x.to(dev), y.to(dev),
+                     batch_size=batch_size)
+    tensors = {k: v.detach().cpu() for k, v in out.items()}
+    save_atomic({"ident": canonical_json(ident), "tensors": tensors}, path)
+    return tensors
+
+
+def _outputs_of(res: Any) -> dict[str, Tensor]:
+    out = {"x_adv": res.x_adv, "success": res.success}
+    if "eps" in res.extras:
+        out["eps"] = res.extras["eps"]
+    return out
+
+
+def _distances(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, seed: int, batch_size: int,
+               ctx: Context) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out = in_batches(lambda xb, yb: _norms_of(attack.run(model, xb, yb, generator=gen)), x, y, batch_size=batch_size)
+    adv = crafted(spec, attack, tm, x, y, seed=seed, batch_size=batch_size, ctx=ctx)
     seconds = time.perf_counter() - t0
-    ok = out["success"].bool() & correct
+    correct = torch.as_tensor(predict(tm.model, x)) == y
+    ok = adv["success"].bool() & correct
     d = x[0].numel()
     vals: dict[str, Any] = {"n": int(len(y)), "n_correct": int(correct.sum()), "n_fooled": int(ok.sum()),
                             "fooling_ratio": float(ok.sum()) / max(int(correct.sum()), 1), "seconds": seconds,
                             "distance": spec.distance}
-    norms = {k: out[k][ok] for k in ("l0", "l1", "l2", "linf")}
+    norms = {k: v[ok] for k, v in perturbation_norms(adv["x_adv"] - x).items()}
     for k, v in norms.items():
         vals[f"mean_{k}"] = float(v.double().mean()) if len(v) else math.nan
     primary = norms[spec.distance].double()
@@ -701,17 +745,10 @@ def _distances(spec: AttackSpec, attack: Attack, model: nn.Module, x: Tensor, y:
     pu = paper_units(norms, spec.distance, d)
     vals["mean_paper_units"] = float(pu.mean()) if len(pu) else math.nan
     vals["per_sample"] = primary.tolist()
-    if "eps" in out:
-        e = out["eps"][ok].double()
+    if "eps" in adv:
+        e = adv["eps"][ok].double()
         vals["mean_least_eps"] = float(e.mean()) if len(e) else math.nan
     return vals
-
-
-def _norms_of(res: Any) -> dict[str, Tensor]:
-    out = {**res.norms, "success": res.success.float()}
-    if "eps" in res.extras:
-        out["eps"] = res.extras["eps"]
-    return out
 
 
 @register("shen_table1", ShenConfig,
@@ -730,8 +767,8 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
         for label, (spec, atk) in attacks.items():
             cells[mspec.name, label] = run.cell(
                 f"table1/{mspec.name}/{label}",
-                lambda spec=spec, atk=atk, tm=tm: _distances(spec, atk, tm.model, x, y, seed=cfg.seed,
-                                                             batch_size=cfg.batch_size))
+                lambda spec=spec, atk=atk, tm=tm: _distances(spec, atk, tm, x, y, seed=cfg.seed,
+                                                             batch_size=cfg.batch_size, ctx=ctx))
     names = [m.name for m in cfg.models]
     labels = list(attacks)
     paper_rows = []
@@ -794,7 +831,7 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
           "Shen Table 2: black-box transfer accuracies between the original and the penalised net (and other defenses).")
 def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     ref, cmp_name = cfg.models[0].name, _paper_model(cfg)
-    attacks = {spec.label: build_attack(spec) for spec in cfg.attacks}
+    attacks = {spec.label: (spec, build_attack(spec)) for spec in cfg.attacks}
     test, x, y = _sample(cfg, ctx)
     trained = {m.name: _train(cfg, ctx, m) for m in cfg.models}
     models = {n: run.cell(f"model/{n}", lambda tm=tm: model_record(tm, x, y)) for n, tm in trained.items()}
@@ -802,12 +839,13 @@ def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     dev = _device(nets[ref])
     xd, yd = x.to(dev), y.to(dev)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for label, atk in attacks.items():
+    for label, (spec, atk) in attacks.items():
         for src in nets:
-            def measure(atk: Attack = atk, src: str = src) -> dict[str, Any]:
+            def measure(spec: AttackSpec = spec, atk: Attack = atk, src: str = src) -> dict[str, Any]:
                 t0 = time.perf_counter()
-                tm = transfer_matrix(atk, {src: nets[src]}, nets, xd, yd, count="fooled_source",
-                                     generator=torch.Generator().manual_seed(cfg.seed), batch_size=cfg.batch_size)
+                adv = crafted(spec, atk, trained[src], x, y, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
+                tm = transfer_from_examples({src: adv["x_adv"].to(dev)}, {src: nets[src]}, nets, xd, yd,
+                                            count="fooled_source", batch_size=cfg.batch_size, attack=repr(atk))
                 return {**tm.as_dict(), "seconds": time.perf_counter() - t0}
 
             rows[label, src] = run.cell(f"table2/{label}/{src}", measure)
@@ -836,7 +874,8 @@ def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
             "perturbations as in Table 1; OSSA at its fixed budget) and every other network classifies them; a cell "
             "counts the examples that fool the source (the source classifies the clean image correctly and the "
             "adversarial one wrongly) and gives the target's accuracy on them, with 'correct/counted'. "
-            "`transfer_matrix(..., count=\"fooled_source\")`; the full matrices are in results.jsonl."
+            "The examples are Table 1's, stored once per network and attack; `transfer_from_examples(..., "
+            "count=\"fooled_source\")`; the full matrices are in results.jsonl."
         ),
         Table(["attack", f"{ref} → {cmp_name} acc %", "count", f"{cmp_name} → {ref} acc %", "count",
                "paper: original → ours %", "paper: ours → original %"], paper_rows,
