@@ -844,7 +844,7 @@ def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
             def measure(spec: AttackSpec = spec, atk: Attack = atk, src: str = src) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 adv = crafted(spec, atk, trained[src], x, y, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
-                tm = transfer_from_examples({src: adv["x_adv"].to(dev)}, {src: nets[src]}, nets, xd, yd,
+                tm = transfer_from_examples({src: adv["x_adv"]}, {src: nets[src]}, nets, xd, yd,
                                             count="fooled_source", batch_size=cfg.batch_size, attack=repr(atk))
                 return {**tm.as_dict(), "seconds": time.perf_counter() - t0}
 
