@@ -37,8 +37,9 @@ ATTACKS = [
     {"label": "PGD-random", "attack": "pgd", "params": {"steps": 3}, "distance": "linf", "search": True,
      "hi": 1.0, "tol": 0.02},
 ]
+# "smooth" is fine-tuned from "original" (the per-network ``finetune`` of the extra rows)
 MODELS = [{"name": "original"}, {"name": "shen", "defense": PEN},
-          {"name": "smooth", "defense": {"kind": "label_smoothing", "alpha": 0.1}, "overrides": {"epochs": 3}}]
+          {"name": "smooth", "defense": {"kind": "label_smoothing", "alpha": 0.1}, "finetune": {"epochs": 1, "lr": 1e-4}}]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -189,6 +190,15 @@ def test_shen_figure2_3_finetune_starts_penalised_nets_from_the_plain_one(tmp_pa
     assert tuned["test_accuracy"] >= digits_model.metrics["test_accuracy"] - 0.03
 
 
+def test_model_spec_finetune_must_say_what_to_change():
+    from fisherscope.experiments.shen import ModelSpec
+
+    with pytest.raises(ValueError, match=r"'smooth': finetune must be a non-empty mapping.*got \{\}"):
+        ModelSpec(name="smooth", finetune={})
+    with pytest.raises(ValueError, match="got 5"):
+        ModelSpec(name="smooth", finetune=5)  # type: ignore[arg-type]
+
+
 def test_shen_figure5(tmp_path, digits_model):
     cfg, run = _run("shen_figure5", tmp_path, budgets=[0.0, 1.0, 3.0], linf_budgets=[0.0, 0.1, 0.3])
     res = run.results()
@@ -206,11 +216,18 @@ def test_shen_figure5(tmp_path, digits_model):
 
 
 def test_shen_tables_1_and_2_agree_and_resume(tmp_path, digits_model):
+    from fisherscope.models import load_checkpoint
+
     t1cfg, t1 = _run("shen_table1", tmp_path, models=MODELS, attacks=ATTACKS,
                      paper={"FGSM": [0.107, 0.170], "JSMA": [28.26, 48.19]})
     res = t1.results()
     assert {f"model/{m['name']}" for m in MODELS} <= set(res)
     assert res["model/smooth"]["defense"] == {"kind": "label_smoothing", "alpha": 0.1}
+    assert res["model/original"]["checkpoint_key"] == digits_model.key
+    smooth = load_checkpoint(next(Path(digits_model.checkpoint_path).parent.glob(
+        f"*{res['model/smooth']['checkpoint_key']}.pt")))
+    assert smooth.config["init_from"] == digits_model.key and smooth.config["epochs"] == 1
+    assert res["model/smooth"]["test_accuracy"] >= digits_model.metrics["test_accuracy"] - 0.03
     for m in MODELS:
         for a in ATTACKS:
             r = res[f"table1/{m['name']}/{a['label']}"]
@@ -225,6 +242,7 @@ def test_shen_tables_1_and_2_agree_and_resume(tmp_path, digits_model):
         assert res[f"table1/{m['name']}/JSMA"]["mean_paper_units"] == res[f"table1/{m['name']}/JSMA"]["mean_l0"]
     md = (t1.dir / "report.md").read_text()
     assert "Table 1" in md and "| smooth |" in md and "0.107" in md
+    assert "fine-tuned with {'epochs': 1, 'lr': 0.0001} from the plain net" in md and "from scratch" in md
     _resume_is_a_no_op(t1cfg, t1, tmp_path)
 
     store = Path(os.environ["FISHERSCOPE_CACHE"]) / "adversarial"

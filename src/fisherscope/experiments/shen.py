@@ -77,6 +77,12 @@ class ModelSpec:
         Constructor keywords merged into the preset's (``{"activation": "elu"}``).
     overrides : dict, optional
         Training settings for this network only, applied after the config's ``training``.
+    finetune : dict, optional
+        Fine-tune this network from the plain network of the same seed, arch, preset and
+        ``model_kwargs`` (trained with the config's ``training``) instead of training it from
+        scratch: ``training`` updated by these settings (``{"epochs": 5, "lr": 5e-4}``), then
+        ``overrides``. Overrides the config-wide ``finetune`` for this network; the report
+        names the schedule. ``{}`` is rejected (say what to change).
     """
 
     name: str
@@ -85,6 +91,14 @@ class ModelSpec:
     preset: str | None = None
     model_kwargs: dict[str, Any] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] | None = field(default=None, metadata={"omit_if_default": True})
+
+    def __post_init__(self) -> None:
+        if self.finetune is not None and (not isinstance(self.finetune, dict) or not self.finetune):
+            raise ValueError(
+                f"model {self.name!r}: finetune must be a non-empty mapping of training settings such as "
+                f"{{'epochs': 5, 'lr': 5e-4}}; got {self.finetune!r}. Leave it out to train from scratch."
+            )
 
 
 @dataclass(frozen=True)
@@ -189,13 +203,30 @@ def train_spec(spec: ModelSpec, arch: str, dataset: str, ctx: Context, *, seed: 
                          overrides=overrides)
 
 
+def _finetune(cfg: Any, spec: ModelSpec) -> dict[str, Any] | None:
+    """The fine-tuning settings of ``spec`` (its own, else the config's for defended networks)."""
+    if spec.finetune is not None:
+        return spec.finetune
+    return getattr(cfg, "finetune", None) if spec.defense is not None else None
+
+
+def _schedule(cfg: Any, spec: ModelSpec) -> str:
+    """How the report says ``spec`` was trained (from scratch, or fine-tuned and with what)."""
+    scratch = f"{cfg.training or 'the preset'}" + (f" + {spec.overrides}" if spec.overrides else "")
+    finetune = _finetune(cfg, spec)
+    if finetune is None:
+        return f"from scratch, {scratch}"
+    return f"fine-tuned with {finetune} from the plain net ({scratch})"
+
+
 def _train(cfg: Any, ctx: Context, spec: ModelSpec, seed: int | None = None) -> Any:
     seed = cfg.seed if seed is None else seed
     training = dict(cfg.training)
-    if getattr(cfg, "finetune", None) is not None and spec.defense is not None:
+    finetune = _finetune(cfg, spec)
+    if finetune is not None:
         plain = ModelSpec(name="original", arch=spec.arch, preset=spec.preset, model_kwargs=spec.model_kwargs)
         base = train_spec(plain, cfg.arch, cfg.dataset, ctx, seed=seed, preset=cfg.preset, training=training)
-        training = {**training, **cfg.finetune, "init_from": base}
+        training = {**training, **finetune, "init_from": base}
     return train_spec(spec, cfg.arch, cfg.dataset, ctx, seed=seed, preset=cfg.preset, training=training)
 
 
@@ -780,8 +811,9 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
                            f"{a['n_fooled']}/{a['n_correct']}", f"{b['n_fooled']}/{b['n_correct']}"])
     plain_rows = [[label, attacks[label][0].distance, *[cells[n, label][f"mean_{attacks[label][0].distance}"]
                                                         for n in names]] for label in labels]
-    model_rows = [[n, 100 * models[n]["test_accuracy"], *[cells[n, label]["mean_paper_units"] for label in labels]]
-                  for n in names]
+    schedule = {m.name: _schedule(cfg, m) for m in cfg.models}
+    model_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n],
+                   *[cells[n, label]["mean_paper_units"] for label in labels]] for n in names]
     ratio_rows = [[n, *[cells[n, label]["mean_paper_units"] / cells[ref, label]["mean_paper_units"] for label in labels]]
                   for n in names[1:]]
     fooled_rows = [[n, *[f"{cells[n, label]['n_fooled']}/{cells[n, label]['n_correct']}" for label in labels]]
@@ -816,7 +848,7 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
               caption="The paper's layout, in the paper's units"),
         Table(["attack", "norm", *[f"{n} (plain norm)" for n in names]], plain_rows,
               caption="The same means as plain norms (‖δ‖₂, ‖δ‖₁, ‖δ‖∞, changed elements)"),
-        Table(["network", "clean test accuracy %", *labels], model_rows,
+        Table(["network", "clean test accuracy %", "training", *labels], model_rows,
               caption="Every network (extra defenses as extra rows), paper units"),
         Table(["network", *labels], ratio_rows, caption=f"Ratio of the mean distance to the {ref} network's"),
         Table(["network", *labels], fooled_rows, caption="Fooled / attacked (correctly classified) images"),
@@ -863,8 +895,10 @@ def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
         pa, pb = _paper_pair(cfg, label)
         paper_rows.append([label, 100 * a, ca, 100 * b, cb, pa, pb])
     others = [n for n in nets if n != ref]
-    to_rows = [[n, 100 * models[n]["test_accuracy"], *[100 * acc(label, ref, n)[0] for label in attacks]] for n in others]
-    from_rows = [[n, 100 * models[n]["test_accuracy"], *[100 * acc(label, n, ref)[0] for label in attacks]]
+    schedule = {m.name: _schedule(cfg, m) for m in cfg.models}
+    to_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, ref, n)[0] for label in attacks]]
+               for n in others]
+    from_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, n, ref)[0] for label in attacks]]
                  for n in others]
     return [
         Heading("Shen et al. Table 2: black-box transfer (cross-model classification accuracy)"),
@@ -880,8 +914,8 @@ def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
         Table(["attack", f"{ref} → {cmp_name} acc %", "count", f"{cmp_name} → {ref} acc %", "count",
                "paper: original → ours %", "paper: ours → original %"], paper_rows,
               caption="The paper's layout: generated on the first network, tested on the second"),
-        Table(["network (target)", "clean test accuracy %", *attacks], to_rows,
+        Table(["network (target)", "clean test accuracy %", "training", *attacks], to_rows,
               caption=f"Accuracy of each network on examples crafted on `{ref}` that fool it"),
-        Table(["network (source)", "clean test accuracy %", *attacks], from_rows,
+        Table(["network (source)", "clean test accuracy %", "training", *attacks], from_rows,
               caption=f"Accuracy of `{ref}` on examples crafted on each network that fool that network"),
     ]
