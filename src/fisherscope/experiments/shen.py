@@ -829,7 +829,9 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
         ax.plot(np.arange(len(labels)), pr, "k*", label=f"paper ({cmp_name})")
     ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=30, fontsize=8)
     ax.set_ylabel(f"mean distance / {ref}")
-    ax.legend(fontsize=8)
+    top = max([1.0, *[v for r in ratio_rows for v in r[1:] if math.isfinite(v)], *[v for v in pr if math.isfinite(v)]])
+    ax.set_ylim(0, 1.3 * top)  # headroom: the legend sits above the bars and the stars
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = save_figure(fig, run.figures_dir / "shen_table1_ratios.png")
