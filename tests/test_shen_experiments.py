@@ -56,6 +56,13 @@ def _run(kind: str, tmp_path: Path, **extra):
     return cfg, run
 
 
+def _cached_checkpoint(digits_model, key: str):
+    """The checkpoint with this key, in the model cache ``digits_model`` was written to."""
+    from fisherscope.models import load_checkpoint
+
+    return load_checkpoint(next(Path(digits_model.checkpoint_path).parent.glob(f"*{key}.pt")))
+
+
 def _resume_is_a_no_op(cfg, run, tmp_path: Path) -> None:
     before = run.results_path.read_text()
     again = run_experiment(cfg, tmp_path, resume=True, context=Context(progress=False))
@@ -177,14 +184,12 @@ def test_shen_figure2_3_one_cell_per_mu_and_resume_per_mu(tmp_path, digits_model
 
 
 def test_shen_figure2_3_finetune_starts_penalised_nets_from_the_plain_one(tmp_path, digits_model):
-    from fisherscope.models import load_checkpoint
-
     cfg, run = _run("shen_figure2_3", tmp_path, mus=[0.0, 0.02], budgets=[0.0, 1.0], n_samples=30, batch_size=30,
                     finetune={"epochs": 1, "lr": 1e-4})
     res = run.results()
     plain, tuned = res["mu/0"], res["mu/0.02"]
     assert plain["checkpoint_key"] == digits_model.key  # μ = 0 is the plain network itself
-    ckpt = load_checkpoint(next(Path(digits_model.checkpoint_path).parent.glob(f"*{tuned['checkpoint_key']}.pt")))
+    ckpt = _cached_checkpoint(digits_model, tuned["checkpoint_key"])
     assert ckpt.config["init_from"] == digits_model.key and ckpt.config["epochs"] == 1
     # one short epoch from the trained weights keeps the accuracy (from scratch it would be ~chance)
     assert tuned["test_accuracy"] >= digits_model.metrics["test_accuracy"] - 0.03
@@ -216,16 +221,13 @@ def test_shen_figure5(tmp_path, digits_model):
 
 
 def test_shen_tables_1_and_2_agree_and_resume(tmp_path, digits_model):
-    from fisherscope.models import load_checkpoint
-
     t1cfg, t1 = _run("shen_table1", tmp_path, models=MODELS, attacks=ATTACKS,
                      paper={"FGSM": [0.107, 0.170], "JSMA": [28.26, 48.19]})
     res = t1.results()
     assert {f"model/{m['name']}" for m in MODELS} <= set(res)
     assert res["model/smooth"]["defense"] == {"kind": "label_smoothing", "alpha": 0.1}
     assert res["model/original"]["checkpoint_key"] == digits_model.key
-    smooth = load_checkpoint(next(Path(digits_model.checkpoint_path).parent.glob(
-        f"*{res['model/smooth']['checkpoint_key']}.pt")))
+    smooth = _cached_checkpoint(digits_model, res["model/smooth"]["checkpoint_key"])
     assert smooth.config["init_from"] == digits_model.key and smooth.config["epochs"] == 1
     assert res["model/smooth"]["test_accuracy"] >= digits_model.metrics["test_accuracy"] - 0.03
     for m in MODELS:
