@@ -123,6 +123,60 @@ def test_minimal_budget_random_start_is_reproducible_and_fools(digits_model):
     assert (a.norms["linf"][found] <= eps[found] + 1e-6).all()
 
 
+def test_crafted_examples_resume_after_a_kill_and_match_an_unbroken_run(tmp_path, digits_model):
+    """The stored minimal examples of Tables 1-2 go on from the last finished batch after a
+    kill (generator state included): the result equals, bit for bit, a run never stopped."""
+    from fisherscope.data import load_dataset
+    from fisherscope.experiments.shen import AttackSpec, build_attack, crafted
+
+    test = load_dataset("digits", "test")
+    x, y = test.x[:24], test.y[:24]
+    spec = AttackSpec("PGD-random", "pgd", {"steps": 3}, "linf", search=True, hi=1.0, tol=0.02)
+    attack = build_attack(spec)
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    class DiesOnSecondBatch:
+        def run(self, model, xb, yb, *, generator):
+            calls.append(len(yb))
+            if len(calls) == 2:
+                raise Killed
+            return attack.run(model, xb, yb, generator=generator)
+
+    def craft(atk, cache):
+        return crafted(spec, atk, digits_model, x, y, seed=5, batch_size=10, ctx=Context(cache_dir=cache))
+
+    unbroken = craft(attack, tmp_path / "a")
+    with pytest.raises(Killed):
+        craft(DiesOnSecondBatch(), tmp_path / "b")
+    stored = list((tmp_path / "b" / "adversarial").glob("*.pt"))
+    assert len(stored) == 1 and stored[0].name.endswith(".partial.pt")  # one batch kept, nothing complete
+    partial = stored
+    calls.clear()
+    resumed = craft(_Counting(attack, calls), tmp_path / "b")
+    assert calls == [10, 4]  # only the two batches the kill left undone
+    assert not partial[0].exists()
+    assert resumed.keys() == unbroken.keys() == {"x_adv", "success", "eps"}
+    for k in unbroken:  # bit for bit (eps is NaN where no budget up to hi fools)
+        torch.testing.assert_close(resumed[k], unbroken[k], rtol=0, atol=0, equal_nan=True)
+    calls.clear()
+    again = craft(_Counting(attack, calls), tmp_path / "b")
+    for k in unbroken:
+        torch.testing.assert_close(again[k], unbroken[k], rtol=0, atol=0, equal_nan=True)
+    assert calls == []  # complete: loaded, not recomputed
+
+
+class _Counting:
+    def __init__(self, attack, calls):
+        self.attack, self.calls = attack, calls
+
+    def run(self, model, xb, yb, *, generator):
+        self.calls.append(len(yb))
+        return self.attack.run(model, xb, yb, generator=generator)
+
+
 def test_paper_units_are_foolbox_distances():
     delta = torch.zeros(2, 1, 28, 28, dtype=torch.float64)
     delta[0, 0, 0, :4] = 0.5

@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -723,7 +724,10 @@ def crafted(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, 
     image), so they are stored on disk under ``<model cache>/adversarial/``, keyed by the
     network's checkpoint key, the attack row (without its label), the seed, the batch size
     and the bytes of ``x`` and ``y``; a second table, or a resumed run, loads them. The
-    attack runs in batches of ``batch_size`` from one generator seeded with ``seed``.
+    attack runs in batches of ``batch_size`` from one generator seeded with ``seed``; after
+    each batch the finished ones and the generator's state go to ``<key>.partial.pt``, so a
+    killed run goes on from the next batch and ends with the same tensors as one that was
+    never stopped.
 
     Returns ``{"x_adv", "success"}`` (+ ``"eps"``, the least budget, for searched rows), on CPU.
     """
@@ -736,18 +740,35 @@ def crafted(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, 
         "y": hashlib.sha256(y.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
     }
     path = resolve_cache_dir(ctx.cache_dir) / "adversarial" / f"{tm.arch}-{compute_key(ident)}.pt"
+    stamp = canonical_json(ident)
     if path.exists():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if stored.get("ident") != canonical_json(ident):
-            raise ValueError(f"{path} holds adversarial examples of another request; delete it to recompute them.")
-        return stored["tensors"]
+        return _load_matching(path, stamp)["tensors"]
+    partial = path.with_name(path.name[: -len(".pt")] + ".partial.pt")
+    gen = torch.Generator()
+    batches: list[dict[str, Tensor]] = []
+    if partial.exists():  # a killed run: take the finished batches and the generator where it stopped
+        state = _load_matching(partial, stamp)
+        batches = list(state["batches"])
+        gen.set_state(state["generator"])
+    else:
+        gen.manual_seed(seed)
     dev = _device(tm.model)
-    gen = torch.Generator().manual_seed(seed)
-    out = in_batches(lambda xb, yb: _outputs_of(attack.run(tm.model, xb, yb, generator=gen)), x.to(dev), y.to(dev),
-                     batch_size=batch_size)
-    tensors = {k: v.detach().cpu() for k, v in out.items()}
-    save_atomic({"ident": canonical_json(ident), "tensors": tensors}, path)
+    for i in range(len(batches) * batch_size, len(y), batch_size):
+        res = attack.run(tm.model, x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev), generator=gen)
+        batches.append({k: v.detach().cpu() for k, v in _outputs_of(res).items()})
+        if i + batch_size < len(y):
+            save_atomic({"ident": stamp, "batches": batches, "generator": gen.get_state()}, partial)
+    tensors = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    save_atomic({"ident": stamp, "tensors": tensors}, path)
+    partial.unlink(missing_ok=True)
     return tensors
+
+
+def _load_matching(path: Path, stamp: str) -> dict[str, Any]:
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    if stored.get("ident") != stamp:
+        raise ValueError(f"{path} holds adversarial examples of another request; delete it to recompute them.")
+    return stored
 
 
 def _outputs_of(res: Any) -> dict[str, Tensor]:
