@@ -135,25 +135,14 @@ def test_crafted_examples_resume_after_a_kill_and_match_an_unbroken_run(tmp_path
     attack = build_attack(spec)
     calls = []
 
-    class Killed(Exception):
-        pass
-
-    class DiesOnSecondBatch:
-        def run(self, model, xb, yb, *, generator):
-            calls.append(len(yb))
-            if len(calls) == 2:
-                raise Killed
-            return attack.run(model, xb, yb, generator=generator)
-
     def craft(atk, cache):
         return crafted(spec, atk, digits_model, x, y, seed=5, batch_size=10, ctx=Context(cache_dir=cache))
 
     unbroken = craft(attack, tmp_path / "a")
     with pytest.raises(Killed):
-        craft(DiesOnSecondBatch(), tmp_path / "b")
-    stored = list((tmp_path / "b" / "adversarial").glob("*.pt"))
-    assert len(stored) == 1 and stored[0].name.endswith(".partial.pt")  # one batch kept, nothing complete
-    partial = stored
+        craft(_Counting(attack, calls, dies_on=2), tmp_path / "b")
+    partial = list((tmp_path / "b" / "adversarial").glob("*.pt"))
+    assert len(partial) == 1 and partial[0].name.endswith(".partial.pt")  # one batch kept, nothing complete
     calls.clear()
     resumed = craft(_Counting(attack, calls), tmp_path / "b")
     assert calls == [10, 4]  # only the two batches the kill left undone
@@ -168,12 +157,20 @@ def test_crafted_examples_resume_after_a_kill_and_match_an_unbroken_run(tmp_path
     assert calls == []  # complete: loaded, not recomputed
 
 
+class Killed(Exception):
+    pass
+
+
 class _Counting:
-    def __init__(self, attack, calls):
-        self.attack, self.calls = attack, calls
+    """``attack``, recording each batch size in ``calls``; raises :class:`Killed` on call ``dies_on``."""
+
+    def __init__(self, attack, calls, dies_on=None):
+        self.attack, self.calls, self.dies_on = attack, calls, dies_on
 
     def run(self, model, xb, yb, *, generator):
         self.calls.append(len(yb))
+        if len(self.calls) == self.dies_on:
+            raise Killed
         return self.attack.run(model, xb, yb, generator=generator)
 
 

@@ -45,7 +45,14 @@ from ..attacks import ATTACKS, FGM, FGSM, OSSA, OTCM, Attack, OneStepAttack
 from ..attacks.base import perturbation_norms
 from ..evaluation import least_perturbation, transfer_from_examples
 from ..fisher.input_space import FisherSpectrum
-from ..models.checkpoint import canonical_json, compute_key, resolve_cache_dir, save_atomic
+from ..models.checkpoint import (
+    FINAL_SUFFIX,
+    PARTIAL_SUFFIX,
+    canonical_json,
+    compute_key,
+    resolve_cache_dir,
+    save_atomic,
+)
 from ..plotting import to_display
 from .base import Context, register
 from .common import in_batches, load_split, predict, select_samples, trained_model
@@ -739,11 +746,11 @@ def crafted(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, 
         "x": hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
         "y": hashlib.sha256(y.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
     }
-    path = resolve_cache_dir(ctx.cache_dir) / "adversarial" / f"{tm.arch}-{compute_key(ident)}.pt"
+    stem = resolve_cache_dir(ctx.cache_dir) / "adversarial" / f"{tm.arch}-{compute_key(ident)}"
+    path, partial = stem.with_name(stem.name + FINAL_SUFFIX), stem.with_name(stem.name + PARTIAL_SUFFIX)
     stamp = canonical_json(ident)
     if path.exists():
         return _load_matching(path, stamp)["tensors"]
-    partial = path.with_name(path.name[: -len(".pt")] + ".partial.pt")
     gen = torch.Generator()
     batches: list[dict[str, Tensor]] = []
     if partial.exists():  # a killed run: take the finished batches and the generator where it stopped
