@@ -187,6 +187,19 @@ def test_paper_units_are_foolbox_distances():
     assert paper_units(norms, "linf", 784).tolist() == [0.5, 1.0]
 
 
+def test_table1_marks_ratios_whose_means_cover_different_images():
+    from fisherscope.experiments.shen import _few_fooled
+
+    def cell(fooled, correct=100):
+        return {"n_fooled": fooled, "n_correct": correct}
+
+    # PGD-7's JSMA case: the defended net keeps most images, so its mean covers only the easy ones.
+    cells = {("original", "JSMA"): cell(95), ("pgd", "JSMA"): cell(31), ("smooth", "JSMA"): cell(98),
+             ("original", "FGM"): cell(83), ("pgd", "FGM"): cell(100), ("smooth", "FGM"): cell(90),
+             ("original", "CW"): cell(100), ("pgd", "CW"): cell(100), ("smooth", "CW"): cell(90, 100)}
+    assert _few_fooled(cells, "original") == {("pgd", "JSMA"), ("pgd", "FGM"), ("smooth", "FGM")}
+
+
 # ------------------------------------------------------------------ the experiment kinds
 
 
