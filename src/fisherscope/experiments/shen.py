@@ -829,6 +829,7 @@ def _distances(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, 
           "Shen Table 1: mean minimal perturbation of nine attacks, original vs penalised (and other defenses).")
 def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     ref, cmp_name = cfg.models[0].name, _paper_model(cfg)
     attacks = {spec.label: (spec, build_attack(spec)) for spec in cfg.attacks}
@@ -866,11 +867,10 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     width = 0.8 / max(1, len(names) - 1)
     hatched = _few_fooled(cells, ref)
     for i, n in enumerate(names[1:]):
-        bars = ax.bar(np.arange(len(labels)) + i * width, ratio_rows[i][1:], width=width, label=n)
-        for bar, label in zip(bars, labels, strict=True):
-            if (n, label) in hatched:
-                bar.set_hatch("///")
-                bar.set_edgecolor("black")
+        pos = np.arange(len(labels)) + i * width
+        ax.bar(pos, ratio_rows[i][1:], width=width, label=n, color=f"C{i}")
+        few = [j for j, label in enumerate(labels) if (n, label) in hatched]
+        ax.bar(pos[few], [ratio_rows[i][1 + j] for j in few], width=width, fill=False, hatch="///", edgecolor="black")
     ax.axhline(1.0, color="gray", lw=1)
     pr = [(_paper_pair(cfg, label)[1] / _paper_pair(cfg, label)[0]) for label in labels]
     if any(not math.isnan(v) for v in pr):
@@ -879,7 +879,11 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     ax.set_ylabel(f"mean distance / {ref}")
     top = max([1.0, *[v for r in ratio_rows for v in r[1:] if math.isfinite(v)], *[v for v in pr if math.isfinite(v)]])
     ax.set_ylim(0, 1.3 * top)  # headroom: the legend sits above the bars and the stars
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    handles, _ = ax.get_legend_handles_labels()
+    if hatched:
+        handles.append(Patch(fill=False, hatch="///", edgecolor="black",
+                             label=f"fooled < {100 * _FEW_FOOLED:.0f}% of the images"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", ncol=2)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = save_figure(fig, run.figures_dir / "shen_table1_ratios.png")
