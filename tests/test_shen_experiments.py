@@ -143,18 +143,23 @@ def test_crafted_examples_resume_after_a_kill_and_match_an_unbroken_run(tmp_path
         craft(_Counting(attack, calls, dies_on=2), tmp_path / "b")
     partial = list((tmp_path / "b" / "adversarial").glob("*.pt"))
     assert len(partial) == 1 and partial[0].name.endswith(".partial.pt")  # one batch kept, nothing complete
+    first_batch_seconds = torch.load(partial[0], weights_only=True)["seconds"]
+    assert first_batch_seconds > 0
     calls.clear()
     resumed = craft(_Counting(attack, calls), tmp_path / "b")
     assert calls == [10, 4]  # only the two batches the kill left undone
     assert not partial[0].exists()
-    assert resumed.keys() == unbroken.keys() == {"x_adv", "success", "eps"}
-    for k in unbroken:  # bit for bit (eps is NaN where no budget up to hi fools)
+    assert resumed.keys() == unbroken.keys() == {"x_adv", "success", "eps", "seconds"}
+    tensors = ("x_adv", "success", "eps")
+    for k in tensors:  # bit for bit (eps is NaN where no budget up to hi fools)
         torch.testing.assert_close(resumed[k], unbroken[k], rtol=0, atol=0, equal_nan=True)
+    assert resumed["seconds"] > first_batch_seconds  # the killed run's batch counts too
     calls.clear()
     again = craft(_Counting(attack, calls), tmp_path / "b")
-    for k in unbroken:
+    for k in tensors:
         torch.testing.assert_close(again[k], unbroken[k], rtol=0, atol=0, equal_nan=True)
     assert calls == []  # complete: loaded, not recomputed
+    assert again["seconds"] == resumed["seconds"]  # the attack's time, not the time to load it
 
 
 class Killed(Exception):
