@@ -195,8 +195,8 @@ def test_paper_units_are_foolbox_distances():
 def test_table1_marks_ratios_whose_means_cover_different_images():
     from fisherscope.experiments.shen import _few_fooled
 
-    def cell(fooled, correct=100):
-        return {"n_fooled": fooled, "n_correct": correct}
+    def cell(fooled, correct=100):  # as _distances records them
+        return {"n_fooled": fooled, "n_correct": correct, "fooling_ratio": fooled / correct}
 
     # PGD-7's JSMA case: the defended net keeps most images, so its mean covers only the easy ones.
     cells = {("original", "JSMA"): cell(95), ("pgd", "JSMA"): cell(31), ("smooth", "JSMA"): cell(98),

@@ -786,11 +786,8 @@ def _few_fooled(cells: dict[tuple[str, str], dict[str, Any]], ref: str) -> set[t
     """The ``(network, attack)`` ratios of Table 1 whose two means cover different images: the
     attack fooled fewer than ``_FEW_FOOLED`` of the correctly classified images on that network
     or on the reference ``ref``."""
-    def few(cell: dict[str, Any]) -> bool:
-        return cell["n_fooled"] < _FEW_FOOLED * cell["n_correct"]
-
     return {(n, label) for (n, label), cell in cells.items()
-            if n != ref and (few(cell) or few(cells[ref, label]))}
+            if n != ref and min(cell["fooling_ratio"], cells[ref, label]["fooling_ratio"]) < _FEW_FOOLED}
 
 
 def _load_matching(path: Path, stamp: str) -> dict[str, Any]:
