@@ -336,7 +336,11 @@ def test_batched_equals_per_sample_and_chunks(cnn, ximg, name):
     fn = FUNCS[name]
     batched = fn(cnn, ximg)
     chunked = fn(cnn, ximg, chunk_size=2)
-    torch.testing.assert_close(chunked, batched, rtol=1e-12, atol=1e-15)
+    # The finite-difference form divides a difference of two O(1) numbers by eps' = 1e-4,
+    # so a different summation order (another chunking, another BLAS kernel) moves it by
+    # about machine-eps / eps' ~ 2e-12 relative; the exact methods agree to 1e-12.
+    rtol = 1e-10 if "fd" in name else 1e-12
+    torch.testing.assert_close(chunked, batched, rtol=rtol, atol=1e-15)
     for i in range(ximg.shape[0]):
         torch.testing.assert_close(fn(cnn, ximg[i : i + 1])[0], batched[i], rtol=1e-10, atol=1e-14)
 
