@@ -106,10 +106,11 @@ def test_results_carry_provenance_and_resume_skips_finished_cells(tmp_path):
     assert CALLS == ["step0", "step1"]
     run_dir = next(tmp_path.iterdir())
     lines = (run_dir / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # step0's two metrics, nothing of the failed cell
+    assert len(lines) == 1  # step0 (one line with both values), nothing of the failed cell
     rec = json.loads(lines[0])
-    for key in ("seed", "config_hash", "versions", "git_sha", "device", "cell", "metric", "value"):
+    for key in ("seed", "config_hash", "versions", "git_sha", "device", "cell", "values", "time"):
         assert key in rec
+    assert rec["values"] == {"value": 0, "twice": 0}
     assert rec["versions"]["torch"]
 
     # resume with a different config is refused
@@ -123,7 +124,7 @@ def test_results_carry_provenance_and_resume_skips_finished_cells(tmp_path):
     assert run.dir == run_dir
     assert CALLS == ["step1", "step2"]
     assert run.results("step2") == {"value": 4, "twice": 4}
-    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 6
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 3
 
 
 def test_report_markdown_and_selfcontained_html(tmp_path):

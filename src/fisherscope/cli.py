@@ -134,16 +134,22 @@ def report(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Re-render a run's report from its stored results (computes only missing cells)."""
-    from .experiments import load_config
+    """Re-render a run's report from its stored results alone (no model is loaded or run).
 
-    cfg_path = run_dir / "config.json"
+    Runs of an experiment kind that has no pure report yet are resumed instead (only
+    missing cells are computed)."""
+    from .experiments import EXPERIMENTS
+    from .experiments.base import render_stored, stored_config
+
     try:
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{run_dir} has no config.json; pass a run directory made by fisherscope.")
-        config = load_config(json.loads(cfg_path.read_text())["config"])
-        _run_and_report(config, run_dir.parent, run_dir, _context(data_dir, cache_dir, True))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        config = stored_config(run_dir)
+        if EXPERIMENTS[config.kind].pure_report:
+            html_path = render_stored(run_dir)
+            console.print(f"[green]report:[/]  {html_path}")
+            console.print(f"          {run_dir / 'report.md'}")
+        else:
+            _run_and_report(config, run_dir.parent, run_dir, _context(data_dir, cache_dir, True))
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
 
 

@@ -36,8 +36,8 @@ def trained_model(
     from ..models import resolve_preset, train_model
 
     kwargs = dict(resolve_preset(preset or arch, dataset))
-    kwargs.update(overrides or {})
     kwargs["seed"] = seed
+    kwargs.update(overrides or {})  # an override (its seed too) wins over the config's value
     train = load_split(dataset, "train", ctx)
     test = load_split(dataset, "test", ctx)
     return train_model(
