@@ -48,6 +48,29 @@ def test_demo_writes_report_and_resume_reuses_everything(iso, digits_model):
     assert again == records  # nothing recomputed, nothing lost
 
 
+def test_report_rerenders_the_demo_without_running_a_model(iso, digits_model, monkeypatch):
+    import shutil
+
+    import torch
+
+    assert _invoke("demo", "--quiet", "--out", "runs").exit_code == 0
+    (run_dir,) = (iso / "runs").iterdir()
+    md = (run_dir / "report.md").read_text()
+    for name in ("report.md", "report.html"):
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "figures")
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(iso / "no-cache-here"))
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was run while re-rendering a report")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    res = _invoke("report", str(run_dir))
+    assert res.exit_code == 0, res.output
+    assert (run_dir / "report.md").read_text() == md
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
+
+
 def _write_config(path: Path, n_models: int = 3, epochs: int = 2) -> Path:
     blocks = "".join(
         f'\n[[models]]\narch = "digits_cnn"\ndataset = "digits"\nlabel = "m{i}"\n'

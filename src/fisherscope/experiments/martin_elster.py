@@ -30,15 +30,13 @@ import torch
 from ..attacks import MIFGSM
 from ..fisher import fisher_sensitivity, param_fisher_form, param_fisher_trace
 from ..plotting_maps import fis_figure, roc_figure, saliency_figure, score_histogram
-from ..saliency import gradient, guided_backprop, hendrycks_saliency
 from .base import Context, register
-from .common import load_split, predict, trained_model
+from .common import inspect_maps, load_split, predict, saliency_rows, trained_model
 from .config import ExperimentConfig
-from .demo import DemoState, add_demo_section
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .runner import Run
 
-__all__ = ["MartinElsterConfig", "inspect_maps", "inspect_section"]
+__all__ = ["MartinElsterConfig"]
 
 #: score name -> (label, equation)
 SCORES: dict[str, tuple[str, str]] = {
@@ -278,37 +276,11 @@ def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
 # ---------------------------------------------------------------------- Figure 2
 
 
-def inspect_maps(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
-                 fis_reduction: str = "two_class") -> dict[str, torch.Tensor]:
-    """FIS and saliency maps of clean and adversarial images (each w.r.t. its own prediction)."""
-    out: dict[str, torch.Tensor] = {}
-    for tag, xs in (("clean", x), ("adv", x_adv)):
-        out[f"fis/{tag}"] = fisher_sensitivity(model, xs, reduction=fis_reduction)  # type: ignore[arg-type]
-        out[f"gradient/{tag}"] = gradient(model, xs)
-        out[f"guided/{tag}"] = guided_backprop(model, xs)
-        out[f"hendrycks/{tag}"] = hendrycks_saliency(model, xs)
-    return out
-
-
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel(), b.ravel()
     if a.std() == 0 or b.std() == 0:
         return math.nan
     return float(np.corrcoef(a, b)[0, 1])
-
-
-def _saliency_rows(x: np.ndarray, xa: np.ndarray, maps: dict[str, np.ndarray], titles_clean: list[str],
-                   titles_adv: list[str]) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]], list[str]]:
-    images, titles = [], []
-    cols: dict[str, list[np.ndarray]] = {"gradient": [], "guided backprop": [], "Hendrycks": [], "FIS": []}
-    names = {"gradient": "gradient", "guided backprop": "guided", "Hendrycks": "hendrycks", "FIS": "fis"}
-    for i in range(len(x)):
-        for tag, img, title in (("clean", x[i], titles_clean[i]), ("adv", xa[i], titles_adv[i])):
-            images.append(img)
-            titles.append(title)
-            for col, key in names.items():
-                cols[col].append(maps[f"{key}/{tag}"][i])
-    return images, cols, titles
 
 
 @register("martin_elster_fig2", MartinElsterConfig,
@@ -376,7 +348,7 @@ def run_fig2(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
                         run.figures_dir / "fig2b_fis_own_scale.png")
     t_clean = [f"clean, pred {int(p)}" for p in arr["pred_clean"]]
     t_adv = [f"adv, pred {int(p)}" for p in arr["pred_adv"]]
-    images, cols, stitles = _saliency_rows(x, xa, arr, t_clean, t_adv)
+    images, cols, stitles = saliency_rows(x, xa, arr, t_clean, t_adv)
     sal = save_figure(saliency_figure(images, cols, row_titles=stitles,
                                       suptitle="Signed maps (red +, blue −, each on its own symmetric scale)"),
                       run.figures_dir / "fig2_saliency.png")
@@ -424,66 +396,3 @@ def run_fig2(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
         Figure(sal, "Clean and adversarial image of each row with the gradient, guided-backprop, Hendrycks & "
                "Gimpel saliency and the (signed) FIS."),
     ]
-
-
-# -------------------------------------------------------------- demo: inspect
-
-DEMO_INSPECT_N = 4
-DEMO_INSPECT_EPS = 0.15
-
-
-def inspect_section(run: Run, state: DemoState) -> list[Block]:
-    """The demo's "inspect" section: FIS and saliency maps of clean and MI-FGSM digits."""
-    model, test = state.model, state.test
-    attack = MIFGSM(eps=DEMO_INSPECT_EPS, steps=10, decay=1.0)
-
-    def measure() -> dict[str, Any]:
-        with torch.no_grad():
-            ok = torch.nonzero(model(test.x[:64]).argmax(1) == test.y[:64]).flatten()
-        x, y = test.x[ok], test.y[ok]
-        res = attack.run(model, x, y)
-        fooled, kept = torch.nonzero(res.success).flatten(), torch.nonzero(~res.success).flatten()
-        n_kept = min(1, len(kept))  # one failed attack when there is one, as in Fig. 2
-        sel = torch.cat([fooled[: DEMO_INSPECT_N - n_kept], kept[:n_kept]])
-        x, xa, y = x[sel], res.x_adv[sel], y[sel]
-        maps = inspect_maps(model, x, xa)
-        with torch.no_grad():
-            pc, pa = model(x).argmax(1), model(xa).argmax(1)
-        out: dict[str, Any] = {"x": x.tolist(), "x_adv": xa.tolist(), "y": y.tolist(), "pred_clean": pc.tolist(),
-                               "pred_adv": pa.tolist(), "fooling_rate_first64": float(res.success.float().mean())}
-        out.update({k: v.tolist() for k, v in maps.items()})
-        ratio = maps["fis/adv"].abs().flatten(1).amax(1) / maps["fis/clean"].abs().flatten(1).amax(1)
-        out["max_fis_ratio"] = ratio.tolist()
-        return out
-
-    r = run.cell("inspect", measure)
-    arr = {k: np.asarray(v, dtype=float) for k, v in r.items()}
-    x, xa = arr["x"], arr["x_adv"]
-    titles = [f"true {int(t)}, adv pred {int(p)}" for t, p in zip(arr["y"], arr["pred_adv"], strict=True)]
-    fis_path = save_figure(fis_figure(xa, arr["fis/adv"], x, arr["fis/clean"], shared_scale=False, row_titles=titles,
-                                      cell_size=1.3),
-                           run.figures_dir / "inspect_fis.png")
-    images, cols, stitles = _saliency_rows(x, xa, arr, [f"clean, pred {int(p)}" for p in arr["pred_clean"]],
-                                           [f"adv, pred {int(p)}" for p in arr["pred_adv"]])
-    sal_path = save_figure(saliency_figure(images, cols, row_titles=stitles, cell_size=1.2),
-                           run.figures_dir / "inspect_saliency.png")
-    ratio = ", ".join(f"{v:.3g}" for v in r["max_fis_ratio"])
-    return [
-        Heading("Inspect: Fisher information sensitivity and saliency maps"),
-        Paragraph(
-            "The Fisher information sensitivity (Martin & Elster 2019, eq. 13) says how much each pixel moves "
-            "the Fisher information of the weights, vᵀF_θv, when it is perturbed by noise; fisherscope "
-            "computes it exactly with one forward-mode product in parameter space and one batched backward "
-            "pass in input space. Shown for test digits and their MI-FGSM adversarials "
-            f"(L∞ ε = {DEMO_INSPECT_EPS}, T = 10, μ = 1; it fooled the model on "
-            f"{100 * r['fooling_rate_first64']:.0f}% of the correctly classified of the first 64 test digits), "
-            "beside the gradient, guided-backprop and Hendrycks & Gimpel saliency maps. Images are drawn "
-            f"exactly as the model saw them. max|FIS adv| / max|FIS clean| per row: {ratio}."
-        ),
-        Figure(fis_path, "Adversarial digit, |FIS| of the adversarial and of the clean digit (each on its own "
-               "colour scale, drawn over its image), and x_adv − x."),
-        Figure(sal_path, "Clean and adversarial digits with their signed saliency maps (red +, blue −)."),
-    ]
-
-
-add_demo_section(inspect_section, order=30)
