@@ -272,7 +272,7 @@ def data_list(data_dir: DataDirOpt = None) -> None:
             "yes" if row.available else "no",
             str(row.n_train or "–"),
             str(row.n_test or "–"),
-            str(row.source),
+            f"cannot load: {row.error}" if row.error else str(row.source),
             (row.checksum or "")[:16],
         )
     console.print(f"data directory: {resolve_data_dir(data_dir)}")
