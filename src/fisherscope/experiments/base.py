@@ -92,18 +92,38 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node: Any = data
-    for i, part in enumerate(parts[:-1]):
+
+    def step(node: Any, part: str, i: int) -> Any:
+        where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            node = node[int(part)]
-        else:
-            if part not in node:
-                raise ValueError(f"override {dotted!r}: no key {'.'.join(parts[:i + 1])!r} in the config.")
-            node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+            if not part.lstrip("-").isdigit():
+                raise ValueError(
+                    f"override {dotted!r}: {'.'.join(parts[:i]) or 'the config'} is a list of "
+                    f"{len(node)} entries, so {where!r} needs an index 0..{len(node) - 1}, not {part!r}."
+                )
+            idx = int(part)
+            if not 0 <= idx < len(node):
+                raise ValueError(
+                    f"override {dotted!r}: {'.'.join(parts[:i])} has {len(node)} entries "
+                    f"(indices 0..{len(node) - 1}); got index {idx}."
+                )
+            return idx
+        if not isinstance(node, dict):
+            raise ValueError(
+                f"override {dotted!r}: {'.'.join(parts[:i])} holds a {type(node).__name__} value, not a "
+                f"table, so it has no key {part!r}."
+            )
+        return part
+
+    for i, part in enumerate(parts[:-1]):
+        key = step(node, part, i)
+        if isinstance(node, dict) and key not in node:
+            raise ValueError(
+                f"override {dotted!r}: no key {'.'.join(parts[:i + 1])!r} in the config "
+                f"(keys there: {sorted(node)})."
+            )
+        node = node[key]
+    node[step(node, parts[-1], len(parts) - 1)] = value
 
 
 def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> Any:

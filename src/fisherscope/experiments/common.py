@@ -12,7 +12,7 @@ from ..fisher import fisher_sensitivity
 from ..saliency import gradient, guided_backprop, hendrycks_saliency
 from .base import Context
 
-__all__ = ["correct_draw", "in_batches", "inspect_maps", "load_split", "predict", "saliency_rows",
+__all__ = ["check_overrides", "correct_draw", "in_batches", "inspect_maps", "load_split", "predict", "saliency_rows",
            "select_samples", "trained_model"]
 
 
@@ -40,6 +40,7 @@ def trained_model(
 
     kwargs = dict(resolve_preset(preset or arch, dataset))
     kwargs["seed"] = seed
+    check_overrides(overrides or {}, where=f"{arch}@{dataset} overrides")
     kwargs.update(overrides or {})  # an override (its seed too) wins over the config's value
     train = load_split(dataset, "train", ctx)
     test = load_split(dataset, "test", ctx)
@@ -47,6 +48,24 @@ def trained_model(
         arch, train, test_dataset=test, cache_dir=ctx.cache_dir, progress=ctx.progress,
         device=ctx.device, **kwargs,
     )
+
+
+#: train_model arguments a config's ``overrides`` may not set (the runner sets them).
+_RUNNER_SET = frozenset({"arch", "dataset", "test_dataset", "cache", "cache_dir", "data_dir", "progress",
+                         "device", "callback", "init_from"})
+
+
+def check_overrides(overrides: Mapping[str, Any], *, where: str = "overrides") -> None:
+    """Reject ``overrides`` keys that :func:`~fisherscope.models.train_model` does not take,
+    naming the valid ones (instead of a bare ``unexpected keyword argument`` later)."""
+    import inspect
+
+    from ..models import train_model
+
+    valid = sorted(p for p in inspect.signature(train_model).parameters if p not in _RUNNER_SET)
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown training setting(s) {unknown}; valid keys: {valid}.")
 
 
 @torch.no_grad()
