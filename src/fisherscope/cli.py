@@ -41,7 +41,18 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Parent folder of run direct
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    import errno
+
+    from ._io import WriteError, describe_write_error
+
+    msg = str(exc)
+    if (isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.filename
+            and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)):
+        msg = describe_write_error(exc.filename, exc, what="file or folder",
+                                   fix="Choose another --out or --cache-dir folder, or free the space.")
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(code=1)
 
 
@@ -103,7 +114,7 @@ def demo(
 
     try:
         _run_and_report(DemoConfig(seed=seed), out, resume, _context(data_dir, cache_dir, quiet))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
 
 
@@ -124,7 +135,7 @@ def reproduce(
     try:
         config = load_config(find_config(name), set_ or ())
         _run_and_report(config, out, run_dir or resume, _context(data_dir, cache_dir, quiet))
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
         _fail(exc)
 
 
@@ -149,7 +160,7 @@ def report(
             console.print(f"          {run_dir / 'report.md'}")
         else:
             _run_and_report(config, run_dir.parent, run_dir, _context(data_dir, cache_dir, True))
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
         _fail(exc)
 
 
@@ -194,7 +205,7 @@ def train(
             dataset = resolve_training(preset or arch)["dataset"] or "digits"
         trained = trained_model(arch, dataset, _context(data_dir, cache_dir, quiet), seed=seed,
                                 preset=preset, overrides=overrides)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError, FloatingPointError) as exc:
         _fail(exc)
         return
     m = trained.metrics
