@@ -197,6 +197,7 @@ class APGD(Attack):
     def _fooled(self, logits: Tensor, y: Tensor, target: Tensor | None, targeted_call: bool) -> Tensor:
         pred = logits.argmax(1)
         if targeted_call:
+            assert target is not None
             return pred == target
         return pred != y
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -96,7 +97,7 @@ def attack_suite_cells(run: Run, state: DemoState) -> None:
 
     run.cell("attacks/clean", clean)
     for key in _keys():
-        run.cell(f"attacks/{key}", lambda key=key: measure(key))
+        run.cell(f"attacks/{key}", functools.partial(measure, key))
 
 
 def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
