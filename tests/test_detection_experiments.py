@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from fisherscope.experiments import Context, load_config, run_experiment
+from fisherscope.experiments.base import render_stored
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 BASE = {"arch": "digits_cnn", "dataset": "digits", "seed": 0, "n_samples": 120, "batch_size": 64,
@@ -21,13 +24,39 @@ def _resume_is_a_no_op(cfg, run, tmp_path):
     assert run.results_path.read_text() == before
 
 
-def test_zhao_table4_kind(tmp_path, digits_model):
+def _no_model(*args, **kwargs):
+    raise AssertionError("a model was run while rendering a report")
+
+
+def _rerenders_from_the_store(run, tmp_path, monkeypatch, figures):
+    """The report re-rendered from the stored cells alone (no model, no cache) equals the original."""
+    before = (run.dir / "report.md").read_text()
+    (run.dir / "report.md").unlink()
+    (run.dir / "report.html").unlink()
+    shutil.rmtree(run.figures_dir)
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
+    monkeypatch.setattr(torch.nn.Module, "__call__", _no_model)
+    render_stored(run.dir)
+    assert (run.dir / "report.md").read_text() == before
+    assert not any(empty.iterdir())
+    for name in figures:
+        assert (run.figures_dir / name).stat().st_size > 0
+
+
+def _by_name(run):
+    """Stored values by cell name (the key without its spec digest)."""
+    return {cell.split("#")[0]: v for cell, v in run.results().items()}
+
+
+def test_zhao_table4_kind(tmp_path, digits_model, monkeypatch):
     cfg = load_config({"name": "t4", "kind": "zhao_table4", **BASE, "attacks": ATTACKS,
                        "sweep": [{"name": "FGM", "key": "fgm", "budgets": [0.5, 1.5]}],
                        "sweep_detectors": ["kd", "fisher_spectrum"],
                        "paper": {"table4": {"fisher_spectrum": {"FGM": 96.11}}}})
     run = run_experiment(cfg, tmp_path, context=Context(progress=False))
-    recs = {cell: v["records"] for cell, v in run.results().items() if "records" in v}
+    recs = {cell: v["records"] for cell, v in _by_name(run).items() if "records" in v}
     table = [r for r in recs["table4"] if r["kind"] == "table"]
     assert {(r["detector"], r["attack"]) for r in table} == {(d, a) for d in ("kd", "bu", "kdbu", "fisher_spectrum")
                                                             for a in ("FGM", "OTCM")}
@@ -45,9 +74,10 @@ def test_zhao_table4_kind(tmp_path, digits_model):
     for name in ("zhao-table4-roc.png", "zhao-table4-sweep.png"):
         assert (run.figures_dir / name).stat().st_size > 0
     _resume_is_a_no_op(cfg, run, tmp_path)
+    _rerenders_from_the_store(run, tmp_path, monkeypatch, ["zhao-table4-roc.png", "zhao-table4-sweep.png"])
 
 
-def test_detection_unified_kind(tmp_path, digits_model):
+def test_detection_unified_kind(tmp_path, digits_model, monkeypatch):
     cfg = load_config({"name": "uni", "kind": "detection_unified", **BASE, "attacks": ATTACKS,
                        "detectors": ["softmax", "mahalanobis", "lid", "pca_whitening", "reconstruction"],
                        "noise_in_fit": ["lid"], "cross_attack": False})
@@ -61,9 +91,10 @@ def test_detection_unified_kind(tmp_path, digits_model):
     md = (run.dir / "report.md").read_text()
     assert "Reconstruction: n/a" in md and "Noise control" in md
     assert (run.figures_dir / "unified-detection-auroc.png").stat().st_size > 0
+    _rerenders_from_the_store(run, tmp_path, monkeypatch, ["unified-detection-auroc.png"])
 
 
-def test_zhao_figure4b_kind(tmp_path, digits_model):
+def test_zhao_figure4b_kind(tmp_path, digits_model, monkeypatch):
     cfg = load_config({"name": "f4b", "kind": "zhao_figure4b", "arch": "digits_cnn", "dataset": "digits",
                        "seed": 0, "n_samples": 40, "n_examples": 4, "eps": 1.5, "budgets": [0.5, 1.0, 1.5, 2.0]})
     run = run_experiment(cfg, tmp_path, context=Context(progress=False))
@@ -75,9 +106,10 @@ def test_zhao_figure4b_kind(tmp_path, digits_model):
     for o, rnd in zip(r["ossa_lambda"], r["random_lambda"], strict=True):
         assert max(o) > 10 * o[0] and max(o) > 10 * max(rnd)
     assert (run.figures_dir / "zhao-figure4b.png").stat().st_size > 0
+    _rerenders_from_the_store(run, tmp_path, monkeypatch, ["zhao-figure4b.png"])
 
 
-def test_demo_detect_section(tmp_path, digits_model):
+def test_demo_detect_section(tmp_path, digits_model, monkeypatch):
     from fisherscope.data import load_dataset
     from fisherscope.experiments import DemoConfig, Run
     from fisherscope.experiments.kit import DEMO_SECTIONS, DemoState
@@ -88,7 +120,7 @@ def test_demo_detect_section(tmp_path, digits_model):
     state = DemoState(cfg, Context(progress=False), digits_model, load_dataset("digits", "test"))
     section.cells(run, state)
     blocks = section.report(cfg, run.view())
-    recs = run.results()["detect"]["records"]
+    recs = _by_name(run)["detect"]["records"]
     table = [r for r in recs if r["kind"] == "table"]
     dets = {r["detector"] for r in table}
     assert "reconstruction" not in dets and {"fisher_spectrum", "kd", "lid", "mahalanobis"} <= dets
@@ -101,11 +133,18 @@ def test_demo_detect_section(tmp_path, digits_model):
     assert run.results_path.read_text() == before
     text = " ".join(getattr(b, "text", "") for b in blocks)
     assert "best" not in text.lower()  # no ranking on oblivious numbers
+    # the section's report is drawn from the stored cells alone
+    shutil.rmtree(run.figures_dir)
+    monkeypatch.setattr(torch.nn.Module, "__call__", _no_model)
+    again = section.report(cfg, Run(cfg, tmp_path, resume=run.dir).view())
+    assert [repr(b) for b in again] == [repr(b) for b in blocks]
+    for a in ("fgm", "ossa"):
+        assert (run.figures_dir / f"detect_roc_{a}.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("name", ["zhao-table4", "zhao-figure4b", "unified-detection"])
 def test_configs_parse_and_build(name):
-    from fisherscope.experiments.unified_detection import build_attacks
+    from fisherscope.experiments.detection_kit import build_attacks
 
     cfg = load_config(CONFIGS / f"{name}.toml")
     assert cfg.dataset == "mnist"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import torch
 
 from fisherscope.experiments import Context, load_config, run_experiment
+from fisherscope.experiments.base import render_stored
 
 BASE = {"arch": "digits_cnn", "dataset": "digits", "seed": 0, "n_samples": 40, "batch_size": 25}
 
@@ -21,7 +24,7 @@ BASE = {"arch": "digits_cnn", "dataset": "digits", "seed": 0, "n_samples": 40, "
         ("zhao_figure4a", {"eps": 1.0}),
     ],
 )
-def test_zhao_kind_runs_and_reports(tmp_path, digits_model, kind, extra):
+def test_zhao_kind_runs_and_reports(tmp_path, digits_model, monkeypatch, kind, extra):
     cfg = load_config({"name": kind, "kind": kind, **BASE, **extra})
     run = run_experiment(cfg, tmp_path, context=Context(progress=False))
     records = [json.loads(line) for line in run.results_path.read_text().splitlines()]
@@ -31,13 +34,32 @@ def test_zhao_kind_runs_and_reports(tmp_path, digits_model, kind, extra):
     if kind != "zhao_table2":
         assert "data:image/png;base64," in html
     by_metric = {k: x for v in run.results().values() for k, x in v.items()}
+    by_name = {cell.split("#")[0]: v for cell, v in run.results().items()}  # keys without the spec digest
     if kind == "zhao_table2":
         assert 0 < by_metric["fooling_rate"] <= 1
     if kind == "zhao_figure2":
-        rates = run.results("figure2a/ossa")["fooling_rate"]
+        rates = by_name["figure2a/ossa"]["fooling_rate"]
         assert rates[0] == 0.0 and rates[-1] >= rates[0]
-        cells = {r["cell"] for r in records}
+        cells = {r["cell"].split("#")[0] for r in records}
         assert {"figure2b/ossa_iterative", "figure2b/fgm_iterative", "figure2b/otcm_iterative"} <= cells
         for cell in ("figure2b/fgm_iterative", "figure2b/otcm_iterative"):
-            it = run.results(cell)["fooling_rate"]
+            it = by_name[cell]["fooling_rate"]
             assert len(it) == 4 and all(0.0 <= v <= 1.0 for v in it)
+
+    # the report re-rendered from the stored cells alone (no model, no cache) is the same
+    before = (run.dir / "report.md").read_text()
+    figures = sorted(p.name for p in run.figures_dir.glob("*"))
+    (run.dir / "report.md").unlink()
+    (run.dir / "report.html").unlink()
+    shutil.rmtree(run.figures_dir)
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was run while rendering a report")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    render_stored(run.dir)
+    assert (run.dir / "report.md").read_text() == before
+    assert sorted(p.name for p in run.figures_dir.glob("*")) == figures

@@ -12,8 +12,16 @@ add noisy ones; the noise rows are still scored as a control), 200 bootstrap dra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..attacks import FGM, OSSA
+from .detection_kit import (
+    AttackSpec,
+    build_attacks,
+    detection_tables,
+    evaluate,
+    evaluation_spec,
+    roc_figure_from,
+)
 from .kit import (
     Block,
     DemoConfig,
@@ -27,11 +35,6 @@ from .kit import (
     add_demo_section,
     save_figure,
 )
-from .unified_detection import (
-    detection_tables,
-    evaluate,
-    roc_figure_from,
-)
 
 __all__ = ["detect_cells", "detect_report"]
 
@@ -43,7 +46,7 @@ DETECTORS = ["fisher_spectrum", "fisher_score", "kd", "bu", "kdbu", "softmax", "
 
 @dataclass(frozen=True)
 class _Settings:
-    """The detector settings :func:`.unified_detection.detector_specs` reads."""
+    """The detector settings :func:`.detection_kit.detector_specs` reads."""
 
     seed: int
     dataset: str
@@ -61,23 +64,40 @@ class _Settings:
     whitening_images: int | None = None
 
 
+ATTACKS = [AttackSpec("FGM", "fgm", {"eps": EPS}), AttackSpec("OSSA", "ossa", {"eps": EPS})]
+ROC_POINTS = 100
+
+
+def _cells(cfg: DemoConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The section's cells (name, spec), from the demo config alone."""
+    model = {"arch": cfg.arch, "dataset": cfg.dataset, "seed": cfg.seed}
+    settings = _Settings(seed=cfg.seed, dataset=cfg.dataset)
+    return {
+        "setup": ("detect/setup", {**model, "detectors": DETECTORS}),
+        "detect": ("detect", evaluation_spec(settings, attacks=ATTACKS, detectors=DETECTORS, cross_attack=False,
+                                             roc_points=ROC_POINTS, arch=cfg.arch, n=N_DETECT)),
+    }
+
+
 def detect_cells(run: Run, state: DemoState) -> None:
     cfg = _Settings(seed=state.config.seed, dataset=state.config.dataset)
+    cells = _cells(state.config)
     model, test = state.model, state.test
     x, y = test.x[:N_DETECT], test.y[:N_DETECT]
     has_decoder = callable(getattr(model, "reconstruct", None))
     dets = [d for d in DETECTORS if d != "reconstruction" or has_decoder]
-    run.cell("detect/setup", lambda: {"detectors": dets, "has_decoder": has_decoder})
-    attacks = {"FGM": FGM(eps=EPS), "OSSA": OSSA(eps=EPS)}
-    evaluate(run, "detect", cfg, state.context, state.trained, x, y, attacks, dets, cross_attack=False,
-             roc_points=100)
+    name, spec = cells["setup"]
+    run.cell(name, lambda: {"detectors": dets, "has_decoder": has_decoder}, spec=spec)
+    evaluate(run, *cells["detect"], cfg, state.context, state.trained, x, y, build_attacks(ATTACKS), dets,
+             cross_attack=False, roc_points=ROC_POINTS)
 
 
 def detect_report(cfg: DemoConfig, results: Results) -> list[Block]:
-    setup = results.cell("detect/setup")
+    cells = _cells(cfg)
+    setup = results.cell(*cells["setup"])
     dets, has_decoder = setup["detectors"], setup["has_decoder"]
-    attacks = ["FGM", "OSSA"]
-    r = results.cell("detect")
+    attacks = [a.name for a in ATTACKS]
+    r = results.cell(*cells["detect"])
     figs = []
     for a in attacks:
         fig = roc_figure_from(r, dets, a, title=f"{a}, L2 budget {EPS}: test split")

@@ -13,7 +13,6 @@ Protocol notes (also in docs/RESULTS.md):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,44 +22,25 @@ from ..attacks import ATTACKS, BIM, FGM, OSSA, IterativeOSSA, IterativeOTCM
 from ..evaluation import least_perturbation
 from ..fisher import fisher_spectrum
 from ..plotting import image_grid
-from .base import Context, register
-from .common import in_batches, load_split, predict, select_samples, trained_model
-from .config import ExperimentConfig
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .detection_kit import model_cell, record_model
+from .kit import (
+    Artifact,
+    Block,
+    Context,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    in_batches,
+    predict,
+    register,
+    save_figure,
+)
+from .zhao_kit import ZhaoConfig, data_spec, model_blurb, zhao_sources
 
 __all__ = ["ZhaoConfig"]
-
-
-@dataclass(frozen=True)
-class ZhaoConfig(ExperimentConfig):
-    """Shared config of the Zhao et al. reproductions (each kind reads what it needs)."""
-
-    n_samples: int | None = None  # test images used (None: all)
-    batch_size: int = 500
-    hi: float = 6.0  # least-perturbation search interval [0, hi]
-    tol: float = 1e-3
-    attacks: list[str] = field(default_factory=lambda: ["fgm", "ossa"])
-    budgets: list[float] = field(default_factory=lambda: [0.25 * i for i in range(25)])
-    step_size: float = 0.05
-    steps: int = 60
-    eps: float = 2.0  # Figure 1 / Figure 4(a) budget
-    n_examples: int = 16
-    paper: dict[str, Any] = field(default_factory=dict)
-
-
-def _setup(cfg: ZhaoConfig, ctx: Context) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
-    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset)
-    test = load_split(cfg.dataset, "test", ctx)
-    idx = select_samples(len(test), cfg.n_samples, cfg.seed)
-    return trained, test.x[idx], test.y[idx], test
-
-
-def _model_blurb(cfg: ZhaoConfig, trained: Any, n: int) -> Paragraph:
-    return Paragraph(
-        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {trained.metrics['test_accuracy']:.4f}, "
-        f"checkpoint `{trained.key[:12]}`), {n} test images, seed {cfg.seed}."
-    )
 
 
 def _one_step(key: str, eps: float = 1.0) -> Any:
@@ -68,14 +48,22 @@ def _one_step(key: str, eps: float = 1.0) -> Any:
     return cls(eps=eps)
 
 
+def _facts(results: Results, cfg: ZhaoConfig) -> dict[str, Any]:
+    return results.cell(*model_cell(cfg))
+
+
 # ------------------------------------------------------------------- Table 2
 
 
-@register("zhao_table2", ZhaoConfig, "Zhao Table 2: fooling rate and mean least L2 perturbation, FGM vs OSSA.")
-def run_table2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
-    trained, x, y, _ = _setup(cfg, ctx)
+def _table2_cell(cfg: ZhaoConfig, key: str) -> tuple[str, dict[str, Any]]:
+    return f"table2/{key}", {**data_spec(cfg), "batch_size": cfg.batch_size, "hi": cfg.hi, "tol": cfg.tol,
+                             "attack": key}
+
+
+def table2_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
+    trained, x, y, _ = zhao_sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
     model = trained.model
-    rows = []
     for key in cfg.attacks:
 
         def measure(key: str = key) -> dict[str, Any]:
@@ -97,13 +85,21 @@ def run_table2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
                 "n": int(len(y)),
             }
 
-        r = run.cell(f"table2/{key}", measure)
+        name, spec = _table2_cell(cfg, key)
+        run.cell(name, measure, spec=spec)
+
+
+def table2_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
+    facts = _facts(results, cfg)
+    rows = []
+    for key in cfg.attacks:
+        r = results.cell(*_table2_cell(cfg, key))
         paper = cfg.paper.get(key, {})
         rows.append([key.upper(), r["mean_least_l2"], 100 * r["fooling_rate"], r["mean_applied_l2"],
                      100 * r["fooling_rate_all"], paper.get("mean", math.nan), paper.get("rate", math.nan)])
     return [
         Heading("Zhao et al. Table 2 (MNIST column)"),
-        _model_blurb(cfg, trained, len(y)),
+        model_blurb(cfg, facts, facts["n_images"]),
         Paragraph(
             f"Per-sample binary search of the least L2 budget in [0, {cfg.hi}] (tolerance {cfg.tol}) "
             "on correctly classified test images; the mean is over the fooled ones only. "
@@ -114,6 +110,10 @@ def run_table2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ]
 
 
+register("zhao_table2", ZhaoConfig, "Zhao Table 2: fooling rate and mean least L2 perturbation, FGM vs OSSA.",
+         report=table2_report)(table2_cells)
+
+
 def _lp_fields(lp: Any) -> dict[str, torch.Tensor]:
     return {"eps": lp.eps, "applied_l2": lp.applied_l2, "fooled": lp.fooled.float(), "correct": lp.correct.float()}
 
@@ -121,9 +121,13 @@ def _lp_fields(lp: Any) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------- Figure 1
 
 
-@register("zhao_figure1", ZhaoConfig, "Zhao Figure 1: a grid of OSSA adversarial examples with predictions.")
-def run_figure1(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
-    trained, x, y, test = _setup(cfg, ctx)
+def _figure1_cell(cfg: ZhaoConfig) -> tuple[str, dict[str, Any]]:
+    return "figure1", {**data_spec(cfg), "eps": cfg.eps, "n_examples": cfg.n_examples}
+
+
+def figure1_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
+    trained, x, y, test = zhao_sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
     model = trained.model
     x, y = x[: cfg.n_examples], y[: cfg.n_examples]
 
@@ -134,40 +138,77 @@ def run_figure1(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
             "adv_pred": res.logits_adv.argmax(1).tolist(),
             "applied_l2": res.norms["l2"].tolist(),
             "success_rate": float(res.success.float().mean()),
+            # the images of the figure: the clean ones and this run's adversarials
+            "x": Artifact(x),
+            "x_adv": Artifact(res.x_adv),
+            "classes": [str(c) for c in test.classes],
         }
 
-    r = run.cell("figure1", measure)
-    x_adv = OSSA(eps=cfg.eps)(model, x, y)  # deterministic: redraw the images for the figure
+    name, spec = _figure1_cell(cfg)
+    run.cell(name, measure, spec=spec)
+
+
+def figure1_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
+    facts = _facts(results, cfg)
+    r = results.cell(*_figure1_cell(cfg))
+    classes = r["classes"]
+    x, x_adv = torch.as_tensor(r["x"]), torch.as_tensor(r["x_adv"])
     imgs = torch.cat([x, x_adv])
-    titles = [f"{test.classes[p]}" for p in r["clean_pred"]] + [
-        f"{test.classes[p]} (L2 {d:.2f})" for p, d in zip(r["adv_pred"], r["applied_l2"], strict=True)
+    titles = [f"{classes[p]}" for p in r["clean_pred"]] + [
+        f"{classes[p]} (L2 {d:.2f})" for p, d in zip(r["adv_pred"], r["applied_l2"], strict=True)
     ]
     colors = ["black"] * len(x) + ["red" if a != c else "black" for a, c in zip(r["adv_pred"], r["clean_pred"], strict=True)]
     fig = image_grid(imgs, titles, title_colors=colors, ncols=min(8, len(x)),
                      suptitle=f"Top: clean with prediction. Bottom: OSSA, L2 budget {cfg.eps} (red: prediction changed)")
-    path = save_figure(fig, run.figures_dir / "zhao_figure1.png")
+    path = save_figure(fig, results.figures_dir / "zhao_figure1.png")
     return [
         Heading("Zhao et al. Figure 1: OSSA adversarial examples"),
-        _model_blurb(cfg, trained, len(y)),
+        model_blurb(cfg, facts, len(x)),
         Paragraph(f"One OSSA step with L2 budget {cfg.eps}; {100 * r['success_rate']:.1f}% of these change the prediction."),
         Figure(path, "Clean images (top rows) and their OSSA adversarials (bottom rows), drawn as the model sees them."),
     ]
 
 
+register("zhao_figure1", ZhaoConfig, "Zhao Figure 1: a grid of OSSA adversarial examples with predictions.",
+         report=figure1_report)(figure1_cells)
+
+
 # ------------------------------------------------------------------- Figure 2
 
 
-@register("zhao_figure2", ZhaoConfig, "Zhao Figure 2: fooling rate vs budget (one-step) and vs iterations (iterative OSSA, FGM, OTCM).")
-def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
-    import matplotlib.pyplot as plt
+def _figure2_cells(cfg: ZhaoConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every cell of Figure 2 (name, spec) by role, from the config alone."""
+    base = {**data_spec(cfg), "batch_size": cfg.batch_size}
+    steps = {**base, "step_size": cfg.step_size, "steps": cfg.steps}
+    cells = {"attacked": ("figure2/attacked", data_spec(cfg))}
+    for key in _figure2_keys(cfg):
+        cells[f"a/{key}"] = (f"figure2a/{key}", {**base, "budgets": list(cfg.budgets), "attack": key})
+    cells["b/ossa"] = ("figure2b/ossa_iterative", steps)
+    cells["b/fgm"] = ("figure2b/fgm_iterative", steps)
+    cells["b/otcm"] = ("figure2b/otcm_iterative", steps)
+    return cells
 
-    trained, x, y, _ = _setup(cfg, ctx)
+
+def _figure2_keys(cfg: ZhaoConfig) -> list[str]:
+    return [k for k in cfg.attacks if k in ATTACKS]
+
+
+def _figure2_iterative(cfg: ZhaoConfig) -> list[str]:
+    """The iterative variants Figure 2(b) shows: OSSA, and FGM / OTCM when (a) has them."""
+    keys = _figure2_keys(cfg)
+    return ["ossa", *[k for k in ("fgm", "otcm") if k in keys]]
+
+
+def figure2_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
+    trained, x, y, _ = zhao_sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
     model = trained.model
     correct = torch.as_tensor(predict(model, x)) == y
     xc, yc = x[correct], y[correct]
-    keys = [k for k in cfg.attacks if k in ATTACKS]
-    curves = {}
-    for key in keys:
+    cells = _figure2_cells(cfg)
+    name, spec = cells["attacked"]
+    run.cell(name, lambda: {"n_correct": int(correct.sum())}, spec=spec)
+    for key in _figure2_keys(cfg):
 
         def measure(key: str = key) -> dict[str, Any]:
             attack = _one_step(key)
@@ -179,15 +220,14 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
                 rates.append(float(succ.mean()))
             return {"budgets": list(cfg.budgets), "fooling_rate": rates}
 
-        curves[key] = run.cell(f"figure2a/{key}", measure)
+        name, spec = cells[f"a/{key}"]
+        run.cell(name, measure, spec=spec)
 
     def measure_iter() -> dict[str, Any]:
         attack = IterativeOSSA(step_size=cfg.step_size, steps=cfg.steps)
         per_step = in_batches(lambda xb, yb: attack.run(model, xb, yb).extras["success_per_step"].float(),
                               xc, yc, batch_size=cfg.batch_size)
         return {"fooling_rate": per_step.mean(0).tolist()}
-
-    it = run.cell("figure2b/ossa_iterative", measure_iter)
 
     def measure_repeated(attack: Any) -> dict[str, Any]:
         # Iterative FGM (BIM-L2) / OTCM as Zhao run them: cfg.step_size per step, clipped to
@@ -198,13 +238,25 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
             xc, yc, batch_size=cfg.batch_size)
         return {"fooling_rate": per_step.mean(0).tolist()}
 
-    iterative = {"ossa": it}
-    if "fgm" in keys:
-        bim = BIM(norm="l2", eps=None, step_size=cfg.step_size, steps=cfg.steps)
-        iterative["fgm"] = run.cell("figure2b/fgm_iterative", lambda: measure_repeated(bim))
-    if "otcm" in keys:
-        otcm = IterativeOTCM(step_size=cfg.step_size, steps=cfg.steps)
-        iterative["otcm"] = run.cell("figure2b/otcm_iterative", lambda: measure_repeated(otcm))
+    iterative = {
+        "ossa": measure_iter,
+        "fgm": lambda: measure_repeated(BIM(norm="l2", eps=None, step_size=cfg.step_size, steps=cfg.steps)),
+        "otcm": lambda: measure_repeated(IterativeOTCM(step_size=cfg.step_size, steps=cfg.steps)),
+    }
+    for key in _figure2_iterative(cfg):
+        name, spec = cells[f"b/{key}"]
+        run.cell(name, iterative[key], spec=spec)
+
+
+def figure2_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    facts = _facts(results, cfg)
+    cells = _figure2_cells(cfg)
+    keys = _figure2_keys(cfg)
+    curves = {key: results.cell(*cells[f"a/{key}"]) for key in keys}
+    iterative = {key: results.cell(*cells[f"b/{key}"]) for key in _figure2_iterative(cfg)}
+    n_correct = results.cell(*cells["attacked"])["n_correct"]
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, c in curves.items():
@@ -223,7 +275,7 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ax2.grid(alpha=0.3)
     ax2.legend()
     fig.tight_layout()
-    path = save_figure(fig, run.figures_dir / "zhao_figure2.png")
+    path = save_figure(fig, results.figures_dir / "zhao_figure2.png")
     rows = []
     for target in (0.5, 0.9):
         row = [f"budget for {int(100 * target)}% fooled"]
@@ -234,8 +286,8 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
         rows.append(row)
     return [
         Heading("Zhao et al. Figure 2: fooling rate vs budget and vs iterations"),
-        _model_blurb(cfg, trained, len(y)),
-        Paragraph(f"{int(correct.sum())} correctly classified images attacked; budgets are L2 norms before clipping."),
+        model_blurb(cfg, facts, facts["n_images"]),
+        Paragraph(f"{n_correct} correctly classified images attacked; budgets are L2 norms before clipping."),
         Table(["", *[k.upper() for k in keys]], rows,
               caption="Smallest budget on the grid reaching the rate (paper, OSSA on MNIST: 90% at 2.1)"),
         Table(["iterations", *[f"iterative {k.upper()}" for k in iterative]],
@@ -246,14 +298,21 @@ def run_figure2(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ]
 
 
+register("zhao_figure2", ZhaoConfig,
+         "Zhao Figure 2: fooling rate vs budget (one-step) and vs iterations (iterative OSSA, FGM, OTCM).",
+         report=figure2_report)(figure2_cells)
+
+
 # ------------------------------------------------------------------- Figure 3
 
 
-@register("zhao_figure3", ZhaoConfig, "Zhao Figure 3: least OSSA L2 perturbation vs log λ_max, with the correlation.")
-def run_figure3(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
-    import matplotlib.pyplot as plt
+def _figure3_cell(cfg: ZhaoConfig) -> tuple[str, dict[str, Any]]:
+    return "figure3", {**data_spec(cfg), "batch_size": cfg.batch_size, "hi": cfg.hi, "tol": cfg.tol}
 
-    trained, x, y, _ = _setup(cfg, ctx)
+
+def figure3_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
+    trained, x, y, _ = zhao_sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
     model = trained.model
 
     def measure() -> dict[str, Any]:
@@ -271,7 +330,15 @@ def run_figure3(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
         return {"log10_lambda_max": loglam.tolist(), "least_l2": eps.tolist(), "pearson_r": r,
                 "n_fooled": int(fooled.sum()), "n_correct": int(out["correct"].sum())}
 
-    r = run.cell("figure3", measure)
+    name, spec = _figure3_cell(cfg)
+    run.cell(name, measure, spec=spec)
+
+
+def figure3_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    facts = _facts(results, cfg)
+    r = results.cell(*_figure3_cell(cfg))
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.scatter(r["log10_lambda_max"], r["least_l2"], s=6, alpha=0.5)
     ax.set_xlabel("log10 λ_max of G_x")
@@ -279,10 +346,10 @@ def run_figure3(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ax.set_title(f"{r['n_fooled']} fooled samples, Pearson r = {r['pearson_r']:.3f}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = save_figure(fig, run.figures_dir / "zhao_figure3.png")
+    path = save_figure(fig, results.figures_dir / "zhao_figure3.png")
     return [
         Heading("Zhao et al. Figure 3: least perturbation vs λ_max"),
-        _model_blurb(cfg, trained, len(y)),
+        model_blurb(cfg, facts, facts["n_images"]),
         Paragraph(
             f"Least OSSA budget by binary search in [0, {cfg.hi}] for the {r['n_fooled']} of {r['n_correct']} "
             f"correct samples fooled within it; Pearson correlation with log10 λ_max: {r['pearson_r']:.3f} "
@@ -292,14 +359,20 @@ def run_figure3(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ]
 
 
+register("zhao_figure3", ZhaoConfig, "Zhao Figure 3: least OSSA L2 perturbation vs log λ_max, with the correlation.",
+         report=figure3_report)(figure3_cells)
+
+
 # ------------------------------------------------------------------- Figure 4(a)
 
 
-@register("zhao_figure4a", ZhaoConfig, "Zhao Figure 4(a): histogram of λ_max for clean vs FGM test images.")
-def run_figure4a(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
-    import matplotlib.pyplot as plt
+def _figure4a_cell(cfg: ZhaoConfig) -> tuple[str, dict[str, Any]]:
+    return "figure4a", {**data_spec(cfg), "batch_size": cfg.batch_size, "eps": cfg.eps}
 
-    trained, x, y, _ = _setup(cfg, ctx)
+
+def figure4a_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
+    trained, x, y, _ = zhao_sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
     model = trained.model
 
     def measure() -> dict[str, Any]:
@@ -316,7 +389,15 @@ def run_figure4a(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
                 "fgm_success_rate": float(out["success"].mean()),
                 "median_clean": float(out["clean"].median()), "median_adv": float(out["adv"].median())}
 
-    r = run.cell("figure4a", measure)
+    name, spec = _figure4a_cell(cfg)
+    run.cell(name, measure, spec=spec)
+
+
+def figure4a_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    facts = _facts(results, cfg)
+    r = results.cell(*_figure4a_cell(cfg))
     fig, ax = plt.subplots(figsize=(6, 4))
     clean = np.log10(np.clip(r["clean"], 1e-30, None))
     adv = np.log10(np.clip(r["adv"], 1e-30, None))
@@ -328,11 +409,15 @@ def run_figure4a(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = save_figure(fig, run.figures_dir / "zhao_figure4a.png")
+    path = save_figure(fig, results.figures_dir / "zhao_figure4a.png")
     return [
         Heading("Zhao et al. Figure 4(a): λ_max of clean and FGM images"),
-        _model_blurb(cfg, trained, len(y)),
+        model_blurb(cfg, facts, facts["n_images"]),
         Table(["", "median λ_max", ], [["clean", r["median_clean"]], [f"FGM L2 {cfg.eps}", r["median_adv"]]],
               caption=f"FGM fooled {100 * r['fgm_success_rate']:.1f}% of the images (all test images, as in the paper)."),
         Figure(path, "Histogram of log10 λ_max for clean and FGM test images."),
     ]
+
+
+register("zhao_figure4a", ZhaoConfig, "Zhao Figure 4(a): histogram of λ_max for clean vs FGM test images.",
+         report=figure4a_report)(figure4a_cells)

@@ -17,6 +17,7 @@ on a test split of images no detector saw, with bootstrap intervals.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -25,11 +26,7 @@ import torch
 
 from ..attacks import ATTACKS, OSSA
 from ..fisher import fisher_spectrum
-from .base import Context, register
-from .common import load_split, predict, select_samples, trained_model
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
-from .unified_detection import (
+from .detection_kit import (
     DETECTOR_LABELS,
     DetectionConfig,
     attack_rows,
@@ -39,43 +36,83 @@ from .unified_detection import (
     detection_tables,
     errors_paragraph,
     evaluate,
+    evaluation_spec,
+    model_cell,
     pct,
+    record_model,
     sources,
     table_rows,
 )
-from .zhao import ZhaoConfig
+from .kit import (
+    Block,
+    Context,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    predict,
+    register,
+    save_figure,
+)
+from .zhao_kit import ZhaoConfig, data_spec, zhao_sources
 
-__all__ = ["run_figure4b", "run_table4"]
+__all__ = ["figure4b_cells", "figure4b_report", "table4_cells", "table4_report"]
+
+ROC_POINTS = 150
 
 
-def _sweep_attacks(cfg: DetectionConfig) -> tuple[dict[str, Any], list[tuple[str, str, float]]]:
-    attacks, labels = {}, []
+def _sweep_labels(cfg: DetectionConfig) -> list[tuple[str, str, float]]:
+    """(label, attack name, budget) of every attack of the sweep, in order."""
+    return [(f"{s.name}@{b:g}", s.name, float(b)) for s in cfg.sweep for b in s.budgets]
+
+
+def _sweep_attacks(cfg: DetectionConfig) -> dict[str, Any]:
+    attacks = {}
     for s in cfg.sweep:
         if s.key not in ATTACKS:
             raise ValueError(f"sweep {s.name!r}: unknown attack key {s.key!r}; valid: {sorted(ATTACKS)}.")
         for b in s.budgets:
-            label = f"{s.name}@{b:g}"
-            attacks[label] = ATTACKS[s.key](**{**s.params, "eps": float(b)})
-            labels.append((label, s.name, float(b)))
-    return attacks, labels
+            attacks[f"{s.name}@{b:g}"] = ATTACKS[s.key](**{**s.params, "eps": float(b)})
+    return attacks
 
 
-@register("zhao_table4", DetectionConfig,
-          "Zhao Tables 4-5 (MNIST): KD, BU, KD+BU and the eigenvalue detector vs FGM, OTCM, Opt, BIM, OSSA; budget sweep.")
-def run_table4(run: Run, cfg: DetectionConfig, ctx: Context) -> list[Block]:
-    import time
+def _sweep_detectors(cfg: DetectionConfig) -> list[str]:
+    return list(cfg.sweep_detectors) or list(cfg.detectors)
 
+
+def _table4_cells(cfg: DetectionConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The evaluation cells (name, spec) of the kind, from the config alone."""
+    cells = {"table4": ("table4", evaluation_spec(cfg, attacks=cfg.attacks, detectors=cfg.detectors,
+                                                  cross_attack=cfg.cross_attack, roc_points=ROC_POINTS))}
+    if cfg.sweep:
+        cells["sweep"] = ("sweep", evaluation_spec(cfg, attacks=[], detectors=_sweep_detectors(cfg),
+                                                   cross_attack=False,
+                                                   sweep=[dataclasses.asdict(s) for s in cfg.sweep]))
+    return cells
+
+
+def table4_cells(run: Run, cfg: DetectionConfig, ctx: Context) -> None:
+    trained, x, y = sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
+    cells = _table4_cells(cfg)
+    cache: dict[Any, Any] = {}
+    evaluate(run, *cells["table4"], cfg, ctx, trained, x, y, build_attacks(cfg.attacks), list(cfg.detectors),
+             cross_attack=cfg.cross_attack, feature_cache=cache, roc_points=ROC_POINTS)
+    if cfg.sweep:
+        evaluate(run, *cells["sweep"], cfg, ctx, trained, x, y, _sweep_attacks(cfg), _sweep_detectors(cfg),
+                 cross_attack=False, feature_cache=cache)
+
+
+def table4_report(cfg: DetectionConfig, results: Results) -> list[Block]:
     import matplotlib.pyplot as plt
 
-    trained, x, y = sources(cfg, ctx)
-    attacks = build_attacks(cfg.attacks)
+    facts = results.cell(*model_cell(cfg))
+    cells = _table4_cells(cfg)
+    main = results.cell(*cells["table4"])
     names = [s.name for s in cfg.attacks]
     dets = list(cfg.detectors)
-    cache: dict[Any, Any] = {}
-    t0 = time.perf_counter()
-    main = evaluate(run, "table4", cfg, ctx, trained, x, y, attacks, dets, cross_attack=cfg.cross_attack,
-                    feature_cache=cache, roc_points=150)
-    t_main = time.perf_counter() - t0
     recs = main["records"]
     tab = table_rows(recs)
     paper4 = cfg.paper.get("table4", {})
@@ -84,15 +121,16 @@ def run_table4(run: Run, cfg: DetectionConfig, ctx: Context) -> list[Block]:
     blocks: list[Block] = [
         Heading("Zhao et al. Table 4: AUROC of detecting adversarial examples (MNIST)"),
         Paragraph(
-            f"`{cfg.arch}` (test accuracy {trained.metrics['test_accuracy']:.4f}, checkpoint "
-            f"`{trained.key[:12]}`), {len(y)} random MNIST test images (seed {cfg.seed}) split by source "
-            f"image into fit / calibrate / test = {cfg.splits}. Eigenvalue detector: top-{cfg.eigenvalues} "
-            f"eigenvalues of G_x (9 non-zero with 10 classes) -> random forest ({cfg.n_estimators} trees, "
-            f"depth ≤ {cfg.max_depth}), fitted on clean + noise-matched negatives and the attack's "
-            f"positives. KD: per-class Gaussian KDE of the penultimate layer (bandwidth by leave-one-out "
-            f"likelihood on the fit split); BU: {cfg.mc_samples} MC-dropout passes of the same weights with "
-            f"dropout {cfg.dropout} in both fully connected slots (the net was trained without dropout); KD+BU: "
-            f"logistic regression on both. 95% intervals: {cfg.n_bootstrap} bootstrap draws of test images."
+            f"`{cfg.arch}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
+            f"`{facts['checkpoint_key'][:12]}`), {facts['n_images']} random MNIST test images (seed {cfg.seed}) "
+            f"split by source image into fit / calibrate / test = {cfg.splits}. Eigenvalue detector: "
+            f"top-{cfg.eigenvalues} eigenvalues of G_x (9 non-zero with 10 classes) -> random forest "
+            f"({cfg.n_estimators} trees, depth ≤ {cfg.max_depth}), fitted on clean + noise-matched negatives and "
+            "the attack's positives. KD: per-class Gaussian KDE of the penultimate layer (bandwidth by "
+            f"leave-one-out likelihood on the fit split); BU: {cfg.mc_samples} MC-dropout passes of the same "
+            f"weights with dropout {cfg.dropout} in both fully connected slots (the net was trained without "
+            f"dropout); KD+BU: logistic regression on both. 95% intervals: {cfg.n_bootstrap} bootstrap draws of "
+            "test images."
         ),
         attack_table(cfg.attacks, attack_rows(recs)),
     ]
@@ -136,16 +174,13 @@ def run_table4(run: Run, cfg: DetectionConfig, ctx: Context) -> list[Block]:
         ax.legend(fontsize=6.5, loc="lower right")
     axes[0][0].set_ylabel("true positive rate")
     fig.tight_layout()
-    roc_path = save_figure(fig, run.figures_dir / "zhao-table4-roc.png")
+    roc_path = save_figure(fig, results.figures_dir / "zhao-table4-roc.png")
     blocks.append(Figure(roc_path, "ROC curves on the test split (legend: AUROC %)."))
 
     if cfg.sweep:
-        sweep_attacks, labels = _sweep_attacks(cfg)
-        sdets = list(cfg.sweep_detectors) or dets
-        t1 = time.perf_counter()
-        sw = evaluate(run, "sweep", cfg, ctx, trained, x, y, sweep_attacks, sdets, cross_attack=False,
-                      feature_cache=cache)
-        t_sweep = time.perf_counter() - t1
+        labels = _sweep_labels(cfg)
+        sdets = _sweep_detectors(cfg)
+        sw = results.cell(*cells["sweep"])
         stab, satk = table_rows(sw["records"]), attack_rows(sw["records"])
         srows = []
         for label, base, b in labels:
@@ -170,29 +205,36 @@ def run_table4(run: Run, cfg: DetectionConfig, ctx: Context) -> list[Block]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        sweep_path = save_figure(fig, run.figures_dir / "zhao-table4-sweep.png")
+        sweep_path = save_figure(fig, results.figures_dir / "zhao-table4-sweep.png")
         blocks.append(Figure(sweep_path, "AUROC of each detector and the attack's success rate against the budget."))
-        blocks.append(Paragraph(f"Wall time: Table 4/5 evaluation {t_main:.0f} s, sweep {t_sweep:.0f} s "
-                                "(0 when resumed from stored cells)."))
+        blocks.append(Paragraph(f"Wall time: Table 4/5 evaluation {main['wall_s']:.0f} s, sweep {sw['wall_s']:.0f} s "
+                                "(when the cells were computed)."))
     return blocks
+
+
+register("zhao_table4", DetectionConfig,
+         "Zhao Tables 4-5 (MNIST): KD, BU, KD+BU and the eigenvalue detector vs FGM, OTCM, Opt, BIM, OSSA; budget sweep.",
+         report=table4_report)(table4_cells)
 
 
 # ------------------------------------------------------------------- Figure 4(b)
 
 
-@register("zhao_figure4b", ZhaoConfig,
-          "Zhao Figure 4(b): lambda_max of G_x along the OSSA direction (and along random directions).")
-def run_figure4b(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
-    import matplotlib.pyplot as plt
+def _figure4b_ts(cfg: ZhaoConfig) -> list[float]:
+    return sorted({0.0, *[float(t) for t in cfg.budgets]})
 
-    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset)
+
+def _figure4b_cell(cfg: ZhaoConfig) -> tuple[str, dict[str, Any]]:
+    return "figure4b", {**data_spec(cfg), "eps": cfg.eps, "t": _figure4b_ts(cfg), "n_examples": cfg.n_examples}
+
+
+def figure4b_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
+    trained, x, y, _ = zhao_sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
     model = trained.model
-    test = load_split(cfg.dataset, "test", ctx)
-    idx = select_samples(len(test), cfg.n_samples, cfg.seed)
-    x, y = test.x[idx], test.y[idx]
     ok = torch.as_tensor(predict(model, x)) == y
     xs, ys = x[ok][: cfg.n_examples], y[ok][: cfg.n_examples]
-    ts = sorted({0.0, *[float(t) for t in cfg.budgets]})
+    ts = _figure4b_ts(cfg)
 
     def measure() -> dict[str, Any]:
         spec = fisher_spectrum(model, xs, k=1)
@@ -211,7 +253,15 @@ def run_figure4b(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
             out[f"{name}_flipped"] = (pred != ys[:, None]).tolist()
         return out
 
-    r = run.cell("figure4b", measure)
+    name, spec = _figure4b_cell(cfg)
+    run.cell(name, measure, spec=spec)
+
+
+def figure4b_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    facts = results.cell(*model_cell(cfg))
+    r = results.cell(*_figure4b_cell(cfg))
     lam_o, lam_r = np.array(r["ossa_lambda"]), np.array(r["random_lambda"])
     flip = np.array(r["ossa_flipped"])
     t = np.array(r["t"])
@@ -232,7 +282,7 @@ def run_figure4b(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = save_figure(fig, run.figures_dir / "zhao-figure4b.png")
+    path = save_figure(fig, results.figures_dir / "zhao-figure4b.png")
     t_idx = int(np.argmin(np.abs(t - cfg.eps)))
     ratio_o = np.median(lam_o[:, t_idx] / lam_o[:, 0])
     ratio_r = np.median(lam_r[:, t_idx] / lam_r[:, 0])
@@ -244,9 +294,9 @@ def run_figure4b(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
     return [
         Heading("Zhao et al. Figure 4(b): eigenvalues grow along the OSSA direction"),
         Paragraph(
-            f"`{cfg.arch}` on `{cfg.dataset}`, the first {len(lam_o)} correctly classified of {len(y)} random test "
-            f"images (seed {cfg.seed}). λ_max of G_x at clip(x + t·s·v₁) with v₁ the top eigenvector at x and s "
-            f"OSSA's sign for budget {cfg.eps}; dotted: the same steps along a random unit direction. At t = "
+            f"`{cfg.arch}` on `{cfg.dataset}`, the first {len(lam_o)} correctly classified of {facts['n_images']} "
+            f"random test images (seed {cfg.seed}). λ_max of G_x at clip(x + t·s·v₁) with v₁ the top eigenvector at "
+            f"x and s OSSA's sign for budget {cfg.eps}; dotted: the same steps along a random unit direction. At t = "
             f"{t[t_idx]:g} the median λ_max is {ratio_o:.3g} times its value at x along v₁ and {ratio_r:.3g} times "
             f"along the random direction; {n_flip} of {len(lam_o)} predictions have changed along v₁. Over "
             f"the whole path the median peak λ_max is {peak_o:.3g} times λ_max(x) along v₁ ({peak_r:.3g} along "
@@ -260,3 +310,8 @@ def run_figure4b(run: Run, cfg: ZhaoConfig, ctx: Context) -> list[Block]:
         Figure(path, "log10 λ_max along the OSSA direction (solid) and a random direction (dotted), one colour per "
                "image; × where the prediction changes."),
     ]
+
+
+register("zhao_figure4b", ZhaoConfig,
+         "Zhao Figure 4(b): lambda_max of G_x along the OSSA direction (and along random directions).",
+         report=figure4b_report)(figure4b_cells)
