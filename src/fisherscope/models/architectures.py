@@ -286,9 +286,10 @@ class _PlainCNN(nn.Module):
     its spec. ``features`` lists :class:`_Conv` layers and the ``_POOL`` / ``_DROPOUT``
     tokens; ``classifier`` is ``Flatten`` - the hidden layers of ``hidden`` (see
     :func:`_dense_layers`) - ``Linear(., num_classes)``. The flatten size and the smallest
-    admissible ``input_size`` follow from the spec. Modules are created in spec order, so
-    a seed gives the same initial weights as the hand-written layer lists did, and the
-    state-dict keys are ``features.<i>.*`` / ``classifier.<i>.*`` by position.
+    admissible ``input_size`` follow from the spec. Modules are created, and so
+    initialised, in spec order, and the state-dict keys are ``features.<i>.*`` /
+    ``classifier.<i>.*`` by position: changing a spec changes the checkpoints it loads
+    (``tests/test_model_fingerprints.py`` guards the registry's).
 
     Parameters
     ----------
