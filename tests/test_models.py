@@ -285,3 +285,14 @@ def test_as_logits_log_probs_and_bad_output():
     torch.testing.assert_close(as_logits(net, output="log_probs")(x), net(x))
     with pytest.raises(ValueError, match="'probs' or 'log_probs'"):
         as_logits(net, output="logits")
+
+
+@pytest.mark.parametrize(
+    ("arch", "smallest"),
+    [("digits_cnn", 2), ("mnist_cnn", 6), ("lenet5", 12), ("convnet_bn", 4), ("vgg_small", 8), ("vgg11", 32)],
+)
+def test_smallest_input_size_follows_from_the_layers(arch, smallest):
+    with pytest.raises(ValueError, match=f"input_size must be an integer >= {smallest}; got {smallest - 1}"):
+        build_model(arch, input_size=smallest - 1)
+    model = _build(arch, input_size=smallest)
+    assert model(_input_for(arch, input_size=smallest)).shape == (2, 10)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from .._batching import per_sample
 from .._validation import check_inputs, check_labels, check_logits, eval_mode
 
 __all__ = ["Attack", "AttackResult", "OneStepAttack", "Norm", "perturbation_norms", "project", "project_l1_ball"]
@@ -64,10 +65,6 @@ def perturbation_norms(delta: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def project_l1_ball(delta: Tensor, eps: Tensor) -> Tensor:
     """Euclidean projection of each sample of ``delta`` (N, ...) onto the L1 ball of radius ``eps`` (N,).
 
@@ -98,12 +95,12 @@ def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     """
     delta = x_adv - x
     if norm == "linf":
-        e = _bcast(eps, x)
+        e = per_sample(eps, x)
         delta = torch.maximum(torch.minimum(delta, e), -e)
     elif norm == "l2":
         n = delta.flatten(1).norm(p=2, dim=1)
         scale = torch.where(n > eps, eps / n.clamp_min(torch.finfo(n.dtype).tiny), torch.ones_like(n))
-        delta = delta * _bcast(scale, x)
+        delta = delta * per_sample(scale, x)
     elif norm == "l1":
         delta = project_l1_ball(delta, eps)
     elif norm == "l0":
@@ -111,7 +108,7 @@ def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     else:  # pragma: no cover - guarded by the classes
         raise ValueError(f"unknown norm {norm!r}")
     out = x + delta
-    return torch.where(_bcast(eps == 0, x), x, out)
+    return torch.where(per_sample(eps == 0, x), x, out)
 
 
 class _validate_first_forward:
@@ -284,7 +281,7 @@ class Attack(ABC):
         lo, hi = self.bounds
         out = x_adv.clamp(lo, hi)
         if eps is not None:
-            out = torch.where(_bcast(eps == 0, x), x, out)
+            out = torch.where(per_sample(eps == 0, x), x, out)
         return out
 
     @abstractmethod

@@ -9,13 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._batching import per_sample
 from .base import Attack
 
 __all__ = ["DeepFool", "DeepFoolLinf"]
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def _candidate_classes(logits: Tensor, y: Tensor, candidates: int) -> Tensor:
@@ -129,7 +126,7 @@ class DeepFool(Attack):
         fb, wb, nb = f[rows, best], w[rows, best], wn[rows, best]
         length = fb.abs() / nb + self.step_margin
         scale = torch.where(nb > 0, length / nb, torch.zeros_like(nb))
-        return _bcast(scale, wb) * wb
+        return per_sample(scale, wb) * wb
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -186,4 +183,4 @@ class DeepFoolLinf(DeepFool):
         rows = torch.arange(f.shape[0], device=f.device)
         fb, wb, nb = f[rows, best], w[rows, best], wn[rows, best]
         scale = torch.where(nb > 0, fb.abs() / nb + self.step_margin, torch.zeros_like(nb))
-        return _bcast(scale, wb) * wb.sign()
+        return per_sample(scale, wb) * wb.sign()

@@ -14,20 +14,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .._batching import per_sample
 from .base import OneStepAttack, input_gradient
 
 __all__ = ["FGM", "FGSM", "OTCM", "choose_targets", "unit_l2"]
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
-
-
 def unit_l2(grad: Tensor) -> Tensor:
     """``grad / ‖grad‖₂`` per sample; samples with a zero gradient give a zero direction."""
     n = grad.flatten(1).norm(dim=1)
-    unit = grad / _bcast(n.clamp_min(torch.finfo(grad.dtype).tiny), grad)
-    return torch.where(_bcast(n > 0, grad), unit, torch.zeros_like(unit))
+    unit = grad / per_sample(n.clamp_min(torch.finfo(grad.dtype).tiny), grad)
+    return torch.where(per_sample(n > 0, grad), unit, torch.zeros_like(unit))
 
 
 def choose_targets(logits: Tensor, y: Tensor, how: str, generator: torch.Generator | None = None) -> Tensor:
@@ -104,7 +101,7 @@ class FGM(OneStepAttack):
         return unit_l2(grad)
 
     def _step(self, model, x, y, state, eps, targeted):
-        return x + _bcast(eps, x) * state, {}
+        return x + per_sample(eps, x) * state, {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +141,7 @@ class FGSM(OneStepAttack):
         return grad.sign()
 
     def _step(self, model, x, y, state, eps, targeted):
-        return x + _bcast(eps, x) * state, {}
+        return x + per_sample(eps, x) * state, {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,4 +217,4 @@ class OTCM(OneStepAttack):
 
     def _step(self, model, x, y, state, eps, targeted):
         direction, t = state
-        return x + _bcast(eps, x) * direction, {"target": t}
+        return x + per_sample(eps, x) * direction, {"target": t}

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from .._batching import per_sample
 from .base import Attack, AttackResult, OneStepAttack, input_gradient
 from .gradient import choose_targets
 
@@ -247,4 +248,4 @@ class HGFast(_KeepRule, OneStepAttack):
 
     def _step(self, model, x, y, state, eps, targeted):
         direction, target = state
-        return x + eps.reshape(-1, *([1] * (x.ndim - 1))) * direction, {"target": target}
+        return x + per_sample(eps, x) * direction, {"target": target}

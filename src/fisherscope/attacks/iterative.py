@@ -25,16 +25,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .._batching import per_sample
 from .base import Attack, input_gradient, project
 from .gradient import choose_targets, unit_l2
 
 __all__ = ["BIM", "MIFGSM", "PGD", "IterativeOTCM", "sparse_l1_direction"]
 
 Direction = Callable[[Tensor, Tensor], Tensor]
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def _iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, steps: int, alpha: Tensor,
@@ -47,7 +44,7 @@ def _iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, steps: 
     last costs one forward pass), otherwise the last two outputs are ``None``.
     """
     lo, hi = bounds
-    a = _bcast(alpha, x)
+    a = per_sample(alpha, x)
     xt = x_start
     preds: list[Tensor] = []
     for t in range(steps):
@@ -308,7 +305,7 @@ class PGD(Attack):
             loss = torch.nn.functional.cross_entropy(logits, ys, reduction="none")
             loss = -loss if targeted else loss
             take = hit | (loss > best_loss[idx])
-            best[idx] = torch.where(_bcast(take, xt), xt, best[idx])
+            best[idx] = torch.where(per_sample(take, xt), xt, best[idx])
             best_loss[idx] = torch.where(take, loss, best_loss[idx])
             kept[idx] = torch.where(take, torch.full_like(kept[idx], r), kept[idx])
             done[idx] = hit
@@ -378,7 +375,7 @@ class MIFGSM(Attack):
         def direction(grad: Tensor, xt: Tensor) -> Tensor:
             nonlocal momentum
             l1 = grad.flatten(1).abs().sum(1)
-            momentum = self.decay * momentum + grad / _bcast(torch.where(l1 > 0, l1, torch.ones_like(l1)), x)
+            momentum = self.decay * momentum + grad / per_sample(torch.where(l1 > 0, l1, torch.ones_like(l1)), x)
             return momentum.sign()
 
         x_adv, _, _ = _iterate(model, x, y, x, steps=self.steps, alpha=alpha, eps=eps, norm="linf",

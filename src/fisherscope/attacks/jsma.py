@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .._batching import chunks
 from .base import Attack
 from .gradient import choose_targets
 
@@ -41,8 +42,8 @@ def _best_pairs(alpha: Tensor, beta: Tensor, domain: Tensor, sign: float) -> tup
     per = max(1, _PAIR_CHUNK_ELEMENTS // (d * d))
     offdiag = ~torch.eye(d, dtype=torch.bool, device=alpha.device)
     best_idx, best_val = [], []
-    for s in range(0, n, per):
-        a, b, dm = alpha[s : s + per], beta[s : s + per], domain[s : s + per]
+    for sl in chunks(n, per):
+        a, b, dm = alpha[sl], beta[sl], domain[sl]
         pair_a = a[:, :, None] + a[:, None, :]
         pair_b = b[:, :, None] + b[:, None, :]
         valid = (sign * pair_a > 0) & (sign * pair_b < 0) & (dm[:, :, None] & dm[:, None, :]) & offdiag

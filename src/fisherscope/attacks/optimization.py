@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .._batching import per_sample
 from .base import Attack
 
 __all__ = ["CarliniWagnerL2", "Opt"]
@@ -30,10 +31,6 @@ _TANH_SHRINK = 1e-6
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 #: consecutive stalled checks before a sample stops (see :func:`_adam_in_box`)
 _PATIENCE = 2
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def _check_number(owner: str, name: str, value: Any, *, positive: bool) -> None:
@@ -200,7 +197,7 @@ def _adam_in_box(
             l2 = d2.detach().sqrt()
             better = ok & (l2 < best.l2[idx])
             best.l2[idx] = torch.where(better, l2, best.l2[idx])
-            best.x[idx] = torch.where(_bcast(better, xi), xi.detach(), best.x[idx])
+            best.x[idx] = torch.where(per_sample(better, xi), xi.detach(), best.x[idx])
             found[idx] |= ok
             improved[idx] |= better
             if history is not None:

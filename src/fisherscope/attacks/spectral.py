@@ -25,14 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._batching import per_sample
 from ..fisher.input_space import FisherSpectrum, fisher_spectrum
 from .base import Attack, OneStepAttack, project
 
 __all__ = ["OSSA", "IterativeOSSA"]
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def _choose_sign(model: nn.Module, x: Tensor, y: Tensor, v: Tensor, step: Tensor,
@@ -45,7 +42,7 @@ def _choose_sign(model: nn.Module, x: Tensor, y: Tensor, v: Tensor, step: Tensor
     the sample is left where it is.
     """
     lo, hi = bounds
-    d = _bcast(step, x) * v
+    d = per_sample(step, x) * v
     cand = torch.cat([(x + d).clamp(lo, hi), (x - d).clamp(lo, hi), x])
     with torch.no_grad():
         ce = torch.nn.functional.cross_entropy(model(cand), torch.cat([y, y, y]), reduction="none")
@@ -56,7 +53,7 @@ def _choose_sign(model: nn.Module, x: Tensor, y: Tensor, v: Tensor, step: Tensor
     best = torch.where(plus, ce_plus, ce_minus)
     sign = torch.where(plus, 1.0, -1.0).to(x.dtype)
     sign = torch.where(best >= ce_0, sign, torch.zeros_like(sign))
-    return sign, _bcast(sign, x) * d
+    return sign, per_sample(sign, x) * d
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,6 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .._batching import chunks
 from ..features.activations import join_kdbu
 from .base import Detector
 
@@ -87,17 +88,17 @@ def gaussian_kde_logpdf(
     norm = -0.5 * f * math.log(2.0 * math.pi * bandwidth**2)
     sq_support = np.einsum("ij,ij->i", support, support)
     out = np.empty(query.shape[0])
-    for start in range(0, query.shape[0], _CHUNK):
-        q = query[start : start + _CHUNK]
+    for sl in chunks(query.shape[0], _CHUNK):
+        q = query[sl]
         d2 = np.einsum("ij,ij->i", q, q)[:, None] + sq_support[None, :] - 2.0 * (q @ support.T)
         logk = -np.maximum(d2, 0.0) / (2.0 * bandwidth**2)
         count = np.full(q.shape[0], float(n))
         if exclude is not None:
-            ex = np.asarray(exclude[start : start + _CHUNK])
+            ex = np.asarray(exclude[sl])
             rows = np.nonzero(ex >= 0)[0]
             logk[rows, ex[rows]] = -np.inf
             count[rows] -= 1.0
-        out[start : start + _CHUNK] = logsumexp(logk, axis=1) - np.log(count) + norm
+        out[sl] = logsumexp(logk, axis=1) - np.log(count) + norm
     return out
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from .._batching import chunks
 from .base import Detector
 
 __all__ = ["LIDDetector", "lid_mle", "check_layer_sizes", "match_rows"]
@@ -112,10 +113,10 @@ def lid_mle(
     out = np.empty(q.shape[0])
     # rows per block: at most batch_size, and blocks of at most ~16M floats (128 MB)
     step = max(1, min(int(batch_size), 16_000_000 // max(m, k * q.shape[1], 1)))
-    for i in range(0, q.shape[0], step):
-        qb = q[i : i + step]
+    for sl in chunks(q.shape[0], step):
+        qb = q[sl]
         d2 = np.einsum("ij,ij->i", qb, qb)[:, None] + r_sq[None, :] - 2.0 * (qb @ r.T)
-        ex = exclude[i : i + step]
+        ex = exclude[sl]
         rows = np.flatnonzero(ex >= 0)
         d2[rows, ex[rows]] = np.inf
         idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
@@ -127,7 +128,7 @@ def lid_mle(
             lid = -1.0 / mean_log
         # nearest neighbour at distance 0: log 0 = -inf gives 0; all k at 0 gives nan -> 0
         lid[~np.isfinite(lid) | (dist[:, 0] == 0)] = 0.0
-        out[i : i + step] = lid
+        out[sl] = lid
     return out
 
 

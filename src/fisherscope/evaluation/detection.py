@@ -60,6 +60,7 @@ from sklearn.base import clone
 from sklearn.metrics import roc_curve
 from torch import Tensor, nn
 
+from .._batching import check_batch_size, chunks, in_batches, per_sample, predict
 from .._validation import check_inputs, check_labels, check_logits, eval_mode
 from ..attacks.base import Attack
 
@@ -201,10 +202,10 @@ def matched_noise(
     x64 = x.detach().to(torch.float64)
     target = (x_adv.detach().to(torch.float64) - x64).flatten(1).norm(dim=1)
     z = torch.randn(x.shape, generator=generator, dtype=torch.float64, device="cpu").to(x.device)
-    z = z / z.flatten(1).norm(dim=1).clamp_min(1e-300).reshape(-1, *([1] * (x.ndim - 1)))
+    z = z / per_sample(z.flatten(1).norm(dim=1).clamp_min(1e-300), x)
 
     def applied(s: Tensor) -> Tensor:
-        return ((x64 + s.reshape(-1, *([1] * (x.ndim - 1))) * z).clamp(lo_b, hi_b) - x64).flatten(1).norm(dim=1)
+        return ((x64 + per_sample(s, x) * z).clamp(lo_b, hi_b) - x64).flatten(1).norm(dim=1)
 
     # applied(s) <= s (clipping onto a box around x is non-expansive): s = target is a lower end
     lo = target.clone()
@@ -234,7 +235,7 @@ def matched_noise(
     w = torch.where(a_hi > a_lo, (target - a_lo) / (a_hi - a_lo), torch.ones_like(a_hi)).clamp(0, 1)
     s = torch.where(short, hi, lo + w * (hi - lo))
     s = torch.where(target == 0, torch.zeros_like(s), s)
-    out = (x64 + s.reshape(-1, *([1] * (x.ndim - 1))) * z).clamp(lo_b, hi_b)
+    out = (x64 + per_sample(s, x) * z).clamp(lo_b, hi_b)
     return out.to(x.dtype)
 
 
@@ -716,14 +717,6 @@ def _attack_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, batch_size: int) -> tuple[Tensor, int]:
-    """Predicted classes (N,) and the number of classes K."""
-    with eval_mode(model, warn=False):
-        logits = [check_logits(model(x[i : i + batch_size])) for i in range(0, x.shape[0], batch_size)]
-    return torch.cat([z.argmax(1) for z in logits]), int(logits[0].shape[1])
-
-
 def _decide(detector: Any, X: np.ndarray) -> np.ndarray:
     return detector.decision_function(X) if X.shape[0] else np.zeros(0)
 
@@ -745,8 +738,8 @@ def _make_adversarials(name: str, attack: Any, model: nn.Module, x: Tensor, y: T
     x_adv = x.clone()
     idx = torch.nonzero(correct).flatten()
     gen = torch.Generator().manual_seed(_attack_seed(seed, name))
-    for i in range(0, idx.numel(), batch_size):  # batches, not samples
-        sel = idx[i : i + batch_size]
+    for sl in chunks(idx.numel(), batch_size):  # batches, not samples
+        sel = idx[sl]
         x_adv[sel] = attack.run(model, x[sel], y[sel], generator=gen).x_adv.to(x.dtype)
     return x_adv
 
@@ -860,8 +853,7 @@ def evaluate_detectors(
         raise ValueError("attacks must be a non-empty dict name -> Attack (or adversarial tensor).")
     if not isinstance(detectors, Mapping) or not detectors:
         raise ValueError("detectors must be a non-empty dict name -> Detector (or DetectorSpec).")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_batch_size(batch_size)
     specs = {str(k): _as_spec(str(k), v) for k, v in detectors.items()}
     fit_noise_any = any(s.fit_noise for s in specs.values())
     if fit_noise_any and not noise_negatives:
@@ -871,7 +863,9 @@ def evaluate_detectors(
     split = source_splits(y, splits, seed)
 
     with eval_mode(model):
-        pred, num_classes = _predict(model, x, batch_size)
+        with torch.no_grad():
+            logits = in_batches(lambda xb: check_logits(model(xb)), x, batch_size=batch_size)
+        pred, num_classes = logits.argmax(1), int(logits.shape[1])
         check_labels(y, n, num_classes)
         correct_t = pred == y
         correct = correct_t.cpu().numpy()
@@ -885,7 +879,7 @@ def evaluate_detectors(
             name = str(name)
             log.info("attack %s", name)
             x_adv = _make_adversarials(name, attack, model, x, y, correct_t, seed, batch_size, bounds)
-            fooled = (_predict(model, x_adv, batch_size)[0] != y).cpu().numpy()
+            fooled = (predict(model, x_adv, batch_size, warn=False) != y).cpu().numpy()
             pos = correct & fooled
             adv[name], positives[name] = x_adv, pos
             l2 = (x_adv - x).flatten(1).to(torch.float64).norm(dim=1).cpu().numpy()

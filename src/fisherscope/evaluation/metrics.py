@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._batching import check_batch_size, predict
+from .._validation import check_inputs, check_labels
 from ..attacks.base import AttackResult
 
 __all__ = [
@@ -43,18 +44,6 @@ def _check_mask(mask: Tensor, n: int | None, name: str) -> Tensor:
 
 def _rate(num: int, den: int) -> float:
     return num / den if den else float("nan")
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, batch_size: int | None) -> Tensor:
-    step = x.shape[0] if batch_size is None else batch_size
-    out = []
-    with eval_mode(model):
-        for i in range(0, x.shape[0], step):
-            logits = model(x[i : i + step])
-            check_logits(logits)
-            out.append(logits.argmax(1))
-    return torch.cat(out)
 
 
 # ------------------------------------------------------------------ fooling ratio
@@ -140,11 +129,10 @@ def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor | AttackResult, y: 
             f"x_adv must have the shape of x, {tuple(x.shape)}; got {tuple(x_adv.shape)}. "
             "Pass the attacked version of each clean sample, in the same order."
         )
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}.")
+    check_batch_size(batch_size, allow_none=True)
     check_labels(y, x.shape[0])
-    pred = _predict(model, x, batch_size)
-    pred_adv = _predict(model, x_adv, batch_size)
+    pred = predict(model, x, batch_size)
+    pred_adv = predict(model, x_adv, batch_size)
     y = y.to(pred.device)
     correct = pred == y
     fooled = correct & (pred_adv != y)

@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._batching import check_batch_size, in_batches, predict
+from .._validation import check_inputs, check_labels
 from ..attacks.base import Attack
 
 __all__ = ["COUNT_RULES", "TransferMatrix", "transfer_from_examples", "transfer_matrix"]
@@ -129,17 +130,6 @@ def _named(models: Mapping[str, nn.Module] | Sequence[nn.Module], what: str) -> 
     return named
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    out = []
-    with eval_mode(model):
-        for i in range(0, x.shape[0], batch_size):
-            logits = model(x[i : i + batch_size])
-            check_logits(logits)
-            out.append(logits.argmax(1))
-    return torch.cat(out)
-
-
 def transfer_matrix(
     attack: Attack,
     source_models: Mapping[str, nn.Module] | Sequence[nn.Module],
@@ -209,11 +199,10 @@ def transfer_matrix(
     _named(target_models, "target_models")  # fail before the (long) attacks, not after
     check_inputs(x, y, bounds=attack.bounds)
     check_labels(y, x.shape[0])
-    n = x.shape[0]
-    step = _batch_size(batch_size, n)
+    check_batch_size(batch_size, allow_none=True)
     x, y = x.detach(), y.to(x.device)
     adversarial = {
-        name: torch.cat([attack(src, x[j : j + step], y[j : j + step], generator=generator) for j in range(0, n, step)])
+        name: in_batches(lambda xb, yb, src=src: attack(src, xb, yb, generator=generator), x, y, batch_size=batch_size)
         for name, src in sources.items()
     }
     return transfer_from_examples(adversarial, sources, target_models, x, y, count=count, batch_size=batch_size,
@@ -223,14 +212,6 @@ def transfer_matrix(
 def _check_count(count: str) -> None:
     if count not in COUNT_RULES:
         raise ValueError(f"count must be one of {sorted(COUNT_RULES)}; got {count!r}.")
-
-
-def _batch_size(batch_size: int | None, n: int) -> int:
-    if batch_size is None:
-        return n
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}.")
-    return batch_size
 
 
 def transfer_from_examples(
@@ -266,11 +247,11 @@ def transfer_from_examples(
         if not isinstance(xa, Tensor) or xa.shape != x.shape:
             raise ValueError(f"adversarial[{name!r}] must be a tensor of x's shape {tuple(x.shape)}; got "
                              f"{tuple(xa.shape) if isinstance(xa, Tensor) else type(xa).__name__}.")
+    check_batch_size(batch_size, allow_none=True)
     n = x.shape[0]
-    step = _batch_size(batch_size, n)
     y = y.to(x.device)
     models: dict[int, nn.Module] = {id(m): m for m in [*sources.values(), *targets.values()]}
-    correct = {k: _predict(m, x, step) == y for k, m in models.items()}
+    correct = {k: predict(m, x, batch_size) == y for k, m in models.items()}
     correct_all = torch.stack(list(correct.values())).all(0)
 
     s_n, t_n = len(sources), len(targets)
@@ -278,10 +259,10 @@ def transfer_from_examples(
     n_counted = torch.zeros(s_n, t_n, dtype=torch.int64)
     for i, (name, src) in enumerate(sources.items()):
         x_adv = adversarial[name].to(x.device)
-        wrong_src = _predict(src, x_adv, step) != y
+        wrong_src = predict(src, x_adv, batch_size) != y
         fooled_src = correct[id(src)] & wrong_src
         for j, tgt in enumerate(targets.values()):
-            wrong = wrong_src if tgt is src else _predict(tgt, x_adv, step) != y
+            wrong = wrong_src if tgt is src else predict(tgt, x_adv, batch_size) != y
             if count == "fooled_source":
                 counted = fooled_src
             elif count == "all":

@@ -1,8 +1,10 @@
-"""Helpers shared by the feature functions: model / batch-size checks, chunking, numpy out."""
+"""Helpers shared by the feature functions: the model check and numpy output.
+
+Batch-size checks and chunking live in :mod:`fisherscope._batching`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,21 +18,6 @@ def check_model(model: Any, what: str = "model") -> None:
             f"{what} must be a torch.nn.Module mapping x (N, C, H, W) to logits (N, K); got "
             f"{type(model).__name__}."
         )
-
-
-def check_batch_size(batch_size: Any, *, allow_none: bool = False) -> None:
-    if batch_size is None and allow_none:
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        none = " or None (one batch)" if allow_none else ""
-        raise ValueError(f"batch_size must be a positive integer{none}; got {batch_size!r}.")
-
-
-def chunks(n: int, batch_size: int | None) -> Iterator[slice]:
-    """Consecutive slices of at most ``batch_size`` rows covering range(n)."""
-    step = n if batch_size is None else batch_size
-    for start in range(0, n, step):
-        yield slice(start, min(start + step, n))
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

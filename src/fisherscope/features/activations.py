@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._batching import check_batch_size, chunks
 from .._validation import check_inputs, check_logits, eval_mode
-from ._common import check_batch_size, check_model, chunks, to_numpy
+from ._common import check_model, to_numpy
 
 __all__ = ["dropout_modules", "join_kdbu", "kdbu_features", "mc_dropout", "penultimate"]
 

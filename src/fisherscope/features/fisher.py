@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._batching import check_batch_size, chunks
 from .._validation import check_inputs, check_logits, eval_mode
 from ..fisher import fisher_spectrum, param_fisher_form, param_fisher_trace
-from ._common import check_batch_size, check_model, chunks, to_numpy
+from ._common import check_model, to_numpy
 
 __all__ = ["PARAM_FISHER_SCORES", "fisher_eigenvalues", "param_fisher_scores"]
 

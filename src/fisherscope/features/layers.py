@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._batching import check_batch_size, chunks
 from .._validation import check_inputs, eval_mode
 
 __all__ = ["ACTIVATION_TYPES", "OUTPUT", "layer_activations", "layer_sizes"]
@@ -45,8 +46,7 @@ def _check_common(model: Any, x: torch.Tensor, pool: Any, batch_size: Any) -> No
     check_inputs(x)
     if pool not in ("none", "mean"):
         raise ValueError(f"pool must be 'none' or 'mean'; got {pool!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_batch_size(batch_size)
 
 
 def _resolve(model: nn.Module, layers: Sequence[str] | None) -> list[str] | None:
@@ -124,9 +124,9 @@ def _run(
     final: list[str] | None = None
     try:
         with eval_mode(model), torch.no_grad():
-            for i in range(0, x.shape[0], batch_size):
+            for sl in chunks(x.shape[0], batch_size):
                 cap.reset()
-                out = model(x[i : i + batch_size])
+                out = model(x[sl])
                 if not isinstance(out, torch.Tensor) or out.ndim != 2:
                     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                     raise ValueError(

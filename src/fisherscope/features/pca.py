@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._batching import check_batch_size, chunks
 from .._validation import check_inputs
 
 __all__ = ["PCAWhitening", "fit_pca_whitening", "pca_coefficients", "pixels"]
@@ -184,14 +185,13 @@ def fit_pca_whitening(x_train: Any, *, eps: float = 1e-11, batch_size: int = 819
     """
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not np.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0; got {eps!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_batch_size(batch_size)
     rows = _as_rows(x_train, "x_train")
     n, d = rows.shape
     mean = rows.mean(axis=0)
     cov = np.zeros((d, d))
-    for i in range(0, n, batch_size):
-        c = rows[i : i + batch_size] - mean
+    for sl in chunks(n, batch_size):
+        c = rows[sl] - mean
         cov += c.T @ c
     cov /= max(n - 1, 1)
     lam, vecs = np.linalg.eigh(cov)

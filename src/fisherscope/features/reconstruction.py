@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._batching import check_batch_size, chunks
 from .._validation import check_inputs, eval_mode
 
 __all__ = ["RECONSTRUCTION_KINDS", "reconstruction_error"]
@@ -76,8 +77,7 @@ def reconstruction_error(
         raise ValueError(
             f"kind must be one of {[*RECONSTRUCTION_KINDS, 'all']}; got {kind!r}."
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_batch_size(batch_size)
     reconstruct = getattr(model, "reconstruct", None)
     if not isinstance(model, nn.Module) or not callable(reconstruct):
         raise TypeError(
@@ -85,10 +85,10 @@ def reconstruction_error(
             "classifier-autoencoder such as MODELS['hg_mlp'] (train_model('hg_mlp', 'mnist'))."
         )
     check_inputs(x)
-    chunks = []
+    parts = []
     with eval_mode(model), torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size]
+        for sl in chunks(x.shape[0], batch_size):
+            xb = x[sl]
             rec = reconstruct(xb)
             if not isinstance(rec, torch.Tensor) or rec.shape != xb.shape:
                 got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
@@ -97,8 +97,8 @@ def reconstruction_error(
                     f"{tuple(xb.shape)}; it must return a tensor shaped like its input."
                 )
             diff = (xb.double() - rec.double()).flatten(1)
-            chunks.append(torch.stack([diff.mean(1), diff.square().mean(1)], dim=1))
-    both = torch.cat(chunks).cpu().numpy()
+            parts.append(torch.stack([diff.mean(1), diff.square().mean(1)], dim=1))
+    both = torch.cat(parts).cpu().numpy()
     if kind == "all":
         return both
     return both[:, [RECONSTRUCTION_KINDS.index(kind)]].copy()

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._batching import check_batch_size, chunks
 from .._validation import check_inputs, check_logits, eval_mode
-from ._common import check_batch_size, check_model, chunks, to_numpy
+from ._common import check_model, to_numpy
 
 __all__ = ["SOFTMAX_STATS", "softmax_stats", "softmax_stats_from_logits"]
 

@@ -66,6 +66,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp, vmap
 from torch.overrides import TorchFunctionMode
 
+from .._batching import even_chunks, per_sample
 from .._validation import check_inputs, check_logits, eval_mode
 
 __all__ = [
@@ -319,12 +320,6 @@ def _sqnorm(tree: Mapping[str, Tensor], lead: int) -> Tensor:
     return sum(torch.linalg.vector_norm(g.flatten(lead), dim=-1).square() for g in tree.values())  # type: ignore[return-value]
 
 
-def _chunks(n: int, chunk: int) -> list[slice]:
-    """Slices of at most ``chunk`` samples, as even as possible (no small leftover chunk)."""
-    size = math.ceil(n / math.ceil(n / chunk))
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 def _auto_chunk(chunk_size: int | None, net: _Functional, vectors_per_sample: int) -> int:
     if chunk_size is not None:
         return chunk_size
@@ -433,7 +428,7 @@ def _unit(tree: Mapping[str, Tensor], start: int, what: str) -> dict[str, Tensor
     out, norm = _normalize_tree(tree, 1)
     _warn_zero_direction(norm, start, what)
     zero = norm == 0
-    return {k: t.masked_fill(zero.reshape(-1, *([1] * (t.ndim - 1))), torch.nan) for k, t in out.items()}
+    return {k: t.masked_fill(per_sample(zero, t), torch.nan) for k, t in out.items()}
 
 
 def _warn_zero_direction(norm: Tensor, start: int, what: str) -> None:
@@ -532,7 +527,7 @@ def param_direction(
         chunk = _auto_chunk(chunk_size, net, 1)
         x = x.detach()
         parts: list[dict[str, Tensor]] = []
-        for sl in _chunks(x.shape[0], chunk):
+        for sl in even_chunks(x.shape[0], chunk):
             parts.append(_direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start))
     return {k: torch.cat([p[k] for p in parts]) for k in net.params}
 
@@ -547,7 +542,7 @@ def _direction_chunk(net: _Functional, x: Tensor, pred: Tensor, normalized: bool
     if normalized:
         return _unit(g, start, "∇θ log p(ŷ|x)")
     w = scale * torch.exp(log1m)  # λ (1 − p̂)
-    return {k: t * w.reshape(-1, *([1] * (t.ndim - 1))) for k, t in g.items()}
+    return {k: t * per_sample(w, t) for k, t in g.items()}
 
 
 def param_fisher_trace(
@@ -623,7 +618,7 @@ def param_fisher_trace(
 
         out = []
         with net.hooked():
-            for sl in _chunks(x.shape[0], chunk):
+            for sl in even_chunks(x.shape[0], chunk):
                 if reduction == "full":
                     out.append(vmap(full)(x[sl]))
                 else:
@@ -746,7 +741,7 @@ def _directional(
         x = x.detach()
         out = []
         with net.hooked():
-            for sl in _chunks(n, chunk):
+            for sl in even_chunks(n, chunk):
                 if user_v is None:
                     out.append(default(net, x[sl], pred[sl], sl.start))
                     continue

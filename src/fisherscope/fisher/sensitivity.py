@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
+from .._batching import per_sample
 from .parameter_space import (
     Bounds,
     Direction,
@@ -150,7 +151,7 @@ def _fis_default(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, sc
     if method == "finite_difference":
         return fis
     factor = _default_scale(log1m, sqnorm, normalized, scale, start, warn=False)
-    return fis * factor.reshape(-1, *([1] * (fis.ndim - 1)))
+    return fis * per_sample(factor, fis)
 
 
 def fisher_sensitivity(

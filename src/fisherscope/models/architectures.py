@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -188,10 +189,160 @@ def find_normalize(model: nn.Module) -> Normalize:
     return found[0]
 
 
+# -------------------------------------------------- plain CNNs: conv stack + dense head
+
+
+@dataclass(frozen=True)
+class _Conv:
+    """One convolution of a :class:`_PlainCNN` feature stack: conv - [BN] - act.
+
+    ``bias`` is the convolution's own bias (kept by ConvNetBN in front of its batch norm,
+    dropped by VGG's).
+    """
+
+    channels: int
+    kernel: int = 3
+    padding: int = 0
+    batch_norm: bool = False
+    bias: bool = True
+
+
+_POOL = "M"
+"""Spec token: ``nn.MaxPool2d(2)`` (the letter VGG configurations use)."""
+_DROPOUT = "D"
+"""Spec token: one dropout slot (``nn.Dropout(dropout)``, ``nn.Identity`` at rate 0)."""
+
+_FeatureSpec = Sequence[_Conv | str]
+_DenseSpec = Sequence[int | str]
+
+
+def _conv_layers(spec: _FeatureSpec, in_channels: int, activation: str, dropout: float) -> list[nn.Module]:
+    """Modules of a feature stack, in spec order (creation order = initialisation order)."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for item in spec:
+        if item == _POOL:
+            layers.append(nn.MaxPool2d(2))
+        elif item == _DROPOUT:
+            layers.append(_dropout(dropout))
+        else:
+            assert isinstance(item, _Conv), item
+            layers.append(nn.Conv2d(c, item.channels, item.kernel, padding=item.padding, bias=item.bias))
+            if item.batch_norm:
+                layers.append(nn.BatchNorm2d(item.channels))
+            layers.append(_activation(activation))
+            c = item.channels
+    return layers
+
+
+def _dense_layers(spec: _DenseSpec, in_features: int, activation: str, dropout: float) -> tuple[list[nn.Module], int]:
+    """Hidden fully connected layers: width ``w`` -> Linear - act - [dropout]; ``_DROPOUT`` -> [dropout].
+
+    Returns the modules and the width of the last one (``in_features`` if none).
+    """
+    layers: list[nn.Module] = []
+    d = in_features
+    for item in spec:
+        if item != _DROPOUT:
+            assert isinstance(item, int), item
+            layers += [nn.Linear(d, item), _activation(activation)]
+            d = item
+        layers.append(_dropout(dropout))
+    return layers, d
+
+
+def _output_side(spec: _FeatureSpec, input_size: int) -> int:
+    """Side of the feature map after ``spec`` (0 where some layer would get an empty map)."""
+    side = input_size
+    for item in spec:
+        if isinstance(item, _Conv):
+            side = side + 2 * item.padding - item.kernel + 1
+        elif item == _POOL:
+            side //= 2
+        if side < 1:
+            return 0
+    return side
+
+
+def _min_input_size(spec: _FeatureSpec) -> int:
+    """The smallest square input side for which every layer of ``spec`` gets a non-empty map."""
+    side = 1
+    while _output_side(spec, side) < 1:
+        side += 1
+    return side
+
+
+def _check_positive_int(arch: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{arch}: {name} must be a positive integer; got {value!r}.")
+
+
+class _PlainCNN(nn.Module):
+    """normalize - features - classifier, both ``nn.Sequential`` built from a spec.
+
+    The shared definition of the registry's CNNs without skip connections
+    (:class:`DigitsCNN`, :class:`MnistCNN`, :class:`LeNet5`, :class:`ConvNetBN`,
+    :class:`VGGSmall`, :class:`VGG11`); each of those only fixes its public signature and
+    its spec. ``features`` lists :class:`_Conv` layers and the ``_POOL`` / ``_DROPOUT``
+    tokens; ``classifier`` is ``Flatten`` - the hidden layers of ``hidden`` (see
+    :func:`_dense_layers`) - ``Linear(., num_classes)``. The flatten size and the smallest
+    admissible ``input_size`` follow from the spec. Modules are created, and so
+    initialised, in spec order, and the state-dict keys are ``features.<i>.*`` /
+    ``classifier.<i>.*`` by position: changing a spec changes the checkpoints it loads
+    (``tests/test_model_fingerprints.py`` guards the registry's).
+
+    Parameters
+    ----------
+    arch : str
+        Registry name, used in error messages.
+    in_channels, num_classes, activation, dropout, input_size
+        As for every registry model (module docstring).
+    features, hidden
+        The specs.
+    kaiming_init : bool
+        Re-initialise convolutions and batch norms as torchvision does
+        (:func:`_init_conv_bn`) after building (the VGGs).
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        *,
+        in_channels: int,
+        num_classes: int,
+        activation: str,
+        dropout: float,
+        input_size: int,
+        features: _FeatureSpec,
+        hidden: _DenseSpec,
+        kaiming_init: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            arch, in_channels=in_channels, num_classes=num_classes, activation=activation,
+            dropout=dropout, input_size=input_size, min_input_size=_min_input_size(features),
+        )  # fmt: skip
+        self._arch = arch
+        self.input_size = input_size
+        self.normalize = Normalize(in_channels)
+        self.features = nn.Sequential(*_conv_layers(features, in_channels, activation, dropout))
+        convs = [item for item in features if isinstance(item, _Conv)]
+        channels = convs[-1].channels if convs else in_channels
+        side = _output_side(features, input_size)
+        dense, width = _dense_layers(hidden, channels * side * side, activation, dropout)
+        self.classifier = nn.Sequential(nn.Flatten(), *dense, nn.Linear(width, num_classes))
+        if kaiming_init:
+            _init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_spatial(x, self.input_size, self._arch)
+        return self.classifier(self.features(self.normalize(x)))
+
+
 # ------------------------------------------------------------------- small MNIST nets
 
 
-class MnistCNN(nn.Module):
+class MnistCNN(_PlainCNN):
     """The Keras ``mnist_cnn`` example network (Martin & Elster's MNIST stand-in).
 
     conv 32 (3x3) - act - conv 64 (3x3) - act - max-pool 2 - [dropout] - fc 128 - act -
@@ -229,36 +380,14 @@ class MnistCNN(nn.Module):
         dropout: float = 0.0,
         input_size: int = 28,
     ) -> None:
-        super().__init__()
-        _check_common(
-            "mnist_cnn", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout, input_size=input_size, min_input_size=6,
+        super().__init__(
+            "mnist_cnn", in_channels=in_channels, num_classes=num_classes, activation=activation,
+            dropout=dropout, input_size=input_size,
+            features=(_Conv(32, 3), _Conv(64, 3), _POOL, _DROPOUT), hidden=(128,),
         )  # fmt: skip
-        self.input_size = input_size
-        side = (input_size - 4) // 2
-        self.normalize = Normalize(in_channels)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3),
-            _activation(activation),
-            nn.Conv2d(32, 64, 3),
-            _activation(activation),
-            nn.MaxPool2d(2),
-            _dropout(dropout),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(64 * side * side, 128),
-            _activation(activation),
-            _dropout(dropout),
-            nn.Linear(128, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_spatial(x, self.input_size, "mnist_cnn")
-        return self.classifier(self.features(self.normalize(x)))
 
 
-class LeNet5(nn.Module):
+class LeNet5(_PlainCNN):
     """LeNet-5 with max-pooling (Zhao et al.'s MNIST network).
 
     conv 6 (5x5, pad 2) - act - max-pool 2 - conv 16 (5x5) - act - max-pool 2 - fc 120 -
@@ -294,39 +423,14 @@ class LeNet5(nn.Module):
         dropout: float = 0.0,
         input_size: int = 28,
     ) -> None:
-        super().__init__()
-        _check_common(
-            "lenet5", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout, input_size=input_size, min_input_size=12,
+        super().__init__(
+            "lenet5", in_channels=in_channels, num_classes=num_classes, activation=activation,
+            dropout=dropout, input_size=input_size,
+            features=(_Conv(6, 5, padding=2), _POOL, _Conv(16, 5), _POOL), hidden=(120, 84),
         )  # fmt: skip
-        self.input_size = input_size
-        side = (input_size // 2 - 4) // 2
-        self.normalize = Normalize(in_channels)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=2),
-            _activation(activation),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
-            _activation(activation),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(16 * side * side, 120),
-            _activation(activation),
-            _dropout(dropout),
-            nn.Linear(120, 84),
-            _activation(activation),
-            _dropout(dropout),
-            nn.Linear(84, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_spatial(x, self.input_size, "lenet5")
-        return self.classifier(self.features(self.normalize(x)))
 
 
-class ConvNetBN(nn.Module):
+class ConvNetBN(_PlainCNN):
     """Shen et al.'s MNIST "ConvNet": two conv layers with batch norm, one fc layer.
 
     conv 32 (5x5, pad 2) - BN - act - max-pool 2 - conv 64 (5x5, pad 2) - BN - act -
@@ -362,36 +466,15 @@ class ConvNetBN(nn.Module):
         dropout: float = 0.0,
         input_size: int = 28,
     ) -> None:
-        super().__init__()
-        _check_common(
-            "convnet_bn", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout, input_size=input_size, min_input_size=4,
+        conv = functools.partial(_Conv, kernel=5, padding=2, batch_norm=True)
+        super().__init__(
+            "convnet_bn", in_channels=in_channels, num_classes=num_classes, activation=activation,
+            dropout=dropout, input_size=input_size,
+            features=(conv(32), _POOL, conv(64), _POOL), hidden=(_DROPOUT,),
         )  # fmt: skip
-        self.input_size = input_size
-        side = input_size // 4
-        self.normalize = Normalize(in_channels)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5, padding=2),
-            nn.BatchNorm2d(32),
-            _activation(activation),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2),
-            nn.BatchNorm2d(64),
-            _activation(activation),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            _dropout(dropout),
-            nn.Linear(64 * side * side, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_spatial(x, self.input_size, "convnet_bn")
-        return self.classifier(self.features(self.normalize(x)))
 
 
-class DigitsCNN(nn.Module):
+class DigitsCNN(_PlainCNN):
     """A small CNN for scikit-learn's 8x8 digits (the offline default dataset).
 
     conv 32 (3x3, pad 1) - act - conv 64 (3x3, pad 1) - act - max-pool 2 - [dropout] -
@@ -420,72 +503,26 @@ class DigitsCNN(nn.Module):
         dropout: float = 0.0,
         input_size: int = 8,
     ) -> None:
-        super().__init__()
-        _check_common(
-            "digits_cnn", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout, input_size=input_size, min_input_size=2,
+        super().__init__(
+            "digits_cnn", in_channels=in_channels, num_classes=num_classes, activation=activation,
+            dropout=dropout, input_size=input_size,
+            features=(_Conv(32, 3, padding=1), _Conv(64, 3, padding=1), _POOL, _DROPOUT), hidden=(128,),
         )  # fmt: skip
-        self.input_size = input_size
-        side = input_size // 2
-        self.normalize = Normalize(in_channels)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1),
-            _activation(activation),
-            nn.Conv2d(32, 64, 3, padding=1),
-            _activation(activation),
-            nn.MaxPool2d(2),
-            _dropout(dropout),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(64 * side * side, 128),
-            _activation(activation),
-            _dropout(dropout),
-            nn.Linear(128, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_spatial(x, self.input_size, "digits_cnn")
-        return self.classifier(self.features(self.normalize(x)))
 
 
 # ------------------------------------------------------------------------------ VGG
 
 
-def _vgg_features(
-    cfg: Sequence[int | str], in_channels: int, activation: str, batch_norm: bool
-) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    c = in_channels
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            assert isinstance(v, int)
-            layers.append(nn.Conv2d(c, v, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(v))
-            layers.append(_activation(activation))
-            c = v
-    return nn.Sequential(*layers)
+def _vgg_spec(cfg: Sequence[int | str], batch_norm: bool) -> list[_Conv | str]:
+    """VGG's configuration letters as a :class:`_PlainCNN` spec: 3x3 convs (pad 1), no
+    conv bias before a batch norm."""
+    return [
+        item if item == _POOL else _Conv(int(item), 3, padding=1, batch_norm=batch_norm, bias=not batch_norm)
+        for item in cfg
+    ]
 
 
-def _vgg_classifier(
-    in_features: int, width: int, num_classes: int, activation: str, dropout: float
-) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(in_features, width),
-        _activation(activation),
-        _dropout(dropout),
-        nn.Linear(width, width),
-        _activation(activation),
-        _dropout(dropout),
-        nn.Linear(width, num_classes),
-    )
-
-
-class VGGSmall(nn.Module):
+class VGGSmall(_PlainCNN):
     """Zhao et al.'s shallow VGG-16: conv4-1 ... conv5-3 removed.
 
     Features ``64, 64, M, 128, 128, M, 256, 256, 256, M`` (3x3 convs, max-pool 2), then
@@ -534,30 +571,17 @@ class VGGSmall(nn.Module):
         batch_norm: bool = True,
         classifier_width: int = 512,
     ) -> None:
-        super().__init__()
-        _check_common(
-            "vgg_small", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout, input_size=input_size, min_input_size=8,
-        )  # fmt: skip
         if not isinstance(batch_norm, bool):
             raise ValueError(f"vgg_small: batch_norm must be True or False; got {batch_norm!r}.")
-        if isinstance(classifier_width, bool) or not isinstance(classifier_width, int) or classifier_width < 1:
-            raise ValueError(f"vgg_small: classifier_width must be a positive integer; got {classifier_width!r}.")
-        self.input_size = input_size
-        side = input_size // 8
-        self.normalize = Normalize(in_channels)
-        self.features = _vgg_features(self.cfg, in_channels, activation, batch_norm)
-        self.classifier = _vgg_classifier(
-            256 * side * side, classifier_width, num_classes, activation, dropout
-        )
-        _init_conv_bn(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_spatial(x, self.input_size, "vgg_small")
-        return self.classifier(self.features(self.normalize(x)))
+        _check_positive_int("vgg_small", "classifier_width", classifier_width)
+        super().__init__(
+            "vgg_small", in_channels=in_channels, num_classes=num_classes, activation=activation,
+            dropout=dropout, input_size=input_size, features=_vgg_spec(self.cfg, batch_norm),
+            hidden=(classifier_width, classifier_width), kaiming_init=True,
+        )  # fmt: skip
 
 
-class VGG11(nn.Module):
+class VGG11(_PlainCNN):
     """Shen et al.'s simplified 11-layer VGG for CIFAR-10 (VGG-11 "A" with batch norm).
 
     Features ``64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M`` (eight 3x3 convs,
@@ -598,25 +622,12 @@ class VGG11(nn.Module):
         input_size: int = 32,
         classifier_width: int = 512,
     ) -> None:
-        super().__init__()
-        _check_common(
-            "vgg11", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout, input_size=input_size, min_input_size=32,
+        _check_positive_int("vgg11", "classifier_width", classifier_width)
+        super().__init__(
+            "vgg11", in_channels=in_channels, num_classes=num_classes, activation=activation,
+            dropout=dropout, input_size=input_size, features=_vgg_spec(self.cfg, batch_norm=True),
+            hidden=(classifier_width, classifier_width), kaiming_init=True,
         )  # fmt: skip
-        if isinstance(classifier_width, bool) or not isinstance(classifier_width, int) or classifier_width < 1:
-            raise ValueError(f"vgg11: classifier_width must be a positive integer; got {classifier_width!r}.")
-        self.input_size = input_size
-        side = input_size // 32
-        self.normalize = Normalize(in_channels)
-        self.features = _vgg_features(self.cfg, in_channels, activation, batch_norm=True)
-        self.classifier = _vgg_classifier(
-            512 * side * side, classifier_width, num_classes, activation, dropout
-        )
-        _init_conv_bn(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_spatial(x, self.input_size, "vgg11")
-        return self.classifier(self.features(self.normalize(x)))
 
 
 # --------------------------------------------------------------------------- ResNets
@@ -700,8 +711,7 @@ class ResNet14(nn.Module):
             "resnet14", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout,
         )  # fmt: skip
-        if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
-            raise ValueError(f"resnet14: base_width must be a positive integer; got {base_width!r}.")
+        _check_positive_int("resnet14", "base_width", base_width)
         w = base_width
         self.normalize = Normalize(in_channels)
         self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)

@@ -16,10 +16,10 @@ from torch import nn
 from .architectures import (
     MODELS,
     Normalize,
-    _activation,
     _check_common,
+    _check_positive_int,
     _check_spatial,
-    _dropout,
+    _dense_layers,
     _registered,
 )
 
@@ -150,21 +150,13 @@ class HGMLP(nn.Module):
             "hg_mlp", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout, input_size=input_size, min_input_size=1,
         )  # fmt: skip
-        for name, value in (("hidden", hidden), ("bottleneck", bottleneck)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"hg_mlp: {name} must be a positive integer; got {value!r}.")
+        _check_positive_int("hg_mlp", "hidden", hidden)
+        _check_positive_int("hg_mlp", "bottleneck", bottleneck)
         self.input_size = input_size
         d = in_channels * input_size * input_size
         self.normalize = Normalize(in_channels)
-        self.encoder = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(d, hidden),
-            _activation(activation),
-            _dropout(dropout),
-            nn.Linear(hidden, hidden),
-            _activation(activation),
-            _dropout(dropout),
-        )
+        layers, _ = _dense_layers((hidden, hidden), d, activation, dropout)
+        self.encoder = nn.Sequential(nn.Flatten(), *layers)
         self.decoder = LogitFedDecoder(hidden, num_classes, bottleneck, d, activation)
         self.head = nn.Linear(hidden, num_classes)
 
