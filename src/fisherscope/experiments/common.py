@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _batching
+from .._batching import in_batches
 from ..fisher import fisher_sensitivity
 from ..saliency import gradient, guided_backprop, hendrycks_saliency
 from .base import Context
@@ -68,17 +70,9 @@ def check_overrides(overrides: Mapping[str, Any], *, where: str = "overrides") -
         raise ValueError(f"{where}: unknown training setting(s) {unknown}; valid keys: {valid}.")
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Predicted classes, batched, in eval mode (the caller's mode is restored)."""
-    from .._validation import eval_mode
-
-    device = next(model.parameters()).device
-    out = []
-    with eval_mode(model, warn=False):
-        for i in range(0, x.shape[0], batch_size):
-            out.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
-    return torch.cat(out).numpy()
+    """Predicted classes as a numpy array, batched, in eval mode (the caller's mode restored)."""
+    return _batching.predict(model, x, batch_size, check=False, warn=False).cpu().numpy()
 
 
 def correct_draw(model: torch.nn.Module, split: Any, n: int | None, seed: int) -> tuple[torch.Tensor, int]:
@@ -97,21 +91,6 @@ def select_samples(n_total: int, n: int | None, seed: int) -> torch.Tensor:
         return torch.arange(n_total)
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=g)[:n].sort().values
-
-
-def in_batches(fn: Any, *tensors: torch.Tensor, batch_size: int = 256) -> Any:
-    """Apply ``fn`` to aligned slices of ``tensors`` and concatenate what it returns.
-
-    ``fn`` returns a tensor, or a dict / tuple of tensors with the batch as first dim.
-    """
-    n = tensors[0].shape[0]
-    outs = [fn(*(t[i : i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
-    first = outs[0]
-    if isinstance(first, dict):
-        return {k: torch.cat([o[k] for o in outs]) for k in first}
-    if isinstance(first, tuple):
-        return tuple(torch.cat([o[j] for o in outs]) for j in range(len(first)))
-    return torch.cat(outs)
 
 
 def inspect_maps(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
