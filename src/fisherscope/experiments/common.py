@@ -54,7 +54,7 @@ def trained_model(
 
 #: train_model arguments a config's ``overrides`` may not set (the runner sets them).
 _RUNNER_SET = frozenset({"arch", "dataset", "test_dataset", "cache", "cache_dir", "data_dir", "progress",
-                         "device", "callback", "init_from"})
+                         "device", "callback"})
 
 
 def check_overrides(overrides: Mapping[str, Any], *, where: str = "overrides") -> None:
