@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._registry import Registry
 from .config import config_from_dict, config_to_dict, read_toml
 from .report import Block
 from .runner import Run
@@ -40,7 +41,7 @@ class Experiment:
     description: str
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+EXPERIMENTS: Registry[Experiment] = Registry("EXPERIMENTS")
 
 
 def register(kind: str, spec: type, description: str) -> Callable[[Callable[..., list[Block]]], Callable[..., list[Block]]]:

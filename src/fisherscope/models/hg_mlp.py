@@ -194,4 +194,4 @@ class HGMLP(nn.Module):
         return logits, F.mse_loss(recon, x)
 
 
-MODELS["hg_mlp"] = _registered("hg_mlp", HGMLP)
+MODELS.register("hg_mlp", _registered("hg_mlp", HGMLP))
