@@ -62,7 +62,9 @@ class RegistryKeyError(KeyError):
         self.key = key
         self.valid = sorted(valid)
         self.close = difflib.get_close_matches(str(key), self.valid, n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(map(repr, self.close))}?" if self.close else ""
+        quoted = [repr(c) for c in self.close]
+        alternatives = ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
+        hint = f" Did you mean {alternatives}?" if self.close else ""
         listing = ", ".join(self.valid) if self.valid else "(none registered)"
         super().__init__(f"{registry} has no entry {key!r}.{hint} Valid keys: {listing}.")
 
