@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .._validation import check_inputs, check_labels, check_logits, eval_mode
 
-__all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "PreparedStep", "perturbation_norms", "project",
+__all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "perturbation_norms", "project",
            "project_l1_ball"]
 
 Norm = Literal["linf", "l2", "l1", "l0"]
@@ -143,8 +143,9 @@ class _validate_first_forward:
     ``x`` up front instead; an attack that never called the model gets it on exit.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, eager: bool = True) -> None:
         self.model, self.x, self.y = model, x, y
+        self.eager = eager  # False: check only if the model runs (no forward of its own)
         self.done = False
         self.handle: Any = None
 
@@ -166,14 +167,15 @@ class _validate_first_forward:
         try:
             self.handle = self.model.register_forward_hook(self._hook)
         except (RuntimeError, AttributeError):  # pragma: no cover - modules without hooks
-            self._eager()
+            if self.eager:
+                self._eager()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if not self.done:
             if self.handle is not None:
                 self.handle.remove()
-            if exc[0] is None:
+            if exc[0] is None and self.eager:
                 self._eager()
 
 
@@ -352,82 +354,45 @@ class Attack(ABC):
         """Return (x_adv, extras); the base class projects and clamps afterwards."""
 
 
-@dataclass(frozen=True, eq=False)
-class PreparedStep:
-    """What :meth:`OneStepAttack.prepare` computed for one batch; pass it to :meth:`~OneStepAttack.step`.
-
-    Holds the attack, the batch and labels it was computed for (``step`` checks it gets
-    the same ones), whether it is targeted, and the attack's own state (the direction).
-    """
-
-    attack: OneStepAttack
-    x: Tensor
-    y: Tensor
-    targeted: bool
-    state: Any
-
-
 class OneStepAttack(Attack):
     """An attack whose expensive part (a direction) does not depend on ``eps``.
 
     :meth:`prepare` computes it once; :meth:`step` applies a (per-sample) budget. A
     budget search (:func:`~fisherscope.evaluation.least_perturbation`) therefore pays
-    for the direction once. Both validate their inputs as ``attack(model, x, y)`` does
-    (bounds, finiteness, labels against the model's output on its first forward, model
-    run in eval mode and restored), and ``step`` checks that it is given the batch and
-    labels the state was prepared for.
+    for the direction once. Both validate their inputs as ``attack(model, x, y)`` does:
+    bounds, finiteness, shapes and dtypes of ``x`` and ``y``, targeted support, the model
+    run in eval mode (a model in training mode warns and is restored); ``prepare`` checks
+    the model output and the labels against it on its first forward, ``step`` whenever it
+    runs the model (a step that does not, e.g. FGSM's, does not use the labels).
     """
 
     def prepare(self, model: nn.Module, x: Tensor, y: Tensor | None = None, targeted: bool = False,
-                generator: torch.Generator | None = None) -> PreparedStep:
-        """Compute the budget-independent direction for the batch ``x`` (labels ``y``).
+                generator: torch.Generator | None = None) -> Any:
+        """The budget-independent state (the direction) for the batch ``x`` with labels ``y``.
 
-        ``y=None`` uses the model's predictions (untargeted only), as ``__call__`` does.
-        Returns a :class:`PreparedStep` for :meth:`step`.
+        ``y=None`` uses the model's predictions (untargeted only), as ``__call__`` does;
+        pass the same ``x``, ``y`` and ``targeted`` to :meth:`step`.
         """
         self._check_call(x, y, targeted)
         x = x.detach()
         with eval_mode(model):
             if y is None:
                 y = self._predictions(model, x, targeted)
-                state = self._prepare(model, x, y, targeted, generator)
-            else:
-                with _validate_first_forward(model, x, y):
-                    state = self._prepare(model, x, y, targeted, generator)
-        return PreparedStep(self, x, y, targeted, state)
+                return self._prepare(model, x, y, targeted, generator)
+            with _validate_first_forward(model, x, y):
+                return self._prepare(model, x, y, targeted, generator)
 
-    def step(self, model: nn.Module, x: Tensor, y: Tensor | None, state: PreparedStep, eps: float | Tensor,
+    def step(self, model: nn.Module, x: Tensor, y: Tensor, state: Any, eps: float | Tensor,
              targeted: bool = False) -> Tensor:
-        """x_adv for budget ``eps`` (a number or (N,)) from :meth:`prepare`'s state, projected and clamped.
-
-        ``x``, ``y`` (``None``: the labels ``prepare`` used) and ``targeted`` must be
-        those the state was prepared with.
-        """
-        name = type(self).__name__
-        if not isinstance(state, PreparedStep):
-            raise TypeError(
-                f"{name}.step needs the state returned by {name}.prepare(model, x, y); got {type(state).__name__}."
-            )
-        if state.attack is not self and (type(state.attack) is not type(self) or state.attack != self):
-            raise ValueError(
-                f"{name}.step got a state prepared by a different attack ({state.attack!r}); prepare it with this one."
-            )
+        """x_adv for budget ``eps`` (a number or (N,)) from :meth:`prepare`'s state, projected and clamped."""
         self._check_call(x, y, targeted)
-        if x.shape != state.x.shape or not torch.equal(x.detach(), state.x):
-            raise ValueError(
-                f"{name}.step got a different x than the one its state was prepared for (shape "
-                f"{tuple(x.shape)} vs {tuple(state.x.shape)}); call prepare(model, x, y) for this batch."
-            )
-        if y is not None and not torch.equal(y, state.y):
-            raise ValueError(f"{name}.step got different labels y than prepare; pass the same y (or None).")
-        if targeted != state.targeted:
-            raise ValueError(
-                f"{name}.step got targeted={targeted} but the state was prepared with targeted={state.targeted}."
-            )
-        x = state.x
+        if y is None:
+            raise ValueError(f"{type(self).__name__}.step needs y: the labels the state was prepared with.")
+        check_labels(y, x.shape[0])  # the range against the model's classes: on its first forward
+        x = x.detach()
         eps_t = _as_eps(eps, x)
-        with eval_mode(model):
-            x_adv, _ = self._step(model, x, state.y, state.state, eps_t, targeted)
+        with eval_mode(model), _validate_first_forward(model, x, y, eager=False):
+            x_adv, _ = self._step(model, x, y, state, eps_t, targeted)
         return self._enforce(x, x_adv.detach(), eps_t)
 
     @abstractmethod
