@@ -39,13 +39,36 @@ def test_demo_writes_report_and_resume_reuses_everything(iso, digits_model):
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "test accuracy" in html
     records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-    acc = next(r["value"] for r in records if r["cell"] == "test" and r["metric"] == "accuracy")
+    acc = next(r["values"]["accuracy"] for r in records if r["cell"] == "test")
     assert acc >= 0.97
     res2 = _invoke("demo", "--quiet", "--out", "runs", "--resume")
     assert res2.exit_code == 0
     assert list((iso / "runs").iterdir()) == [run_dir]
     again = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert again == records  # nothing recomputed, nothing lost
+
+
+def test_report_rerenders_the_demo_without_running_a_model(iso, digits_model, monkeypatch):
+    import shutil
+
+    import torch
+
+    assert _invoke("demo", "--quiet", "--out", "runs").exit_code == 0
+    (run_dir,) = (iso / "runs").iterdir()
+    md = (run_dir / "report.md").read_text()
+    for name in ("report.md", "report.html"):
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "figures")
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(iso / "no-cache-here"))
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was run while re-rendering a report")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    res = _invoke("report", str(run_dir))
+    assert res.exit_code == 0, res.output
+    assert (run_dir / "report.md").read_text() == md
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
 
 
 def _write_config(path: Path, n_models: int = 3, epochs: int = 2) -> Path:
@@ -68,7 +91,7 @@ def test_reproduce_killed_midway_resumes_without_redoing_cells(iso):
     try:
         while time.time() < deadline:
             found = list((iso / "runs").glob("*/results.jsonl"))
-            if found and found[0].read_text().count('"cell": "m0@digits"') > 0:
+            if found and found[0].read_text().count('"cell": "m0@digits#') > 0:
                 results = found[0]
                 break
             if proc.poll() is not None:
@@ -82,13 +105,13 @@ def test_reproduce_killed_midway_resumes_without_redoing_cells(iso):
         if proc.poll() is None:
             proc.kill()
     before = [json.loads(line) for line in results.read_text().splitlines()]
-    done_cells = {r["cell"] for r in before}
+    done_cells = {r["cell"].split("#")[0] for r in before}
     assert "m0@digits" in done_cells and len(done_cells) < 3  # killed mid-way
     res = _invoke("reproduce", str(cfg), "--out", "runs", "--resume", "--quiet")
     assert res.exit_code == 0, res.output
     after = [json.loads(line) for line in results.read_text().splitlines()]
     assert after[: len(before)] == before  # finished cells kept byte for byte, not redone
-    cells = [r["cell"] for r in after if r["metric"] == "test_accuracy"]
+    cells = [r["cell"].split("#")[0] for r in after if "test_accuracy" in r["values"]]
     assert sorted(cells) == ["m0@digits", "m1@digits", "m2@digits"]  # each exactly once
     assert (results.parent / "report.md").read_text().count("digits_cnn") == 3
 

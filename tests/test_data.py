@@ -161,7 +161,11 @@ def test_custom_npz_round_trip(tmp_path):
 
 def test_custom_npz_grey_without_classes(tmp_path):
     arrays = small_arrays(shape=(6, 6), k=4)
-    arrays["y_test"][:] = 6  # labels 0..6 over both splits -> 7 classes
+    arrays["y_test"][:] = 6  # labels 0..3 and 6: a gap, so not a label set to trust
+    save_npz(tmp_path / "gappy.npz", **arrays)
+    with pytest.raises(ValueError, match=r"contiguous.*missing \[4, 5\]"):
+        load_dataset("gappy", "train", data_dir=tmp_path)
+    arrays["y_test"][:] = np.arange(len(arrays["y_test"])) % 7  # labels 0..6 over both splits -> 7 classes
     save_npz(tmp_path / "grey.npz", **arrays)
     ds = load_dataset("grey", "train", data_dir=tmp_path)
     assert ds.x.shape == (20, 1, 6, 6) and ds.classes == tuple(str(i) for i in range(7))

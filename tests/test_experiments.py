@@ -106,10 +106,11 @@ def test_results_carry_provenance_and_resume_skips_finished_cells(tmp_path):
     assert CALLS == ["step0", "step1"]
     run_dir = next(tmp_path.iterdir())
     lines = (run_dir / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # step0's two metrics, nothing of the failed cell
+    assert len(lines) == 1  # step0 (one line with both values), nothing of the failed cell
     rec = json.loads(lines[0])
-    for key in ("seed", "config_hash", "versions", "git_sha", "device", "cell", "metric", "value"):
+    for key in ("seed", "config_hash", "versions", "git_sha", "device", "cell", "values", "time"):
         assert key in rec
+    assert rec["values"] == {"value": 0, "twice": 0}
     assert rec["versions"]["torch"]
 
     # resume with a different config is refused
@@ -123,7 +124,7 @@ def test_results_carry_provenance_and_resume_skips_finished_cells(tmp_path):
     assert run.dir == run_dir
     assert CALLS == ["step1", "step2"]
     assert run.results("step2") == {"value": 4, "twice": 4}
-    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 6
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) == 3
 
 
 def test_report_markdown_and_selfcontained_html(tmp_path):
@@ -151,3 +152,27 @@ def test_report_markdown_and_selfcontained_html(tmp_path):
     page = html.read_text()
     assert "data:image/png;base64," in page and "&lt;b&gt;escaped" in page and "<code>code</code>" in page
     assert "src='figures" not in page  # nothing external
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("inner.5.a=1", r"inner has 2 entries \(indices 0\.\.1\); got index 5"),
+        ("inner.x.a=1", r"is a list of 2 entries, so 'inner\.x' needs an index 0\.\.1, not 'x'"),
+        ("name.x=1", r"name holds a str value, not a table, so it has no key 'x'"),
+        ("nope.a=1", r"no key 'nope' in the config \(keys there: \["),
+    ],
+)
+def test_bad_set_overrides_name_the_path_and_the_fix(override, message):
+    data = {"name": "x", "kind": "_test_counter", "inner": [{"a": 1}, {"a": 2}]}
+    with pytest.raises(ValueError, match=message):
+        load_config(data, [override])
+
+
+def test_unknown_training_override_names_the_valid_keys():
+    from fisherscope.experiments.common import check_overrides
+
+    check_overrides({"epochs": 1, "lr": 1e-3, "seed": 7})
+    with pytest.raises(ValueError, match=r"lenet5@mnist overrides: unknown training setting\(s\) "
+                                         r"\['learning_rate'\]; valid keys: \[.*'lr'"):
+        check_overrides({"learning_rate": 1e-3}, where="lenet5@mnist overrides")

@@ -368,13 +368,14 @@ def test_zhao_table3_on_digits(tmp_path, digits_model):
 def test_demo_defend_section(tmp_path, digits_model):
     from fisherscope.data import load_dataset
     from fisherscope.experiments import DemoConfig, Run
-    from fisherscope.experiments.demo import DemoState
-    from fisherscope.experiments.demo_defend import defend_section
+    from fisherscope.experiments.demo_defend import defend_cells, defend_report
+    from fisherscope.experiments.kit import DemoState
 
     cfg = DemoConfig()
     run = Run(cfg, tmp_path)
     state = DemoState(cfg, Context(progress=False), digits_model, load_dataset("digits", "test"))
-    blocks = defend_section(run, state)
+    defend_cells(run, state)
+    blocks = defend_report(cfg, run.view())
     r = run.results()["defend"]
     plain, pen = r["plain"], r["penalised"]
     assert plain["test_accuracy"] == digits_model.metrics["test_accuracy"] and pen["test_accuracy"] >= 0.97
@@ -384,7 +385,7 @@ def test_demo_defend_section(tmp_path, digits_model):
     assert any(getattr(b, "text", "").startswith("Defend") for b in blocks)
     assert (run.figures_dir / "defend.png").stat().st_size > 0
     before = run.results_path.read_text()
-    defend_section(Run(cfg, tmp_path, resume=run.dir), state)
+    defend_cells(Run(cfg, tmp_path, resume=run.dir), state)
     assert run.results_path.read_text() == before
 
 

@@ -30,14 +30,14 @@ def test_zhao_kind_runs_and_reports(tmp_path, digits_model, kind, extra):
     assert "Zhao" in html
     if kind != "zhao_table2":
         assert "data:image/png;base64," in html
-    by_metric = {r["metric"]: r["value"] for r in records}
+    by_metric = {k: x for v in run.results().values() for k, x in v.items()}
     if kind == "zhao_table2":
         assert 0 < by_metric["fooling_rate"] <= 1
     if kind == "zhao_figure2":
-        rates = [r["value"] for r in records if r["metric"] == "fooling_rate" and r["cell"] == "figure2a/ossa"][0]
+        rates = run.results("figure2a/ossa")["fooling_rate"]
         assert rates[0] == 0.0 and rates[-1] >= rates[0]
         cells = {r["cell"] for r in records}
         assert {"figure2b/ossa_iterative", "figure2b/fgm_iterative", "figure2b/otcm_iterative"} <= cells
         for cell in ("figure2b/fgm_iterative", "figure2b/otcm_iterative"):
-            it = [r["value"] for r in records if r["metric"] == "fooling_rate" and r["cell"] == cell][0]
+            it = run.results(cell)["fooling_rate"]
             assert len(it) == 4 and all(0.0 <= v <= 1.0 for v in it)

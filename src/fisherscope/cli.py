@@ -41,7 +41,18 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Parent folder of run direct
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    import errno
+
+    from ._io import WriteError, describe_write_error
+
+    msg = str(exc)
+    if (isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.filename
+            and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)):
+        msg = describe_write_error(exc.filename, exc, what="file or folder",
+                                   fix="Choose another --out or --cache-dir folder, or free the space.")
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(msg)}")
     raise typer.Exit(code=1)
 
 
@@ -103,7 +114,7 @@ def demo(
 
     try:
         _run_and_report(DemoConfig(seed=seed), out, resume, _context(data_dir, cache_dir, quiet))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
 
 
@@ -124,7 +135,7 @@ def reproduce(
     try:
         config = load_config(find_config(name), set_ or ())
         _run_and_report(config, out, run_dir or resume, _context(data_dir, cache_dir, quiet))
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
         _fail(exc)
 
 
@@ -134,16 +145,22 @@ def report(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Re-render a run's report from its stored results (computes only missing cells)."""
-    from .experiments import load_config
+    """Re-render a run's report from its stored results alone (no model is loaded or run).
 
-    cfg_path = run_dir / "config.json"
+    Runs of an experiment kind that has no pure report yet are resumed instead (only
+    missing cells are computed)."""
+    from .experiments import EXPERIMENTS
+    from .experiments.base import render_stored, stored_config
+
     try:
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{run_dir} has no config.json; pass a run directory made by fisherscope.")
-        config = load_config(json.loads(cfg_path.read_text())["config"])
-        _run_and_report(config, run_dir.parent, run_dir, _context(data_dir, cache_dir, True))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        config = stored_config(run_dir)
+        if EXPERIMENTS[config.kind].pure_report:
+            html_path = render_stored(run_dir)
+            console.print(f"[green]report:[/]  {html_path}")
+            console.print(f"          {run_dir / 'report.md'}")
+        else:
+            _run_and_report(config, run_dir.parent, run_dir, _context(data_dir, cache_dir, True))
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
         _fail(exc)
 
 
@@ -188,7 +205,7 @@ def train(
             dataset = resolve_training(preset or arch)["dataset"] or "digits"
         trained = trained_model(arch, dataset, _context(data_dir, cache_dir, quiet), seed=seed,
                                 preset=preset, overrides=overrides)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError, FloatingPointError) as exc:
         _fail(exc)
         return
     m = trained.metrics
@@ -266,7 +283,7 @@ def data_list(data_dir: DataDirOpt = None) -> None:
             "yes" if row.available else "no",
             str(row.n_train or "–"),
             str(row.n_test or "–"),
-            str(row.source),
+            f"cannot load: {row.error}" if row.error else str(row.source),
             (row.checksum or "")[:16],
         )
     console.print(f"data directory: {resolve_data_dir(data_dir)}")

@@ -187,6 +187,47 @@ def _decode_classes(arr: np.ndarray) -> tuple[str, ...]:
     return tuple(c.decode() if isinstance(c, bytes) else str(c) for c in arr.tolist())
 
 
+def _classes_of(path: Path, spec: DatasetSpec | None, arrays: dict[str, np.ndarray], has_classes: bool,
+                check: tuple[str, ...]) -> tuple[str, ...]:
+    """The class names of a dataset file, with the label arrays in ``check`` verified against them.
+
+    Without a ``classes`` array (and no registry entry) the labels themselves must be the
+    contiguous set 0..K-1 over both splits: one stray label (3,000,000 in a 10-class file)
+    is an error naming it, not a silent 3,000,001-class dataset.
+    """
+    if spec is not None:
+        classes, where = spec.classes, f"{spec.title} has"
+    elif has_classes:
+        classes, where = _decode_classes(arrays["classes"]), "the file's classes array names"
+    else:
+        present = np.unique(np.concatenate([arrays["y_train"].ravel(), arrays["y_test"].ravel()]))
+        k = len(present)
+        if k == 0 or present[0] != 0 or present[-1] != k - 1:
+            gaps = np.setdiff1d(np.arange(min(int(present[-1]) + 1, 50)), present)[:10].tolist() if k else []
+            raise ValueError(
+                f"{path}: without a classes array the labels of y_train and y_test must be the "
+                f"contiguous integers 0..K-1; got {k} distinct labels from {int(present.min()) if k else '-'} "
+                f"to {int(present.max()) if k else '-'}"
+                + (f" (missing {gaps})" if gaps else "")
+                + ". Fix the stray labels, or add classes=np.array([...names...]) to the file "
+                "so the labels are checked against it."
+            )
+        classes, where = tuple(str(i) for i in range(k)), "labels imply"
+    for key in check:
+        y = arrays[key]
+        if y.size == 0:
+            continue
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= len(classes):
+            bad = y[(y < 0) | (y >= len(classes))]
+            raise ValueError(
+                f"{path}: {key} holds labels {lo}..{hi}, but {where} {len(classes)} classes "
+                f"(labels 0..{len(classes) - 1}; {bad.size} outside, e.g. {bad[:5].tolist()}). "
+                "Fix the labels or the classes array."
+            )
+    return classes
+
+
 def _load_file(path: Path, name: str, split: str, spec: DatasetSpec | None) -> ImageDataset:
     layout, identity, arrays = check_dataset_file(path, spec)
     arrays = dict(arrays or {})
@@ -197,20 +238,8 @@ def _load_file(path: Path, name: str, split: str, spec: DatasetSpec | None) -> I
     todo = tuple(k for k in dict.fromkeys(need) if k not in arrays)
     if todo:
         arrays.update(load_arrays(path, todo))
-    if spec is not None:
-        classes, where = spec.classes, f"{spec.title} has"
-    elif layout.has_classes:
-        classes, where = _decode_classes(arrays["classes"]), "the file's classes array names"
-    else:
-        k = 1 + max(int(arrays["y_train"].max()), int(arrays["y_test"].max()))
-        classes, where = tuple(str(i) for i in range(k)), "labels imply"
+    classes = _classes_of(path, spec, arrays, layout.has_classes, (yk,))
     y = arrays[yk]
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= len(classes):
-        raise ValueError(
-            f"{path}: {yk} holds labels {lo}..{hi}, but {where} {len(classes)} classes "
-            f"(labels 0..{len(classes) - 1}). Fix the labels or the classes array."
-        )
     provenance = _read_sidecar(path)
     meta: dict[str, Any] = {
         "file": str(path),
@@ -400,6 +429,9 @@ def _file_info(
         else:
             layout = read_layout(path)
             checksum, verified, fsha = None, False, None
+        if spec is None:  # a custom file loads only if its labels make sense: check them here too
+            keys = ("y_train", "y_test", *(("classes",) if layout.has_classes else ()))
+            _classes_of(path, None, dict(load_arrays(path, keys)), layout.has_classes, ("y_train", "y_test"))
     except (ValueError, OSError) as e:
         return DatasetInfo(
             name=name,

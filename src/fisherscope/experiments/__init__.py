@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (register the experiment kinds and demo sections)
     demo_attacks,
     demo_defend,
     demo_detect,
+    demo_inspect,
     demo_ossa,
     hendrycks_gimpel,
     hendrycks_gimpel_detection,
@@ -20,7 +21,7 @@ from . import (  # noqa: F401  (register the experiment kinds and demo sections)
 )
 from .base import EXPERIMENTS, Context, Experiment, load_config, parse_overrides, run_experiment
 from .config import config_from_dict, config_hash, config_to_dict
-from .demo import DEMO_SECTIONS, DemoConfig
+from .kit import DEMO_SECTIONS, DemoConfig
 from .report import render_report
 from .runner import Run, find_latest_run
 

@@ -8,7 +8,7 @@ from typing import Any
 from .base import Context, register
 from .common import trained_model
 from .report import Block, Heading, Paragraph, Table
-from .runner import Run
+from .runner import Results, Run
 
 __all__ = ["ModelAccuracyConfig", "ModelSpec"]
 
@@ -39,12 +39,17 @@ class ModelAccuracyConfig:
     models: list[ModelSpec] = field(default_factory=list)
 
 
-@register("model_accuracy", ModelAccuracyConfig, "Train the papers' models and tabulate train/test accuracy.")
-def run_model_accuracy(run: Run, cfg: ModelAccuracyConfig, ctx: Context) -> list[Block]:
-    rows = []
-    for spec in cfg.models:
-        cell = f"{spec.row_name}@{spec.dataset}"
+def _cell_spec(cfg: ModelAccuracyConfig, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    """The cell of one row: its name and everything that decides the model, so two rows
+    that differ only in their overrides (or preset) never share a cell."""
+    return f"{spec.row_name}@{spec.dataset}", {
+        "arch": spec.arch, "dataset": spec.dataset, "preset": spec.preset,
+        "overrides": spec.overrides, "seed": cfg.seed,
+    }
 
+
+def model_accuracy_cells(run: Run, cfg: ModelAccuracyConfig, ctx: Context) -> None:
+    for spec in cfg.models:
         def measure(spec: ModelSpec = spec) -> dict[str, Any]:
             trained = trained_model(spec.arch, spec.dataset, ctx, seed=cfg.seed,
                                     preset=spec.preset, overrides=spec.overrides)
@@ -58,7 +63,14 @@ def run_model_accuracy(run: Run, cfg: ModelAccuracyConfig, ctx: Context) -> list
                 "from_cache": trained.from_cache,
             }
 
-        res = run.cell(cell, measure)
+        name, cell_spec = _cell_spec(cfg, spec)
+        run.cell(name, measure, spec=cell_spec)
+
+
+def model_accuracy_report(cfg: ModelAccuracyConfig, results: Results) -> list[Block]:
+    rows = []
+    for spec in cfg.models:
+        res = results.cell(*_cell_spec(cfg, spec))
         target = []
         if spec.min_test_accuracy is not None:
             target.append(f">= {spec.min_test_accuracy:.3f}")
@@ -81,3 +93,8 @@ def run_model_accuracy(run: Run, cfg: ModelAccuracyConfig, ctx: Context) -> list
             rows,
         ),
     ]
+
+
+register("model_accuracy", ModelAccuracyConfig,
+         "Train the papers' models and tabulate train/test accuracy.",
+         report=model_accuracy_report)(model_accuracy_cells)

@@ -12,7 +12,7 @@ from typing import Any
 from .._registry import Registry
 from .config import config_from_dict, config_to_dict, read_toml
 from .report import Block
-from .runner import Run
+from .runner import Results, Run
 
 __all__ = ["Context", "Experiment", "EXPERIMENTS", "register", "load_config", "parse_overrides"]
 
@@ -29,31 +29,47 @@ class Context:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A kind of experiment: its config dataclass and the function that runs it.
+    """A kind of experiment: its config dataclass, its cells and its report.
 
-    ``run(run, config, context)`` computes what is missing through ``run.cell`` and
-    returns the report blocks built from the stored results.
+    ``cells(run, config, context)`` computes what is missing through ``run.cell`` (pure
+    compute: models, attacks, features; no tables, no figures). ``report(config, results)``
+    builds the report blocks from the stored :class:`~fisherscope.experiments.runner.Results`
+    only: it never loads a model or a dataset and never runs an attack, so a report can be
+    re-rendered from a run directory alone (``fisherscope report RUN``).
+
+    Experiments registered without ``report`` (the older shape) compute and report in
+    one ``cells`` function that returns the blocks; re-rendering them resumes the run.
     """
 
     kind: str
     spec: type
-    run: Callable[[Run, Any, Context], list[Block]]
+    cells: Callable[..., Any]
     description: str
+    report: Callable[[Any, Results], list[Block]] | None = None
+
+    @property
+    def pure_report(self) -> bool:
+        return self.report is not None
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("EXPERIMENTS")
 
 
-def register(kind: str, spec: type, description: str) -> Callable[[Callable[..., list[Block]]], Callable[..., list[Block]]]:
-    """Decorator adding an experiment function to :data:`EXPERIMENTS`."""
+def register(
+    kind: str, spec: type, description: str, *, report: Callable[[Any, Results], list[Block]] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding an experiment's cells function to :data:`EXPERIMENTS`.
 
-    def deco(fn: Callable[..., list[Block]]) -> Callable[..., list[Block]]:
+    ``report`` is the pure function rendering the stored results (see :class:`Experiment`).
+    """
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if kind in EXPERIMENTS:
             raise ValueError(f"experiment kind {kind!r} is already registered")
         for required in ("name", "kind", "seed"):
             if required not in {f.name for f in dataclasses.fields(spec)}:
                 raise TypeError(f"config class {spec.__name__} needs a {required!r} field")
-        EXPERIMENTS[kind] = Experiment(kind, spec, fn, description)
+        EXPERIMENTS[kind] = Experiment(kind, spec, fn, description, report)
         return fn
 
     return deco
@@ -77,18 +93,38 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node: Any = data
-    for i, part in enumerate(parts[:-1]):
+
+    def step(node: Any, part: str, i: int) -> Any:
+        where = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            node = node[int(part)]
-        else:
-            if part not in node:
-                raise ValueError(f"override {dotted!r}: no key {'.'.join(parts[:i + 1])!r} in the config.")
-            node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+            if not part.lstrip("-").isdigit():
+                raise ValueError(
+                    f"override {dotted!r}: {'.'.join(parts[:i]) or 'the config'} is a list of "
+                    f"{len(node)} entries, so {where!r} needs an index 0..{len(node) - 1}, not {part!r}."
+                )
+            idx = int(part)
+            if not 0 <= idx < len(node):
+                raise ValueError(
+                    f"override {dotted!r}: {'.'.join(parts[:i])} has {len(node)} entries "
+                    f"(indices 0..{len(node) - 1}); got index {idx}."
+                )
+            return idx
+        if not isinstance(node, dict):
+            raise ValueError(
+                f"override {dotted!r}: {'.'.join(parts[:i])} holds a {type(node).__name__} value, not a "
+                f"table, so it has no key {part!r}."
+            )
+        return part
+
+    for i, part in enumerate(parts[:-1]):
+        key = step(node, part, i)
+        if isinstance(node, dict) and key not in node:
+            raise ValueError(
+                f"override {dotted!r}: no key {'.'.join(parts[:i + 1])!r} in the config "
+                f"(keys there: {sorted(node)})."
+            )
+        node = node[key]
+    node[step(node, parts[-1], len(parts) - 1)] = value
 
 
 def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = ()) -> Any:
@@ -109,14 +145,59 @@ def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = 
 
 def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | str | Path = False,
                    context: Context | None = None) -> Run:
-    """Run (or resume) ``config`` and write its report; returns the :class:`Run`."""
+    """Run (or resume) ``config``: compute its missing cells, then write its report."""
     from .report import render_report
 
     exp = EXPERIMENTS[config.kind]
     run = Run(config, out_dir, resume=resume)
-    blocks = exp.run(run, config, context or Context())
+    out = exp.cells(run, config, context or Context())
+    if exp.report is not None:
+        blocks = exp.report(config, run.view())
+    else:
+        blocks = out
     render_report(blocks, run.dir, title=f"fisherscope — {config.name}")
     return run
 
 
-__all__ += ["run_experiment", "config_to_dict"]
+def stored_config(run_dir: str | Path) -> Any:
+    """The resolved config a run directory was made with (from its ``config.json``)."""
+    import json
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{run_dir} has no config.json, so it is not a run directory made by fisherscope "
+            "(or the file was deleted). Pass a directory under runs/, or re-run the config."
+        )
+    data = json.loads(path.read_text(encoding="utf-8"))["config"]
+    return load_config(data)
+
+
+def render_stored(run_dir: str | Path) -> Path:
+    """Re-render the report of ``run_dir`` from its stored results alone (no model, no data).
+
+    Raises ``KeyError`` naming the missing cell when the run did not finish.
+    """
+    from .config import config_hash
+    from .report import render_report
+
+    run_dir = Path(run_dir)
+    config = stored_config(run_dir)
+    exp = EXPERIMENTS[config.kind]
+    if exp.report is None:
+        raise TypeError(f"experiment kind {config.kind!r} has no pure report; resume the run instead.")
+    results = Results.open(run_dir)
+    foreign = results.store.hashes() - {config_hash(config)}
+    if foreign:
+        from .store import StoreError
+
+        raise StoreError(
+            f"{run_dir}/results.jsonl holds records of other configs (hashes {sorted(foreign)}); "
+            "it was mixed with another run's results and cannot be rendered as one report."
+        )
+    render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}")
+    return run_dir / "report.html"
+
+
+__all__ += ["render_stored", "run_experiment", "stored_config", "config_to_dict"]

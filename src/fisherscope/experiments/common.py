@@ -8,9 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fisher import fisher_sensitivity
+from ..saliency import gradient, guided_backprop, hendrycks_saliency
 from .base import Context
 
-__all__ = ["trained_model", "predict", "load_split"]
+__all__ = ["check_overrides", "correct_draw", "in_batches", "inspect_maps", "load_split", "predict", "saliency_rows",
+           "select_samples", "trained_model"]
 
 
 def load_split(name: str, split: str, ctx: Context) -> Any:
@@ -36,14 +39,33 @@ def trained_model(
     from ..models import resolve_preset, train_model
 
     kwargs = dict(resolve_preset(preset or arch, dataset))
-    kwargs.update(overrides or {})
     kwargs["seed"] = seed
+    check_overrides(overrides or {}, where=f"{arch}@{dataset} overrides")
+    kwargs.update(overrides or {})  # an override (its seed too) wins over the config's value
     train = load_split(dataset, "train", ctx)
     test = load_split(dataset, "test", ctx)
     return train_model(
         arch, train, test_dataset=test, cache_dir=ctx.cache_dir, progress=ctx.progress,
         device=ctx.device, **kwargs,
     )
+
+
+#: train_model arguments a config's ``overrides`` may not set (the runner sets them).
+_RUNNER_SET = frozenset({"arch", "dataset", "test_dataset", "cache", "cache_dir", "data_dir", "progress",
+                         "device", "callback", "init_from"})
+
+
+def check_overrides(overrides: Mapping[str, Any], *, where: str = "overrides") -> None:
+    """Reject ``overrides`` keys that :func:`~fisherscope.models.train_model` does not take,
+    naming the valid ones (instead of a bare ``unexpected keyword argument`` later)."""
+    import inspect
+
+    from ..models import train_model
+
+    valid = sorted(p for p in inspect.signature(train_model).parameters if p not in _RUNNER_SET)
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown training setting(s) {unknown}; valid keys: {valid}.")
 
 
 @torch.no_grad()
@@ -90,3 +112,30 @@ def in_batches(fn: Any, *tensors: torch.Tensor, batch_size: int = 256) -> Any:
     if isinstance(first, tuple):
         return tuple(torch.cat([o[j] for o in outs]) for j in range(len(first)))
     return torch.cat(outs)
+
+
+def inspect_maps(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                 fis_reduction: str = "two_class") -> dict[str, torch.Tensor]:
+    """FIS and saliency maps of clean and adversarial images (each w.r.t. its own prediction)."""
+    out: dict[str, torch.Tensor] = {}
+    for tag, xs in (("clean", x), ("adv", x_adv)):
+        out[f"fis/{tag}"] = fisher_sensitivity(model, xs, reduction=fis_reduction)  # type: ignore[arg-type]
+        out[f"gradient/{tag}"] = gradient(model, xs)
+        out[f"guided/{tag}"] = guided_backprop(model, xs)
+        out[f"hendrycks/{tag}"] = hendrycks_saliency(model, xs)
+    return out
+
+
+def saliency_rows(x: np.ndarray, xa: np.ndarray, maps: dict[str, np.ndarray], titles_clean: list[str],
+                   titles_adv: list[str]) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]], list[str]]:
+    """Rows of (image, its saliency maps) for the clean and adversarial version of each image."""
+    images, titles = [], []
+    cols: dict[str, list[np.ndarray]] = {"gradient": [], "guided backprop": [], "Hendrycks": [], "FIS": []}
+    names = {"gradient": "gradient", "guided backprop": "guided", "Hendrycks": "hendrycks", "FIS": "fis"}
+    for i in range(len(x)):
+        for tag, img, title in (("clean", x[i], titles_clean[i]), ("adv", xa[i], titles_adv[i])):
+            images.append(img)
+            titles.append(title)
+            for col, key in names.items():
+                cols[col].append(maps[f"{key}/{tag}"][i])
+    return images, cols, titles

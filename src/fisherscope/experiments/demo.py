@@ -6,50 +6,37 @@ It runs offline on scikit-learn's bundled digits. Each capability adds a section
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..plotting import confusion_matrix_figure, image_grid
-from .base import Context, register
-from .common import load_split, predict, trained_model
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .kit import (
+    DEMO_SECTIONS,
+    Artifact,
+    Block,
+    Context,
+    DemoConfig,
+    DemoSection,
+    DemoState,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    add_demo_section,
+    load_split,
+    predict,
+    register,
+    save_figure,
+    trained_model,
+)
 
-__all__ = ["DemoConfig", "DemoState", "DEMO_SECTIONS", "add_demo_section", "run_demo"]
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Configuration of the demo (defaults are the offline main job)."""
-
-    name: str = "demo"
-    kind: str = "demo"
-    seed: int = 0
-    description: str = "The fisherscope tour on scikit-learn's digits (offline)."
-    dataset: str = "digits"
-    arch: str = "digits_cnn"
-    n_examples: int = 32
-
-
-@dataclass
-class DemoState:
-    """What the sections share: the config, the trained model and the test split."""
-
-    config: DemoConfig
-    context: Context
-    trained: Any
-    test: Any
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def model(self) -> Any:
-        return self.trained.model
+__all__ = ["DemoConfig", "DemoState", "DEMO_SECTIONS", "add_demo_section", "demo_cells", "demo_report"]
 
 
-def _accuracy_section(run: Run, state: DemoState) -> list[Block]:
+def _accuracy_cells(run: Run, state: DemoState) -> None:
     cfg, trained, test = state.config, state.trained, state.test
 
     def measure_model() -> dict[str, Any]:
@@ -74,36 +61,42 @@ def _accuracy_section(run: Run, state: DemoState) -> list[Block]:
         return {
             "accuracy": float((pred == y).mean()),
             "n_test": int(len(y)),
+            "image_shape": list(test.x.shape[1:]),
+            "classes": [str(c) for c in test.classes],
             "per_class_accuracy": (cm.diagonal() / cm.sum(1).clip(min=1)).tolist(),
             "confusion_matrix": cm.tolist(),
             "example_indices": idx.tolist(),
             "example_predictions": pred[idx].tolist(),
+            "example_labels": y[idx].tolist(),
+            "example_images": Artifact(test.x[idx]),
         }
 
-    model_res = run.cell("model", measure_model)
-    test_res = run.cell("test", measure_test)
+    run.cell("model", measure_model)
+    run.cell("test", measure_test)
 
-    idx = test_res["example_indices"]
-    preds = test_res["example_predictions"]
-    truth = test.y[idx].tolist()
+
+def _accuracy_report(cfg: DemoConfig, results: Results) -> list[Block]:
+    model_res, test_res = results.cell("model"), results.cell("test")
+    classes = test_res["classes"]
+    preds, truth = test_res["example_predictions"], test_res["example_labels"]
     fig = image_grid(
-        test.x[idx],
-        [f"true {test.classes[t]}, pred {test.classes[p]}" for p, t in zip(preds, truth, strict=True)],
+        test_res["example_images"],
+        [f"true {classes[t]}, pred {classes[p]}" for p, t in zip(preds, truth, strict=True)],
         title_colors=["green" if p == t else "red" for p, t in zip(preds, truth, strict=True)],
         ncols=8,
     )
-    grid_path = save_figure(fig, run.figures_dir / "test_examples.png")
+    grid_path = save_figure(fig, results.figures_dir / "test_examples.png")
     cm_path = save_figure(
-        confusion_matrix_figure(np.array(test_res["confusion_matrix"]), test.classes,
+        confusion_matrix_figure(np.array(test_res["confusion_matrix"]), classes,
                                 title=f"{cfg.arch} on {cfg.dataset} test"),
-        run.figures_dir / "confusion_matrix.png",
+        results.figures_dir / "confusion_matrix.png",
     )
     per_class = test_res["per_class_accuracy"]
     return [
         Heading("Model and accuracy"),
         Paragraph(
-            f"`{cfg.arch}` trained on `{cfg.dataset}` ({len(test)} test images of shape "
-            f"{tuple(test.x.shape[1:])}, {test.num_classes} classes), seed {cfg.seed}; "
+            f"`{cfg.arch}` trained on `{cfg.dataset}` ({test_res['n_test']} test images of shape "
+            f"{tuple(test_res['image_shape'])}, {len(classes)} classes), seed {cfg.seed}; "
             f"checkpoint `{model_res['checkpoint_key'][:12]}` from the content-addressed cache."
         ),
         Table(
@@ -116,40 +109,35 @@ def _accuracy_section(run: Run, state: DemoState) -> list[Block]:
                 ["training wall time (s)", model_res["train_wall_time_s"]],
             ],
         ),
-        Table(["class", *test.classes], [["test accuracy", *per_class]], caption="Per-class test accuracy"),
+        Table(["class", *classes], [["test accuracy", *per_class]], caption="Per-class test accuracy"),
         Figure(grid_path, "Random test images with the model's prediction (green: correct, red: wrong), "
                "drawn on the fixed range [0, 1]."),
         Figure(cm_path, "Confusion matrix on the test split."),
     ]
 
 
-DemoSection = Callable[[Run, DemoState], list[Block]]
-#: Sections of the demo report, in order. Capabilities add theirs with add_demo_section.
-DEMO_SECTIONS: list[DemoSection] = [_accuracy_section]
-_ORDER: dict[DemoSection, float] = {_accuracy_section: 0.0}
+add_demo_section(DemoSection("accuracy", 0.0, _accuracy_cells, _accuracy_report))
+
+_INTRO = (
+    "fisherscope makes the Fisher information a working instrument for adversarial "
+    "robustness: attack, detect, defend and inspect. This report is produced by "
+    "`fisherscope demo`; every number below is stored in `results.jsonl` beside it."
+)
 
 
-def add_demo_section(section: DemoSection, order: float) -> DemoSection:
-    """Add a section to the demo report at position ``order`` (the accuracy section is 0;
-    attack 10–20, inspect 30, detect 40, defend 50), whatever the import order."""
-    _ORDER[section] = order
-    if section not in DEMO_SECTIONS:
-        DEMO_SECTIONS.append(section)
-    DEMO_SECTIONS.sort(key=lambda s: _ORDER.get(s, float("inf")))
-    return section
-
-
-@register("demo", DemoConfig, "The one-command tour of fisherscope on digits (the main job).")
-def run_demo(run: Run, cfg: DemoConfig, ctx: Context) -> list[Block]:
+def demo_cells(run: Run, cfg: DemoConfig, ctx: Context) -> None:
     trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed)
     state = DemoState(cfg, ctx, trained, load_split(cfg.dataset, "test", ctx))
-    blocks: list[Block] = [
-        Paragraph(
-            "fisherscope makes the Fisher information a working instrument for adversarial "
-            "robustness: attack, detect, defend and inspect. This report is produced by "
-            "`fisherscope demo`; every number below is stored in `results.jsonl` beside it."
-        )
-    ]
     for section in DEMO_SECTIONS:
-        blocks.extend(section(run, state))
+        section.cells(run, state)
+
+
+def demo_report(cfg: DemoConfig, results: Results) -> list[Block]:
+    blocks: list[Block] = [Paragraph(_INTRO)]
+    for section in DEMO_SECTIONS:
+        blocks.extend(section.report(cfg, results))
     return blocks
+
+
+register("demo", DemoConfig, "The one-command tour of fisherscope on digits (the main job).",
+         report=demo_report)(demo_cells)

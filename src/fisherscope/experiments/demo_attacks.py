@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -9,22 +10,35 @@ import torch
 
 from ..attacks import ATTACKS
 from ..plotting import to_display
-from .demo import DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .kit import (
+    Artifact,
+    Block,
+    DemoConfig,
+    DemoSection,
+    DemoState,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    add_demo_section,
+    save_figure,
+)
 
-__all__ = ["attack_suite_section"]
+__all__ = ["attack_suite_cells", "attack_suite_report"]
 
 N_ATTACK = 100
 N_SHOW = 4
 
 
-def attack_suite_section(run: Run, state: DemoState) -> list[Block]:
-    import matplotlib.pyplot as plt
+def _keys() -> list[str]:
+    return list(ATTACKS)  # each attack carries its standard setting (Attack.standard)
 
+
+def attack_suite_cells(run: Run, state: DemoState) -> None:
     model, test, seed = state.model, state.test, state.config.seed
     x, y = test.x[:N_ATTACK], test.y[:N_ATTACK]
-    keys = list(ATTACKS)  # each attack carries its standard setting (Attack.standard)
 
     def measure(key: str) -> dict[str, Any]:
         params = dict(ATTACKS[key].standard)
@@ -35,7 +49,8 @@ def attack_suite_section(run: Run, state: DemoState) -> list[Block]:
         res = attack.run(model, x, y, generator=torch.Generator().manual_seed(seed))
         wall = time.perf_counter() - t0
         with torch.no_grad():
-            wrong_after = model(res.x_adv).argmax(1) != y
+            pred_after = model(res.x_adv).argmax(1)
+        wrong_after = pred_after != y
         fooled = wrong_after & correct
         return {
             "params": params,
@@ -45,43 +60,55 @@ def attack_suite_section(run: Run, state: DemoState) -> list[Block]:
             "mean_linf_fooled": float(res.norms["linf"][fooled].mean()) if fooled.any() else float("nan"),
             "mean_l0_fooled": float(res.norms["l0"][fooled].mean()) if fooled.any() else float("nan"),
             "images_per_s": len(x) / wall,
+            # the first N_SHOW adversarials, for the grid (the same run, not a recomputation)
+            "shown_x_adv": Artifact(res.x_adv[:N_SHOW]),
+            "shown_pred": pred_after[:N_SHOW].tolist(),
+            "shown_l2": res.norms["l2"][:N_SHOW].tolist(),
         }
 
-    results = {key: run.cell(f"attacks/{key}", lambda key=key: measure(key)) for key in keys}
-    with torch.no_grad():
-        clean_acc = float((model(x).argmax(1) == y).float().mean())
-
-    # grid: the first N_SHOW test digits (rows), clean and under each attack (columns), on [0, 1]
-    xs, ys = x[:N_SHOW], y[:N_SHOW]
-    cols = [("clean", xs, None)]
-    for key in keys:
-        attack = ATTACKS[key](**ATTACKS[key].standard)
-        res = attack.run(model, xs, ys, generator=torch.Generator().manual_seed(seed))
-        cols.append((key, res.x_adv, res))
-    fig, axes = plt.subplots(N_SHOW, len(cols), figsize=(1.05 * len(cols), 1.2 * N_SHOW), squeeze=False)
-    for c, (name, imgs, res) in enumerate(cols):
+    def clean() -> dict[str, Any]:
         with torch.no_grad():
-            preds = model(imgs).argmax(1)
-        for i in range(N_SHOW):
+            pred = model(x).argmax(1)
+        return {"accuracy": float((pred == y).float().mean()), "shown_x": Artifact(x[:N_SHOW]),
+                "shown_y": y[:N_SHOW].tolist(), "shown_pred": pred[:N_SHOW].tolist()}
+
+    run.cell("attacks/clean", clean)
+    for key in _keys():
+        run.cell(f"attacks/{key}", functools.partial(measure, key))
+
+
+def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    keys = _keys()
+    clean = results.cell("attacks/clean")
+    res = {key: results.cell(f"attacks/{key}") for key in keys}
+    ys = clean["shown_y"]
+    cols = [("clean", clean["shown_x"], clean["shown_pred"], None)]
+    cols += [(key, r["shown_x_adv"], r["shown_pred"], r["shown_l2"]) for key, r in res.items()]
+    n_show = len(ys)
+    fig, axes = plt.subplots(n_show, len(cols), figsize=(1.05 * len(cols), 1.2 * n_show), squeeze=False)
+    for c, (name, imgs, preds, l2) in enumerate(cols):
+        for i in range(n_show):
             img, cmap = to_display(imgs[i])
             ax = axes[i, c]
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            label = f"{int(preds[i])}"
-            if res is not None:
-                label += f" · {float(res.norms['l2'][i]):.2f}"
-            ax.set_xlabel(label, fontsize=7, color="red" if int(preds[i]) != int(ys[i]) else "black", labelpad=1)
+            label = f"{preds[i]}"
+            if l2 is not None:
+                label += f" · {l2[i]:.2f}"
+            ax.set_xlabel(label, fontsize=7, color="red" if preds[i] != ys[i] else "black", labelpad=1)
             if i == 0:
                 ax.set_title(name, fontsize=7)
     fig.suptitle("Test digits (rows), clean and under each attack (columns), drawn exactly as the model sees "
                  "them; under each image: prediction · L2 of the perturbation (red: misclassified)", fontsize=8)
     fig.tight_layout()
-    grid_path = save_figure(fig, run.figures_dir / "attack_suite_grid.png")
+    grid_path = save_figure(fig, results.figures_dir / "attack_suite_grid.png")
 
-    table_rows = [["none (clean)", "", 100 * clean_acc, "", "", "", "", ""]]
+    table_rows = [["none (clean)", "", 100 * clean["accuracy"], "", "", "", "", ""]]
     for key in keys:
-        r = results[key]
+        r = res[key]
         table_rows.append([
             key, ATTACKS[key].standard_description, 100 * r["accuracy"], 100 * r["fooling_ratio"],
             r["mean_l2_fooled"], r["mean_linf_fooled"], r["mean_l0_fooled"], r["images_per_s"],
@@ -100,4 +127,4 @@ def attack_suite_section(run: Run, state: DemoState) -> list[Block]:
     ]
 
 
-add_demo_section(attack_suite_section, order=20)
+add_demo_section(DemoSection("attacks", 20.0, attack_suite_cells, attack_suite_report))

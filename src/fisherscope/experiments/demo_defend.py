@@ -13,13 +13,24 @@ from typing import Any
 import numpy as np
 
 from ..attacks import OSSA
-from .common import trained_model
-from .demo import DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .kit import (
+    Block,
+    DemoConfig,
+    DemoSection,
+    DemoState,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    add_demo_section,
+    save_figure,
+    trained_model,
+)
 from .shen import one_step_curve
 
-__all__ = ["MU", "defend_section"]
+__all__ = ["MU", "defend_cells", "defend_report"]
 
 #: The penalty weight of the demo's penalised network (Shen et al.'s Figure 5 value).
 MU = 0.02
@@ -27,9 +38,7 @@ BUDGETS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
 SHOW = (0.5, 1.0, 2.0)
 
 
-def defend_section(run: Run, state: DemoState) -> list[Block]:
-    import matplotlib.pyplot as plt
-
+def defend_cells(run: Run, state: DemoState) -> None:
     cfg, ctx, test = state.config, state.context, state.test
 
     def measure() -> dict[str, Any]:
@@ -43,9 +52,16 @@ def defend_section(run: Run, state: DemoState) -> list[Block]:
             out[name] = {"test_accuracy": tm.metrics["test_accuracy"], "fooling_ratio": curve["fooling_ratio"],
                          "n_correct": curve["n_correct"], "lambda_max": curve["lambda_max"],
                          "lambda_max_mean": curve["lambda_max_mean"], "lambda_max_median": curve["lambda_max_median"]}
+        out["n_test"] = len(test)
         return out
 
-    r = run.cell("defend", measure)
+    run.cell("defend", measure)
+
+
+def defend_report(cfg: DemoConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    r = results.cell("defend")
     names = ("plain", "penalised")
     labels = {"plain": "plain", "penalised": f"penalised, μ = {r['mu']:g}"}
 
@@ -67,7 +83,7 @@ def defend_section(run: Run, state: DemoState) -> list[Block]:
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    path = save_figure(fig, run.figures_dir / "defend.png")
+    path = save_figure(fig, results.figures_dir / "defend.png")
 
     show = [b for b in SHOW if b in r["budgets"]]
     rows = [[labels[n], 100 * r[n]["test_accuracy"], r[n]["lambda_max_mean"], r[n]["lambda_max_median"],
@@ -87,11 +103,11 @@ def defend_section(run: Run, state: DemoState) -> list[Block]:
             f"{q['lambda_max_median']:.3g} (the penalty pulls p towards uniform, which need not lower λ_max)."
         ),
         Table(["network", "test accuracy %", "mean λ_max", "median λ_max", *[f"OSSA fooling % at {b:g}" for b in show]],
-              rows, caption=f"λ_max and fooling ratios over the {p['n_correct']} / {q['n_correct']} of the {len(test)} "
+              rows, caption=f"λ_max and fooling ratios over the {p['n_correct']} / {q['n_correct']} of the {r['n_test']} "
                             "test digits each network classifies correctly"),
         Figure(path, "Left: λ_max of G_x over the correctly classified test digits. Right: OSSA fooling ratio against "
                      "the L2 budget."),
     ]
 
 
-add_demo_section(defend_section, order=50)
+add_demo_section(DemoSection("defend", 50.0, defend_cells, defend_report))

@@ -14,18 +14,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..attacks import FGM, OSSA
-from .demo import DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, save_figure
-from .runner import Run
+from .kit import (
+    Block,
+    DemoConfig,
+    DemoSection,
+    DemoState,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    add_demo_section,
+    save_figure,
+)
 from .unified_detection import (
-    DETECTOR_LABELS,
     detection_tables,
     evaluate,
     roc_figure_from,
-    table_rows,
 )
 
-__all__ = ["detect_section"]
+__all__ = ["detect_cells", "detect_report"]
 
 N_DETECT = 160
 EPS = 1.5
@@ -53,29 +61,34 @@ class _Settings:
     whitening_images: int | None = None
 
 
-def detect_section(run: Run, state: DemoState) -> list[Block]:
+def detect_cells(run: Run, state: DemoState) -> None:
     cfg = _Settings(seed=state.config.seed, dataset=state.config.dataset)
     model, test = state.model, state.test
     x, y = test.x[:N_DETECT], test.y[:N_DETECT]
     has_decoder = callable(getattr(model, "reconstruct", None))
     dets = [d for d in DETECTORS if d != "reconstruction" or has_decoder]
+    run.cell("detect/setup", lambda: {"detectors": dets, "has_decoder": has_decoder})
     attacks = {"FGM": FGM(eps=EPS), "OSSA": OSSA(eps=EPS)}
-    r = evaluate(run, "detect", cfg, state.context, state.trained, x, y, attacks, dets, cross_attack=False,
-                 roc_points=100)
+    evaluate(run, "detect", cfg, state.context, state.trained, x, y, attacks, dets, cross_attack=False,
+             roc_points=100)
+
+
+def detect_report(cfg: DemoConfig, results: Results) -> list[Block]:
+    setup = results.cell("detect/setup")
+    dets, has_decoder = setup["detectors"], setup["has_decoder"]
+    attacks = ["FGM", "OSSA"]
+    r = results.cell("detect")
     figs = []
     for a in attacks:
         fig = roc_figure_from(r, dets, a, title=f"{a}, L2 budget {EPS}: test split")
-        figs.append(Figure(save_figure(fig, run.figures_dir / f"detect_roc_{a.lower()}.png"),
+        figs.append(Figure(save_figure(fig, results.figures_dir / f"detect_roc_{a.lower()}.png"),
                            f"ROC curves of the detectors against {a} (AUROC in the legend)."))
-    tab = table_rows(r["records"])
     atk = {rec["attack"]: rec for rec in r["records"] if rec["kind"] == "attack"}
-    best = {a: max(dets, key=lambda d: -1.0 if tab[(d, a)].get("auroc") is None else tab[(d, a)]["auroc"])
-            for a in attacks}
     n_split = r["settings"]["n_per_split"]
     missing = "" if has_decoder else (" The reconstruction detector needs a model with a decoder "
                                       "(`hg_mlp`), so it is not run here.")
     return [
-        Heading("Detect: every detector under one honest protocol"),
+        Heading("Detect: every detector under one protocol (oblivious attacks)"),
         Paragraph(
             f"The first {N_DETECT} test digits are split by source image into fit / calibrate / test "
             f"({n_split[0]} / {n_split[1]} / {n_split[2]} digits): detectors learn on the first part, the "
@@ -83,12 +96,14 @@ def detect_section(run: Run, state: DemoState) -> list[Block]:
             "below comes from the third. Positives are only the successful adversarials of correctly "
             f"classified digits (FGM: {atk['FGM']['n_success']} of {atk['FGM']['n_correct']}, OSSA: "
             f"{atk['OSSA']['n_success']} of {atk['OSSA']['n_correct']}); a noise control with the same L2 "
-            "norms shows which detectors flag any perturbation. Best AUROC: "
-            + ", ".join(f"{a}: {DETECTOR_LABELS.get(d, d)}" for a, d in best.items()) + "." + missing
+            "norms shows which detectors flag any perturbation. These attacks ignore the detectors "
+            "(oblivious): an attacker who knows a detector can evade it, so these numbers rank no "
+            "detector as robust — a detector that also flags the noise control is not detecting attacks."
+            + missing
         ),
-        *detection_tables(r["records"], dets, list(attacks), "AUROC % [95% bootstrap interval], test split"),
+        *detection_tables(r["records"], dets, attacks, "AUROC % [95% bootstrap interval], test split"),
         *figs,
     ]
 
 
-add_demo_section(detect_section, order=40)
+add_demo_section(DemoSection("detect", 40.0, detect_cells, detect_report))

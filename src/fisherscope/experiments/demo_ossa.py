@@ -10,20 +10,33 @@ import torch
 from ..attacks import FGM, OSSA
 from ..fisher import fisher_spectrum
 from ..plotting import to_display
-from .demo import DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .kit import (
+    Artifact,
+    Block,
+    DemoConfig,
+    DemoSection,
+    DemoState,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    add_demo_section,
+    save_figure,
+)
 
-__all__ = ["ossa_section"]
+__all__ = ["ossa_cells", "ossa_report"]
 
 N_CURVE = 200
 BUDGETS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0]
 EPS_SHOW = 1.5
 
 
-def ossa_section(run: Run, state: DemoState) -> list[Block]:
-    import matplotlib.pyplot as plt
+N_SHOW = 6
 
+
+def ossa_cells(run: Run, state: DemoState) -> None:
     model, test = state.model, state.test
     x, y = test.x[:N_CURVE], test.y[:N_CURVE]
 
@@ -45,33 +58,45 @@ def ossa_section(run: Run, state: DemoState) -> list[Block]:
         out["lambda_2_over_1_median"] = float((spec.eigenvalues[:, 1] / spec.eigenvalues[:, 0]).median())
         return out
 
-    r = run.cell("ossa", measure)
+    run.cell("ossa", measure)
 
-    # figure: image, top eigenvector, adversarial (6 examples), recomputed deterministically
-    xs, ys = test.x[:6], test.y[:6]
-    spec = fisher_spectrum(model, xs, k=1)
-    res = OSSA(eps=EPS_SHOW).run(model, xs, ys)
-    with torch.no_grad():
-        clean_pred = model(xs).argmax(1)
-    fig, axes = plt.subplots(3, 6, figsize=(9, 4.9))
-    for i in range(6):
-        img, cmap = to_display(xs[i])
+    def examples() -> dict[str, Any]:
+        xs, ys = test.x[:N_SHOW], test.y[:N_SHOW]
+        spec = fisher_spectrum(model, xs, k=1)
+        res = OSSA(eps=EPS_SHOW).run(model, xs, ys)
+        with torch.no_grad():
+            clean_pred = model(xs).argmax(1)
+        return {"eps": EPS_SHOW, "x": Artifact(xs), "y": ys.tolist(), "clean_pred": clean_pred.tolist(),
+                "top_eigenvector": Artifact(spec.top_eigenvector), "top_eigenvalue": spec.top_eigenvalue.tolist(),
+                "x_adv": Artifact(res.x_adv), "adv_pred": res.logits_adv.argmax(1).tolist(),
+                "adv_l2": res.norms["l2"].tolist()}
+
+    run.cell("ossa/examples", examples)
+
+
+def ossa_report(cfg: DemoConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    r, e = results.cell("ossa"), results.cell("ossa/examples")
+    fig, axes = plt.subplots(3, N_SHOW, figsize=(9, 4.9))
+    for i in range(N_SHOW):
+        img, cmap = to_display(e["x"][i])
         axes[0, i].imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        axes[0, i].set_title(f"pred {int(clean_pred[i])}", fontsize=8)
-        v, _ = to_display(spec.top_eigenvector[i])
+        axes[0, i].set_title(f"pred {e['clean_pred'][i]}", fontsize=8)
+        v, _ = to_display(e["top_eigenvector"][i])
         m = float(np.abs(v).max()) or 1.0
         axes[1, i].imshow(v, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
-        axes[1, i].set_title(f"λ_max {float(spec.top_eigenvalue[i]):.2g}", fontsize=8)
-        adv, cmap = to_display(res.x_adv[i])
+        axes[1, i].set_title(f"λ_max {e['top_eigenvalue'][i]:.2g}", fontsize=8)
+        adv, cmap = to_display(e["x_adv"][i])
         axes[2, i].imshow(adv, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        pred = int(res.logits_adv[i].argmax())
-        axes[2, i].set_title(f"pred {pred} (L2 {float(res.norms['l2'][i]):.2f})", fontsize=8,
-                             color="red" if pred != int(ys[i]) else "black")
+        pred = e["adv_pred"][i]
+        axes[2, i].set_title(f"pred {pred} (L2 {e['adv_l2'][i]:.2f})", fontsize=8,
+                             color="red" if pred != e["y"][i] else "black")
     for ax in axes.flat:
         ax.set_axis_off()
-    fig.suptitle(f"clean (top), top eigenvector of G_x (middle), OSSA with L2 budget {EPS_SHOW} (bottom)", fontsize=9)
+    fig.suptitle(f"clean (top), top eigenvector of G_x (middle), OSSA with L2 budget {e['eps']} (bottom)", fontsize=9)
     fig.tight_layout()
-    ex_path = save_figure(fig, run.figures_dir / "ossa_examples.png")
+    ex_path = save_figure(fig, results.figures_dir / "ossa_examples.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name in ("fgm", "ossa"):
@@ -81,7 +106,7 @@ def ossa_section(run: Run, state: DemoState) -> list[Block]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    curve_path = save_figure(fig, run.figures_dir / "ossa_fooling_curve.png")
+    curve_path = save_figure(fig, results.figures_dir / "ossa_fooling_curve.png")
 
     rows = [[f"{b:g}", 100 * f, 100 * o] for b, f, o in
             zip(r["budgets"], r["fgm_fooling_rate"], r["ossa_fooling_rate"], strict=True)]
@@ -103,4 +128,4 @@ def ossa_section(run: Run, state: DemoState) -> list[Block]:
     ]
 
 
-add_demo_section(ossa_section, order=10)
+add_demo_section(DemoSection("ossa", 10.0, ossa_cells, ossa_report))

@@ -1,5 +1,4 @@
-"""Martin & Elster 2019 on MNIST: Figure 1 and Figure 2 (``configs/martin-elster-*.toml``),
-and the demo's "inspect" section.
+"""Martin & Elster 2019 on MNIST: Figure 1 and Figure 2 (``configs/martin-elster-*.toml``).
 
 Protocol (also in docs/RESULTS.md):
 
@@ -16,6 +15,9 @@ Protocol (also in docs/RESULTS.md):
   images are the first ``n_roc`` of the same random draw.
 - FIS maps (Fig. 2): two-class reduction (eq. 7, the authors' code default) with the
   normalised direction v̄ = ∇θ log p(ŷ|x) / ‖·‖ at the same image, exact forward mode.
+
+Each kind is cells (model, attack and scores, maps; arrays stored as artifacts) and a pure
+report over the stored results, so ``fisherscope report RUN`` re-renders a finished run.
 """
 
 from __future__ import annotations
@@ -28,17 +30,30 @@ import numpy as np
 import torch
 
 from ..attacks import MIFGSM
+from ..evaluation import detection_metrics, fooling_ratio
 from ..fisher import fisher_sensitivity, param_fisher_form, param_fisher_trace
 from ..plotting_maps import fis_figure, roc_figure, saliency_figure, score_histogram
-from ..saliency import gradient, guided_backprop, hendrycks_saliency
-from .base import Context, register
-from .common import load_split, predict, trained_model
 from .config import ExperimentConfig
-from .demo import DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .kit import (
+    Artifact,
+    Block,
+    Context,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    inspect_maps,
+    load_split,
+    predict,
+    register,
+    saliency_rows,
+    save_figure,
+    trained_model,
+)
 
-__all__ = ["MartinElsterConfig", "inspect_maps", "inspect_section"]
+__all__ = ["MartinElsterConfig", "fig1_cells", "fig1_report", "fig2_cells", "fig2_report", "fisher_scores"]
 
 #: score name -> (label, equation)
 SCORES: dict[str, tuple[str, str]] = {
@@ -50,6 +65,9 @@ SCORES: dict[str, tuple[str, str]] = {
     "nform_fd": ("normalised form, finite difference", "eqs. 8 + 9"),
     "softmax": ("baseline: 1 − max softmax", "Hendrycks & Gimpel"),
 }
+
+#: Random test images among which Figure 2 picks its rows.
+N_CANDIDATES = 256
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,68 @@ class MartinElsterConfig(ExperimentConfig):
     paper: dict[str, Any] = field(default_factory=dict)
 
 
+# ------------------------------------------------------------- cells and their specs
+#
+# Each function below returns a cell's (name, spec); the cells and the reports both call
+# them, so a report finds exactly the cells its config computed.
+
+Cell = tuple[str, dict[str, Any]]
+
+
+def _model_spec(cfg: MartinElsterConfig) -> dict[str, Any]:
+    return {"arch": cfg.arch, "dataset": cfg.dataset, "preset": cfg.preset, "seed": cfg.seed}
+
+
+def _attack_spec(cfg: MartinElsterConfig) -> dict[str, Any]:
+    return {**_model_spec(cfg), "attack": "mifgsm", "eps": cfg.eps, "steps": cfg.steps, "decay": cfg.decay}
+
+
+def model_cell(cfg: MartinElsterConfig) -> Cell:
+    """The trained model's accuracy, size, checkpoint and the test split's size."""
+    return "model", _model_spec(cfg)
+
+
+def attack_cell(cfg: MartinElsterConfig, start: int, stop: int) -> Cell:
+    """Accuracy under attack on test images ``start:stop``."""
+    return f"attack/{start:05d}", {**_attack_spec(cfg), "start": start, "stop": stop}
+
+
+def attack_chunks(cfg: MartinElsterConfig, n_test: int) -> list[tuple[int, int]]:
+    """The (start, stop) chunks of the attacked test images (the first ``n_attack``)."""
+    n_att = n_test if cfg.n_attack is None else min(cfg.n_attack, n_test)
+    return [(start, min(start + cfg.attack_batch, n_att)) for start in range(0, n_att, cfg.attack_batch)]
+
+
+def subset_cell(cfg: MartinElsterConfig) -> Cell:
+    """The random test images of the histogram (their first ``n_roc`` are the ROC's)."""
+    return "subset", {"dataset": cfg.dataset, "n_hist": cfg.n_hist, "seed": cfg.seed}
+
+
+def scores_cell(cfg: MartinElsterConfig, start: int) -> Cell:
+    """Fig. 1's scores of subset images ``start:start + score_batch``, clean and attacked."""
+    return f"scores/{start:05d}", {**_attack_spec(cfg), "n_hist": cfg.n_hist, "score_batch": cfg.score_batch,
+                                   "start": start, "fd_eps": cfg.fd_eps}
+
+
+def rows_cell(cfg: MartinElsterConfig) -> Cell:
+    """Figure 2's test images: successful attacks, then ``n_failed_rows`` failed ones."""
+    return "rows", {**_attack_spec(cfg), "n_candidates": N_CANDIDATES, "n_rows": cfg.n_rows,
+                    "n_failed_rows": cfg.n_failed_rows}
+
+
+def maps_cell(cfg: MartinElsterConfig) -> Cell:
+    """Figure 2's images, adversarials, FIS and saliency maps (artifacts)."""
+    return "maps", {**rows_cell(cfg)[1], "fis_reduction": cfg.fis_reduction}
+
+
+def stats_cell(cfg: MartinElsterConfig) -> Cell:
+    """FIS magnitude statistics on ``n_stats`` random test images."""
+    return "fis_stats", {**_attack_spec(cfg), "n_stats": cfg.n_stats, "fis_reduction": cfg.fis_reduction}
+
+
+# ------------------------------------------------------------------------- compute
+
+
 def _attack(cfg: MartinElsterConfig) -> MIFGSM:
     return MIFGSM(eps=cfg.eps, steps=cfg.steps, decay=cfg.decay)
 
@@ -89,7 +169,7 @@ def _draw(n_total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=g)[:n]
 
 
-def _model_cell(run: Run, trained: Any, test: Any) -> dict[str, Any]:
+def _measure_model(run: Run, cfg: MartinElsterConfig, trained: Any, test: Any) -> None:
     def measure() -> dict[str, Any]:
         pred = predict(trained.model, test.x)
         return {
@@ -97,9 +177,18 @@ def _model_cell(run: Run, trained: Any, test: Any) -> dict[str, Any]:
             "train_accuracy": trained.metrics["train_accuracy"],
             "checkpoint_key": trained.key,
             "n_parameters": sum(p.numel() for p in trained.model.parameters()),
+            "n_test": len(test),
         }
 
-    return run.cell("model", measure)
+    name, spec = model_cell(cfg)
+    run.cell(name, measure, spec=spec)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel(), b.ravel()
+    if a.std() == 0 or b.std() == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 # ---------------------------------------------------------------------- Figure 1
@@ -123,45 +212,27 @@ def fisher_scores(model: torch.nn.Module, x: torch.Tensor, fd_eps: float) -> dic
     return {k: v.double().tolist() for k, v in out.items()}
 
 
-def _auc(neg: np.ndarray, pos: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    s = np.concatenate([neg, pos])
-    lab = np.concatenate([np.zeros(len(neg)), np.ones(len(pos))])
-    ok = np.isfinite(s)
-    fpr, tpr, _ = roc_curve(lab[ok], s[ok])
-    return float(roc_auc_score(lab[ok], s[ok])), fpr, tpr
-
-
-@register("martin_elster_fig1", MartinElsterConfig,
-          "Martin & Elster Fig. 1: MI-FGSM on MNIST, ROC/AUC of Fisher trace and forms, histogram.")
-def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
+def fig1_cells(run: Run, cfg: MartinElsterConfig, ctx: Context) -> None:
+    """Accuracy under MI-FGSM on the test set (in resumable chunks) and the Fig. 1 scores of
+    the random subset, clean and adversarial."""
     trained, test = _setup(cfg, ctx)
     model = trained.model.eval()
-    m = _model_cell(run, trained, test)
+    _measure_model(run, cfg, trained, test)
     attack = _attack(cfg)
 
-    # accuracy under attack, on the test set, in resumable chunks
-    n_att = len(test) if cfg.n_attack is None else min(cfg.n_attack, len(test))
-    clean_ok = adv_ok = 0
-    for start in range(0, n_att, cfg.attack_batch):
-        stop = min(start + cfg.attack_batch, n_att)
-
+    for start, stop in attack_chunks(cfg, len(test)):
         def measure_attack(start: int = start, stop: int = stop) -> dict[str, Any]:
             x, y = test.x[start:stop], test.y[start:stop]
             res = attack.run(model, x, y)
-            with torch.no_grad():
-                clean = model(x).argmax(1) == y
-            return {"n": stop - start, "clean_correct": int(clean.sum()), "adv_correct": int((~res.success).sum())}
+            fr = fooling_ratio(model, x, res, y)
+            return {"n": stop - start, "clean_correct": fr.n_correct, "adv_correct": int((~res.success).sum())}
 
-        r = run.cell(f"attack/{start:05d}", measure_attack)
-        clean_ok += r["clean_correct"]
-        adv_ok += r["adv_correct"]
+        name, spec = attack_cell(cfg, start, stop)
+        run.cell(name, measure_attack, spec=spec)
 
-    # scores on a random subset, clean and adversarial
     idx = _draw(len(test), cfg.n_hist, cfg.seed)
-    run.cell("subset", lambda: {"indices": idx.tolist()})
-    rec: dict[str, list[Any]] = {}
+    name, spec = subset_cell(cfg)
+    run.cell(name, lambda: {"indices": idx.tolist()}, spec=spec)
     for start in range(0, len(idx), cfg.score_batch):
         sel = idx[start : start + cfg.score_batch]
 
@@ -178,8 +249,38 @@ def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
                     out[f"{k}/{tag}"] = v
             return out
 
-        r = run.cell(f"scores/{start:05d}", measure_scores)
-        for k, v in r.items():
+        name, spec = scores_cell(cfg, start)
+        run.cell(name, measure_scores, spec=spec)
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return a[np.isfinite(a)]
+
+
+def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
+    """AUROC of the finite scores (adversarial positive); NaN when a class is empty."""
+    return detection_metrics(_finite(neg), _finite(pos), n_bootstrap=0).auroc
+
+
+def _roc(neg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of the ROC curve of the finite scores, for the figure."""
+    from sklearn.metrics import roc_curve
+
+    neg, pos = _finite(neg), _finite(pos)
+    fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos])
+    return fpr, tpr
+
+
+def fig1_report(cfg: MartinElsterConfig, results: Results) -> list[Block]:
+    """Fig. 1 from the stored cells: accuracy, AUC table, ROC, histograms, rank correlations."""
+    m = results.cell(*model_cell(cfg))
+    chunks = attack_chunks(cfg, m["n_test"])
+    n_att = chunks[-1][1] if chunks else 0
+    adv_ok = sum(results.cell(*attack_cell(cfg, start, stop))["adv_correct"] for start, stop in chunks)
+    idx = results.cell(*subset_cell(cfg))["indices"]
+    rec: dict[str, list[Any]] = {}
+    for start in range(0, len(idx), cfg.score_batch):
+        for k, v in results.cell(*scores_cell(cfg, start)).items():
             rec.setdefault(k, []).extend(v)
     arr = {k: np.asarray(v, dtype=float) for k, v in rec.items()}
     y, pc, pa = arr["y"], arr["pred_clean"], arr["pred_adv"]
@@ -188,34 +289,33 @@ def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
     # AUCs: paper protocol (every attacked image positive) and successful attacks only
     rows, curves, curves_fd = [], {}, {}
     paper_auc = cfg.paper.get("auc", {})
+    s400 = success[: cfg.n_roc]
     for k, (label, eq) in SCORES.items():
         neg, pos = arr[f"{k}/clean"], arr[f"{k}/adv"]
-        a400, fpr, tpr = _auc(neg[: cfg.n_roc], pos[: cfg.n_roc])
-        a1000, _, _ = _auc(neg, pos)
-        s400 = success[: cfg.n_roc]
-        a_succ, _, _ = _auc(neg[: cfg.n_roc][s400], pos[: cfg.n_roc][s400])
-        a_succ_all, _, _ = _auc(neg[success], pos[success])
-        base = k.replace("_fd", "")
-        paper = paper_auc.get(base, math.nan)
+        a400 = _auroc(neg[: cfg.n_roc], pos[: cfg.n_roc])
+        a1000 = _auroc(neg, pos)
+        a_succ = _auroc(neg[: cfg.n_roc][s400], pos[: cfg.n_roc][s400])
+        a_succ_all = _auroc(neg[success], pos[success])
+        paper = paper_auc.get(k.replace("_fd", ""), math.nan)
         rows.append([label, eq, a400, paper, a_succ, a1000, a_succ_all])
         if k in ("trace", "form", "nform"):
-            curves[label] = (fpr, tpr, a400)
+            curves[label] = (*_roc(neg[: cfg.n_roc], pos[: cfg.n_roc]), a400)
         if k in ("form_fd", "nform_fd"):
-            curves_fd[label] = (fpr, tpr, a400)
+            curves_fd[label] = (*_roc(neg[: cfg.n_roc], pos[: cfg.n_roc]), a400)
     roc_path = save_figure(
         roc_figure({**curves, **curves_fd}, title=f"MNIST, MI-FGSM ε={cfg.eps}, {cfg.n_roc} test images",
                    styles={lbl: "--" for lbl in curves_fd}),
-        run.figures_dir / "fig1_roc.png",
+        results.figures_dir / "fig1_roc.png",
     )
     hist_path = save_figure(
         score_histogram(arr["nform/clean"], arr["nform/adv"], xlabel="v̄ᵀFv̄ (exact)",
                         title=f"{cfg.n_hist} MNIST test images"),
-        run.figures_dir / "fig1_hist_nform.png",
+        results.figures_dir / "fig1_hist_nform.png",
     )
     hist_fd_path = save_figure(
         score_histogram(arr["nform_fd/clean"], arr["nform_fd/adv"], xlabel=f"v̄ᵀFv̄ (eq. 9, ε′={cfg.fd_eps:g}, float32)",
                         title=f"{cfg.n_hist} MNIST test images"),
-        run.figures_dir / "fig1_hist_nform_fd.png",
+        results.figures_dir / "fig1_hist_nform_fd.png",
     )
     # how far the paper's finite difference is from the exact form (float32)
     fd_err = {}
@@ -275,62 +375,32 @@ def run_fig1(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
     ]
 
 
+register("martin_elster_fig1", MartinElsterConfig,
+         "Martin & Elster Fig. 1: MI-FGSM on MNIST, ROC/AUC of Fisher trace and forms, histogram.",
+         report=fig1_report)(fig1_cells)
+
+
 # ---------------------------------------------------------------------- Figure 2
 
 
-def inspect_maps(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
-                 fis_reduction: str = "two_class") -> dict[str, torch.Tensor]:
-    """FIS and saliency maps of clean and adversarial images (each w.r.t. its own prediction)."""
-    out: dict[str, torch.Tensor] = {}
-    for tag, xs in (("clean", x), ("adv", x_adv)):
-        out[f"fis/{tag}"] = fisher_sensitivity(model, xs, reduction=fis_reduction)  # type: ignore[arg-type]
-        out[f"gradient/{tag}"] = gradient(model, xs)
-        out[f"guided/{tag}"] = guided_backprop(model, xs)
-        out[f"hendrycks/{tag}"] = hendrycks_saliency(model, xs)
-    return out
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel(), b.ravel()
-    if a.std() == 0 or b.std() == 0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def _saliency_rows(x: np.ndarray, xa: np.ndarray, maps: dict[str, np.ndarray], titles_clean: list[str],
-                   titles_adv: list[str]) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]], list[str]]:
-    images, titles = [], []
-    cols: dict[str, list[np.ndarray]] = {"gradient": [], "guided backprop": [], "Hendrycks": [], "FIS": []}
-    names = {"gradient": "gradient", "guided backprop": "guided", "Hendrycks": "hendrycks", "FIS": "fis"}
-    for i in range(len(x)):
-        for tag, img, title in (("clean", x[i], titles_clean[i]), ("adv", xa[i], titles_adv[i])):
-            images.append(img)
-            titles.append(title)
-            for col, key in names.items():
-                cols[col].append(maps[f"{key}/{tag}"][i])
-    return images, cols, titles
-
-
-@register("martin_elster_fig2", MartinElsterConfig,
-          "Martin & Elster Fig. 2: FIS maps of MI-FGSM adversarials on MNIST, beside saliency maps.")
-def run_fig2(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
+def fig2_cells(run: Run, cfg: MartinElsterConfig, ctx: Context) -> None:
+    """Figure 2's rows (images, adversarials, FIS and saliency maps) and the FIS statistics."""
     trained, test = _setup(cfg, ctx)
     model = trained.model.eval()
-    m = _model_cell(run, trained, test)
+    _measure_model(run, cfg, trained, test)
     attack = _attack(cfg)
 
     def pick() -> dict[str, Any]:
-        cand = _draw(len(test), 256, cfg.seed + 1)
+        cand = _draw(len(test), N_CANDIDATES, cfg.seed + 1)
         x, y = test.x[cand], test.y[cand]
-        res = attack.run(model, x, y)
-        with torch.no_grad():
-            clean_ok = model(x).argmax(1) == y
-        succ = [int(i) for i in cand[clean_ok & res.success]]
-        fail = [int(i) for i in cand[clean_ok & ~res.success]]
+        fr = fooling_ratio(model, x, attack.run(model, x, y), y)
+        succ = [int(i) for i in cand[fr.fooled]]
+        fail = [int(i) for i in cand[fr.correct & ~fr.fooled]]
         n_fail = min(cfg.n_failed_rows, len(fail))
         return {"indices": succ[: cfg.n_rows - n_fail] + fail[:n_fail]}
 
-    rows = run.cell("rows", pick)["indices"]
+    name, spec = rows_cell(cfg)
+    rows = run.cell(name, pick, spec=spec)["indices"]
 
     def measure_maps() -> dict[str, Any]:
         sel = torch.tensor(rows)
@@ -342,44 +412,52 @@ def run_fig2(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
                       for t, xs in (("clean", x), ("adv", res.x_adv))}
         with torch.no_grad():
             pc = model(x).argmax(1)
-        out = {"y": y.tolist(), "pred_clean": pc.tolist(), "pred_adv": res.logits_adv.argmax(1).tolist(),
-               "x": x.tolist(), "x_adv": res.x_adv.tolist(), "other_reduction": other}
-        out.update({k: v.tolist() for k, v in {**maps, **maps_other}.items()})
+        out: dict[str, Any] = {"y": y.tolist(), "pred_clean": pc.tolist(),
+                               "pred_adv": res.logits_adv.argmax(1).tolist(),
+                               "x": Artifact(x), "x_adv": Artifact(res.x_adv), "other_reduction": other}
+        out.update({k: Artifact(v) for k, v in {**maps, **maps_other}.items()})
         return out
 
-    r = run.cell("maps", measure_maps)
+    name, spec = maps_cell(cfg)
+    run.cell(name, measure_maps, spec=spec)
 
     def measure_stats() -> dict[str, Any]:
         sel = _draw(len(test), cfg.n_stats, cfg.seed + 2)
         x, y = test.x[sel], test.y[sel]
         res = attack.run(model, x, y)
-        with torch.no_grad():
-            ok = model(x).argmax(1) == y
+        fr = fooling_ratio(model, x, res, y)
         fa = fisher_sensitivity(model, res.x_adv, reduction=cfg.fis_reduction).abs().flatten(1)  # type: ignore[arg-type]
         fc = fisher_sensitivity(model, x, reduction=cfg.fis_reduction).abs().flatten(1)  # type: ignore[arg-type]
         diff = (res.x_adv - x).abs().flatten(1)
         corr = [_corr(fa[i].numpy(), diff[i].numpy()) for i in range(len(sel))]
         return {"max_ratio": (fa.amax(1) / fc.amax(1)).tolist(), "sum_ratio": (fa.sum(1) / fc.sum(1)).tolist(),
-                "success": (ok & res.success).tolist(), "clean_correct": ok.tolist(), "corr_fis_diff": corr}
+                "success": fr.fooled.tolist(), "clean_correct": fr.correct.tolist(), "corr_fis_diff": corr}
 
-    st = run.cell("fis_stats", measure_stats)
+    name, spec = stats_cell(cfg)
+    run.cell(name, measure_stats, spec=spec)
 
+
+def fig2_report(cfg: MartinElsterConfig, results: Results) -> list[Block]:
+    """Fig. 2 from the stored cells: FIS figures, saliency grid, per-row and overall statistics."""
+    m = results.cell(*model_cell(cfg))
+    r = results.cell(*maps_cell(cfg))
+    st = results.cell(*stats_cell(cfg))
     arr = {k: np.asarray(v, dtype=float) for k, v in r.items() if k not in ("other_reduction",)}
     x, xa = arr["x"], arr["x_adv"]
     titles = [f"true {int(t)}, adv pred {int(p)} ({'fooled' if p != t else 'not fooled'})"
               for t, p in zip(arr["y"], arr["pred_adv"], strict=True)]
     fig2a = save_figure(fis_figure(xa, arr["fis/adv"], x, arr["fis/clean"], shared_scale=True, row_titles=titles,
                                    suptitle="FIS, same colour scale for adversarial and clean (cf. Fig. 2a)"),
-                        run.figures_dir / "fig2a_fis_same_scale.png")
+                        results.figures_dir / "fig2a_fis_same_scale.png")
     fig2b = save_figure(fis_figure(xa, arr["fis/adv"], x, arr["fis/clean"], shared_scale=False, row_titles=titles,
                                    suptitle="FIS, separate colour scales (cf. Fig. 2b)"),
-                        run.figures_dir / "fig2b_fis_own_scale.png")
+                        results.figures_dir / "fig2b_fis_own_scale.png")
     t_clean = [f"clean, pred {int(p)}" for p in arr["pred_clean"]]
     t_adv = [f"adv, pred {int(p)}" for p in arr["pred_adv"]]
-    images, cols, stitles = _saliency_rows(x, xa, arr, t_clean, t_adv)
+    images, cols, stitles = saliency_rows(x, xa, arr, t_clean, t_adv)
     sal = save_figure(saliency_figure(images, cols, row_titles=stitles,
                                       suptitle="Signed maps (red +, blue −, each on its own symmetric scale)"),
-                      run.figures_dir / "fig2_saliency.png")
+                      results.figures_dir / "fig2_saliency.png")
     other = r["other_reduction"]
     per_row = []
     for i in range(len(x)):
@@ -426,64 +504,6 @@ def run_fig2(run: Run, cfg: MartinElsterConfig, ctx: Context) -> list[Block]:
     ]
 
 
-# -------------------------------------------------------------- demo: inspect
-
-DEMO_INSPECT_N = 4
-DEMO_INSPECT_EPS = 0.15
-
-
-def inspect_section(run: Run, state: DemoState) -> list[Block]:
-    """The demo's "inspect" section: FIS and saliency maps of clean and MI-FGSM digits."""
-    model, test = state.model, state.test
-    attack = MIFGSM(eps=DEMO_INSPECT_EPS, steps=10, decay=1.0)
-
-    def measure() -> dict[str, Any]:
-        with torch.no_grad():
-            ok = torch.nonzero(model(test.x[:64]).argmax(1) == test.y[:64]).flatten()
-        x, y = test.x[ok], test.y[ok]
-        res = attack.run(model, x, y)
-        fooled, kept = torch.nonzero(res.success).flatten(), torch.nonzero(~res.success).flatten()
-        n_kept = min(1, len(kept))  # one failed attack when there is one, as in Fig. 2
-        sel = torch.cat([fooled[: DEMO_INSPECT_N - n_kept], kept[:n_kept]])
-        x, xa, y = x[sel], res.x_adv[sel], y[sel]
-        maps = inspect_maps(model, x, xa)
-        with torch.no_grad():
-            pc, pa = model(x).argmax(1), model(xa).argmax(1)
-        out: dict[str, Any] = {"x": x.tolist(), "x_adv": xa.tolist(), "y": y.tolist(), "pred_clean": pc.tolist(),
-                               "pred_adv": pa.tolist(), "fooling_rate_first64": float(res.success.float().mean())}
-        out.update({k: v.tolist() for k, v in maps.items()})
-        ratio = maps["fis/adv"].abs().flatten(1).amax(1) / maps["fis/clean"].abs().flatten(1).amax(1)
-        out["max_fis_ratio"] = ratio.tolist()
-        return out
-
-    r = run.cell("inspect", measure)
-    arr = {k: np.asarray(v, dtype=float) for k, v in r.items()}
-    x, xa = arr["x"], arr["x_adv"]
-    titles = [f"true {int(t)}, adv pred {int(p)}" for t, p in zip(arr["y"], arr["pred_adv"], strict=True)]
-    fis_path = save_figure(fis_figure(xa, arr["fis/adv"], x, arr["fis/clean"], shared_scale=False, row_titles=titles,
-                                      cell_size=1.3),
-                           run.figures_dir / "inspect_fis.png")
-    images, cols, stitles = _saliency_rows(x, xa, arr, [f"clean, pred {int(p)}" for p in arr["pred_clean"]],
-                                           [f"adv, pred {int(p)}" for p in arr["pred_adv"]])
-    sal_path = save_figure(saliency_figure(images, cols, row_titles=stitles, cell_size=1.2),
-                           run.figures_dir / "inspect_saliency.png")
-    ratio = ", ".join(f"{v:.3g}" for v in r["max_fis_ratio"])
-    return [
-        Heading("Inspect: Fisher information sensitivity and saliency maps"),
-        Paragraph(
-            "The Fisher information sensitivity (Martin & Elster 2019, eq. 13) says how much each pixel moves "
-            "the Fisher information of the weights, vᵀF_θv, when it is perturbed by noise; fisherscope "
-            "computes it exactly with one forward-mode product in parameter space and one batched backward "
-            "pass in input space. Shown for test digits and their MI-FGSM adversarials "
-            f"(L∞ ε = {DEMO_INSPECT_EPS}, T = 10, μ = 1; it fooled the model on "
-            f"{100 * r['fooling_rate_first64']:.0f}% of the correctly classified of the first 64 test digits), "
-            "beside the gradient, guided-backprop and Hendrycks & Gimpel saliency maps. Images are drawn "
-            f"exactly as the model saw them. max|FIS adv| / max|FIS clean| per row: {ratio}."
-        ),
-        Figure(fis_path, "Adversarial digit, |FIS| of the adversarial and of the clean digit (each on its own "
-               "colour scale, drawn over its image), and x_adv − x."),
-        Figure(sal_path, "Clean and adversarial digits with their signed saliency maps (red +, blue −)."),
-    ]
-
-
-add_demo_section(inspect_section, order=30)
+register("martin_elster_fig2", MartinElsterConfig,
+         "Martin & Elster Fig. 2: FIS maps of MI-FGSM adversarials on MNIST, beside saliency maps.",
+         report=fig2_report)(fig2_cells)

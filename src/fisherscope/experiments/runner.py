@@ -1,54 +1,39 @@
-"""Resumable experiment runs: a run directory, an append-only results store, cells.
+"""Resumable experiment runs: a run directory, its results store, cells.
 
 A run lives in ``runs/<timestamp>-<name>/``:
 
-- ``config.toml`` the resolved configuration (and ``config.json``),
-- ``results.jsonl`` one JSON object per measured value, each carrying the seed, the
-  config hash, package versions, git SHA and device; rewritten atomically (temp file +
-  ``os.replace``) on every append so a kill never leaves a torn line,
+- ``config.toml`` the resolved configuration (and ``config.json`` with its hash),
+- ``results.jsonl`` one JSON object per finished cell, each carrying the seed, the config
+  hash, package versions, git SHA and device (see :mod:`fisherscope.experiments.store`:
+  append-only, locked, strict JSON, safe with several writers),
+- ``artifacts/`` arrays the cells stored (adversarial examples, maps), verified on read,
 - ``figures/`` PNG files, ``report.md`` and a self-contained ``report.html``.
 
-Work is split into *cells* (a key per unit of work). ``Run.cell(key, fn)`` runs ``fn``
-only if the cell has no results yet; ``--resume`` therefore continues a killed run
-without redoing or losing finished cells.
+Work is split into *cells* (a key per unit of work, derived from the cell's full spec).
+``Run.cell(key, fn)`` runs ``fn`` only if the cell has no results yet; ``--resume``
+therefore continues a killed run without redoing or losing finished cells. Reports read a
+:class:`Results` view of the store and never compute.
 """
-
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import config_hash, config_to_dict, to_toml
 from .provenance import device_name, git_sha, versions
+from .store import Artifact, ResultStore, StoreError, atomic_write_text, cell_key
 
-__all__ = ["Run", "atomic_write_text", "find_latest_run"]
+__all__ = ["Artifact", "Results", "Run", "atomic_write_text", "cell_key", "find_latest_run"]
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.toml"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _slug(name: str) -> str:
@@ -59,8 +44,9 @@ def find_latest_run(out_dir: Path, name: str) -> Path | None:
     """The most recent ``<timestamp>-<name>`` directory under ``out_dir``, if any."""
     if not out_dir.is_dir():
         return None
-    suffix = "-" + _slug(name)
-    runs = sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name.endswith(suffix))
+    # <YYYYmmdd-HHMMSS>-<slug>[-n]: the exact name, not any name that merely ends like it
+    pattern = re.compile(r"\d{8}-\d{6}-" + re.escape(_slug(name)) + r"(-\d+)?")
+    runs = sorted(p for p in out_dir.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
     return runs[-1] if runs else None
 
 
@@ -107,11 +93,10 @@ class Run:
         self.dir = run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.figures_dir.mkdir(exist_ok=True)
-        self._records: list[dict[str, Any]] = self._read_results()
         self._check_config()
+        self.store = ResultStore(self.results_path, self.config_hash)
         self._provenance = {
             "seed": self.seed,
-            "config_hash": self.config_hash,
             "versions": versions(),
             "git_sha": git_sha(),
             "device": device_name(),
@@ -126,34 +111,21 @@ class Run:
     def results_path(self) -> Path:
         return self.dir / RESULTS_FILE
 
-    def _read_results(self) -> list[dict[str, Any]]:
-        if not self.results_path.exists():
-            return []
-        records = []
-        for i, line in enumerate(self.results_path.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{self.results_path} line {i + 1} is not valid JSON ({exc}); the file was "
-                    "edited by hand or by another program. Restore it or start a new run."
-                ) from exc
-        return records
-
     def _check_config(self) -> None:
         cfg_path = self.dir / CONFIG_FILE
         json_path = self.dir / "config.json"
         if json_path.exists():
             old = json.loads(json_path.read_text(encoding="utf-8"))
             if old.get("config_hash") != self.config_hash:
-                raise ValueError(
+                raise StoreError(
                     f"cannot resume {self.dir}: it was made with a different configuration "
                     f"(hash {old.get('config_hash')} vs {self.config_hash} now). Start a new "
                     "run without --resume, or resume with the original config."
                 )
             return
+        # No config.json (new run, or deleted): the records' own hashes must match before
+        # anything is (re)written; ResultStore raises on the first foreign record.
+        ResultStore(self.results_path, self.config_hash)
         atomic_write_text(cfg_path, to_toml(self.config_dict))
         atomic_write_text(
             json_path,
@@ -163,53 +135,85 @@ class Run:
     # ---------------------------------------------------------------- results
     @property
     def records(self) -> list[dict[str, Any]]:
-        return list(self._records)
+        """Every stored cell record, in the order they were finished."""
+        return [self.store.record(k) for k in self.store.keys()]
 
     def done(self, cell: str) -> bool:
-        return any(r["cell"] == cell for r in self._records)
+        return cell in self.store
 
     def results(self, cell: str | None = None) -> dict[str, Any]:
-        """``{metric: value}`` of one cell (or ``{cell: {metric: value}}`` of all)."""
+        """``{name: value}`` of one cell (or ``{cell: {name: value}}`` of all)."""
         if cell is not None:
-            return {r["metric"]: r["value"] for r in self._records if r["cell"] == cell}
-        out: dict[str, dict[str, Any]] = {}
-        for r in self._records:
-            out.setdefault(r["cell"], {})[r["metric"]] = r["value"]
-        return out
+            return self.store.values(cell) if cell in self.store else {}
+        return {k: self.store.values(k) for k in self.store.keys()}
 
-    def record(self, cell: str, values: Mapping[str, Any], **extra: Any) -> None:
-        """Append one record per metric of ``values`` for ``cell``, atomically."""
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        new = [
-            {"cell": cell, "metric": k, "value": _jsonable(v), "time": now, **extra, **self._provenance}
-            for k, v in values.items()
-        ]
-        records = self._records + new
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        atomic_write_text(self.results_path, text)
-        self._records = records
+    def view(self) -> Results:
+        """The read-only view a report is rendered from."""
+        return Results(self.store, self.dir)
 
-    def cell(self, cell: str, fn: Callable[[], Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
-        """Run ``fn`` unless ``cell`` already has results; return the cell's values."""
-        if self.done(cell):
-            log.info("cell %s already done; skipping", cell)
-            return self.results(cell)
-        values = dict(fn())
+    def record(self, cell: str, values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+        """Append ``cell``'s values to the store (one line, atomically) and return them."""
         if not values:
             raise ValueError(f"cell {cell!r} produced no values; every cell must record something.")
-        self.record(cell, values, **extra)
-        return self.results(cell)
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        return self.store.append(cell, values, {"time": now, **extra, **self._provenance})
+
+    def cell(self, cell: str, fn: Callable[[], Mapping[str, Any]], *,
+             spec: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """Run ``fn`` unless the cell already has results; return the cell's values.
+
+        With ``spec`` the stored key is :func:`cell_key(cell, spec) <cell_key>`, so cells
+        that differ in any setting never share a key, and the spec is stored beside them.
+        Values wrapped in :class:`Artifact` are stored as verified ``.npy`` files.
+        """
+        key = cell_key(cell, spec)
+        if self.done(key):
+            log.info("cell %s already done; skipping", key)
+            return self.results(key)
+        values = dict(fn())
+        if spec:
+            extra["spec"] = dict(spec)
+        return self.record(key, values, **extra)
 
 
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
-        return v.item()
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float | int | str | bool) or v is None:
-        return v
-    raise TypeError(f"cannot store a {type(v).__name__} in results.jsonl; convert it to numbers first.")
+class Results:
+    """What a report reads: the stored cells of one run, never computing anything.
+
+    ``results.cell(name, spec)`` mirrors :meth:`Run.cell`'s key rule; a missing cell is a
+    ``KeyError`` saying to run or resume the experiment.
+    """
+
+    def __init__(self, store: ResultStore, run_dir: Path):
+        self.store = store
+        self.dir = Path(run_dir)
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Results:
+        run_dir = Path(run_dir)
+        return cls(ResultStore(run_dir / RESULTS_FILE), run_dir)
+
+    @property
+    def figures_dir(self) -> Path:
+        path = self.dir / "figures"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.store
+
+    def has(self, name: str, spec: Mapping[str, Any] | None = None) -> bool:
+        return cell_key(name, spec) in self.store
+
+    def cell(self, name: str, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return self.store.values(cell_key(name, spec))
+
+    def get(self, name: str, spec: Mapping[str, Any] | None = None, default: Any = None) -> Any:
+        key = cell_key(name, spec)
+        return self.store.values(key) if key in self.store else default
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return [k for k in self.store.keys() if k.startswith(prefix)]
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """``{cell: values}`` of every stored cell (artifacts loaded)."""
+        return {k: self.store.values(k) for k in self.store.keys()}

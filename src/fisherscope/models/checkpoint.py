@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import WriteError, describe_write_error
 from ..exceptions import CheckpointError
 from .architectures import MODELS
 
@@ -48,6 +49,7 @@ __all__ = [
     "canonical_json",
     "checkpoint_path",
     "compute_key",
+    "content_digest",
     "list_checkpoints",
     "load_checkpoint",
     "resolve_cache_dir",
@@ -122,20 +124,48 @@ def save_atomic(obj: Mapping[str, Any], path: Path) -> None:
 
     A reader never sees a half-written file; the temporary file is removed on failure.
     Permissions follow the umask (like any newly created file).
+
+    Raises
+    ------
+    WriteError
+        The file could not be written (no space, read-only folder, a path component that
+        is a file, ...): the message names the path and the cause; nothing is left behind.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise WriteError(describe_write_error(path, exc, what="checkpoint")) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(dict(obj), fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise WriteError(describe_write_error(path, exc, what="checkpoint")) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def content_digest(state_dict: Mapping[str, torch.Tensor], metrics: Mapping[str, Any] | None) -> str:
+    """sha256 of the weights (names, dtypes, shapes, bytes) and the metrics' canonical JSON.
+
+    Stored in every checkpoint as ``content_sha256`` and checked on load, so flipped bytes
+    in a weight tensor or an edited ``metrics["test_accuracy"]`` are caught, not served.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(dict(metrics or {}), sort_keys=True, separators=(",", ":"), default=str).encode())
+    return h.hexdigest()
 
 
 def _fix_hint(path: Path) -> str:
@@ -203,6 +233,7 @@ def read_checkpoint(
             f"({ckpt['arch']!r}, {ckpt['model_kwargs']!r}) differ from its config "
             f"({config.get('arch')!r}, {config.get('model_kwargs')!r}). {_fix_hint(path)}"
         )
+    _verify_content(ckpt, path)
     if expected_kind is not None and ckpt["kind"] != expected_kind:
         raise CheckpointError(
             f"{path} holds a {ckpt['kind']!r} checkpoint where a {expected_kind!r} one was "
@@ -215,6 +246,30 @@ def read_checkpoint(
             f"name. {_fix_hint(path)}"
         )
     return ckpt
+
+
+def _verify_content(ckpt: Mapping[str, Any], path: Path) -> None:
+    state = ckpt["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} has a state_dict that is not a mapping of tensors. "
+                              f"{_fix_hint(path)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights (NaN or inf) in {bad[:5]}; a model like that "
+            f"cannot have the accuracy it records. {_fix_hint(path)}"
+        )
+    stored = ckpt.get("content_sha256")
+    if stored is None:
+        logger.warning("checkpoint %s was written by an older fisherscope without a content digest; "
+                       "its weights and metrics cannot be verified (retrain to get a verified one)", path)
+        return
+    actual = content_digest(state, ckpt.get("metrics"))
+    if actual != stored:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or was edited: its weights and metrics hash to {actual[:16]}..., "
+            f"not to the recorded content_sha256 {str(stored)[:16]}.... {_fix_hint(path)}"
+        )
 
 
 @dataclass(eq=False)
@@ -440,4 +495,5 @@ def make_checkpoint(
         "created": _now(),
     }
     ckpt.update(extra)
+    ckpt["content_sha256"] = content_digest(ckpt["state_dict"], ckpt["metrics"])
     return ckpt

@@ -1,0 +1,66 @@
+"""The shape every experiment module keeps: paper modules import the kit, never each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import fisherscope.experiments as experiments
+
+PKG = Path(experiments.__file__).parent
+#: The shared experiment kit: the only modules of experiments/ a paper module may import.
+KIT = {"base", "common", "config", "kit", "provenance", "report", "runner", "store"}
+
+#: Paper modules that still import another paper module, while they move to the new shape.
+#: This list may only shrink: the test fails when an entry is fixed but still listed.
+PENDING: set[tuple[str, str]] = {
+    ("demo_defend", "shen"),
+    ("demo_detect", "unified_detection"),
+    ("zhao_table3", "shen"),
+    ("zhao_detection", "unified_detection"),
+    ("zhao_detection", "zhao"),
+    ("hendrycks_gimpel_detection", "hendrycks_gimpel"),
+}
+
+
+def _internal_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                out.add(node.module.split(".")[0])
+            else:
+                out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(
+                "fisherscope.experiments."):
+            out.add(node.module.split(".")[2])
+    return out
+
+
+def test_paper_modules_import_only_the_kit():
+    found = set()
+    for path in sorted(PKG.glob("*.py")):
+        name = path.stem
+        if name in KIT or name == "__init__":
+            continue
+        for other in _internal_imports(path) - KIT:
+            found.add((name, other))
+    assert found == PENDING, (
+        f"new cross-imports between paper modules: {sorted(found - PENDING)}; "
+        f"fixed, remove from PENDING: {sorted(PENDING - found)}"
+    )
+
+
+def test_the_kit_imports_no_paper_module():
+    for name in KIT:
+        path = PKG / f"{name}.py"
+        assert _internal_imports(path) <= KIT, f"{name}.py imports {sorted(_internal_imports(path) - KIT)}"
+
+
+def test_demo_has_every_section_on_the_new_shape():
+    from fisherscope.experiments.kit import DEMO_SECTIONS
+
+    names = [s.name for s in DEMO_SECTIONS]
+    assert names == ["accuracy", "ossa", "attacks", "inspect", "detect", "defend"]
+    assert all(callable(s.cells) and callable(s.report) for s in DEMO_SECTIONS)
