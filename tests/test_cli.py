@@ -172,6 +172,37 @@ def test_registries_env_models_data_list(iso):
     assert res.exit_code == 0 and "digits" in res.output and "missing" in res.output.lower()
 
 
+def test_list_prints_every_registry(iso, monkeypatch):
+    from fisherscope.attacks import ATTACKS
+    from fisherscope.data import DATASETS
+    from fisherscope.detectors import DETECTORS
+    from fisherscope.experiments import EXPERIMENTS
+    from fisherscope.features import FEATURES
+    from fisherscope.models import MODELS
+
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapped cells
+    res = _invoke("list")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+
+    def row(key):
+        found = [line for line in lines if line.split("│")[1:2] and line.split("│")[1].strip() == key]
+        assert found, f"no row for {key!r} in:\n{res.output}"
+        return [cell.strip() for cell in found[0].split("│")[1:-1]]
+
+    for title in ("models", "datasets", "attacks", "detectors", "features", "experiments", "configs"):
+        assert any(line.strip() == title for line in lines), title
+    for reg in (MODELS, DATASETS, FEATURES, EXPERIMENTS):
+        for key in reg:
+            assert row(key)[-1] == reg.describe(key)
+    for key, cls in ATTACKS.items():  # name, norms, budget, standard setting, description
+        assert row(key) == [key, "/".join(cls.norms), cls.budget, cls.standard_description, ATTACKS.describe(key)]
+    assert row("bim")[1:3] == ["linf/l2/l1", "optional"] and row("cw")[2] == "none"
+    for key, cls in DETECTORS.items():
+        assert row(key)[:2] == [key, cls.feature]
+    assert row("kd")[2] == "no" and row("lid")[2] == "yes" and row("mahalanobis")[2] == "per instance"
+
+
 def test_python_dash_m_matches_console_script():
     out = subprocess.run([sys.executable, "-m", "fisherscope", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("demo", "reproduce", "train", "models", "data", "env", "list"):

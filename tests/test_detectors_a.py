@@ -1,27 +1,26 @@
-"""Detectors: Fisher spectrum / score (Zhao; Martin & Elster), KD / BU / KD+BU (Feinman), softmax."""
+"""Detectors: Fisher spectrum / score (Zhao; Martin & Elster), KD / BU / KD+BU (Feinman), softmax.
+
+The scikit-learn checks and the fit / predict / score / pickle contracts of every
+registered detector are in tests/contract/test_detectors.py; these are the oracles.
+"""
 
 from __future__ import annotations
 
 import math
-import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from scipy.special import logsumexp
-from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KernelDensity
-from sklearn.utils import get_tags
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import fisherscope.features as features
 from fisherscope.detectors import (
     DETECTORS,
-    SKLEARN_EXPECTED_FAILED_CHECKS,
     BayesianUncertaintyDetector,
     FisherScoreDetector,
     FisherSpectrumDetector,
@@ -33,57 +32,6 @@ from fisherscope.detectors import (
     threshold_at_fpr,
 )
 from fisherscope.detectors.density import _CV_GRID
-
-OURS = ("fisher_spectrum", "fisher_score", "kd", "bu", "kdbu", "softmax")
-
-# --------------------------------------------------------------------------- sklearn checks
-
-_CLASS_COLUMN = (
-    "column 0 of X is the predicted class: the check's random data leave a class with fewer "
-    "than 2 clean rows (no kernel density), features constant within every class, or "
-    "predicted classes that had no clean fitting rows"
-)
-_KD_CHECKS = (
-    "check_estimators_overwrite_params", "check_estimators_fit_returns_self",
-    "check_readonly_memmap_input", "check_n_features_in_after_fitting",
-    "check_pipeline_consistency", "check_estimators_pickle", "check_f_contiguous_array_estimator",
-    "check_methods_sample_order_invariance", "check_methods_subset_invariance",
-    "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
-    "check_n_features_in",
-)  # fmt: skip
-_KDBU_CHECKS = _KD_CHECKS + (
-    "check_dont_overwrite_parameters", "check_positive_only_tag_during_fit",
-    "check_fit2d_predict1d",
-)  # fmt: skip
-
-
-def _expected_failures(est):
-    out = dict(SKLEARN_EXPECTED_FAILED_CHECKS)
-    if get_tags(est).input_tags.positive_only:
-        # shifted to non-negative data, the check's labels happen to be {0, 1}: it passes
-        out.pop("check_fit2d_1feature")
-    if isinstance(est, KDBUDetector):
-        out.update(dict.fromkeys(_KDBU_CHECKS, _CLASS_COLUMN))
-    elif isinstance(est, KernelDensityDetector):
-        out.update(dict.fromkeys(_KD_CHECKS, _CLASS_COLUMN))
-    return out
-
-
-@parametrize_with_checks(
-    [
-        FisherSpectrumDetector(n_estimators=21, max_depth=3, random_state=0),
-        FisherScoreDetector(column=0),
-        KernelDensityDetector(),
-        BayesianUncertaintyDetector(),
-        KDBUDetector(),
-        SoftmaxDetector(column=0),
-    ],
-    expected_failed_checks=_expected_failures,
-    xfail_strict=True,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
 
 # --------------------------------------------------------------------------- synthetic data
 
@@ -127,43 +75,6 @@ def _make(key):
 
 def _fit(det, X, y):
     return det.fit(X, y) if det.supervised else det.fit(X[y == 0])
-
-
-@pytest.mark.parametrize("key", OURS)
-def test_registry_feature_and_separable_problem(key):
-    rng = np.random.default_rng(0)
-    det = _make(key)
-    assert hasattr(features, det.feature), det.feature
-    X, y = _problem(key, rng)
-    X_test, y_test = _problem(key, np.random.default_rng(1))
-    _fit(det, X, y)
-    auc = det.score(X_test, y_test)
-    assert auc > 0.95, (key, auc)
-    # threshold at the target FPR on the clean fitting rows; predict on held-out data
-    assert det.predict(X[y == 0]).mean() <= det.target_fpr + 1e-12
-    assert det.predict(X_test[y_test == 1]).mean() > 0.5
-
-
-@pytest.mark.parametrize("key", OURS)
-def test_pickle_and_clone_round_trips(key):
-    X, y = _problem(key, np.random.default_rng(2))
-    det = _fit(_make(key), X, y)
-    again = pickle.loads(pickle.dumps(det))
-    np.testing.assert_array_equal(again.decision_function(X), det.decision_function(X))
-    assert again.threshold_ == det.threshold_
-    fresh = clone(det)
-    assert fresh.get_params() == det.get_params() and not hasattr(fresh, "threshold_")
-    np.testing.assert_array_equal(_fit(fresh, X, y).decision_function(X), det.decision_function(X))
-
-
-@pytest.mark.parametrize("key", OURS)
-def test_bad_feature_shapes_rejected(key):
-    X, y = _problem(key, np.random.default_rng(3))
-    det = _fit(_make(key), X, y)
-    with pytest.raises(ValueError, match="features"):
-        det.decision_function(np.c_[X, X[:, :1]])
-    with pytest.raises(ValueError, match="2D array"):
-        det.decision_function(X[:, 0])
 
 
 # --------------------------------------------------------------------------- KD oracles
@@ -368,18 +279,6 @@ def test_softmax_detector_orientation():
         SoftmaxDetector(statistic="margin").fit(X)
     with pytest.raises(ValueError, match="column="):
         SoftmaxDetector().fit(X[:, :2])
-
-
-def test_unsupervised_detectors_ignore_adversarial_rows_in_fit():
-    rng = np.random.default_rng(14)
-    for key in ("fisher_score", "kd", "bu", "softmax"):
-        X, y = _problem(key, rng)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            a = _make(key).fit(X, y)
-            b = _make(key).fit(X[y == 0])
-        np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
-        assert a.threshold_ == b.threshold_
 
 
 # --------------------------------------------------------------------------- features -> detectors

@@ -2,23 +2,19 @@
 
 Oracles: whitening against its definition and scikit-learn's PCA, Mahalanobis distances
 against scipy, LID against a brute-force numpy formula, features against direct
-computations; scikit-learn's estimator checks; synthetic separable problems.
+computations; synthetic separable problems. The scikit-learn checks and the fit / predict /
+score / pickle contracts of every registered detector are in tests/contract/test_detectors.py.
 """
 
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
-from sklearn.base import clone
 from sklearn.decomposition import PCA
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from fisherscope.detectors.base import SKLEARN_EXPECTED_FAILED_CHECKS
 from fisherscope.detectors.lid import LIDDetector, lid_mle, match_rows
 from fisherscope.detectors.mahalanobis import MahalanobisDetector
 from fisherscope.detectors.reconstruction import ReconstructionDetector
@@ -27,41 +23,6 @@ from fisherscope.features.layers import layer_activations, layer_sizes
 from fisherscope.features.pca import fit_pca_whitening, pca_coefficients, pixels
 from fisherscope.features.reconstruction import reconstruction_error
 from fisherscope.models import build_model
-
-# ------------------------------------------------------------------ sklearn checks
-
-
-@parametrize_with_checks(
-    [
-        PCAWhiteningDetector(),
-        ReconstructionDetector(),
-        ReconstructionDetector(kind="squared"),
-        LIDDetector(k=3),
-        MahalanobisDetector(),
-    ],
-    expected_failed_checks=lambda est: {
-        name: reason
-        for name, reason in SKLEARN_EXPECTED_FAILED_CHECKS.items()
-        # column 0 must be a class: with one feature there is none left, a ValueError anyway
-        if not (isinstance(est, MahalanobisDetector) and name == "check_fit2d_1feature")
-    },
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
-
-def test_registry_and_feature_exports():
-    import fisherscope.features as features
-    from fisherscope.detectors import DETECTORS
-
-    assert DETECTORS["pca_whitening"] is PCAWhiteningDetector
-    assert DETECTORS["reconstruction"] is ReconstructionDetector
-    assert DETECTORS["lid"] is LIDDetector
-    assert DETECTORS["mahalanobis"] is MahalanobisDetector
-    for cls in (PCAWhiteningDetector, ReconstructionDetector, LIDDetector, MahalanobisDetector):
-        assert callable(getattr(features, cls.feature)), cls.feature
-    assert features.fit_pca_whitening is fit_pca_whitening
-
 
 # ----------------------------------------------------------------- synthetic data
 
@@ -365,49 +326,6 @@ def test_mahalanobis_bad_inputs():
     det = MahalanobisDetector().fit(np.c_[c, f])
     with pytest.raises(ValueError, match="features"):
         det.decision_function(np.c_[c, f][:, :4])
-
-
-# ------------------------------------------------------- pickling, clone, shapes
-
-
-def _fitted_detectors():
-    x, _ = _low_rank(120, d=12, r=8)
-    c, f = _classes(120)
-    rng = np.random.default_rng(0)
-    y = np.r_[np.zeros(90), np.ones(30)].astype(int)
-    return [
-        (PCAWhiteningDetector(start=8, eps=1e-6), x, None),
-        (ReconstructionDetector(kind="squared"), rng.normal(size=(120, 2)), None),
-        (LIDDetector(k=5, layer_sizes=(4, 2)), rng.normal(size=(120, 6)), y),
-        (MahalanobisDetector(reg=1e-6), np.c_[c, f], None),
-        (MahalanobisDetector(layer_sizes=(3, 3)), np.c_[c, f], y),
-    ]
-
-
-@pytest.mark.parametrize("index", range(5))
-def test_pickle_and_clone_round_trips(index):
-    det, X, y = _fitted_detectors()[index]
-    det.fit(X, y)
-    again = pickle.loads(pickle.dumps(det))
-    np.testing.assert_array_equal(again.decision_function(X), det.decision_function(X))
-    assert again.threshold_ == det.threshold_
-    twin = clone(det)
-    assert twin.get_params() == det.get_params() and not hasattr(twin, "threshold_")
-    np.testing.assert_allclose(twin.fit(X, y).decision_function(X), det.decision_function(X))
-
-
-@pytest.mark.parametrize("index", range(5))
-def test_bad_feature_shapes_rejected(index):
-    det, X, y = _fitted_detectors()[index]
-    with pytest.raises(ValueError, match="dim 3"):
-        det.fit(X[:, :, None], y)
-    det.fit(X, y)
-    with pytest.raises(ValueError, match="features"):
-        det.decision_function(np.c_[X, X[:, :1]])
-    with pytest.raises(ValueError, match="2D array|Expected 2D"):
-        det.decision_function(X[0])
-    with pytest.raises(ValueError, match="NaN|nan|infinity"):
-        det.decision_function(np.where(np.arange(X.shape[1]) == 1, np.nan, X))
 
 
 # --------------------------------------------------------------- layer activations

@@ -84,7 +84,9 @@ def test_registered_and_kinds():
     assert FGSM(eps=0.1).norm == "linf" and OTCM(eps=1.0).norm == "l2" and OTCM(eps=1.0, norm="linf").norm == "linf"
     assert [BIM(eps=1.0, norm=n).norm for n in ("linf", "l2", "l1")] == ["linf", "l2", "l1"]
     assert PGD(eps=0.3).norm == "linf" and PGD(eps=1.0, norm="l2").norm == "l2"
-    assert not BIM(eps=None, step_size=0.05).budgeted and BIM(eps=0.1).budgeted
+    # the budget kind is class-level: BIM's eps is optional (eps=None: no projection)
+    assert BIM.budgeted is True and BIM.budget == "optional" and BIM.norms == ("linf", "l2", "l1")
+    assert BIM(eps=None, step_size=0.05).eps is None and BIM(eps=0.1).budgeted is True
 
 
 # ----------------------------------------------------------------------------- FGSM

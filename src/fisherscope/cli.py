@@ -311,14 +311,45 @@ def data_download(
 
 @app.command("list")
 def list_registries() -> None:
-    """Print the registries: models, datasets, experiments (and later attacks, detectors)."""
-    for title, reg in _registries().items():
-        table = Table(title=title, show_header=False)
-        table.add_column("name")
-        table.add_column("description")
-        for key, value in reg.items():
-            table.add_row(key, _describe(value))
+    """Print every registry: models, datasets, attacks (norms, budget, standard setting),
+    detectors (feature, supervised), features, experiments, and the packaged configs."""
+    for title, (columns, rows) in _registry_tables().items():
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
+
+
+def _registry_tables() -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Title -> (column names, rows) of every registry, for ``fisherscope list``."""
+    from .attacks import ATTACKS
+    from .detectors import DETECTORS
+    from .features import FEATURES
+
+    regs = _registries()
+    out: dict[str, tuple[list[str], list[list[str]]]] = {}
+    for title in ("models", "datasets"):
+        out[title] = (["name", "description"], [[k, d] for k, d in regs[title].descriptions()])
+    out["attacks"] = (
+        ["name", "norms", "budget", "standard setting", "description"],
+        [[k, "/".join(cls.norms), cls.budget, cls.standard_description, ATTACKS.describe(k)]
+         for k, cls in ATTACKS.items()],
+    )
+    out["detectors"] = (
+        ["name", "feature", "supervised", "description"],
+        [[k, cls.feature, _supervised(cls), DETECTORS.describe(k)] for k, cls in DETECTORS.items()],
+    )
+    out["features"] = (["name", "description"], [[k, d] for k, d in FEATURES.descriptions()])
+    out["experiments"] = (["name", "description"], [[k, d] for k, d in regs["experiments"].descriptions()])
+    out["configs"] = (["name", "description"], [[k, _describe(v)] for k, v in regs["configs"].items()])
+    return out
+
+
+def _supervised(cls: type) -> str:
+    flag = getattr(cls, "supervised", None)
+    return ("yes" if flag else "no") if isinstance(flag, bool) else "per instance"
 
 
 def _describe(value: Any) -> str:
@@ -329,12 +360,12 @@ def _describe(value: Any) -> str:
     return doc[0] if doc else ""
 
 
-def _registries() -> dict[str, dict[str, Any]]:
+def _registries() -> dict[str, Any]:
     from .data import DATASETS
     from .experiments import EXPERIMENTS
     from .models import MODELS
 
-    regs: dict[str, dict[str, Any]] = {"models": MODELS, "datasets": DATASETS, "experiments": EXPERIMENTS}
+    regs: dict[str, Any] = {"models": MODELS, "datasets": DATASETS, "experiments": EXPERIMENTS}
     configs = {c.stem: c for d in configs_dirs() for c in sorted(d.glob("*.toml"))}
     regs["configs"] = {name: _ConfigEntry(path) for name, path in configs.items()}
     return regs

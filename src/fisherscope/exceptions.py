@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
+from ._registry import RegistryKeyError
+
 __all__ = [
     "CheckpointError",
     "ConvergenceWarning",
     "DatasetNotFoundError",
     "ModelModeWarning",
     "NotFittedError",
+    "RegistryKeyError",
 ]
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +25,16 @@ from torch import Tensor, nn
 from .._batching import per_sample
 from .._validation import check_inputs, check_labels, check_logits, eval_mode
 
-__all__ = ["Attack", "AttackResult", "OneStepAttack", "Norm", "perturbation_norms", "project", "project_l1_ball"]
+__all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "perturbation_norms", "project",
+           "project_l1_ball"]
 
 Norm = Literal["linf", "l2", "l1", "l0"]
+#: how an attack's ``eps`` bounds its perturbation: ``"required"`` (always a hard budget),
+#: ``"optional"`` (``eps=None`` means no projection, only the clip to ``bounds``) or
+#: ``"none"`` (minimal-perturbation attacks: no ``eps`` at all)
+Budget = Literal["required", "optional", "none"]
+NORMS: tuple[Norm, ...] = get_args(Norm)
+BUDGETS: tuple[Budget, ...] = get_args(Budget)
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,17 @@ def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     return torch.where(per_sample(eps == 0, x), x, out)
 
 
+def _as_eps(value: float | Tensor, x: Tensor) -> Tensor:
+    """A budget as a fresh (N,) tensor in x's dtype and device, checked finite and >= 0."""
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],) or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        got = f"shape {tuple(t.shape)}" if t.shape != (x.shape[0],) else "negative or non-finite values"
+        raise ValueError(f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers; got {got}.")
+    return t.clone()
+
+
 class _validate_first_forward:
     """Context manager: check the model output and the labels on the model's first forward.
 
@@ -120,8 +140,9 @@ class _validate_first_forward:
     ``x`` up front instead; an attack that never called the model gets it on exit.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, eager: bool = True) -> None:
         self.model, self.x, self.y = model, x, y
+        self.eager = eager  # False: check only if the model runs (no forward of its own)
         self.done = False
         self.handle: Any = None
 
@@ -143,14 +164,15 @@ class _validate_first_forward:
         try:
             self.handle = self.model.register_forward_hook(self._hook)
         except (RuntimeError, AttributeError):  # pragma: no cover - modules without hooks
-            self._eager()
+            if self.eager:
+                self._eager()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if not self.done:
             if self.handle is not None:
                 self.handle.remove()
-            if exc[0] is None:
+            if exc[0] is None and self.eager:
                 self._eager()
 
 
@@ -160,14 +182,47 @@ class Attack(ABC):
 
     Subclasses implement :meth:`_run`; budgeted attacks have an ``eps`` field in the
     units of their ``norm`` and the base class enforces it.
+
+    Class-level metadata, declared the same way by every attack (and checked when the
+    attack is registered in :data:`~fisherscope.attacks.ATTACKS`):
+
+    - ``norms``: the norms the attack supports, default first. A fixed-norm attack
+      declares one (``norms = ("linf",)``) and its ``norm`` is derived from it; an attack
+      whose norm is a hyperparameter also has a ``norm`` dataclass field (default
+      ``norms[0]``), so ``attack.norm`` is always the norm of that instance.
+    - ``budget``: a :data:`Budget` (``"required"``, ``"optional"``, ``"none"``);
+      ``budgeted`` is derived from it (``budget != "none"``), a bool on the class.
+    - ``standard`` and ``standard_description``: the attack's standard hyperparameters
+      on [0, 1] images at digit / MNIST scale (``cls(**cls.standard)`` builds it; the
+      demo and the contract tests use it) and a one-line description of that setting.
     """
 
     bounds: tuple[float, float] = (0.0, 1.0)
 
+    #: supported norms, default first (see the class docstring)
+    norms: ClassVar[tuple[Norm, ...]]
     norm: ClassVar[Norm] = "l2"
-    #: whether ``eps`` is a hard budget that the base class projects onto
+    #: how ``eps`` bounds the perturbation (see :data:`Budget`)
+    budget: ClassVar[Budget]
+    #: whether the attack has an ``eps`` budget that the base class projects onto
+    #: (``budget != "none"``; an instance with ``eps=None`` is not projected)
     budgeted: ClassVar[bool] = True
     supports_targeted: ClassVar[bool] = True
+    #: standard hyperparameters on [0, 1] images at digit / MNIST scale
+    standard: ClassVar[Mapping[str, Any]]
+    #: one line saying what the standard setting is, e.g. "L∞ ε = 0.1, one step"
+    standard_description: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Derive ``norm`` from ``norms`` and ``budgeted`` from ``budget``; freeze ``standard``."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "norms" in own and "norm" not in own and "norm" not in own.get("__annotations__", {}):
+            cls.norm = own["norms"][0]
+        if "budget" in own and "budgeted" not in own:
+            cls.budgeted = own["budget"] != "none"
+        if isinstance(own.get("standard"), dict):
+            cls.standard = MappingProxyType(dict(own["standard"]))
 
     def __post_init__(self) -> None:
         lo, hi = self.bounds
@@ -241,19 +296,12 @@ class Attack(ABC):
         labels are checked by a one-shot forward hook on the attack's own first forward
         (before any loss sees them). Only ``y=None`` costs a forward, for the predictions.
         """
-        check_inputs(x, y, bounds=self.bounds)
-        if targeted and not self.supports_targeted:
-            raise ValueError(f"{type(self).__name__} is untargeted only; call it with targeted=False.")
+        self._check_call(x, y, targeted)
         x = x.detach()
         with eval_mode(model):
             eps_t = self._eps_tensor(eps, x)
             if y is None:
-                if targeted:
-                    raise ValueError("targeted=True needs y: the target class of each sample (int64, shape (N,)).")
-                with torch.no_grad():
-                    logits = model(x)
-                check_logits(logits)
-                y = logits.argmax(1)
+                y = self._predictions(model, x, targeted)
                 x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
             else:
                 with _validate_first_forward(model, x, y):
@@ -261,19 +309,32 @@ class Attack(ABC):
             x_adv = self._enforce(x, x_adv.detach(), eps_t)
         return x, y, x_adv, extras, eps_t
 
+    def _check_call(self, x: Tensor, y: Tensor | None, targeted: bool) -> None:
+        """The checks of every public entry point on the batch (model checks come on its forward)."""
+        check_inputs(x, y, bounds=self.bounds)
+        if targeted and not self.supports_targeted:
+            raise ValueError(f"{type(self).__name__} is untargeted only; call it with targeted=False.")
+
+    @staticmethod
+    def _predictions(model: nn.Module, x: Tensor, targeted: bool) -> Tensor:
+        """The labels used when ``y`` is None: the model's predictions (untargeted only)."""
+        if targeted:
+            raise ValueError("targeted=True needs y: the target class of each sample (int64, shape (N,)).")
+        with torch.no_grad():
+            logits = model(x)
+        check_logits(logits)
+        return logits.argmax(1)
+
     # -------------------------------------------------------------- internals
     def _eps_tensor(self, eps: float | Tensor | None, x: Tensor) -> Tensor | None:
-        if not self.budgeted:
+        """The per-sample budget (N,) to project onto, or None for no projection.
+
+        None when the attack has no budget, or an optional one left unset (``eps=None``
+        on the instance: a per-call ``eps`` is then ignored, as documented by those attacks).
+        """
+        if not self.budgeted or getattr(self, "eps", None) is None:
             return None
-        value = getattr(self, "eps", None) if eps is None else eps
-        if value is None:
-            return None
-        t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],) or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-            raise ValueError(f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers.")
-        return t.clone()
+        return _as_eps(self.eps if eps is None else eps, x)  # type: ignore[attr-defined]
 
     def _enforce(self, x: Tensor, x_adv: Tensor, eps: Tensor | None) -> Tensor:
         if eps is not None:
@@ -295,12 +356,41 @@ class OneStepAttack(Attack):
 
     :meth:`prepare` computes it once; :meth:`step` applies a (per-sample) budget. A
     budget search (:func:`~fisherscope.evaluation.least_perturbation`) therefore pays
-    for the direction once.
+    for the direction once. Both validate their inputs as ``attack(model, x, y)`` does:
+    bounds, finiteness, shapes and dtypes of ``x`` and ``y``, targeted support, the model
+    run in eval mode (a model in training mode warns and is restored); ``prepare`` checks
+    the model output and the labels against it on its first forward, ``step`` whenever it
+    runs the model (a step that does not, e.g. FGSM's, does not use the labels).
     """
 
-    def prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool = False,
+    def prepare(self, model: nn.Module, x: Tensor, y: Tensor | None = None, targeted: bool = False,
                 generator: torch.Generator | None = None) -> Any:
-        return self._prepare(model, x, y, targeted, generator)
+        """The budget-independent state (the direction) for the batch ``x`` with labels ``y``.
+
+        ``y=None`` uses the model's predictions (untargeted only), as ``__call__`` does;
+        pass the same ``x``, ``y`` and ``targeted`` to :meth:`step`.
+        """
+        self._check_call(x, y, targeted)
+        x = x.detach()
+        with eval_mode(model):
+            if y is None:
+                y = self._predictions(model, x, targeted)
+                return self._prepare(model, x, y, targeted, generator)
+            with _validate_first_forward(model, x, y):
+                return self._prepare(model, x, y, targeted, generator)
+
+    def step(self, model: nn.Module, x: Tensor, y: Tensor, state: Any, eps: float | Tensor,
+             targeted: bool = False) -> Tensor:
+        """x_adv for budget ``eps`` (a number or (N,)) from :meth:`prepare`'s state, projected and clamped."""
+        self._check_call(x, y, targeted)
+        if y is None:
+            raise ValueError(f"{type(self).__name__}.step needs y: the labels the state was prepared with.")
+        check_labels(y, x.shape[0])  # the range against the model's classes: on its first forward
+        x = x.detach()
+        eps_t = _as_eps(eps, x)
+        with eval_mode(model), _validate_first_forward(model, x, y, eager=False):
+            x_adv, _ = self._step(model, x, y, state, eps_t, targeted)
+        return self._enforce(x, x_adv.detach(), eps_t)
 
     @abstractmethod
     def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool,
@@ -313,12 +403,6 @@ class OneStepAttack(Attack):
     def _run(self, model, x, y, eps, targeted, generator):
         state = self._prepare(model, x, y, targeted, generator)
         return self._step(model, x, y, state, eps, targeted)
-
-    def step(self, model: nn.Module, x: Tensor, y: Tensor, state: Any, eps: Tensor,
-             targeted: bool = False) -> Tensor:
-        """x_adv for budget ``eps`` (N,) from a prepared state, projected and clamped."""
-        x_adv, _ = self._step(model, x, y, state, eps, targeted)
-        return self._enforce(x, x_adv.detach(), eps)
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor, *, targeted: bool = False) -> tuple[Tensor, Tensor]:

@@ -102,9 +102,11 @@ class DeepFool(Attack):
     candidates: int | None = 10
     overshoot: float = 0.02
     step_margin: float = 1e-4
-    norm = "l2"
-    budgeted = False
+    norms = ("l2",)
+    budget = "none"
     supports_targeted = False
+    standard = {"steps": 20}
+    standard_description = "minimal L2, 20 steps, overshoot 0.02"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -174,7 +176,9 @@ class DeepFoolLinf(DeepFool):
     >>> x_adv = DeepFoolLinf(steps=50)(model, x, y)  # doctest: +SKIP
     """
 
-    norm = "linf"
+    norms = ("linf",)
+    standard = {"steps": 10}
+    standard_description = "minimal L∞, 10 steps, overshoot 0.02"
 
     def _step(self, f: Tensor, w: Tensor) -> Tensor:
         wn = w.flatten(2).abs().sum(2)

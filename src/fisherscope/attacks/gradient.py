@@ -94,7 +94,10 @@ class FGM(OneStepAttack):
     """
 
     eps: float
-    norm = "l2"
+    norms = ("l2",)
+    budget = "required"
+    standard = {"eps": 1.0}
+    standard_description = "L2 ε = 1.0, one step"
 
     def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool, generator: Any) -> Tensor:
         _, grad = input_gradient(model, x, y, targeted=targeted)
@@ -134,7 +137,10 @@ class FGSM(OneStepAttack):
     """
 
     eps: float
-    norm = "linf"
+    norms = ("linf",)
+    budget = "required"
+    standard = {"eps": 0.1}
+    standard_description = "L∞ ε = 0.1, one step"
 
     def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool, generator: Any) -> Tensor:
         _, grad = input_gradient(model, x, y, targeted=targeted)
@@ -196,6 +202,10 @@ class OTCM(OneStepAttack):
     eps: float
     target: Literal["random", "least_likely"] = "random"
     norm: Literal["l2", "linf"] = "l2"  # type: ignore[misc]  # an instance field here, a ClassVar in Attack
+    norms = ("l2", "linf")
+    budget = "required"
+    standard = {"eps": 1.0}
+    standard_description = "L2 ε = 1.0, one targeted step (random wrong class)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

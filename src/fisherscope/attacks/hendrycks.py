@@ -137,8 +137,10 @@ class HGTargeted(_KeepRule):
     threshold: float = 0.5
     max_steps: int = 1000
     target: TargetSelection = "random"
-    norm = "l2"
-    budgeted = False
+    norms = ("l2",)
+    budget = "none"
+    standard = {}
+    standard_description = "targeted, 1/255 raw-gradient steps until p_target > 0.5"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -234,7 +236,10 @@ class HGFast(_KeepRule, OneStepAttack):
     eps: float = 10 / 255
     threshold: float = 0.5
     target: TargetSelection = "random"
-    norm = "linf"
+    norms = ("linf",)
+    budget = "required"
+    standard = {}
+    standard_description = "one targeted sign step of 10/255"
 
     def __post_init__(self) -> None:
         super().__post_init__()

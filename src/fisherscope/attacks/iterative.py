@@ -169,6 +169,10 @@ class BIM(Attack):
     step_size: float | None = None
     norm: Literal["linf", "l2", "l1"] = "linf"  # type: ignore[misc]  # an instance field here
     l1_sparsity: float = 0.99
+    norms = ("linf", "l2", "l1")
+    budget = "optional"
+    standard = {"eps": 0.1, "steps": 10}
+    standard_description = "L∞ ε = 0.1, 10 steps"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -178,10 +182,6 @@ class BIM(Attack):
         s = self.l1_sparsity
         if isinstance(s, bool) or not isinstance(s, int | float) or not (0 <= s < 1):
             raise ValueError(f"The 'l1_sparsity' parameter of {type(self).__name__} must be a number in [0, 1); got {s!r}.")
-
-    @property
-    def budgeted(self) -> bool:  # type: ignore[override]
-        return self.eps is not None
 
     def _alpha(self, eps: Tensor | None, x: Tensor, factor: float) -> Tensor:
         if self.step_size is not None:
@@ -252,6 +252,10 @@ class PGD(Attack):
     norm: Literal["linf", "l2"] = "linf"  # type: ignore[misc]  # an instance field here
     random_start: bool = True
     restarts: int = 1
+    norms = ("linf", "l2")
+    budget = "required"
+    standard = {"eps": 0.1, "steps": 20}
+    standard_description = "L∞ ε = 0.1, 20 steps, random start"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -358,7 +362,10 @@ class MIFGSM(Attack):
     steps: int = 10
     decay: float = 1.0
     step_size: float | None = None
-    norm = "linf"
+    norms = ("linf",)
+    budget = "required"
+    standard = {"eps": 0.1, "steps": 10, "decay": 1.0}
+    standard_description = "L∞ ε = 0.1, 10 steps, μ = 1"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -433,15 +440,15 @@ class IterativeOTCM(Attack):
     eps: float | None = None
     target: Literal["random", "least_likely"] = "random"
     norm: Literal["l2", "linf"] = "l2"  # type: ignore[misc]  # an instance field here
+    norms = ("l2", "linf")
+    budget = "optional"
+    standard = {"eps": 1.0, "step_size": 0.1, "steps": 10}
+    standard_description = "L2 ε = 1.0, 10 targeted steps of 0.1"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("IterativeOTCM", "target", self.target, ("random", "least_likely"))
         _check_choice("IterativeOTCM", "norm", self.norm, ("l2", "linf"))
-
-    @property
-    def budgeted(self) -> bool:  # type: ignore[override]
-        return self.eps is not None
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -112,8 +112,10 @@ class JSMA(Attack):
     theta: float = 1.0
     gamma: float = 0.1
     target: Literal["random", "most_likely", "least_likely"] = "random"
-    norm = "l0"
-    budgeted = False
+    norms = ("l0",)
+    budget = "none"
+    standard = {"gamma": 0.2}
+    standard_description = "L0, at most 20% of the pixels"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -6,7 +6,7 @@ perturbation seen. They share one driver (:func:`_adam_in_box`), batched over sa
 per-sample weights, per-sample Adam state, per-sample early stopping (a stopped sample
 leaves the active batch, so the forward/backward passes shrink with it).
 
-Minimal-perturbation attacks: there is no ``eps`` budget (``budgeted = False``). A
+Minimal-perturbation attacks: there is no ``eps`` budget (``budget = "none"``). A
 sample for which no successful point was found is returned as ``x`` exactly.
 """
 
@@ -287,8 +287,10 @@ class CarliniWagnerL2(Attack):
     confidence: float = 0.0
     initial_const: float = 1e-3
     abort_early: bool = True
-    norm = "l2"
-    budgeted = False
+    norms = ("l2",)
+    budget = "none"
+    standard = {"steps": 40, "binary_search_steps": 2, "initial_const": 1.0, "learning_rate": 0.05}
+    standard_description = "minimal L2, 2 × 40 Adam steps from c = 1"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -384,8 +386,10 @@ class Opt(Attack):
     steps: int = 200
     learning_rate: float = 1e-2
     abort_early: bool = True
-    norm = "l2"
-    budgeted = False
+    norms = ("l2",)
+    budget = "none"
+    standard = {"steps": 40, "learning_rate": 0.05}
+    standard_description = "L2-penalised CE (Liu et al. 2016), 40 Adam steps"
 
     def __post_init__(self) -> None:
         super().__post_init__()

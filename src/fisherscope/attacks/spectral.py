@@ -94,7 +94,10 @@ class OSSA(OneStepAttack):
     class_samples: int | None = None
     tol: float = 1e-6
     max_iter: int = 100
-    norm = "l2"
+    norms = ("l2",)
+    budget = "required"
+    standard = {"eps": 1.0}
+    standard_description = "L2 ε = 1.0, one step along the top eigenvector of G_x"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,11 +150,10 @@ class IterativeOSSA(Attack):
     steps: int = 10
     eps: float | None = None
     eigen_index: int = 0
-    norm = "l2"
-
-    @property
-    def budgeted(self) -> bool:  # type: ignore[override]
-        return self.eps is not None
+    norms = ("l2",)
+    budget = "optional"
+    standard = {"eps": 1.0, "step_size": 0.25, "steps": 4}
+    standard_description = "L2 ε = 1.0, 4 steps of 0.25"
 
     def _run(self, model, x, y, eps, targeted, generator):
         xt = x

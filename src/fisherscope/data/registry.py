@@ -1,15 +1,19 @@
 """The dataset registry: what each known dataset is, where it comes from, how to verify it.
 
-``DATASETS`` is a plain dict (name -> :class:`DatasetSpec`); the CLI's ``data list``,
-the experiment configs and the tests all read it. Tests that convert tiny self-written
-raw files replace an entry with :func:`dataclasses.replace` (for example through
-``monkeypatch.setitem(DATASETS, "mnist", replace(DATASETS["mnist"], raw_files=...))``):
-every function looks the spec up at call time.
+``DATASETS`` is a :class:`~fisherscope._registry.Registry` (a dict, name ->
+:class:`DatasetSpec`; an unknown name raises a ``KeyError`` listing the valid ones); the
+CLI's ``data list`` and ``list``, the experiment configs and the tests all read it. Tests
+that convert tiny self-written raw files replace an entry with :func:`dataclasses.replace`
+(for example through ``monkeypatch.setitem(DATASETS, "mnist", replace(DATASETS["mnist"],
+raw_files=...))``): every function looks the spec up at call time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from .._registry import Registry
 
 __all__ = ["ALIASES", "DATASETS", "DatasetSpec", "RawFile", "get_spec"]
 
@@ -133,7 +137,14 @@ def _idx_files(md5s: tuple[str, str, str, str]) -> tuple[RawFile, ...]:
 _MNIST_CONTENT_SHA256 = "451c6b8c1ffd4bf0ee33a1a3798fda862ea36a248dc4bb4e61065cef2bb09c55"
 _MNIST_FILE_SHA256 = "1a9fb53be6f83d6098d96fa99748e157b118a436c2c6818a7bb2a9cb7fd0514e"
 
-DATASETS: dict[str, DatasetSpec] = {
+def _check_dataset(key: str, spec: Any) -> None:
+    if not isinstance(spec, DatasetSpec):
+        raise TypeError(f"DATASETS[{key!r}] must be a DatasetSpec; got {type(spec).__name__}.")
+    if spec.name != key:
+        raise ValueError(f"DATASETS[{key!r}] holds the spec of {spec.name!r}; register a spec under its own name.")
+
+
+_SPECS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         name="digits",
         title="scikit-learn 8x8 handwritten digits",
@@ -240,6 +251,8 @@ DATASETS: dict[str, DatasetSpec] = {
         reference="Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
     ),
 }
+DATASETS: Registry[DatasetSpec] = Registry("DATASETS", _SPECS, validate=_check_dataset, describe=lambda s: s.title)
+del _SPECS
 
 # Spellings accepted by ``load_dataset`` / ``download_dataset`` besides the registry keys.
 ALIASES: dict[str, str] = {

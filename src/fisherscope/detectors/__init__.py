@@ -3,11 +3,18 @@
 Every detector is a :class:`Detector`: ``fit(X, y)`` on feature matrices made by
 :mod:`fisherscope.features` (0 = clean, 1 = adversarial), ``decision_function`` (higher
 means more adversarial), ``predict`` at a threshold set for a target false-positive rate
-on clean data, and ``score`` = AUROC. ``DETECTORS`` maps registry keys to classes.
+on clean data, and ``score`` = AUROC. ``DETECTORS`` (a
+:class:`~fisherscope._registry.Registry`) maps registry keys to classes; registering a
+detector checks that it is a :class:`Detector` whose ``feature`` names an entry of
+:data:`fisherscope.features.FEATURES`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from .._registry import Registry
+from ..features import FEATURES
 from .base import SKLEARN_EXPECTED_FAILED_CHECKS, Detector, threshold_at_fpr
 from .density import (
     BayesianUncertaintyDetector,
@@ -23,18 +30,34 @@ from .reconstruction import ReconstructionDetector
 from .softmax import SoftmaxDetector
 from .whitening import PCAWhiteningDetector
 
-DETECTORS: dict[str, type[Detector]] = {
-    "fisher_spectrum": FisherSpectrumDetector,
-    "fisher_score": FisherScoreDetector,
-    "kd": KernelDensityDetector,
-    "bu": BayesianUncertaintyDetector,
-    "kdbu": KDBUDetector,
-    "softmax": SoftmaxDetector,
-    "pca_whitening": PCAWhiteningDetector,
-    "reconstruction": ReconstructionDetector,
-    "lid": LIDDetector,
-    "mahalanobis": MahalanobisDetector,
-}
+
+def _check_detector(key: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Detector)):
+        raise TypeError(f"DETECTORS[{key!r}] must be a subclass of fisherscope.detectors.Detector; got {cls!r}.")
+    if cls.feature not in FEATURES:
+        raise ValueError(
+            f"DETECTORS[{key!r}]: {cls.__name__}.feature is {cls.feature!r}, not a key of "
+            f"fisherscope.features.FEATURES ({', '.join(FEATURES)}); name the feature function that makes its X."
+        )
+
+
+DETECTORS: Registry[type[Detector]] = Registry(
+    "DETECTORS",
+    {
+        "fisher_spectrum": FisherSpectrumDetector,
+        "fisher_score": FisherScoreDetector,
+        "kd": KernelDensityDetector,
+        "bu": BayesianUncertaintyDetector,
+        "kdbu": KDBUDetector,
+        "softmax": SoftmaxDetector,
+        "pca_whitening": PCAWhiteningDetector,
+        "reconstruction": ReconstructionDetector,
+        "lid": LIDDetector,
+        "mahalanobis": MahalanobisDetector,
+    },
+    validate=_check_detector,
+)
+"""Registry key -> detector class."""
 
 __all__ = [
     "DETECTORS",

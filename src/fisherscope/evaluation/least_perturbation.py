@@ -87,10 +87,11 @@ def least_perturbation(
     ------
     x: (N, ...); y: (N,) -> every field (N,).
     """
-    if not attack.budgeted or not hasattr(attack, "eps"):
+    if not attack.budgeted or getattr(attack, "eps", None) is None:
         raise TypeError(
-            f"least_perturbation needs an attack with a budget 'eps'; {type(attack).__name__} has none. "
-            "Minimisation attacks (C&W, DeepFool) already return minimal perturbations."
+            f"least_perturbation needs an attack with a budget 'eps'; {type(attack).__name__} has "
+            f"{'eps=None (no projection)' if attack.budgeted else 'none'}. Give it an eps (any value; the "
+            "search replaces it). Minimisation attacks (C&W, DeepFool) already return minimal perturbations."
         )
     if not (0 <= lo < hi) or tol <= 0:
         raise ValueError(f"need 0 <= lo < hi and tol > 0; got lo={lo}, hi={hi}, tol={tol}.")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._registry import Registry
 from .config import config_from_dict, config_to_dict, read_toml
 from .report import Block
 from .runner import Results, Run
@@ -51,7 +52,7 @@ class Experiment:
         return self.report is not None
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+EXPERIMENTS: Registry[Experiment] = Registry("EXPERIMENTS")
 
 
 def register(

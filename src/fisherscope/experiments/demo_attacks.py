@@ -26,37 +26,14 @@ from .kit import (
     save_figure,
 )
 
-__all__ = ["STANDARD_SETTINGS", "attack_suite_cells", "attack_suite_report"]
+__all__ = ["attack_suite_cells", "attack_suite_report"]
 
 N_ATTACK = 100
 N_SHOW = 4
 
-#: The demo's standard setting of each attack on 8×8 digits in [0, 1] (64 pixels): L∞
-#: budgets of 0.1, L2 budgets of 1.0, minimal-perturbation attacks with their defaults.
-STANDARD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
-    "fgsm": ({"eps": 0.1}, "L∞ ε = 0.1, one step"),
-    "fgm": ({"eps": 1.0}, "L2 ε = 1.0, one step"),
-    "otcm": ({"eps": 1.0}, "L2 ε = 1.0, one targeted step (random wrong class)"),
-    "ossa": ({"eps": 1.0}, "L2 ε = 1.0, one step along the top eigenvector of G_x"),
-    "bim": ({"eps": 0.1, "steps": 10}, "L∞ ε = 0.1, 10 steps"),
-    "mifgsm": ({"eps": 0.1, "steps": 10, "decay": 1.0}, "L∞ ε = 0.1, 10 steps, μ = 1"),
-    "pgd": ({"eps": 0.1, "steps": 20}, "L∞ ε = 0.1, 20 steps, random start"),
-    "otcm_iterative": ({"eps": 1.0, "step_size": 0.1, "steps": 10}, "L2 ε = 1.0, 10 targeted steps of 0.1"),
-    "ossa_iterative": ({"eps": 1.0, "step_size": 0.25, "steps": 4}, "L2 ε = 1.0, 4 steps of 0.25"),
-    "deepfool": ({"steps": 20}, "minimal L2, 20 steps, overshoot 0.02"),
-    "deepfool_linf": ({"steps": 10}, "minimal L∞, 10 steps, overshoot 0.02"),
-    "cw": ({"steps": 40, "binary_search_steps": 2, "initial_const": 1.0, "learning_rate": 0.05},
-           "minimal L2, 2 × 40 Adam steps from c = 1"),
-    "opt": ({"steps": 40, "learning_rate": 0.05}, "L2-penalised CE (Liu et al. 2016), 40 Adam steps"),
-    "jsma": ({"gamma": 0.2}, "L0, at most 20% of the pixels"),
-    "hg_targeted": ({}, "targeted, 1/255 raw-gradient steps until p_target > 0.5"),
-    "hg_fast": ({}, "one targeted sign step of 10/255"),
-}
-
 
 def _keys() -> list[str]:
-    keys = [k for k in STANDARD_SETTINGS if k in ATTACKS]
-    return keys + sorted(k for k in ATTACKS if k not in STANDARD_SETTINGS)
+    return list(ATTACKS)  # each attack carries its standard setting (Attack.standard)
 
 
 def attack_suite_cells(run: Run, state: DemoState) -> None:
@@ -64,7 +41,7 @@ def attack_suite_cells(run: Run, state: DemoState) -> None:
     x, y = test.x[:N_ATTACK], test.y[:N_ATTACK]
 
     def measure(key: str) -> dict[str, Any]:
-        params = STANDARD_SETTINGS.get(key, ({}, ""))[0]
+        params = dict(ATTACKS[key].standard)
         attack = ATTACKS[key](**params)
         with torch.no_grad():
             correct = model(x).argmax(1) == y
@@ -133,7 +110,7 @@ def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
     for key in keys:
         r = res[key]
         table_rows.append([
-            key, STANDARD_SETTINGS.get(key, ({}, "defaults"))[1], 100 * r["accuracy"], 100 * r["fooling_ratio"],
+            key, ATTACKS[key].standard_description, 100 * r["accuracy"], 100 * r["fooling_ratio"],
             r["mean_l2_fooled"], r["mean_linf_fooled"], r["mean_l0_fooled"], r["images_per_s"],
         ])
     return [

@@ -6,7 +6,9 @@ mode gets one :class:`~fisherscope.exceptions.ModelModeWarning`), never touches 
 gradients or modifies ``x``, works through ``x`` in chunks of ``batch_size`` and returns a
 float64 numpy array of shape (n_samples, n_features).
 
-Feature function (columns) -> detector key:
+``FEATURES`` (a :class:`~fisherscope._registry.Registry`) maps each name below to its
+function, with a one-line description (``FEATURES.describe(name)``); every detector's
+``feature`` attribute is one of its keys. Feature function (columns) -> detector key:
 
 - ``fisher_eigenvalues`` (top-k eigenvalues of G_x, zeros past K − 1) -> ``fisher_spectrum``
 - ``param_fisher_scores`` (trace, form, normalized form of F_θ) -> ``fisher_score``
@@ -24,6 +26,13 @@ Feature function (columns) -> detector key:
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .._registry import Registry
 from .activations import dropout_modules, join_kdbu, kdbu_features, mc_dropout, penultimate
 from .fisher import PARAM_FISHER_SCORES, fisher_eigenvalues, param_fisher_scores
 from .layers import layer_activations, layer_sizes
@@ -31,7 +40,38 @@ from .pca import PCAWhitening, fit_pca_whitening, pca_coefficients, pixels
 from .reconstruction import RECONSTRUCTION_KINDS, reconstruction_error
 from .softmax import SOFTMAX_STATS, softmax_stats, softmax_stats_from_logits
 
+
+def _check_feature(key: str, fn: Any) -> None:
+    if not callable(fn):
+        raise TypeError(f"FEATURES[{key!r}] must be a feature function fn(model, x, ...) -> ndarray; got {fn!r}.")
+    names = list(inspect.signature(fn).parameters)
+    if "x" not in names:
+        raise TypeError(
+            f"FEATURES[{key!r}]: a feature function takes the batch as 'x' (fn(model, x, ...), or fn(x) for "
+            f"model-free features such as pixels); {getattr(fn, '__name__', fn)!r} takes ({', '.join(names)})."
+        )
+
+
+FEATURES: Registry[Callable[..., np.ndarray]] = Registry("FEATURES", validate=_check_feature)
+"""Feature name -> feature function ``fn(model, x, ...)`` (``pixels``: ``fn(x)``) -> float64
+(n_samples, n_features)."""
+
+for _name, _fn, _desc in (
+    ("fisher_eigenvalues", fisher_eigenvalues, "top-k eigenvalues of the input-space Fisher G_x (zeros past K − 1)"),
+    ("param_fisher_scores", param_fisher_scores, "trace, form and normalised form of the parameter-space Fisher F_θ"),
+    ("penultimate", penultimate, "predicted class, then the last hidden layer's activations"),
+    ("mc_dropout", mc_dropout, "BU: softmax variance under MC dropout [, the mean probabilities]"),
+    ("kdbu_features", kdbu_features, "the penultimate columns, then BU (for the KD+BU detector)"),
+    ("softmax_stats", softmax_stats, "max probability, KL to uniform and entropy of the softmax"),
+    ("pixels", pixels, "the flattened inputs (the PCA-whitening detector fits its own whitening)"),
+    ("reconstruction_error", reconstruction_error, "signed mean and / or squared error of model.reconstruct(x)"),
+    ("layer_activations", layer_activations, "named layers' outputs side by side [, the predicted class first]"),
+):
+    FEATURES.register(_name, _fn, description=_desc)
+del _name, _fn, _desc
+
 __all__ = [
+    "FEATURES",
     "PARAM_FISHER_SCORES",
     "PCAWhitening",
     "RECONSTRUCTION_KINDS",

@@ -33,6 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .._registry import Registry
+
 __all__ = [
     "ACTIVATIONS",
     "MODELS",
@@ -842,16 +844,25 @@ def _registered(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
     return factory
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "digits_cnn": _registered("digits_cnn", DigitsCNN),
-    "mnist_cnn": _registered("mnist_cnn", MnistCNN),
-    "lenet5": _registered("lenet5", LeNet5),
-    "convnet_bn": _registered("convnet_bn", ConvNetBN),
-    "vgg_small": _registered("vgg_small", VGGSmall),
-    "vgg11": _registered("vgg11", VGG11),
-    "resnet14": _registered("resnet14", ResNet14),
-    "resnet18": _registered("resnet18", ResNet18),
-}
+def _check_model(key: str, ctor: Any) -> None:
+    if not callable(ctor):
+        raise TypeError(f"MODELS[{key!r}] must be a callable building an nn.Module from keywords; got {ctor!r}.")
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "MODELS",
+    {
+        "digits_cnn": _registered("digits_cnn", DigitsCNN),
+        "mnist_cnn": _registered("mnist_cnn", MnistCNN),
+        "lenet5": _registered("lenet5", LeNet5),
+        "convnet_bn": _registered("convnet_bn", ConvNetBN),
+        "vgg_small": _registered("vgg_small", VGGSmall),
+        "vgg11": _registered("vgg11", VGG11),
+        "resnet14": _registered("resnet14", ResNet14),
+        "resnet18": _registered("resnet18", ResNet18),
+    },
+    validate=_check_model,
+)
 """Architecture name -> keyword-only constructor (the CLI, configs and tests use it)."""
 
 

@@ -186,4 +186,4 @@ class HGMLP(nn.Module):
         return logits, F.mse_loss(recon, x)
 
 
-MODELS["hg_mlp"] = _registered("hg_mlp", HGMLP)
+MODELS.register("hg_mlp", _registered("hg_mlp", HGMLP))
