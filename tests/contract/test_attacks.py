@@ -24,6 +24,8 @@ from fisherscope.attacks import ATTACKS, Attack, OneStepAttack  # noqa: E402
 #: the random paths are covered in tests/test_gradient_attacks.py and the other tests here
 DETERMINISTIC: dict[str, dict] = {
     "pgd": dict(random_start=False),
+    "apgd": dict(random_start=False),
+    "apgd_t": dict(random_start=False),
     "otcm": dict(target="least_likely"),
     "otcm_iterative": dict(target="least_likely"),
     "hg_targeted": dict(target="most_likely"),

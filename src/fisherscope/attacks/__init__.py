@@ -26,6 +26,7 @@ from .base import (
     perturbation_norms,
     project,
 )
+from .apgd import APGD, APGDTargeted, dlr_loss
 from .deepfool import DeepFool, DeepFoolLinf
 from .gradient import FGM, FGSM, OTCM
 from .hendrycks import HGFast, HGTargeted
@@ -106,6 +107,8 @@ for _key, _cls in {
     "bim": BIM,
     "mifgsm": MIFGSM,
     "pgd": PGD,
+    "apgd": APGD,
+    "apgd_t": APGDTargeted,
     "otcm_iterative": IterativeOTCM,
     "ossa_iterative": IterativeOSSA,
     "deepfool": DeepFool,
@@ -120,6 +123,8 @@ for _key, _cls in {
 del _key, _cls
 
 __all__ = [
+    "APGD",
+    "APGDTargeted",
     "ATTACKS",
     "BIM",
     "CarliniWagnerL2",
@@ -140,6 +145,7 @@ __all__ = [
     "IterativeOSSA",
     "IterativeOTCM",
     "OneStepAttack",
+    "dlr_loss",
     "input_gradient",
     "perturbation_norms",
     "project",

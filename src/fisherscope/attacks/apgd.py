@@ -2,8 +2,8 @@
 
 APGD runs ``steps`` iterations of projected steepest ascent (sign steps for L∞,
 g/‖g‖₂ steps for L2) with momentum α = 0.75 and a per-sample step size that starts at
-η = 2ε and is halved at checkpoints w_0 = 0, w_1 = ⌈0.22 N⌉, ... (the gaps shrink by
-0.03 N down to 0.06 N) whenever, since the last checkpoint,
+η = 2ε and is halved at checkpoints w_1 = ⌊0.22 N⌋, ... (the gaps shrink by
+⌊0.03 N⌋ down to ⌊0.06 N⌋; :func:`apgd_checkpoints`) whenever, since the last checkpoint,
 
 1. the loss rose in fewer than ρ = 75% of the steps, or
 2. the step size was not reduced at the last checkpoint and the best loss has not
@@ -70,11 +70,20 @@ def dlr_loss(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
-    """Iterations after which APGD checks its step size (Croce & Hein 2020, §3.2)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p if q <= 1 and math.ceil(q * steps) > 0})
+    """Iterations after which APGD checks its step size (Croce & Hein 2020, §3.2).
+
+    The first check comes after ⌊0.22 N⌋ iterations; each following gap is the previous
+    one minus ⌊0.03 N⌋, but at least ⌊0.06 N⌋ (every count at least 1), as in the
+    authors' implementation: for N = 100, after 22, 41, 57, 70, 80, 87, 93 and 99.
+    """
+    gap = max(int(0.22 * steps), 1)
+    shrink, floor = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, at = [], gap
+    while at <= steps:
+        out.append(at)
+        gap = max(gap - shrink, floor)
+        at += gap
+    return out
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
@@ -110,6 +119,8 @@ class APGD(Attack):
         α of the momentum step (0.75).
     eot_iter : int
         Gradient averaged over this many forward/backward passes (randomised models).
+    random_start : bool
+        Start from a random point of the ball (AutoAttack; default) or from x itself.
 
     Shapes
     ------
@@ -123,7 +134,7 @@ class APGD(Attack):
     Examples
     --------
     >>> APGD(eps=0.3, steps=100, loss="ce")  # AutoAttack's APGD-CE on MNIST, L∞
-    APGD(bounds=(0.0, 1.0), eps=0.3, steps=100, norm='linf', loss='ce', restarts=1, rho=0.75, momentum=0.75, eot_iter=1)
+    APGD(bounds=(0.0, 1.0), eps=0.3, steps=100, norm='linf', loss='ce', restarts=1, rho=0.75, momentum=0.75, eot_iter=1, random_start=True)
     """
 
     eps: float
@@ -134,6 +145,11 @@ class APGD(Attack):
     rho: float = 0.75
     momentum: float = 0.75
     eot_iter: int = 1
+    random_start: bool = True
+    norms = ("linf", "l2")
+    budget = "required"
+    standard = {"eps": 0.1, "steps": 20}
+    standard_description = "L∞ ε = 0.1, 20 steps, CE loss, step size halved at checkpoints"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,6 +160,10 @@ class APGD(Attack):
             v = getattr(self, field_name)
             _check(name, field_name, isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                    "an integer >= 1", v)
+        _check(name, "random_start", isinstance(self.random_start, bool), "True or False", self.random_start)
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError(f"{name}: restarts={self.restarts} without random_start would repeat the same run; "
+                             "set random_start=True or restarts=1.")
         for field_name in ("rho", "momentum"):
             v = getattr(self, field_name)
             _check(name, field_name, isinstance(v, int | float) and not isinstance(v, bool)
@@ -176,6 +196,8 @@ class APGD(Attack):
         return logits_last, loss_sum / self.eot_iter, grad / self.eot_iter
 
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+        if not self.random_start:
+            return x.clone()
         dev = generator.device if generator is not None else torch.device("cpu")
         flat = x.flatten(1)
         if self.norm == "linf":
@@ -304,6 +326,8 @@ class APGDTargeted(APGD):
     loss: Literal["ce", "dlr"] = "dlr"
     n_target_classes: int = 9
     supports_targeted = False  # type: ignore[misc]  # it picks its own targets
+    standard = {"eps": 0.1, "steps": 20, "n_target_classes": 3}
+    standard_description = "L∞ ε = 0.1, 20 steps of targeted DLR towards each of the top 3 other classes"
 
     def __post_init__(self) -> None:
         super().__post_init__()
