@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._registry import Registry, first_doc_line
+from .apgd import APGD, APGDTargeted, dlr_loss
 from .base import (
     BUDGETS,
     NORMS,
@@ -26,7 +27,6 @@ from .base import (
     perturbation_norms,
     project,
 )
-from .apgd import APGD, APGDTargeted, dlr_loss
 from .deepfool import DeepFool, DeepFoolLinf
 from .gradient import FGM, FGSM, OTCM
 from .hendrycks import HGFast, HGTargeted
