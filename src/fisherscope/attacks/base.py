@@ -12,7 +12,6 @@ input only).
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -20,7 +19,17 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._validation import (
+    BOUNDS,
+    NON_NEGATIVE,
+    POSITIVE_INT,
+    check_inputs,
+    check_labels,
+    check_logits,
+    check_param,
+    eval_mode,
+    param_error,
+)
 
 __all__ = ["Attack", "AttackResult", "OneStepAttack", "Norm", "perturbation_norms", "project", "project_l1_ball"]
 
@@ -173,20 +182,16 @@ class Attack(ABC):
     supports_targeted: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        lo, hi = self.bounds
-        if not (isinstance(lo, int | float) and isinstance(hi, int | float) and lo < hi):
-            raise ValueError(f"bounds must be (low, high) with low < high; got {self.bounds!r}.")
+        owner = type(self).__name__
+        check_param(owner, "bounds", self.bounds, BOUNDS)
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("eps", "step_size") and v is not None:
-                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                    raise ValueError(
-                        f"The '{f.name}' parameter of {type(self).__name__} must be a finite number "
-                        f">= 0; got {v!r}."
-                    )
-            if f.name == "steps" and v is not None:
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ValueError(f"The 'steps' parameter of {type(self).__name__} must be an integer >= 1; got {v!r}.")
+            if v is None:
+                continue
+            if f.name in ("eps", "step_size"):
+                check_param(owner, f.name, v, NON_NEGATIVE)
+            elif f.name == "steps":
+                check_param(owner, f.name, v, POSITIVE_INT)
 
     # ------------------------------------------------------------------ public
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None, *, targeted: bool = False,
@@ -275,7 +280,9 @@ class Attack(ABC):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],) or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
-            raise ValueError(f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers.")
+            raise param_error(type(self).__name__, "eps", value,
+                              f"a finite number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers",
+                              "Pass one budget for the batch or one per sample.")
         return t.clone()
 
     def _enforce(self, x: Tensor, x_adv: Tensor, eps: Tensor | None) -> Tensor:
