@@ -333,10 +333,10 @@ class Constraint:
               fix: str | Callable[[Any], str] | None = None) -> Constraint:
         """A narrower constraint: this one and ``test(value)`` (asked only after this one's
         tests pass); ``fix`` is the sentence for a value failing it."""
-        base = self.value_ok
-        value_fix = self.value_fix if fix is None else (fix if callable(fix) else lambda v: fix)
+        base, base_fix = self.value_ok, self.value_fix
+        narrow_fix = base_fix if fix is None else (fix if callable(fix) else lambda v: fix)
         return replace(self, expected=expected, value_ok=lambda v: base(v) and test(v),
-                       value_fix=value_fix)
+                       value_fix=lambda v: narrow_fix(v) if base(v) else base_fix(v))
 
     def failure(self, value: Any) -> type[Exception] | None:
         """``None`` when ``value`` satisfies the constraint, else the exception class to raise."""

@@ -16,7 +16,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._validation import (
+    POSITIVE_INT,
+    check_inputs,
+    check_labels,
+    check_logits,
+    check_params,
+    eval_mode,
+    one_of,
+)
 from ..attacks.base import Attack
 
 __all__ = ["COUNT_RULES", "TransferMatrix", "transfer_from_examples", "transfer_matrix"]
@@ -204,7 +212,7 @@ def transfer_matrix(
     """
     if not isinstance(attack, Attack):
         raise TypeError(f"attack must be a fisherscope Attack instance (e.g. FGM(eps=2.0)); got {type(attack).__name__}.")
-    _check_count(count)
+    _check_count("transfer_matrix", count, batch_size)
     sources = _named(source_models, "source_models")
     _named(target_models, "target_models")  # fail before the (long) attacks, not after
     check_inputs(x, y, bounds=attack.bounds)
@@ -220,17 +228,15 @@ def transfer_matrix(
                                   attack=repr(attack))
 
 
-def _check_count(count: str) -> None:
-    if count not in COUNT_RULES:
-        raise ValueError(f"count must be one of {sorted(COUNT_RULES)}; got {count!r}.")
+def _check_count(owner: str, count: str, batch_size: int | None) -> None:
+    check_params(owner, {"count": count, "batch_size": batch_size}, {
+        "count": one_of(*sorted(COUNT_RULES)),
+        "batch_size": POSITIVE_INT.or_none("one batch"),
+    })
 
 
 def _batch_size(batch_size: int | None, n: int) -> int:
-    if batch_size is None:
-        return n
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}.")
-    return batch_size
+    return n if batch_size is None else batch_size  # checked by _check_count
 
 
 def transfer_from_examples(
@@ -255,7 +261,7 @@ def transfer_from_examples(
     ------
     adversarial[s], x: (N, ...); y: (N,) -> rates (S, T).
     """
-    _check_count(count)
+    _check_count("transfer_from_examples", count, batch_size)
     sources = _named(source_models, "source_models")
     targets = _named(target_models, "target_models")
     if set(adversarial) != set(sources):
