@@ -49,6 +49,7 @@ __all__ = [
     "check_param",
     "check_params",
     "eval_mode",
+    "any_of",
     "integer",
     "one_of",
     "param_error",
@@ -465,6 +466,34 @@ def one_of(*choices: Any) -> Constraint:
         return "Pass one of the listed values."
 
     return Constraint(f"one of {names}", lambda v: True, value_ok, value_fix=value_fix)
+
+
+def any_of(*constraints: Constraint) -> Constraint:
+    """A value meeting at least one of ``constraints`` (e.g. a number or a rule name).
+
+    A value no alternative accepts the type of is a wrong type; otherwise a wrong value.
+
+    Examples
+    --------
+    >>> any_of(real(gt=0), one_of("scott", "silverman")).expected
+    "a finite number > 0 or one of 'scott', 'silverman'"
+    """
+
+    def value_ok(v: Any) -> bool:
+        return any(c.failure(v) is None for c in constraints)
+
+    def value_fix(v: Any) -> str:
+        fitting = [c for c in constraints if c.type_ok(v)]
+        return fitting[0].value_fix(v) if len(fitting) == 1 else "Pass one of the alternatives."
+
+    return Constraint(
+        " or ".join(c.expected for c in constraints),
+        lambda v: any(c.type_ok(v) for c in constraints),
+        value_ok,
+        type_fix=constraints[0].type_fix,
+        value_fix=value_fix,
+        allow_none=any(c.allow_none for c in constraints),
+    )
 
 
 BOOL = Constraint(
