@@ -199,7 +199,7 @@ def test_unknown_architecture_lists_valid_names():
     "kwargs, match",
     [
         ({"width": 3}, "valid keywords are .*in_channels"),
-        ({"activation": "tanh"}, r"activation must be one of \['elu', 'gelu', 'relu'\]"),
+        ({"activation": "tanh"}, r"activation must be one of 'elu', 'gelu', 'relu'; got 'tanh'"),
         ({"dropout": 1.0}, "dropout must be a rate"),
         ({"dropout": -0.1}, "dropout must be a rate"),
         ({"num_classes": 1}, "num_classes must be an integer >= 2"),

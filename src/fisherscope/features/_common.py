@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import POSITIVE_INT, check_param
+
 
 def check_model(model: Any, what: str = "model") -> None:
     if not isinstance(model, nn.Module):
@@ -18,12 +20,8 @@ def check_model(model: Any, what: str = "model") -> None:
         )
 
 
-def check_batch_size(batch_size: Any, *, allow_none: bool = False) -> None:
-    if batch_size is None and allow_none:
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        none = " or None (one batch)" if allow_none else ""
-        raise ValueError(f"batch_size must be a positive integer{none}; got {batch_size!r}.")
+def check_batch_size(batch_size: Any, owner: str, *, allow_none: bool = False) -> None:
+    check_param(owner, "batch_size", batch_size, POSITIVE_INT.or_none("one batch") if allow_none else POSITIVE_INT)
 
 
 def chunks(n: int, batch_size: int | None) -> Iterator[slice]:

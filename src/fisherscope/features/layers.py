@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_inputs, eval_mode
+from .._validation import POSITIVE_INT, check_inputs, check_params, eval_mode, one_of
 
 __all__ = ["ACTIVATION_TYPES", "OUTPUT", "layer_activations", "layer_sizes"]
 
@@ -37,16 +37,14 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 OUTPUT = "output"
 
 
-def _check_common(model: Any, x: torch.Tensor, pool: Any, batch_size: Any) -> None:
+def _check_common(model: Any, x: torch.Tensor, pool: Any, batch_size: Any, owner: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be a torch.nn.Module mapping x to logits (N, K); got {type(model).__name__}."
         )
     check_inputs(x)
-    if pool not in ("none", "mean"):
-        raise ValueError(f"pool must be 'none' or 'mean'; got {pool!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_params(owner, {"pool": pool, "batch_size": batch_size},
+                 {"pool": one_of("none", "mean"), "batch_size": POSITIVE_INT})
 
 
 def _resolve(model: nn.Module, layers: Sequence[str] | None) -> list[str] | None:
@@ -216,7 +214,7 @@ def layer_activations(
     >>> layer_activations(model, torch.rand(5, 1, 8, 8), with_prediction=True).shape
     (5, 43)
     """
-    _check_common(model, x, pool, batch_size)
+    _check_common(model, x, pool, batch_size, "layer_activations")
     if not isinstance(with_prediction, bool):
         raise TypeError(f"with_prediction must be True or False; got {with_prediction!r}.")
     _, blocks, preds = _run(model, x, _resolve(model, layers), pool, batch_size)
@@ -245,6 +243,6 @@ def layer_sizes(
         Ordered like the columns of :func:`layer_activations` (without the prediction
         column); ``tuple(layer_sizes(...).values())`` is a detector's ``layer_sizes``.
     """
-    _check_common(model, x, pool, 1)
+    _check_common(model, x, pool, 1, "layer_sizes")
     names, blocks, _ = _run(model, x[:1], _resolve(model, layers), pool, 1)
     return {n: int(b.shape[1]) for n, b in zip(names, blocks, strict=True)}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_inputs, eval_mode
+from .._validation import POSITIVE_INT, check_inputs, check_params, eval_mode, one_of
 
 __all__ = ["RECONSTRUCTION_KINDS", "reconstruction_error"]
 
@@ -72,12 +72,8 @@ def reconstruction_error(
     >>> reconstruction_error(model, torch.rand(4, 1, 8, 8), kind="all").shape
     (4, 2)
     """
-    if kind not in (*RECONSTRUCTION_KINDS, "all"):
-        raise ValueError(
-            f"kind must be one of {[*RECONSTRUCTION_KINDS, 'all']}; got {kind!r}."
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_params("reconstruction_error", {"kind": kind, "batch_size": batch_size},
+                 {"kind": one_of(*RECONSTRUCTION_KINDS, "all"), "batch_size": POSITIVE_INT})
     reconstruct = getattr(model, "reconstruct", None)
     if not isinstance(model, nn.Module) or not callable(reconstruct):
         raise TypeError(

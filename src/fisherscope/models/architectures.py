@@ -32,6 +32,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .._validation import POSITIVE_INT, check_param, check_params, integer, one_of, real
+
 __all__ = [
     "ACTIVATIONS",
     "MODELS",
@@ -76,24 +78,16 @@ def _check_common(
     input_size: int | None = None,
     min_input_size: int = 1,
 ) -> None:
-    def _int(name: str, value: Any, minimum: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{cls_name}: {name} must be an integer >= {minimum}; got {value!r}.")
-
-    _int("in_channels", in_channels, 1)
-    _int("num_classes", num_classes, 2)
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{cls_name}: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}."
-        )
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, int | float)
-        or not 0.0 <= float(dropout) < 1.0
-    ):
-        raise ValueError(f"{cls_name}: dropout must be a rate in [0, 1); got {dropout!r}.")
+    check_params(cls_name, {
+        "in_channels": in_channels, "num_classes": num_classes, "activation": activation, "dropout": dropout,
+    }, {
+        "in_channels": POSITIVE_INT,
+        "num_classes": integer(ge=2),
+        "activation": one_of(*sorted(ACTIVATIONS)),
+        "dropout": real(ge=0, lt=1).but(expected="a rate in [0, 1)"),
+    })
     if input_size is not None:
-        _int("input_size", input_size, min_input_size)
+        check_param(cls_name, "input_size", input_size, integer(ge=min_input_size))
 
 
 def _check_spatial(x: torch.Tensor, input_size: int, name: str) -> None:

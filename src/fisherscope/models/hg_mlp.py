@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import POSITIVE_INT, check_param, check_params, one_of
 from .architectures import (
     MODELS,
     Normalize,
@@ -40,8 +41,7 @@ class DecoderActivation(nn.Module):
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        if name not in _FUNCTIONAL:
-            raise ValueError(f"activation must be one of {sorted(_FUNCTIONAL)}; got {name!r}.")
+        check_param(type(self).__name__, "name", name, one_of(*sorted(_FUNCTIONAL)))
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,9 +150,8 @@ class HGMLP(nn.Module):
             "hg_mlp", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout, input_size=input_size, min_input_size=1,
         )  # fmt: skip
-        for name, value in (("hidden", hidden), ("bottleneck", bottleneck)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"hg_mlp: {name} must be a positive integer; got {value!r}.")
+        check_params("hg_mlp", {"hidden": hidden, "bottleneck": bottleneck},
+                     {"hidden": POSITIVE_INT, "bottleneck": POSITIVE_INT})
         self.input_size = input_size
         d = in_channels * input_size * input_size
         self.normalize = Normalize(in_channels)
