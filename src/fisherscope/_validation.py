@@ -42,6 +42,7 @@ __all__ = [
     "NON_NEGATIVE_INT",
     "POSITIVE",
     "POSITIVE_INT",
+    "STRING",
     "Constraint",
     "check_inputs",
     "check_labels",
@@ -502,6 +503,15 @@ BOOL = Constraint(
     type_fix=lambda v: f"Pass True or False, not a {type(v).__name__}.",
 )
 """A bool (Python or NumPy); 0, 1 and strings are rejected."""
+
+STRING = Constraint(
+    "a string",
+    lambda v: isinstance(v, str),
+    lambda v: bool(v.strip()),
+    type_fix=lambda v: f"Pass a str, not a {type(v).__name__}.",
+    value_fix=lambda v: "Pass a non-empty name.",
+)
+"""A non-empty string."""
 
 CALLABLE = Constraint(
     "callable",
