@@ -133,7 +133,7 @@ def _lid_fit(**kw):
 
 
 def _cases():
-    from fisherscope.attacks import JSMA, MIFGSM, OSSA, PGD, CarliniWagnerL2, DeepFool, FGSM
+    from fisherscope.attacks import FGSM, JSMA, MIFGSM, OSSA, PGD, CarliniWagnerL2, DeepFool
     from fisherscope.data import load_dataset
     from fisherscope.defenses import FisherRegularizedLoss, fisher_penalty
     from fisherscope.detectors import threshold_at_fpr

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import POSITIVE_INT, check_inputs, check_params, eval_mode, one_of
+from .._validation import (
+    BOOL,
+    POSITIVE_INT,
+    check_inputs,
+    check_param,
+    check_params,
+    eval_mode,
+    one_of,
+)
 
 __all__ = ["ACTIVATION_TYPES", "OUTPUT", "layer_activations", "layer_sizes"]
 
@@ -215,8 +223,7 @@ def layer_activations(
     (5, 43)
     """
     _check_common(model, x, pool, batch_size, "layer_activations")
-    if not isinstance(with_prediction, bool):
-        raise TypeError(f"with_prediction must be True or False; got {with_prediction!r}.")
+    check_param("layer_activations", "with_prediction", with_prediction, BOOL)
     _, blocks, preds = _run(model, x, _resolve(model, layers), pool, batch_size)
     if with_prediction:
         blocks = [preds.astype(np.float64)[:, None], *blocks]

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .._validation import POSITIVE_INT, check_param, check_params, integer, one_of, real
+from .._validation import BOOL, POSITIVE_INT, check_param, check_params, integer, one_of, real
 
 __all__ = [
     "ACTIVATIONS",
@@ -533,10 +533,8 @@ class VGGSmall(nn.Module):
             "vgg_small", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout, input_size=input_size, min_input_size=8,
         )  # fmt: skip
-        if not isinstance(batch_norm, bool):
-            raise ValueError(f"vgg_small: batch_norm must be True or False; got {batch_norm!r}.")
-        if isinstance(classifier_width, bool) or not isinstance(classifier_width, int) or classifier_width < 1:
-            raise ValueError(f"vgg_small: classifier_width must be a positive integer; got {classifier_width!r}.")
+        check_params("vgg_small", {"batch_norm": batch_norm, "classifier_width": classifier_width},
+                     {"batch_norm": BOOL, "classifier_width": POSITIVE_INT})
         self.input_size = input_size
         side = input_size // 8
         self.normalize = Normalize(in_channels)
@@ -597,8 +595,7 @@ class VGG11(nn.Module):
             "vgg11", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout, input_size=input_size, min_input_size=32,
         )  # fmt: skip
-        if isinstance(classifier_width, bool) or not isinstance(classifier_width, int) or classifier_width < 1:
-            raise ValueError(f"vgg11: classifier_width must be a positive integer; got {classifier_width!r}.")
+        check_param("vgg11", "classifier_width", classifier_width, POSITIVE_INT)
         self.input_size = input_size
         side = input_size // 32
         self.normalize = Normalize(in_channels)
@@ -694,8 +691,7 @@ class ResNet14(nn.Module):
             "resnet14", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout,
         )  # fmt: skip
-        if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
-            raise ValueError(f"resnet14: base_width must be a positive integer; got {base_width!r}.")
+        check_param("resnet14", "base_width", base_width, POSITIVE_INT)
         w = base_width
         self.normalize = Normalize(in_channels)
         self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
@@ -765,10 +761,7 @@ class ResNet18(nn.Module):
             "resnet18", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout,
         )  # fmt: skip
-        if input_resize is not None and (
-            isinstance(input_resize, bool) or not isinstance(input_resize, int) or input_resize < 8
-        ):
-            raise ValueError(f"resnet18: input_resize must be None or an integer >= 8; got {input_resize!r}.")
+        check_param("resnet18", "input_resize", input_resize, integer(ge=8).or_none("no resizing"))
         self.input_resize = input_resize
         self.normalize = Normalize(in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
@@ -890,11 +883,8 @@ class AsLogits(nn.Module):
 
     def __init__(self, model: nn.Module, output: Literal["probs", "log_probs"] = "probs") -> None:
         super().__init__()
-        if output not in ("probs", "log_probs"):
-            raise ValueError(
-                f"as_logits: output must be 'probs' or 'log_probs'; got {output!r}. Use "
-                "'probs' for a model ending in softmax, 'log_probs' for one ending in log_softmax."
-            )
+        check_param("as_logits", "output", output, one_of("probs", "log_probs"),
+                    fix="Use 'probs' for a model ending in softmax, 'log_probs' for one ending in log_softmax.")
         self.model = model
         self.output = output
 
