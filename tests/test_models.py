@@ -283,5 +283,5 @@ def test_as_logits_log_probs_and_bad_output():
     net = _SoftmaxNet(log=True)
     x = torch.rand(3, 1, 2, 2)
     torch.testing.assert_close(as_logits(net, output="log_probs")(x), net(x))
-    with pytest.raises(ValueError, match="'probs' or 'log_probs'"):
+    with pytest.raises(ValueError, match="as_logits: output must be one of 'probs', 'log_probs'; got"):
         as_logits(net, output="logits")

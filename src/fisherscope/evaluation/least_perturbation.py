@@ -113,7 +113,18 @@ def least_perturbation(
     lo, hi : float
         Search interval of the budget (Zhao: [0, 6] in L2).
     tol : float
-        Stop when the bracket is narrower than ``tol``; the upper end is returned.
+        Stop when the bracket is narrower than ``tol``; the upper end is returned. Must lie
+        in (0, hi − lo).
+    max_halvings : int
+        Bisection steps at most; at least ⌈log2((hi − lo) / tol)⌉, the number that
+        reaches ``tol``.
+
+    Raises
+    ------
+    ValueError
+        Non-finite or empty ``[lo, hi]``, ``tol`` outside (0, hi − lo), or too few
+        ``max_halvings``: settings with which the search would report ``hi`` (or a bracket
+        wider than ``tol``) as the budget.
 
     Shapes
     ------

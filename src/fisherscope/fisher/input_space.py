@@ -571,7 +571,8 @@ def fisher_spectrum(
         With ``lanczos`` / ``power``: replace the expectation over y by m classes drawn
         once per sample from p(y|x) with the alias method (Zhao §3.2; they use ≈ K/5).
     tol : float
-        Convergence: residual ‖G v − θ v‖ ≤ tol · θ_max for each of the k pairs.
+        Convergence: residual ‖G v − θ v‖ ≤ tol · θ_max for each of the k pairs; in (0, 1)
+        (tol ≥ 1 would accept the first iterate).
     max_iter : int
         Matrix-vector products per sample at most (Lanczos: the Krylov dimension).
     generator : torch.Generator, optional
