@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 
 import pytest
@@ -151,12 +152,13 @@ def test_training_cap_is_reported_and_bounded():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"mu": -0.1}, r"mu must be a finite number in \[0.0, inf\]"),
+        ({"mu": -0.1}, r"FisherRegularizedLoss: mu must be a finite number >= 0; got -0.1"),
         ({"mu": float("nan")}, "mu must be"),
         ({"mu": True}, "mu must be"),
         ({"mu": 0.1, "kind": "trace"}, "kind must be one of"),
-        ({"mu": 0.1, "alpha": 1.0}, r"alpha must be a finite number in \[0.0, 1.0\)"),
+        ({"mu": 0.1, "alpha": 1.0}, r"alpha must be a number in \[0, 1\); got 1.0"),
         ({"mu": 0.1, "max_log": 100.0}, "max_log must be"),
+        ({"mu": 0.1, "max_log": 1.0}, r"max_log must be a number in \[1.38629, 81.7228\]; got 1.0. log Σ 1/p_i is never below"),
     ],
 )
 def test_fisher_loss_rejects_bad_settings(kwargs, match):
@@ -227,7 +229,7 @@ def test_normalize_defense(given, expected):
         ({"kind": "adversarial", "attack": "fgn", "params": {"eps": 1}}, "unknown attack 'fgn'"),
         ({"kind": "adversarial", "attack": "fgm"}, "cannot be built"),
         ({"kind": "adversarial", "attack": "fgm", "params": {"eps": 1, "epsilon": 2}}, r"unknown parameter\(s\) \['epsilon'\]"),
-        ({"kind": "adversarial", "attack": "fgm", "params": {"eps": -1}}, "'eps' parameter of FGM"),
+        ({"kind": "adversarial", "attack": "fgm", "params": {"eps": -1}}, "FGM: eps must be a finite number >= 0"),
         ({"kind": "adversarial", "attack": "fgm", "params": {"eps": 0}}, "eps > 0"),
         ({"kind": "adversarial", "attack": "fgm", "params": {"eps": 1}, "mix": 0}, "'mix' must be"),
     ],
@@ -328,7 +330,8 @@ def test_divergence_with_a_defense_is_reported(tiny, tmp_path, defense):
 
 def test_capped_penalty_is_logged(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="fisherscope.models.training"):
-        tm = _train(tiny, epochs=1, defense={"kind": "fisher", "mu": 0.01, "max_log": 2.0})  # < 2 log 3
+        tm = _train(tiny, epochs=1, defense={"kind": "fisher", "mu": 0.01, "max_log": 2 * math.log(3) + 1e-6})
+    # just above the smallest possible L = 2 log 3 (K = 3): every non-uniform sample is capped
     assert tm.metrics["history"][0]["defense_stats"]["capped"] == 1.0
     assert "hit its cap" in caplog.text
 

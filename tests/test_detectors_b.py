@@ -251,7 +251,7 @@ def test_lid_bad_inputs():
     y = np.r_[np.zeros(20), np.ones(10)].astype(int)
     with pytest.raises(ValueError, match="add up to"):
         LIDDetector(k=3, layer_sizes=(2, 3)).fit(X, y)
-    with pytest.raises(ValueError, match="positive ints"):
+    with pytest.raises(ValueError, match=r"layer_sizes must be None or a non-empty sequence of ints >= 1.*got \(4, 0\)"):
         LIDDetector(k=3, layer_sizes=(4, 0)).fit(X, y)
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, n_clean - 1\]"):
         LIDDetector(k=20).fit(X, y)

@@ -67,7 +67,7 @@ def test_fisher_eigenvalues_below_rank_no_warning_and_kwargs_forwarded():
     assert np.all(np.abs(lan - ev[:2, :2]) <= 1e-9 * ev[:2, :1])
     with pytest.raises(TypeError, match="unexpected keyword"):
         fisher_eigenvalues(net, x, k=2, bogus=1)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="fisher_eigenvalues: k must be an integer >= 1"):
         fisher_eigenvalues(net, x, k=0)
 
 

@@ -440,21 +440,21 @@ def test_batch_equals_per_sample_and_eps_zero(setup, atk):
 def test_bad_hyperparameters_rejected():
     with pytest.raises(ValueError, match="needs an explicit step_size"):
         BIM(eps=None)
-    with pytest.raises(ValueError, match="'norm' parameter of BIM .* got 'l0'"):
+    with pytest.raises(ValueError, match="BIM: norm must be .* got 'l0'"):
         BIM(eps=1.0, norm="l0")
-    with pytest.raises(ValueError, match="'l1_sparsity' parameter of BIM"):
+    with pytest.raises(ValueError, match="BIM: l1_sparsity must be"):
         BIM(eps=1.0, norm="l1", l1_sparsity=1.0)
-    with pytest.raises(ValueError, match="'norm' parameter of PGD"):
+    with pytest.raises(ValueError, match="PGD: norm must be"):
         PGD(eps=1.0, norm="l1")
     with pytest.raises(ValueError, match="restarts without random_start"):
         PGD(eps=0.1, restarts=3, random_start=False)
-    with pytest.raises(ValueError, match="'restarts' parameter of PGD"):
+    with pytest.raises(ValueError, match="PGD: restarts must be"):
         PGD(eps=0.1, restarts=0)
-    with pytest.raises(ValueError, match="'target' parameter of OTCM"):
+    with pytest.raises(ValueError, match="OTCM: target must be"):
         OTCM(eps=1.0, target="most_likely")
-    with pytest.raises(ValueError, match="'norm' parameter of OTCM"):
+    with pytest.raises(ValueError, match="OTCM: norm must be"):
         OTCM(eps=1.0, norm="l1")
-    with pytest.raises(ValueError, match="'target' parameter of IterativeOTCM"):
+    with pytest.raises(ValueError, match="IterativeOTCM: target must be"):
         IterativeOTCM(target="first")
-    with pytest.raises(ValueError, match="'eps' parameter of FGSM"):
+    with pytest.raises(ValueError, match="FGSM: eps must be"):
         FGSM(eps=-0.1)

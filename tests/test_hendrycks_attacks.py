@@ -202,13 +202,13 @@ def test_fast_keep_rule_differs_from_misclassification(setup):
 @pytest.mark.parametrize(
     "kw,match",
     [
-        (dict(threshold=1.0), "'threshold' parameter of HGTargeted must be a probability"),
-        (dict(threshold=0.0), "'threshold'"),
-        (dict(max_steps=0), "'max_steps' parameter of HGTargeted must be an integer >= 1; got 0"),
-        (dict(max_steps=2.5), "'max_steps'"),
-        (dict(step_size=0.0), "'step_size' parameter of HGTargeted must be > 0"),
-        (dict(l2_reg=-1.0), "'l2_reg' parameter of HGTargeted must be a finite number >= 0"),
-        (dict(target="next"), "'target' parameter of HGTargeted must be one of"),
+        (dict(threshold=1.0), "HGTargeted: threshold must be a probability"),
+        (dict(threshold=0.0), "threshold must be"),
+        (dict(max_steps=0), "HGTargeted: max_steps must be an integer >= 1; got 0"),
+        (dict(max_steps=2.5), "max_steps must be an integer >= 1; got 2.5"),
+        (dict(step_size=0.0), "HGTargeted: step_size must be a finite number > 0; got 0.0. The paper uses 1/255"),
+        (dict(l2_reg=-1.0), "HGTargeted: l2_reg must be a finite number >= 0"),
+        (dict(target="next"), "HGTargeted: target must be one of"),
     ],
 )
 def test_bad_hyperparameters(kw, match):
@@ -217,9 +217,9 @@ def test_bad_hyperparameters(kw, match):
 
 
 def test_fast_bad_hyperparameters():
-    with pytest.raises(ValueError, match="'threshold' parameter of HGFast"):
+    with pytest.raises(ValueError, match="HGFast: threshold must be"):
         HGFast(threshold=1.5)
-    with pytest.raises(ValueError, match="'eps' parameter of HGFast"):
+    with pytest.raises(ValueError, match="HGFast: eps must be"):
         HGFast(eps=-0.1)
 
 

@@ -122,12 +122,12 @@ def test_attack_lowers_accuracy(setup):
 
 
 def test_bad_hyperparameters_rejected():
-    with pytest.raises(ValueError, match="'decay' parameter of MIFGSM"):
+    with pytest.raises(ValueError, match="MIFGSM: decay must be"):
         MIFGSM(eps=0.1, decay=-1.0)
-    with pytest.raises(ValueError, match="'steps' parameter"):
+    with pytest.raises(ValueError, match=": steps must be"):
         MIFGSM(eps=0.1, steps=0)
-    with pytest.raises(ValueError, match="'eps' parameter"):
+    with pytest.raises(ValueError, match=": eps must be"):
         MIFGSM(eps=float("nan"))
-    with pytest.raises(ValueError, match="'step_size' parameter"):
+    with pytest.raises(ValueError, match=": step_size must be"):
         MIFGSM(eps=0.1, step_size=-0.1)
     assert dataclasses.replace(MIFGSM(eps=0.1), decay=0.0).decay == 0.0

@@ -199,7 +199,7 @@ def test_unknown_architecture_lists_valid_names():
     "kwargs, match",
     [
         ({"width": 3}, "valid keywords are .*in_channels"),
-        ({"activation": "tanh"}, r"activation must be one of \['elu', 'gelu', 'relu'\]"),
+        ({"activation": "tanh"}, r"activation must be one of 'elu', 'gelu', 'relu'; got 'tanh'"),
         ({"dropout": 1.0}, "dropout must be a rate"),
         ({"dropout": -0.1}, "dropout must be a rate"),
         ({"num_classes": 1}, "num_classes must be an integer >= 2"),
@@ -283,7 +283,7 @@ def test_as_logits_log_probs_and_bad_output():
     net = _SoftmaxNet(log=True)
     x = torch.rand(3, 1, 2, 2)
     torch.testing.assert_close(as_logits(net, output="log_probs")(x), net(x))
-    with pytest.raises(ValueError, match="'probs' or 'log_probs'"):
+    with pytest.raises(ValueError, match="as_logits: output must be one of 'probs', 'log_probs'; got"):
         as_logits(net, output="logits")
 
 

@@ -391,14 +391,14 @@ def test_dataset_by_name_loads_both_splits(tiny, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        ({"optimizer": "rmsprop"}, ValueError, r"optimizer must be one of \['adam', 'adamw', 'sgd'\]"),
+        ({"optimizer": "rmsprop"}, ValueError, r"optimizer must be one of 'adam', 'adamw', 'sgd'; got 'rmsprop'"),
         ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
-        ({"lr": -1.0}, ValueError, "lr must be a positive number"),
+        ({"lr": -1.0}, ValueError, "lr must be a finite number > 0"),
         ({"batch_size": 2.5}, ValueError, "batch_size must be an integer"),
         ({"momentum": 0.9}, ValueError, "momentum applies to optimizer='sgd' only"),
         ({"lr_schedule": "exp"}, ValueError, "lr_schedule must be one of"),
         ({"augment": "mixup"}, ValueError, "augment must be one of"),
-        ({"seed": -1}, ValueError, "seed must be a non-negative integer"),
+        ({"seed": -1}, ValueError, "seed must be an integer >= 0"),
         ({"defense": {"kind": "fisher"}}, ValueError, "fisherscope.defenses"),
         ({"model_kwargs": {"width": 3}}, ValueError, "valid keywords"),
         ({"model_kwargs": {"num_classes": 2}}, ValueError, "has 3 classes"),

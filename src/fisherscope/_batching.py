@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_logits, eval_mode
+from ._validation import POSITIVE_INT, check_logits, check_param, eval_mode
 
 __all__ = [
     "check_batch_size",
@@ -51,13 +51,12 @@ def per_sample(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def check_batch_size(batch_size: Any, *, allow_none: bool = False) -> None:
-    """Raise ``ValueError`` unless ``batch_size`` is a positive int (or None if allowed)."""
-    if batch_size is None and allow_none:
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        none = " or None (one batch)" if allow_none else ""
-        raise ValueError(f"batch_size must be a positive integer{none}; got {batch_size!r}.")
+def check_batch_size(batch_size: Any, owner: str = "fisherscope", *, allow_none: bool = False) -> None:
+    """Raise unless ``batch_size`` is a positive int (or None, one batch, if allowed).
+
+    The message follows the one template of :func:`~fisherscope._validation.check_param`.
+    """
+    check_param(owner, "batch_size", batch_size, POSITIVE_INT.or_none("one batch") if allow_none else POSITIVE_INT)
 
 
 def chunks(n: int, batch_size: int | None) -> Iterator[slice]:

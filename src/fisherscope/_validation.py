@@ -2,20 +2,63 @@
 
 Every message says what was expected, what arrived and how to fix it. Checks are
 always on: each is one reduction over the tensor, cheap next to a forward pass.
+
+Hyperparameters (scalars such as ``eps``, ``steps``, ``tol``, ``norm``) are checked
+declaratively by :func:`check_param` / :func:`check_params` against a
+:class:`Constraint` (:func:`real`, :func:`integer`, :func:`one_of`, :data:`BOOL`, ...),
+with one message template::
+
+    <owner>: <parameter> must be <expected>; got <value!r>. <fix>
+
+A wrong type raises :class:`~fisherscope.exceptions.ParameterTypeError` (a TypeError,
+and a ValueError for older callers); a wrong value raises ValueError. Booleans are never
+numbers, NaN is never accepted, and inf only where a constraint says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import math
+import numbers
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from .exceptions import ModelModeWarning
+from .exceptions import ModelModeWarning, ParameterTypeError
 
-__all__ = ["check_inputs", "check_labels", "check_logits", "eval_mode", "DEFAULT_BOUNDS"]
+__all__ = [
+    "BOOL",
+    "BOUNDS",
+    "CALLABLE",
+    "DEFAULT_BOUNDS",
+    "FINITE",
+    "NON_NEGATIVE",
+    "NON_NEGATIVE_INT",
+    "POSITIVE",
+    "POSITIVE_INT",
+    "STRING",
+    "Constraint",
+    "check_inputs",
+    "check_labels",
+    "check_logits",
+    "check_param",
+    "check_params",
+    "eval_mode",
+    "any_of",
+    "integer",
+    "one_of",
+    "param_error",
+    "real",
+    "satisfies",
+]
+
+T = TypeVar("T")
 
 DEFAULT_BOUNDS: tuple[float, float] = (0.0, 1.0)
 _BOUNDS_TOL = 1e-6
@@ -191,6 +234,378 @@ def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.T
             "fisherscope.models.as_logits(model, output='probs')."
         )
     return logits
+
+
+# --------------------------------------------------------------- hyperparameters
+
+_REPR_LIMIT = 80
+
+
+def _short_repr(value: Any) -> str:
+    r = " ".join(repr(value).split())
+    return r if len(r) <= _REPR_LIMIT else r[: _REPR_LIMIT - 3] + "..."
+
+
+def _is_real(v: Any) -> bool:
+    """A real number that is not a bool (Python, NumPy, fractions; not tensors)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _as_float(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int past float range
+        return math.inf if v > 0 else -math.inf
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _number_type_fix(value: Any) -> str:
+    if isinstance(value, bool):
+        return "Pass a number; True and False are not accepted as numbers."
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return "Pass a Python number, e.g. float(t) or t.item(), not a tensor."
+    if isinstance(value, str):
+        return f"Pass a number, not a string (e.g. float({value!r}))."
+    return f"Pass a Python int or float, not a {type(value).__name__}."
+
+
+def _int_type_fix(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return f"Pass the integer {int(value)}, not the float {value!r}."
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return "Pass a Python int, e.g. int(t), not a tensor."
+    if isinstance(value, bool):
+        return "Pass an integer; True and False are not accepted as numbers."
+    return f"Pass a Python int, not a {type(value).__name__}."
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a hyperparameter must be: a type test, a value test and their wording.
+
+    Build one with :func:`real`, :func:`integer`, :func:`one_of`, :data:`BOOL` (or the
+    constructor for a custom test) and check values with :func:`check_param`.
+
+    Attributes
+    ----------
+    expected : str
+        Completes "<parameter> must be ...", e.g. ``"a finite number > 0"``.
+    type_ok, value_ok : callable
+        ``value -> bool``; ``value_ok`` is only asked once ``type_ok`` said yes. A failed
+        type test raises :class:`~fisherscope.exceptions.ParameterTypeError`, a failed
+        value test ValueError.
+    fix : str or callable, optional
+        The sentence after the message, or ``value -> sentence``; ``None`` uses
+        ``type_fix`` / ``value_fix``.
+    type_fix, value_fix : callable
+        The generic fix sentences for a wrong type and a wrong value.
+    allow_none : bool
+        ``None`` is accepted (see :meth:`or_none`).
+    """
+
+    expected: str
+    type_ok: Callable[[Any], bool]
+    value_ok: Callable[[Any], bool] = lambda v: True  # noqa: E731
+    fix: str | Callable[[Any], str] | None = None
+    type_fix: Callable[[Any], str] = lambda v: f"Got a {type(v).__name__}."  # noqa: E731
+    value_fix: Callable[[Any], str] = lambda v: "Pass a value that satisfies it."  # noqa: E731
+    allow_none: bool = False
+
+    def or_none(self, meaning: str = "") -> Constraint:
+        """The same constraint, with ``None`` also accepted (``meaning`` says what it does)."""
+        tail = f" or None ({meaning})" if meaning else " or None"
+        return replace(self, expected=self.expected + tail, allow_none=True)
+
+    def but(self, *, expected: str | None = None, fix: str | Callable[[Any], str] | None = None) -> Constraint:
+        """The same test with other wording: ``expected`` replaces the description,
+        ``fix`` the generic fix sentence (for both kinds of failure)."""
+        return replace(self, expected=self.expected if expected is None else expected,
+                       fix=self.fix if fix is None else fix)
+
+    def where(self, test: Callable[[Any], bool], *, expected: str,
+              fix: str | Callable[[Any], str] | None = None) -> Constraint:
+        """A narrower constraint: this one and ``test(value)`` (asked only after this one's
+        tests pass); ``fix`` is the sentence for a value failing it."""
+        base, base_fix = self.value_ok, self.value_fix
+        narrow_fix = base_fix if fix is None else (fix if callable(fix) else lambda v: fix)
+        return replace(self, expected=expected, value_ok=lambda v: base(v) and test(v),
+                       value_fix=lambda v: narrow_fix(v) if base(v) else base_fix(v))
+
+    def failure(self, value: Any) -> type[Exception] | None:
+        """``None`` when ``value`` satisfies the constraint, else the exception class to raise."""
+        if value is None and self.allow_none:
+            return None
+        if not self.type_ok(value):
+            return ParameterTypeError
+        if not self.value_ok(value):
+            return ValueError
+        return None
+
+    def fix_for(self, value: Any, kind: type[Exception]) -> str:
+        fix = self.fix
+        if fix is None:
+            fix = self.type_fix if kind is ParameterTypeError else self.value_fix
+        return fix(value) if callable(fix) else fix
+
+
+def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {_fmt(lo)}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {_fmt(hi)}"
+    return ""
+
+
+def _bounds(gt: float | None, ge: float | None, lt: float | None, le: float | None
+            ) -> tuple[float | None, float | None, bool, bool]:
+    if gt is not None and ge is not None or lt is not None and le is not None:
+        raise TypeError("give at most one lower (gt/ge) and one upper (lt/le) bound")
+    lo = gt if gt is not None else ge
+    hi = lt if lt is not None else le
+    return lo, hi, gt is not None, lt is not None
+
+
+def _in_bounds(v: Any, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool:
+    if lo is not None and not (v > lo if lo_open else v >= lo):
+        return False
+    return hi is None or (v < hi if hi_open else v <= hi)
+
+
+def real(*, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+         le: float | None = None, finite: bool = True) -> Constraint:
+    """A real number (not a bool, never NaN) within optional bounds.
+
+    ``finite=False`` also admits ±inf where the bounds allow it (e.g. ``real(gt=0,
+    finite=False)`` for "a radius, inf for no constraint"). Integers and NumPy scalars
+    are accepted; tensors are not.
+
+    Examples
+    --------
+    >>> real(gt=0).expected, real(gt=0, lt=1).expected
+    ('a finite number > 0', 'a number in (0, 1)')
+    """
+    lo, hi, lo_open, hi_open = _bounds(gt, ge, lt, le)
+    cond = _interval(lo, hi, lo_open, hi_open)
+    both = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+    if both:
+        expected = f"a number {cond}"
+    elif finite:
+        expected = f"a finite number {cond}".rstrip()
+    else:
+        expected = f"a number {cond} (inf allowed)" if cond else "a number (not NaN; inf allowed)"
+
+    def value_ok(v: Any) -> bool:
+        f = _as_float(v)
+        if math.isnan(f) or (finite and math.isinf(f)):
+            return False
+        return _in_bounds(v, lo, hi, lo_open, hi_open)
+
+    def value_fix(v: Any) -> str:
+        f = _as_float(v)
+        if math.isnan(f):
+            return "NaN is not a setting; pass a number."
+        if finite and math.isinf(f):
+            return f"inf is not accepted here; pass a finite number{' ' + cond if cond else ''}."
+        return f"Pass a value {cond}." if cond else "Pass another value."
+
+    return Constraint(expected, _is_real, value_ok, type_fix=_number_type_fix, value_fix=value_fix)
+
+
+def integer(*, gt: int | None = None, ge: int | None = None, lt: int | None = None,
+            le: int | None = None) -> Constraint:
+    """An integer (Python or NumPy; not a bool, not a whole float) within optional bounds.
+
+    Examples
+    --------
+    >>> integer(ge=1).expected, integer(ge=0, le=5).expected
+    ('an integer >= 1', 'an integer in [0, 5]')
+    """
+    lo, hi, lo_open, hi_open = _bounds(gt, ge, lt, le)
+    cond = _interval(lo, hi, lo_open, hi_open)
+    return Constraint(
+        f"an integer {cond}".rstrip(),
+        _is_int,
+        lambda v: _in_bounds(v, lo, hi, lo_open, hi_open),
+        type_fix=_int_type_fix,
+        value_fix=lambda v: f"Pass an integer {cond}." if cond else "Pass another integer.",
+    )
+
+
+def one_of(*choices: Any) -> Constraint:
+    """One of ``choices`` (compared with ``==``; a wrong type is a wrong value here).
+
+    Examples
+    --------
+    >>> one_of("l2", "linf").expected
+    "one of 'l2', 'linf'"
+    """
+    names = ", ".join(repr(c) for c in choices)
+
+    def value_ok(v: Any) -> bool:
+        try:
+            return any(v == c and type(v) is not bool for c in choices)
+        except Exception:  # noqa: BLE001 - arrays and tensors compare elementwise
+            return False
+
+    def value_fix(v: Any) -> str:
+        strings = [c for c in choices if isinstance(c, str)]
+        if isinstance(v, str) and strings:
+            close = difflib.get_close_matches(v.lower(), strings, n=1, cutoff=0.6)
+            if close:
+                return f"Did you mean {close[0]!r}?"
+        return "Pass one of the listed values."
+
+    return Constraint(f"one of {names}", lambda v: True, value_ok, value_fix=value_fix)
+
+
+def any_of(*constraints: Constraint) -> Constraint:
+    """A value meeting at least one of ``constraints`` (e.g. a number or a rule name).
+
+    A value no alternative accepts the type of is a wrong type; otherwise a wrong value.
+
+    Examples
+    --------
+    >>> any_of(real(gt=0), one_of("scott", "silverman")).expected
+    "a finite number > 0 or one of 'scott', 'silverman'"
+    """
+
+    def value_ok(v: Any) -> bool:
+        return any(c.failure(v) is None for c in constraints)
+
+    def value_fix(v: Any) -> str:
+        fitting = [c for c in constraints if c.type_ok(v)]
+        return fitting[0].value_fix(v) if len(fitting) == 1 else "Pass one of the alternatives."
+
+    return Constraint(
+        " or ".join(c.expected for c in constraints),
+        lambda v: any(c.type_ok(v) for c in constraints),
+        value_ok,
+        type_fix=constraints[0].type_fix,
+        value_fix=value_fix,
+        allow_none=any(c.allow_none for c in constraints),
+    )
+
+
+BOOL = Constraint(
+    "True or False",
+    lambda v: isinstance(v, bool | np.bool_),
+    type_fix=lambda v: f"Pass True or False, not a {type(v).__name__}.",
+)
+"""A bool (Python or NumPy); 0, 1 and strings are rejected."""
+
+STRING = Constraint(
+    "a string",
+    lambda v: isinstance(v, str),
+    lambda v: bool(v.strip()),
+    type_fix=lambda v: f"Pass a str, not a {type(v).__name__}.",
+    value_fix=lambda v: "Pass a non-empty name.",
+)
+"""A non-empty string."""
+
+CALLABLE = Constraint(
+    "callable",
+    callable,
+    type_fix=lambda v: f"Pass a function or an object with __call__, not a {type(v).__name__}.",
+)
+"""A callable (a function, a module, an object with ``__call__``)."""
+
+BOUNDS = Constraint(
+    "a pair (low, high) of finite numbers with low < high",
+    lambda v: isinstance(v, tuple | list) and len(v) == 2 and all(_is_real(b) for b in v),
+    lambda v: math.isfinite(_as_float(v[0])) and math.isfinite(_as_float(v[1])) and v[0] < v[1],
+    type_fix=lambda v: "Pass a tuple such as (0.0, 1.0).",
+    value_fix=lambda v: "Order the pair as (low, high), e.g. (0.0, 1.0) for images in [0, 1].",
+)
+"""The admissible input range ``(low, high)`` of attacks and input-space functions."""
+
+POSITIVE = real(gt=0)
+NON_NEGATIVE = real(ge=0)
+FINITE = real()
+POSITIVE_INT = integer(ge=1)
+NON_NEGATIVE_INT = integer(ge=0)
+
+
+def satisfies(value: Any, constraint: Constraint) -> bool:
+    """Whether ``value`` meets ``constraint`` (no exception)."""
+    return constraint.failure(value) is None
+
+
+def param_error(owner: str, name: str, value: Any, expected: str, fix: str,
+                kind: type[Exception] = ValueError) -> Exception:
+    """The exception of the one template, for checks :class:`Constraint` cannot express.
+
+    ``"<owner>: <name> must be <expected>; got <value!r>. <fix>"``, an instance of
+    ``kind`` (ValueError, or :class:`~fisherscope.exceptions.ParameterTypeError`).
+    """
+    fix = f" {fix}" if fix else ""
+    return kind(f"{owner}: {name} must be {expected}; got {_short_repr(value)}.{fix}")
+
+
+def check_param(owner: str, name: str, value: T, constraint: Constraint, *,
+                fix: str | None = None) -> T:
+    """Check one hyperparameter; returns ``value`` unchanged.
+
+    Parameters
+    ----------
+    owner : str
+        The class or function the parameter belongs to (``"PGD"``, ``"fisher_spectrum"``).
+    name : str
+        The parameter's name as the caller spells it.
+    value
+        What arrived.
+    constraint : Constraint
+        What it must be.
+    fix : str, optional
+        A specific fix sentence replacing the constraint's generic one.
+
+    Raises
+    ------
+    ParameterTypeError
+        Wrong type (a TypeError and a ValueError).
+    ValueError
+        Right type, inadmissible value.
+
+    Examples
+    --------
+    >>> check_param("PGD", "steps", 10, POSITIVE_INT)
+    10
+    >>> check_param("PGD", "steps", 0, POSITIVE_INT)
+    Traceback (most recent call last):
+    ...
+    ValueError: PGD: steps must be an integer >= 1; got 0. Pass an integer >= 1.
+    """
+    kind = constraint.failure(value)
+    if kind is None:
+        return value
+    text = fix if fix is not None else constraint.fix_for(value, kind)
+    raise param_error(owner, name, value, constraint.expected, text, kind)
+
+
+def check_params(owner: str, values: Mapping[str, Any] | Any,
+                 spec: Mapping[str, Constraint]) -> None:
+    """Check several hyperparameters at once, in the order of ``spec``.
+
+    ``values`` is a mapping name -> value, or an object whose attributes are read (a
+    dataclass in ``__post_init__``, an estimator in ``fit``).
+
+    Examples
+    --------
+    >>> check_params("MyAttack", {"eps": 0.1, "steps": 5}, {"eps": NON_NEGATIVE, "steps": POSITIVE_INT})
+    """
+    for name, constraint in spec.items():
+        value = values[name] if isinstance(values, Mapping) else getattr(values, name)
+        check_param(owner, name, value, constraint)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ __all__ = [
     "ModelModeWarning",
     "NotFittedError",
     "RegistryKeyError",
+    "ParameterTypeError",
 ]
 
 
@@ -34,3 +35,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class CheckpointError(RuntimeError):
     """A cached checkpoint is corrupt or does not match the request; it is never overwritten."""
+
+
+class ParameterTypeError(TypeError, ValueError):
+    """A hyperparameter has the wrong type (e.g. ``steps=2.5`` or ``eps="0.1"``).
+
+    A :class:`TypeError`; also a :class:`ValueError`, because earlier releases raised
+    ValueError for these and code that catches that keeps working.
+    """

@@ -176,10 +176,10 @@ def test_one_step_call_costs_one_forward(setup):
 def test_bad_hyperparameters_rejected(key):
     fields = {f.name for f in dataclasses.fields(ATTACKS[key])}
     if "eps" in fields:
-        with pytest.raises(ValueError, match=r"'eps' parameter .* must be a finite number >= 0; got -1"):
+        with pytest.raises(ValueError, match=r": eps must be a finite number >= 0; got -1"):
             make(key, eps=-1.0)
     if "steps" in fields:
-        with pytest.raises(ValueError, match=r"'steps' parameter .* integer >= 1"):
+        with pytest.raises(ValueError, match=r": steps must be an integer >= 1"):
             make(key, steps=0)
 
 

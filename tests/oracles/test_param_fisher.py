@@ -406,7 +406,7 @@ def test_bad_inputs_rejected(mlp, xs):
         param_fisher_form(mlp, xs, method="finite_difference", fd_eps=0.0)
     with pytest.raises(ValueError, match="scale must be a finite number > 0"):
         param_fisher_form(mlp, xs, scale=-1.0)
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
         fisher_sensitivity(mlp, xs, chunk_size=0)
     with pytest.raises(TypeError, match="v must be a mapping"):
         param_fisher_form(mlp, xs, torch.zeros(3))

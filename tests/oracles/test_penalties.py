@@ -12,6 +12,7 @@ import torch
 from torch.func import functional_call
 
 from fisherscope.defenses import (
+    FisherRegularizedLoss,
     default_max_log,
     fisher_penalty,
     input_fisher_penalty,
@@ -149,11 +150,11 @@ def test_gradcheck_softmax_kinds():
     z = (_logits(6, 5, 4.0, seed=5)).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: fisher_penalty(t), (z,))
     assert torch.autograd.gradcheck(lambda t: fisher_penalty(t, kind="log_softmax_trace"), (z,))
-    # past the cap (max_log = 3 < L for most rows): the continuation is differentiable too
+    # past the cap (max_log = 7 < L for half the rows): the continuation is differentiable too
     zc = (_logits(6, 5, 4.0, seed=6)).requires_grad_(True)
     lt = log_fisher_penalty(zc.detach())
-    assert (lt > 3.2).sum() >= 3 and (lt - 3.0).abs().min() > 1e-3
-    assert torch.autograd.gradcheck(lambda t: fisher_penalty(t, max_log=3.0), (zc,))
+    assert (lt > 7.2).sum() >= 3 and (lt < 6.8).sum() >= 2 and (lt - 7.0).abs().min() > 1e-3
+    assert torch.autograd.gradcheck(lambda t: fisher_penalty(t, max_log=7.0), (zc,))
 
 
 def test_half_precision_is_evaluated_in_float32():
@@ -172,13 +173,30 @@ def test_half_precision_is_evaluated_in_float32():
         (lambda: fisher_penalty(torch.zeros(2, 1)), ValueError, "K >= 2"),
         (lambda: fisher_penalty(torch.zeros(2, 3, dtype=torch.int64)), TypeError, "floating-point"),
         (lambda: fisher_penalty(torch.zeros(2, 3), kind="input_trace"), ValueError, "input_fisher_penalty"),
-        (lambda: fisher_penalty(torch.zeros(2, 3), max_log=100.0), ValueError, "largest admissible cap"),
-        (lambda: fisher_penalty(torch.zeros(2, 3), max_log=float("nan")), ValueError, "finite number"),
+        (lambda: fisher_penalty(torch.zeros(2, 3), max_log=100.0), ValueError, r"max_log must be .*81\.72\]"),
+        (lambda: fisher_penalty(torch.zeros(2, 3), max_log=float("nan")), ValueError, "max_log must be .*got nan"),
+        (lambda: fisher_penalty(torch.zeros(2, 3), max_log=True), TypeError, "max_log must be .*got True"),
     ],
 )
 def test_penalty_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+def test_cap_below_two_log_k_is_rejected(k):
+    """log Σ 1/p_i >= 2 log K for every input, so a cap below it would cap every sample:
+    fisher_penalty(zeros(1, 3), max_log=-5) returned 0.0209 where the exact value is 9."""
+    z = torch.zeros(1, k)
+    floor = 2 * math.log(k)
+    with pytest.raises(ValueError, match=rf"fisher_penalty: max_log must be .*2·log K.*{floor:.4g}.*got -5"):
+        fisher_penalty(z, max_log=-5.0)
+    with pytest.raises(ValueError, match="max_log must be"):
+        fisher_penalty(z, max_log=floor - 1e-9)
+    # at the bound itself the uniform distribution is exact: K² = exp(2 log K)
+    assert fisher_penalty(z.double(), max_log=floor).item() == pytest.approx(k * k, rel=1e-12)
+    with pytest.raises(ValueError, match="FisherRegularizedLoss: max_log must be"):
+        FisherRegularizedLoss(mu=1.0, max_log=floor - 1e-9)(z, torch.zeros(1, dtype=torch.long))
 
 
 # ------------------------------------------------------------------ input space

@@ -12,7 +12,6 @@ input only).
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -23,7 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._validation import (
+    BOUNDS,
+    NON_NEGATIVE,
+    POSITIVE_INT,
+    check_inputs,
+    check_labels,
+    check_logits,
+    check_param,
+    eval_mode,
+)
 
 __all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "perturbation_norms", "project",
            "project_l1_ball"]
@@ -225,20 +233,16 @@ class Attack(ABC):
             cls.standard = MappingProxyType(dict(own["standard"]))
 
     def __post_init__(self) -> None:
-        lo, hi = self.bounds
-        if not (isinstance(lo, int | float) and isinstance(hi, int | float) and lo < hi):
-            raise ValueError(f"bounds must be (low, high) with low < high; got {self.bounds!r}.")
+        owner = type(self).__name__
+        check_param(owner, "bounds", self.bounds, BOUNDS)
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("eps", "step_size") and v is not None:
-                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                    raise ValueError(
-                        f"The '{f.name}' parameter of {type(self).__name__} must be a finite number "
-                        f">= 0; got {v!r}."
-                    )
-            if f.name == "steps" and v is not None:
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ValueError(f"The 'steps' parameter of {type(self).__name__} must be an integer >= 1; got {v!r}.")
+            if v is None:
+                continue
+            if f.name in ("eps", "step_size"):
+                check_param(owner, f.name, v, NON_NEGATIVE)
+            elif f.name == "steps":
+                check_param(owner, f.name, v, POSITIVE_INT)
 
     # ------------------------------------------------------------------ public
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None, *, targeted: bool = False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._validation import NON_NEGATIVE, check_params, integer
 from .base import Attack
 
 __all__ = ["DeepFool", "DeepFoolLinf"]
@@ -110,14 +110,11 @@ class DeepFool(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        c = self.candidates
-        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 2):
-            raise ValueError(f"The 'candidates' parameter of {name} must be an integer >= 2 or None (all classes); got {c!r}.")
-        for field in ("overshoot", "step_margin"):
-            o = getattr(self, field)
-            if isinstance(o, bool) or not isinstance(o, int | float) or not math.isfinite(o) or o < 0:
-                raise ValueError(f"The '{field}' parameter of {name} must be a finite number >= 0; got {o!r}.")
+        check_params(type(self).__name__, self, {
+            "candidates": integer(ge=2).or_none("all classes"),
+            "overshoot": NON_NEGATIVE,
+            "step_margin": NON_NEGATIVE,
+        })
 
     def _step(self, f: Tensor, w: Tensor) -> Tensor:
         """The linearised step (n, *S) from f (n, C−1) and w (n, C−1, *S)."""

@@ -29,6 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import (
+    CALLABLE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    check_param,
+    check_params,
+    integer,
+    real,
+)
 from ..features.pca import PCAWhitening
 from .base import AttackResult
 from .hendrycks import HGTargeted
@@ -77,11 +86,9 @@ class WhitenedVariance:
                 f"got {type(whitening).__name__}."
             )
         d = whitening.n_features
-        if isinstance(start, bool) or not isinstance(start, int | np.integer) or not 0 <= start <= d - 2:
-            raise ValueError(
-                f"start must be an integer index in [0, {d - 2}] (at least two trailing "
-                f"coefficients of {d}); got {start!r}. Hendrycks & Gimpel use 700 on MNIST."
-            )
+        check_param("WhitenedVariance", "start", start, integer(ge=0, le=d - 2).but(
+            expected=f"an integer index in [0, {d - 2}] (at least two trailing coefficients of {d})",
+            fix="Hendrycks & Gimpel use 700 on MNIST."))
         self.start = int(start)
         self.eps = whitening.eps
         self.n_features = d
@@ -176,8 +183,8 @@ def band_around(clean_values: Any, radius: float) -> tuple[float, float]:
                    dtype=np.float64).ravel()
     if v.size == 0 or not np.all(np.isfinite(v)):
         raise ValueError(f"clean_values must be a non-empty set of finite numbers; got {v.size} value(s).")
-    if isinstance(radius, bool) or not isinstance(radius, int | float) or not radius > 0:
-        raise ValueError(f"radius must be a number > 0 (inf for no constraint); got {radius!r}.")
+    check_param("band_around", "radius", radius, real(gt=0, finite=False).but(
+        expected="a number > 0 (inf for no constraint)"))
     if math.isinf(radius):
         return -math.inf, math.inf
     mu, sd = float(v.mean()), float(v.std())
@@ -266,31 +273,21 @@ class BarrierHGTargeted(HGTargeted):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.step_transform is not None and not callable(self.step_transform):
-            raise TypeError(
-                "step_transform must be None or callable as step_transform(grad) -> tensor shaped like grad; "
-                f"got {type(self.step_transform).__name__}."
-            )
-        if not callable(self.statistic):
-            raise TypeError(
-                "statistic must be callable as statistic(x, logits) -> (N,) tensor, e.g. "
-                f"WhitenedVariance(whitening, 700) or SoftmaxKL(); got {type(self.statistic).__name__}."
-            )
-        for name in ("low", "high"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-                raise ValueError(f"The '{name}' parameter of BarrierHGTargeted must be a number; got {v!r}.")
+        owner = type(self).__name__
+        check_params(owner, self, {
+            "step_transform": CALLABLE.but(
+                expected="callable as step_transform(grad) -> tensor shaped like grad").or_none("no transform"),
+            "statistic": CALLABLE.but(
+                expected="callable as statistic(x, logits) -> (N,) tensor, e.g. WhitenedVariance(whitening, 700) "
+                "or SoftmaxKL()"),
+        })
+        check_params(owner, self, {"low": real(finite=False), "high": real(finite=False)})
         if not self.low < self.high:
             raise ValueError(
                 f"BarrierHGTargeted needs low < high; got low={self.low!r}, high={self.high!r}. "
                 "Build the band with BarrierHGTargeted.around(statistic, clean_values, radius)."
             )
-        w = self.barrier_weight
-        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < math.inf:
-            raise ValueError(f"The 'barrier_weight' parameter of BarrierHGTargeted must be > 0 and finite; got {w!r}.")
-        m = self.max_backtracks
-        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-            raise ValueError(f"The 'max_backtracks' parameter of BarrierHGTargeted must be an integer >= 0; got {m!r}.")
+        check_params(owner, self, {"barrier_weight": POSITIVE, "max_backtracks": NON_NEGATIVE_INT})
 
     @classmethod
     def around(cls, statistic: Statistic, clean_values: Any, radius: float = 1.0, **kwargs: Any) -> BarrierHGTargeted:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._validation import check_param, check_params, one_of
 from .base import OneStepAttack, input_gradient
 
 __all__ = ["FGM", "FGSM", "OTCM", "choose_targets", "unit_l2"]
@@ -52,6 +53,7 @@ def choose_targets(logits: Tensor, y: Tensor, how: str, generator: torch.Generat
     ------
     logits: (N, K); y: (N,) -> (N,) int64.
     """
+    check_param("choose_targets", "how", how, one_of("random", "least_likely", "most_likely"))
     k = logits.shape[1]
     if k < 2:
         raise ValueError(f"a target class needs at least 2 classes; the model has {k} output.")
@@ -62,9 +64,7 @@ def choose_targets(logits: Tensor, y: Tensor, how: str, generator: torch.Generat
     is_y = torch.nn.functional.one_hot(y, k).bool()
     if how == "least_likely":
         return logits.detach().masked_fill(is_y, float("inf")).argmin(1)
-    if how == "most_likely":
-        return logits.detach().masked_fill(is_y, float("-inf")).argmax(1)
-    raise ValueError(f"target must be 'random', 'least_likely' or 'most_likely'; got {how!r}.")
+    return logits.detach().masked_fill(is_y, float("-inf")).argmax(1)  # most_likely
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,10 +209,10 @@ class OTCM(OneStepAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.target not in ("random", "least_likely"):
-            raise ValueError(f"The 'target' parameter of OTCM must be 'random' or 'least_likely'; got {self.target!r}.")
-        if self.norm not in ("l2", "linf"):
-            raise ValueError(f"The 'norm' parameter of OTCM must be 'l2' or 'linf'; got {self.norm!r}.")
+        check_params(type(self).__name__, self, {
+            "target": one_of("random", "least_likely"),
+            "norm": one_of("l2", "linf"),
+        })
 
     def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool,
                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:

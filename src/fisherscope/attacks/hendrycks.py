@@ -16,7 +16,6 @@ model gives its target class a softmax probability above ``threshold`` (0.5), wh
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -24,6 +23,15 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._validation import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    check_param,
+    check_params,
+    one_of,
+    real,
+)
 from .base import Attack, AttackResult, OneStepAttack, input_gradient
 from .gradient import choose_targets
 
@@ -34,13 +42,10 @@ _SELECTIONS = ("random", "least_likely", "most_likely")
 
 
 def _check_common(attack: Attack) -> None:
-    name = type(attack).__name__
-    thr = attack.threshold  # type: ignore[attr-defined]
-    if isinstance(thr, bool) or not isinstance(thr, int | float) or not (0 < thr < 1):
-        raise ValueError(f"The 'threshold' parameter of {name} must be a probability in (0, 1); got {thr!r}.")
-    sel = attack.target  # type: ignore[attr-defined]
-    if sel not in _SELECTIONS:
-        raise ValueError(f"The 'target' parameter of {name} must be one of {_SELECTIONS}; got {sel!r}.")
+    check_params(type(attack).__name__, attack, {
+        "threshold": real(gt=0, lt=1).but(expected="a probability in (0, 1)"),
+        "target": one_of(*_SELECTIONS),
+    })
 
 
 class _KeepRule(Attack):
@@ -145,14 +150,9 @@ class HGTargeted(_KeepRule):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_common(self)
-        if self.step_size == 0:
-            raise ValueError("The 'step_size' parameter of HGTargeted must be > 0; got 0. The paper uses 1/255.")
-        r = self.l2_reg
-        if isinstance(r, bool) or not isinstance(r, int | float) or not (0 <= r < math.inf):
-            raise ValueError(f"The 'l2_reg' parameter of HGTargeted must be a finite number >= 0; got {r!r}.")
-        m = self.max_steps
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"The 'max_steps' parameter of HGTargeted must be an integer >= 1; got {m!r}.")
+        owner = type(self).__name__
+        check_param(owner, "step_size", self.step_size, POSITIVE, fix="The paper uses 1/255.")
+        check_params(owner, self, {"l2_reg": NON_NEGATIVE, "max_steps": POSITIVE_INT})
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: Any) -> tuple[Tensor, dict[str, Tensor]]:

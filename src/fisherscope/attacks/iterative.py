@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._validation import BOOL, NON_NEGATIVE, POSITIVE_INT, check_param, check_params, one_of, real
 from .base import Attack, input_gradient, project
 from .gradient import choose_targets, unit_l2
 
@@ -105,11 +106,6 @@ def _steepest(norm: str, bounds: tuple[float, float], l1_sparsity: float) -> Dir
     return lambda g, xt: sparse_l1_direction(g, xt, bounds, l1_sparsity)
 
 
-def _check_choice(cls: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"The '{name}' parameter of {cls} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
-
-
 @dataclass(frozen=True, kw_only=True)
 class BIM(Attack):
     """Basic iterative method (Kurakin, Goodfellow, Bengio 2016a): repeated steepest-ascent steps.
@@ -176,12 +172,12 @@ class BIM(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice(type(self).__name__, "norm", self.norm, ("linf", "l2", "l1"))
+        check_params(type(self).__name__, self, {
+            "norm": one_of("linf", "l2", "l1"),
+            "l1_sparsity": real(ge=0, lt=1),
+        })
         if self.eps is None and self.step_size is None:
             raise ValueError(f"{type(self).__name__} without a budget (eps=None) needs an explicit step_size.")
-        s = self.l1_sparsity
-        if isinstance(s, bool) or not isinstance(s, int | float) or not (0 <= s < 1):
-            raise ValueError(f"The 'l1_sparsity' parameter of {type(self).__name__} must be a number in [0, 1); got {s!r}.")
 
     def _alpha(self, eps: Tensor | None, x: Tensor, factor: float) -> Tensor:
         if self.step_size is not None:
@@ -259,13 +255,12 @@ class PGD(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("PGD", "norm", self.norm, ("linf", "l2"))
-        if not isinstance(self.random_start, bool):
-            raise ValueError(f"The 'random_start' parameter of PGD must be True or False; got {self.random_start!r}.")
-        r = self.restarts
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"The 'restarts' parameter of PGD must be an integer >= 1; got {r!r}.")
-        if r > 1 and not self.random_start:
+        check_params(type(self).__name__, self, {
+            "norm": one_of("linf", "l2"),
+            "random_start": BOOL,
+            "restarts": POSITIVE_INT,
+        })
+        if self.restarts > 1 and not self.random_start:
             raise ValueError("PGD restarts without random_start would repeat the same run; set random_start=True or restarts=1.")
 
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -369,9 +364,7 @@ class MIFGSM(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        d = self.decay
-        if isinstance(d, bool) or not isinstance(d, int | float) or not (d >= 0 and d < float("inf")):
-            raise ValueError(f"The 'decay' parameter of MIFGSM must be a finite number >= 0; got {d!r}.")
+        check_param(type(self).__name__, "decay", self.decay, NON_NEGATIVE)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: Any) -> tuple[Tensor, dict[str, Tensor]]:
@@ -447,8 +440,10 @@ class IterativeOTCM(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("IterativeOTCM", "target", self.target, ("random", "least_likely"))
-        _check_choice("IterativeOTCM", "norm", self.norm, ("l2", "linf"))
+        check_params(type(self).__name__, self, {
+            "target": one_of("random", "least_likely"),
+            "norm": one_of("l2", "linf"),
+        })
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:

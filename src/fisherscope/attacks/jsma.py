@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import chunks
+from .._validation import FINITE, check_params, one_of, real
 from .base import Attack
 from .gradient import choose_targets
 
@@ -119,13 +120,12 @@ class JSMA(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        t, g = self.theta, self.gamma
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t == 0:
-            raise ValueError(f"The 'theta' parameter of JSMA must be a finite non-zero number (+ increases pixels, - decreases them); got {t!r}.")
-        if isinstance(g, bool) or not isinstance(g, int | float) or not (0 < g <= 1):
-            raise ValueError(f"The 'gamma' parameter of JSMA must be a fraction of pixels in (0, 1]; got {g!r}.")
-        if self.target not in ("random", "most_likely", "least_likely"):
-            raise ValueError(f"The 'target' parameter of JSMA must be 'random', 'most_likely' or 'least_likely'; got {self.target!r}.")
+        check_params(type(self).__name__, self, {
+            "theta": FINITE.where(lambda t: t != 0, expected="a finite non-zero number (+ increases pixels, - decreases them)",
+                                  fix="Papernot et al. use theta=1.0 (or -1.0 to decrease pixels)."),
+            "gamma": real(gt=0, le=1).but(expected="a fraction of pixels in (0, 1]"),
+            "target": one_of("random", "most_likely", "least_likely"),
+        })
 
     def _targets(self, logits: Tensor, y: Tensor, targeted: bool, generator: torch.Generator | None) -> Tensor:
         if targeted:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._validation import BOOL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, check_params
 from .base import Attack
 
 __all__ = ["CarliniWagnerL2", "Opt"]
@@ -33,22 +34,6 @@ _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 _PATIENCE = 2
 
 
-def _check_number(owner: str, name: str, value: Any, *, positive: bool) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    ok = ok and (value > 0 if positive else value >= 0)
-    if not ok:
-        need = "> 0" if positive else ">= 0"
-        raise ValueError(f"The '{name}' parameter of {owner} must be a finite number {need}; got {value!r}.")
-
-
-def _check_int(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"The '{name}' parameter of {owner} must be an integer >= 1; got {value!r}.")
-
-
-def _check_bool(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"The '{name}' parameter of {owner} must be True or False; got {value!r}.")
 
 
 def _others_mask(logits: Tensor, y: Tensor) -> Tensor:
@@ -294,12 +279,13 @@ class CarliniWagnerL2(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        _check_int(name, "binary_search_steps", self.binary_search_steps)
-        _check_number(name, "learning_rate", self.learning_rate, positive=True)
-        _check_number(name, "confidence", self.confidence, positive=False)
-        _check_number(name, "initial_const", self.initial_const, positive=True)
-        _check_bool(name, "abort_early", self.abort_early)
+        check_params(type(self).__name__, self, {
+            "binary_search_steps": POSITIVE_INT,
+            "learning_rate": POSITIVE,
+            "confidence": NON_NEGATIVE,
+            "initial_const": POSITIVE,
+            "abort_early": BOOL,
+        })
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -393,10 +379,11 @@ class Opt(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        _check_number(name, "distance_weight", self.distance_weight, positive=True)
-        _check_number(name, "learning_rate", self.learning_rate, positive=True)
-        _check_bool(name, "abort_early", self.abort_early)
+        check_params(type(self).__name__, self, {
+            "distance_weight": POSITIVE,
+            "learning_rate": POSITIVE,
+            "abort_early": BOOL,
+        })
 
     def objective(self, logits: Tensor, x_adv: Tensor, x: Tensor, y: Tensor, *, targeted: bool = False) -> Tensor:
         """The per-sample objective λ‖x_adv − x‖₂² + ℓ at given logits of ``x_adv`` (N,)."""

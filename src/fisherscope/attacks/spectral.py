@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._validation import NON_NEGATIVE_INT, check_param
 from ..fisher.input_space import FisherSpectrum, fisher_spectrum
 from .base import Attack, OneStepAttack, project
 
@@ -101,8 +102,8 @@ class OSSA(OneStepAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.eigen_index, bool) or not isinstance(self.eigen_index, int) or self.eigen_index < 0:
-            raise ValueError(f"The 'eigen_index' parameter of OSSA must be an integer >= 0 (0 = top eigenvector); got {self.eigen_index!r}.")
+        check_param(type(self).__name__, "eigen_index", self.eigen_index,
+                    NON_NEGATIVE_INT.but(expected="an integer >= 0 (0 = top eigenvector)"))
 
     def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, targeted: bool,
                  generator: torch.Generator | None) -> FisherSpectrum:

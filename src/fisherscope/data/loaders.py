@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_param, one_of
 from ..exceptions import DatasetNotFoundError
 from ._dataset import DATA_ENV_VAR, ImageDataset, resolve_data_dir
 from ._npz import ARRAY_KEYS, check_dataset_file, content_sha256, load_arrays, read_layout
@@ -316,8 +317,7 @@ def load_dataset(
     >>> ds.x.shape, ds.y.dtype
     (torch.Size([450, 1, 8, 8]), torch.int64)
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of 'train', 'test'; got {split!r}.")
+    check_param("load_dataset", "split", split, one_of(*SPLITS))
     name = _check_name(name)
     spec = get_spec(name)
     if spec is not None and spec.format == "sklearn":

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import eval_mode
+from .._validation import NON_NEGATIVE, check_param, check_params, eval_mode, one_of, real
 from .penalties import (
     INPUT_PENALTIES,
     SOFTMAX_PENALTIES,
@@ -48,18 +48,6 @@ class LossTerms(NamedTuple):
     loss: Tensor
     logits: Tensor
     stats: dict[str, Tensor]
-
-
-def _number(name: str, value: Any, *, lo: float, hi: float = math.inf, lo_open: bool = False,
-            hi_open: bool = False, owner: str) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{owner}: {name} must be a finite number in {lb}{lo}, {hi}{rb}; got {value!r}.")
-    return float(value)
 
 
 def _cross_entropy(logits: Tensor, y: Tensor, alpha: float) -> Tensor:
@@ -130,15 +118,17 @@ class FisherRegularizedLoss(nn.Module):
     def __init__(self, mu: float, kind: str = "softmax_trace", alpha: float = 0.0, *,
                  max_log: float = TRAINING_MAX_LOG) -> None:
         super().__init__()
-        owner = "FisherRegularizedLoss"
-        self.mu = _number("mu", mu, lo=0.0, owner=owner)
-        kinds = (*SOFTMAX_PENALTIES, *INPUT_PENALTIES)
-        if kind not in kinds:
-            raise ValueError(f"{owner}: kind must be one of {list(kinds)}; got {kind!r}.")
-        self.kind = kind
-        self.alpha = _number("alpha", alpha, lo=0.0, hi=1.0, hi_open=True, owner=owner)
-        self.max_log = _number("max_log", max_log, lo=0.0, hi=default_max_log(torch.float32),
-                               lo_open=True, owner=owner)
+        limit = default_max_log(torch.float32)
+        check_params("FisherRegularizedLoss", {"mu": mu, "kind": kind, "alpha": alpha, "max_log": max_log}, {
+            "mu": NON_NEGATIVE,
+            "kind": one_of(*SOFTMAX_PENALTIES, *INPUT_PENALTIES),
+            "alpha": real(ge=0, lt=1),
+            # log Σ 1/p_i >= 2 log K >= 2 log 2; the bound for the actual K is checked per batch
+            "max_log": real(ge=2 * math.log(2), le=limit).but(
+                fix=f"log Σ 1/p_i is never below 2·log K (2·log 2 = {2 * math.log(2):.4g} for two classes), so "
+                    f"a lower cap caps every sample; above {limit:.2f} the float32 penalty can overflow."),
+        })
+        self.mu, self.kind, self.alpha, self.max_log = float(mu), kind, float(alpha), float(max_log)
 
     @property
     def needs_input(self) -> bool:
@@ -248,7 +238,7 @@ class AdversarialLoss(nn.Module):
                 f"{type(attack).__name__} has {'no budget' if not type(attack).budgeted else 'eps=None'}."
             )
         self.attack = attack
-        self.mix = _number("mix", mix, lo=0.0, hi=1.0, lo_open=True, owner="AdversarialLoss")
+        self.mix = float(check_param("AdversarialLoss", "mix", mix, real(gt=0, le=1)))
 
     def extra_repr(self) -> str:
         return f"attack={self.attack!r}, mix={self.mix}"

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._validation import _sample_list, check_inputs, check_logits
+from .._validation import _sample_list, check_inputs, check_logits, check_param, one_of, real
 from ..fisher.input_space import _factor, _helmert_rows, _reduced_a
 
 __all__ = [
@@ -103,17 +103,23 @@ def _log_trace(logits: Tensor, fn: str) -> Tensor:
     return log_t.clamp(max=torch.finfo(torch.float64).max)
 
 
-def _check_max_log(max_log: float | None, dtype: torch.dtype, fn: str) -> float:
-    if max_log is None:
-        return default_max_log(dtype)
-    if isinstance(max_log, bool) or not isinstance(max_log, int | float) or not math.isfinite(max_log):
-        raise ValueError(f"{fn}: max_log must be a finite number or None (the default); got {max_log!r}.")
+def _check_max_log(max_log: float | None, dtype: torch.dtype, num_classes: int, fn: str) -> float:
+    """The cap c on L = log Σ 1/p_i: in [2 log K, default_max_log(dtype)], or the default.
+
+    L ≥ 2 log K for every input (Σ 1/p_i ≥ K², equality at the uniform distribution), so
+    a cap below 2 log K would replace *every* sample's penalty by the capped continuation:
+    silently wrong values (e.g. 0.02 for an exact 9), not a cap on outliers.
+    """
     limit = default_max_log(dtype)
-    if max_log > limit:
-        raise ValueError(
-            f"{fn}: max_log={max_log!r} is past what a {torch.promote_types(dtype, torch.float32)} "
-            f"penalty can hold; the largest admissible cap is {limit:.2f} (the default)."
-        )
+    if max_log is None:
+        return limit
+    floor = 2.0 * math.log(num_classes)
+    dt = torch.promote_types(dtype, torch.float32)
+    check_param(fn, "max_log", max_log, real(ge=floor, le=limit).but(
+        expected=f"None (the default) or a number in [2·log K, {limit:.2f}] = [{floor:.4g}, {limit:.2f}] "
+                 f"for K = {num_classes} classes and a {dt} penalty",
+        fix=f"log Σ 1/p_i is never below 2·log K = {floor:.4g} (its value at the uniform distribution), so a "
+            f"lower cap would cap every sample; above {limit:.2f} a {dt} penalty can overflow."))
     return float(max_log)
 
 
@@ -171,16 +177,14 @@ def _softmax_penalty(
 ) -> tuple[Tensor, Tensor]:
     """(penalty (N,), capped (N,) bool) for a softmax-space kind."""
     _check_logits_arg(logits, fn)
-    if kind not in SOFTMAX_PENALTIES:
-        raise ValueError(
-            f"{fn}: kind must be one of {list(SOFTMAX_PENALTIES)}; got {kind!r}. The input-space "
-            f"kinds {list(INPUT_PENALTIES)} need the model and x: use input_fisher_penalty."
-        )
+    check_param(fn, "kind", kind, one_of(*SOFTMAX_PENALTIES), fix=(
+        f"The input-space kinds {list(INPUT_PENALTIES)} need the model and x: use input_fisher_penalty."
+        if kind in INPUT_PENALTIES else None))
     out = _result_dtype(logits)
     log_t = _log_trace(logits, fn)
     if kind == "log_softmax_trace":
         return log_t.to(out), torch.zeros_like(log_t, dtype=torch.bool)
-    cap = _check_max_log(max_log, logits.dtype, fn)
+    cap = _check_max_log(max_log, logits.dtype, logits.shape[1], fn)
     return _capped_exp(log_t, cap).to(out), log_t > cap
 
 
@@ -360,12 +364,9 @@ def input_fisher_penalty(
     >>> pen.shape, pen.requires_grad
     (torch.Size([2]), True)
     """
-    if kind not in INPUT_PENALTIES:
-        raise ValueError(
-            f"input_fisher_penalty: kind must be one of {list(INPUT_PENALTIES)}; got {kind!r}. "
-            f"The softmax-space kinds {list(SOFTMAX_PENALTIES)} need only the logits: use "
-            "fisher_penalty(logits)."
-        )
+    check_param("input_fisher_penalty", "kind", kind, one_of(*INPUT_PENALTIES), fix=(
+        f"The softmax-space kinds {list(SOFTMAX_PENALTIES)} need only the logits: use fisher_penalty(logits)."
+        if kind in SOFTMAX_PENALTIES else None))
     if not isinstance(model, nn.Module) and not callable(model):
         raise TypeError(f"model must be a torch.nn.Module mapping x to logits; got {type(model).__name__}.")
     check_inputs(x.detach(), bounds=bounds)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from .._validation import param_error, real
 from .losses import TRAINING_MAX_LOG, AdversarialLoss, FisherRegularizedLoss
 from .penalties import INPUT_PENALTIES, SOFTMAX_PENALTIES, default_max_log
 
@@ -40,12 +41,13 @@ def _num(d: Mapping[str, Any], key: str, default: Any, *, lo: float, hi: float =
             raise _fail(f"defense kind {d['kind']!r} needs {key!r}")
         return float(default)
     v = d[key]
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    if ok:
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-        raise _fail(f"defense {key!r} must be a finite number in {lb}{lo}, {hi}{rb}; got {v!r}")
+    upper = None if math.isinf(hi) else hi
+    constraint = real(gt=lo if lo_open else None, ge=None if lo_open else lo,
+                      lt=upper if hi_open else None, le=None if hi_open else upper)
+    kind = constraint.failure(v)
+    if kind is not None:
+        fix = constraint.fix_for(v, kind).rstrip(".") + _HINT + "."
+        raise param_error("defense", repr(key), v, constraint.expected, fix, kind)
     return float(v)
 
 

@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import validate_data
 
+from .._validation import check_param, real
 from ..exceptions import NotFittedError
 
 __all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "Detector", "threshold_at_fpr"]
@@ -62,8 +63,7 @@ def threshold_at_fpr(clean_scores: np.ndarray, target_fpr: float) -> float:
         raise ValueError("threshold_at_fpr needs at least one clean score; got none.")
     if not np.all(np.isfinite(s)):
         raise ValueError("clean scores contain NaN or inf; check the features fed to the detector.")
-    if not 0.0 <= target_fpr < 1.0:
-        raise ValueError(f"target_fpr must be in [0, 1); got {target_fpr!r}.")
+    check_param("threshold_at_fpr", "target_fpr", target_fpr, real(ge=0, lt=1))
     allowed = int(np.floor(target_fpr * s.size + 1e-9))  # clean samples allowed above t
     return float(s[s.size - 1 - allowed])
 
@@ -138,10 +138,7 @@ class Detector(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ internals
     def _target_fpr(self) -> float:
-        t = self.target_fpr
-        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t < 1.0:
-            raise ValueError(f"target_fpr must be a number in [0, 1); got {t!r}.")
-        return float(t)
+        return float(check_param(type(self).__name__, "target_fpr", self.target_fpr, real(ge=0, lt=1)))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

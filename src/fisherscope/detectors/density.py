@@ -45,6 +45,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .._batching import chunks
+from .._validation import POSITIVE, any_of, check_param, one_of
 from ..features.activations import join_kdbu
 from .base import Detector
 
@@ -128,18 +129,8 @@ class _ClassKDE:
                 f"{self.owner} needs X with the predicted class in column 0 and at least one "
                 f"feature column; got {X.shape[1]} column(s)."
             )
-        b = self.bandwidth
-        if isinstance(b, str):
-            if b not in _BANDWIDTH_RULES:
-                raise ValueError(
-                    f"{self.owner}: bandwidth must be a positive number or one of "
-                    f"{list(_BANDWIDTH_RULES)}; got {b!r}."
-                )
-        elif isinstance(b, bool) or not isinstance(b, int | float | np.floating) or not b > 0:
-            raise ValueError(
-                f"{self.owner}: bandwidth must be a positive number (Feinman et al. used 1.20 on "
-                f"MNIST for their network) or one of {list(_BANDWIDTH_RULES)}; got {b!r}."
-            )
+        b = check_param(self.owner, "bandwidth", self.bandwidth, any_of(POSITIVE, one_of(*_BANDWIDTH_RULES)),
+                    fix="Feinman et al. used 1.20 on MNIST for their network.")
         pred = _check_classes(X[:, 0], self.owner)
         feats = X[:, 1:]
         self.classes = np.unique(pred)
@@ -435,8 +426,7 @@ class KDBUDetector(Detector):
         return X[:, :-1], X[:, -1]
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if isinstance(self.C, bool) or not isinstance(self.C, int | float | np.floating) or not self.C > 0:
-            raise ValueError(f"C must be a positive number; got {self.C!r}.")
+        check_param(type(self).__name__, "C", self.C, POSITIVE)
         kd_x, bu = self._split(X)
         clean = y == 0
         self.kde_ = _ClassKDE(type(self).__name__, self.bandwidth).fit(kd_x[clean])

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.naive_bayes import GaussianNB
 
+from .._validation import BOOL, NON_NEGATIVE_INT, POSITIVE_INT, check_param, check_params, one_of
 from ..features.fisher import PARAM_FISHER_SCORES
 from .base import Detector
 
@@ -29,8 +30,7 @@ def _named_column(
 ) -> np.ndarray:
     """Column of X holding ``name``: ``column`` if given, the only one, or by ``names`` order."""
     if column is not None:
-        if isinstance(column, bool) or not isinstance(column, int | np.integer) or column < 0:
-            raise ValueError(f"{owner}: column must be a non-negative integer or None; got {column!r}.")
+        check_param(owner, "column", column, NON_NEGATIVE_INT.or_none("by name"))
         if column >= X.shape[1]:
             raise ValueError(
                 f"{owner}: column={column} but X has only {X.shape[1]} column(s); pass the "
@@ -136,28 +136,22 @@ class FisherSpectrumDetector(Detector):
         return tags
 
     def _make_classifier(self) -> Any:
+        owner = type(self).__name__
+        check_param(owner, "classifier", self.classifier, one_of("random_forest", "naive_bayes"))
         if self.classifier == "random_forest":
-            for name in ("n_estimators", "max_depth"):
-                v = getattr(self, name)
-                if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                    raise ValueError(f"{name} must be a positive integer; got {v!r}.")
+            check_params(owner, self, {"n_estimators": POSITIVE_INT, "max_depth": POSITIVE_INT})
             return RandomForestClassifier(
                 n_estimators=self.n_estimators, max_depth=self.max_depth, oob_score=True,
                 random_state=self.random_state,
             )
-        if self.classifier == "naive_bayes":
-            return GaussianNB()
-        raise ValueError(
-            f"classifier must be 'random_forest' or 'naive_bayes'; got {self.classifier!r}."
-        )
+        return GaussianNB()
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         _check_non_negative(X, type(self).__name__)
         return np.log(X + self.offset_) if self.log_transform else X
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if not isinstance(self.log_transform, bool | np.bool_):
-            raise ValueError(f"log_transform must be True or False; got {self.log_transform!r}.")
+        check_param(type(self).__name__, "log_transform", self.log_transform, BOOL)
         estimator = self._make_classifier()
         self.offset_ = 0.0
         if self.log_transform:
@@ -245,17 +239,13 @@ class FisherScoreDetector(Detector):
         return tags
 
     def _values(self, X: np.ndarray) -> np.ndarray:
-        if self.statistic not in PARAM_FISHER_SCORES:
-            raise ValueError(
-                f"statistic must be one of {list(PARAM_FISHER_SCORES)}; got {self.statistic!r}."
-            )
+        check_param(type(self).__name__, "statistic", self.statistic, one_of(*PARAM_FISHER_SCORES))
         _check_non_negative(X, type(self).__name__)
         return _named_column(X, self.statistic, PARAM_FISHER_SCORES, self.column,
                              type(self).__name__, "param_fisher_scores")
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if not isinstance(self.log, bool | np.bool_):
-            raise ValueError(f"log must be True or False; got {self.log!r}.")
+        check_param(type(self).__name__, "log", self.log, BOOL)
         self._values(X)
 
     def _decision(self, X: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from .._batching import chunks
+from .._validation import POSITIVE, POSITIVE_INT, check_param, integer, param_error, satisfies
 from .base import Detector
 
 __all__ = ["LIDDetector", "lid_mle", "check_layer_sizes", "match_rows"]
@@ -19,17 +19,11 @@ def check_layer_sizes(layer_sizes: Sequence[int] | None, n_features: int, owner:
     """Column slices of the layer blocks; ``None`` = one block of all ``n_features`` columns."""
     if layer_sizes is None:
         return [slice(0, n_features)]
-    if isinstance(layer_sizes, numbers.Integral) or not isinstance(layer_sizes, Sequence | np.ndarray):
-        raise ValueError(
-            f"{owner}: layer_sizes must be a sequence of positive ints (the widths of the layer "
-            f"blocks of X, e.g. tuple(fisherscope.features.layer_sizes(...).values())); got "
-            f"{layer_sizes!r}."
-        )
-    sizes = list(layer_sizes)
-    if not sizes or any(
-        isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes
-    ):
-        raise ValueError(f"{owner}: layer_sizes must be positive ints; got {layer_sizes!r}.")
+    sizes = list(layer_sizes) if isinstance(layer_sizes, Sequence | np.ndarray) else []
+    if not sizes or not all(satisfies(s, POSITIVE_INT) for s in sizes):
+        raise param_error(owner, "layer_sizes", layer_sizes,
+                          "None or a non-empty sequence of ints >= 1 (the widths of the layer blocks of X)",
+                          "Pass e.g. tuple(fisherscope.features.layer_sizes(...).values()).")
     if sum(sizes) != n_features:
         raise ValueError(
             f"{owner}: layer_sizes {tuple(int(s) for s in sizes)} add up to {sum(sizes)}, but X has "
@@ -102,13 +96,10 @@ def lid_mle(
     if exclude is None:
         exclude = np.full(q.shape[0], -1)
     exclude = np.asarray(exclude)
-    need = k + int((exclude >= 0).any())
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 or need > m:
-        raise ValueError(
-            f"k must be an integer in [1, {m - int((exclude >= 0).any())}] for a reference of {m} "
-            f"rows{' with leave-one-out' if need > k else ''}; got k={k!r}. Use a smaller k or "
-            "more clean fitting rows."
-        )
+    loo = bool((exclude >= 0).any())
+    check_param("lid_mle", "k", k, integer(ge=1, le=m - int(loo)).but(
+        expected=f"an integer in [1, {m - int(loo)}] for a reference of {m} rows{' with leave-one-out' if loo else ''}",
+        fix="Use a smaller k or more clean fitting rows."))
     r_sq = np.einsum("ij,ij->i", r, r)
     out = np.empty(q.shape[0])
     # rows per block: at most batch_size, and blocks of at most ~16M floats (128 MB)
@@ -218,16 +209,15 @@ class LIDDetector(Detector):
         return np.stack(cols, axis=1)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
+        check_param("LIDDetector", "batch_size", self.batch_size, POSITIVE_INT)
         self.layers_ = check_layer_sizes(self.layer_sizes, X.shape[1], "LIDDetector")
         self.reference_ = X[y == 0].copy()
-        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or not 1 <= self.k < self.reference_.shape[0]:
-            raise ValueError(
-                f"LIDDetector: k must be an integer in [1, n_clean - 1] = [1, "
-                f"{self.reference_.shape[0] - 1}] (the clean fitting rows are the neighbour pool, "
-                f"scored leave-one-out); got k={self.k!r}. Fit on more clean rows or lower k."
-            )
+        n_clean = self.reference_.shape[0]
+        check_param("LIDDetector", "k", self.k, integer(ge=1, le=n_clean - 1).but(
+            expected=f"an integer in [1, n_clean - 1] = [1, {n_clean - 1}] (the clean fitting rows are the "
+                     "neighbour pool, scored leave-one-out)",
+            fix="Fit on more clean rows or lower k."))
+        check_param("LIDDetector", "C", self.C, POSITIVE)
         lids = self.lid_features(X)
         self.scaler_ = StandardScaler().fit(lids)
         self.classifier_ = LogisticRegression(C=self.C, max_iter=1000)

@@ -11,6 +11,7 @@ from scipy.linalg import pinvh
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from .._validation import NON_NEGATIVE, check_param
 from .base import Detector
 from .lid import check_layer_sizes
 
@@ -143,8 +144,7 @@ class MahalanobisDetector(Detector):
         return out
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if isinstance(self.reg, bool) or not isinstance(self.reg, numbers.Real) or not self.reg >= 0:
-            raise ValueError(f"reg must be a number >= 0; got {self.reg!r}.")
+        check_param(type(self).__name__, "reg", self.reg, NON_NEGATIVE)
         classes = check_class_column(X, "MahalanobisDetector")
         self.layers_ = check_layer_sizes(self.layer_sizes, X.shape[1] - 1, "MahalanobisDetector")
         clean = y == 0

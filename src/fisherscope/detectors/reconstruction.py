@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validation import check_param, one_of
 from ..features.reconstruction import RECONSTRUCTION_KINDS
 from .base import Detector
 
@@ -57,8 +58,7 @@ class ReconstructionDetector(Detector):
         self.target_fpr = target_fpr
 
     def _column(self, n_features: int) -> int:
-        if self.kind not in RECONSTRUCTION_KINDS:
-            raise ValueError(f"kind must be one of {list(RECONSTRUCTION_KINDS)}; got {self.kind!r}.")
+        check_param(type(self).__name__, "kind", self.kind, one_of(*RECONSTRUCTION_KINDS))
         return 0 if n_features == 1 else RECONSTRUCTION_KINDS.index(self.kind)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:

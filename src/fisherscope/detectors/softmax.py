@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._validation import check_param, one_of
 from ..features.softmax import SOFTMAX_STATS
 from .base import Detector
 from .fisher import _named_column
@@ -72,10 +73,7 @@ class SoftmaxDetector(Detector):
         super().__init__(target_fpr=target_fpr)
 
     def _values(self, X: np.ndarray) -> np.ndarray:
-        if self.statistic not in SOFTMAX_STATS:
-            raise ValueError(
-                f"statistic must be one of {list(SOFTMAX_STATS)}; got {self.statistic!r}."
-            )
+        check_param(type(self).__name__, "statistic", self.statistic, one_of(*SOFTMAX_STATS))
         return _named_column(X, self.statistic, SOFTMAX_STATS, self.column, type(self).__name__,
                              "softmax_stats")
 

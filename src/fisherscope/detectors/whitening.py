@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from .._validation import any_of, check_param, integer, real, satisfies
 from ..features.pca import PCAWhitening, fit_pca_whitening
 from .base import Detector
 
@@ -95,17 +94,15 @@ class PCAWhiteningDetector(Detector):
         self.target_fpr = target_fpr
 
     def _resolve_start(self, d: int) -> int:
-        start = self.start
+        start = check_param(type(self).__name__, "start", self.start,
+                            any_of(integer().but(expected="an index (int)"), real(gt=0, lt=1).but(
+                                expected="a fraction in (0, 1)")).or_none("the paper's cut-off"))
         if start is None:
             s = PAPER_CUTOFFS.get(d, min(int(round(d * 700 / 784)), d - 2))
-        elif isinstance(start, numbers.Integral) and not isinstance(start, bool):
+        elif satisfies(start, integer()):
             s = int(start)
-        elif isinstance(start, numbers.Real) and not isinstance(start, bool) and 0 < start < 1:
-            s = int(round(float(start) * d))
         else:
-            raise ValueError(
-                f"start must be None, an index (int) or a fraction in (0, 1); got {start!r}."
-            )
+            s = int(round(float(start) * d))
         if d < 2:
             raise ValueError(
                 f"PCAWhiteningDetector needs inputs with at least 2 values; got X with {d} "

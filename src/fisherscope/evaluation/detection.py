@@ -61,7 +61,18 @@ from sklearn.metrics import roc_curve
 from torch import Tensor, nn
 
 from .._batching import check_batch_size, chunks, in_batches, per_sample, predict
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._validation import (
+    BOOL,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    check_inputs,
+    check_labels,
+    check_logits,
+    check_params,
+    eval_mode,
+    one_of,
+    real,
+)
 from ..attacks.base import Attack
 
 __all__ = [
@@ -356,10 +367,11 @@ def detection_metrics(
     pos = np.asarray(pos_scores, dtype=np.float64).ravel()
     if not (np.all(np.isfinite(neg)) and np.all(np.isfinite(pos))):
         raise ValueError("detector scores contain NaN or inf; check the features and the detector.")
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be an integer >= 0; got {n_bootstrap!r}.")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}.")
+    check_params("detection_metrics", {"threshold": threshold, "n_bootstrap": n_bootstrap, "confidence": confidence}, {
+        "threshold": real(finite=False),
+        "n_bootstrap": NON_NEGATIVE_INT.but(expected="an integer >= 0 (0: no intervals)"),
+        "confidence": real(gt=0, lt=1),
+    })
     if (neg_groups is None) != (pos_groups is None):
         raise ValueError("pass both neg_groups and pos_groups, or neither.")
     nan2 = (math.nan, math.nan)
@@ -845,15 +857,23 @@ def evaluate_detectors(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     check_inputs(x, y, bounds=bounds)
-    if clean not in ("correct", "all"):
-        raise ValueError(f"clean must be 'correct' or 'all'; got {clean!r}.")
-    if not 0.0 <= target_fpr < 1.0:
-        raise ValueError(f"target_fpr must be in [0, 1); got {target_fpr!r}.")
+    check_params("evaluate_detectors", {
+        "clean": clean, "target_fpr": target_fpr, "n_bootstrap": n_bootstrap, "confidence": confidence,
+        "noise_negatives": noise_negatives, "cross_attack": cross_attack, "batch_size": batch_size,
+    }, {
+        "clean": one_of("correct", "all"),
+        "target_fpr": real(ge=0, lt=1),
+        "n_bootstrap": NON_NEGATIVE_INT,
+        "confidence": real(gt=0, lt=1),
+        "noise_negatives": BOOL,
+        "cross_attack": BOOL,
+        "batch_size": POSITIVE_INT,
+    })
     if not isinstance(attacks, Mapping) or not attacks:
         raise ValueError("attacks must be a non-empty dict name -> Attack (or adversarial tensor).")
     if not isinstance(detectors, Mapping) or not detectors:
         raise ValueError("detectors must be a non-empty dict name -> Detector (or DetectorSpec).")
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "evaluate_detectors")
     specs = {str(k): _as_spec(str(k), v) for k, v in detectors.items()}
     fit_noise_any = any(s.fit_noise for s in specs.values())
     if fit_noise_any and not noise_negatives:

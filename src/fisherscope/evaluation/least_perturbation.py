@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_inputs, check_labels, eval_mode
+from .._validation import (
+    BOOL,
+    FINITE,
+    NON_NEGATIVE,
+    POSITIVE,
+    check_inputs,
+    check_labels,
+    check_param,
+    check_params,
+    eval_mode,
+    integer,
+)
 from ..attacks.base import Attack, OneStepAttack
 
 __all__ = ["LeastPerturbation", "least_perturbation"]
@@ -55,6 +68,25 @@ class LeastPerturbation:
         return float(self.applied_l2[self.fooled].mean()) if bool(self.fooled.any()) else float("nan")
 
 
+def _check_search(lo: Any, hi: Any, tol: Any, max_halvings: Any, targeted: Any) -> None:
+    """Reject settings with which the search would return ``hi`` (or a coarser bracket
+    than ``tol``) as every sample's budget: a non-finite or empty interval, a tolerance
+    as wide as the interval, or too few halvings to reach it."""
+    owner = "least_perturbation"
+    check_params(owner, {"lo": lo, "targeted": targeted}, {"lo": NON_NEGATIVE, "targeted": BOOL})
+    check_param(owner, "hi", hi, FINITE.where(
+        lambda h: h > lo, expected=f"a finite number > lo = {lo!r}",
+        fix="Pass the upper end of the search interval (Zhao et al. search [0, 6] in L2)."))
+    width = hi - lo
+    check_param(owner, "tol", tol, POSITIVE.where(
+        lambda t: t < width, expected=f"a finite number in (0, hi - lo) = (0, {width:g})",
+        fix="A tolerance as wide as the interval stops before the first halving and returns hi for every sample."))
+    need = max(1, math.ceil(math.log2(width / tol)))
+    check_param(owner, "max_halvings", max_halvings, integer(ge=need).but(
+        expected=f"an integer >= {need} (the halvings that narrow [{lo:g}, {hi:g}] to tol={tol:g})",
+        fix=f"Raise max_halvings to at least {need}, or loosen tol."))
+
+
 def least_perturbation(
     attack: Attack,
     model: nn.Module,
@@ -81,7 +113,18 @@ def least_perturbation(
     lo, hi : float
         Search interval of the budget (Zhao: [0, 6] in L2).
     tol : float
-        Stop when the bracket is narrower than ``tol``; the upper end is returned.
+        Stop when the bracket is narrower than ``tol``; the upper end is returned. Must lie
+        in (0, hi − lo).
+    max_halvings : int
+        Bisection steps at most; at least ⌈log2((hi − lo) / tol)⌉, the number that
+        reaches ``tol``.
+
+    Raises
+    ------
+    ValueError
+        Non-finite or empty ``[lo, hi]``, ``tol`` outside (0, hi − lo), or too few
+        ``max_halvings``: settings with which the search would report ``hi`` (or a bracket
+        wider than ``tol``) as the budget.
 
     Shapes
     ------
@@ -93,8 +136,7 @@ def least_perturbation(
             f"{'eps=None (no projection)' if attack.budgeted else 'none'}. Give it an eps (any value; the "
             "search replaces it). Minimisation attacks (C&W, DeepFool) already return minimal perturbations."
         )
-    if not (0 <= lo < hi) or tol <= 0:
-        raise ValueError(f"need 0 <= lo < hi and tol > 0; got lo={lo}, hi={hi}, tol={tol}.")
+    _check_search(lo, hi, tol, max_halvings, targeted)
     check_inputs(x, y, bounds=attack.bounds)
     x = x.detach()
     n = x.shape[0]

@@ -14,8 +14,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._batching import check_batch_size, predict
-from .._validation import check_inputs, check_labels
+from .._batching import predict
+from .._validation import (
+    NON_NEGATIVE,
+    POSITIVE_INT,
+    check_inputs,
+    check_labels,
+    check_param,
+    param_error,
+)
 from ..attacks.base import AttackResult
 
 __all__ = [
@@ -129,7 +136,7 @@ def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor | AttackResult, y: 
             f"x_adv must have the shape of x, {tuple(x.shape)}; got {tuple(x_adv.shape)}. "
             "Pass the attacked version of each clean sample, in the same order."
         )
-    check_batch_size(batch_size, allow_none=True)
+    check_param("fooling_ratio", "batch_size", batch_size, POSITIVE_INT.or_none("one batch"))
     check_labels(y, x.shape[0])
     pred = predict(model, x, batch_size)
     pred_adv = predict(model, x_adv, batch_size)
@@ -285,8 +292,7 @@ def distance_summary(
             f"x_adv must have the shape of x, {tuple(x.shape)}; got {tuple(x_adv.shape)}. "
             "Pass the attacked version of each clean sample, in the same order."
         )
-    if isinstance(l0_tol, bool) or not isinstance(l0_tol, int | float) or not (0 <= l0_tol < float("inf")):
-        raise ValueError(f"l0_tol must be a finite number >= 0; got {l0_tol!r}.")
+    check_param("distance_summary", "l0_tol", l0_tol, NON_NEGATIVE)
     n = x.shape[0]
     if isinstance(over, torch.Tensor):
         selected, how = _check_mask(over, n, "over"), "mask"
@@ -300,7 +306,8 @@ def distance_summary(
     elif over == "all":
         selected, how = torch.ones(n, dtype=torch.bool, device=x.device), "all"
     else:
-        raise ValueError(f"over must be 'success', 'all' or a (N,) bool tensor; got {over!r}.")
+        raise param_error("distance_summary", "over", over, "'success', 'all' or a (N,) bool tensor",
+                          "Pass over='success' (needs the success mask), over='all', or a mask.")
     selected = selected.to(x.device)
     flat = (x_adv.detach() - x.detach()).flatten(1)
     mag = flat.abs()

@@ -17,7 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import check_batch_size, in_batches, predict
-from .._validation import check_inputs, check_labels
+from .._validation import (
+    POSITIVE_INT,
+    check_inputs,
+    check_labels,
+    check_params,
+    one_of,
+)
 from ..attacks.base import Attack
 
 __all__ = ["COUNT_RULES", "TransferMatrix", "transfer_from_examples", "transfer_matrix"]
@@ -194,12 +200,12 @@ def transfer_matrix(
     """
     if not isinstance(attack, Attack):
         raise TypeError(f"attack must be a fisherscope Attack instance (e.g. FGM(eps=2.0)); got {type(attack).__name__}.")
-    _check_count(count)
+    _check_count("transfer_matrix", count, batch_size)
     sources = _named(source_models, "source_models")
     _named(target_models, "target_models")  # fail before the (long) attacks, not after
     check_inputs(x, y, bounds=attack.bounds)
     check_labels(y, x.shape[0])
-    check_batch_size(batch_size, allow_none=True)
+    check_batch_size(batch_size, "transfer_matrix", allow_none=True)
     x, y = x.detach(), y.to(x.device)
     adversarial = {
         name: in_batches(lambda xb, yb, src=src: attack(src, xb, yb, generator=generator), x, y, batch_size=batch_size)
@@ -209,9 +215,11 @@ def transfer_matrix(
                                   attack=repr(attack))
 
 
-def _check_count(count: str) -> None:
-    if count not in COUNT_RULES:
-        raise ValueError(f"count must be one of {sorted(COUNT_RULES)}; got {count!r}.")
+def _check_count(owner: str, count: str, batch_size: int | None) -> None:
+    check_params(owner, {"count": count, "batch_size": batch_size}, {
+        "count": one_of(*sorted(COUNT_RULES)),
+        "batch_size": POSITIVE_INT.or_none("one batch"),
+    })
 
 
 def transfer_from_examples(
@@ -236,7 +244,7 @@ def transfer_from_examples(
     ------
     adversarial[s], x: (N, ...); y: (N,) -> rates (S, T).
     """
-    _check_count(count)
+    _check_count("transfer_from_examples", count, batch_size)
     sources = _named(source_models, "source_models")
     targets = _named(target_models, "target_models")
     if set(adversarial) != set(sources):
@@ -247,7 +255,7 @@ def transfer_from_examples(
         if not isinstance(xa, Tensor) or xa.shape != x.shape:
             raise ValueError(f"adversarial[{name!r}] must be a tensor of x's shape {tuple(x.shape)}; got "
                              f"{tuple(xa.shape) if isinstance(xa, Tensor) else type(xa).__name__}.")
-    check_batch_size(batch_size, allow_none=True)
+    check_batch_size(batch_size, "transfer_from_examples", allow_none=True)
     n = x.shape[0]
     y = y.to(x.device)
     models: dict[int, nn.Module] = {id(m): m for m in [*sources.values(), *targets.values()]}

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from .._batching import check_batch_size, chunks
-from .._validation import check_inputs, check_logits, eval_mode
+from .._validation import BOOL, check_inputs, check_logits, check_param, eval_mode, integer
 from ._common import check_model, to_numpy
 
 __all__ = ["dropout_modules", "join_kdbu", "kdbu_features", "mc_dropout", "penultimate"]
@@ -118,9 +118,8 @@ def penultimate(
     """
     check_model(model)
     check_inputs(x, bounds=bounds)
-    check_batch_size(batch_size)
-    if not isinstance(with_prediction, bool):
-        raise TypeError(f"with_prediction must be a bool; got {with_prediction!r}.")
+    check_batch_size(batch_size, "penultimate")
+    check_param("penultimate", "with_prediction", with_prediction, BOOL)
     if layer is None:
         name, module = _last_linear(model)
         where = f"the input of the last nn.Linear ({name!r})"
@@ -258,9 +257,8 @@ def mc_dropout(
     """
     check_model(model)
     check_inputs(x, bounds=bounds)
-    check_batch_size(batch_size)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n (number of stochastic passes) must be an integer >= 2; got {n!r}.")
+    check_batch_size(batch_size, "mc_dropout")
+    check_param("mc_dropout", "n", n, integer(ge=2).but(expected="an integer >= 2 (the number of stochastic passes)"))
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}.")
     drops = dropout_modules(model)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._batching import check_batch_size, chunks
-from .._validation import check_inputs, check_logits, eval_mode
+from .._validation import POSITIVE_INT, check_inputs, check_logits, check_param, eval_mode
 from ..fisher import fisher_spectrum, param_fisher_form, param_fisher_trace
 from ._common import check_model, to_numpy
 
@@ -92,9 +92,8 @@ def fisher_eigenvalues(
     """
     check_model(model)
     check_inputs(x, bounds=bounds)
-    check_batch_size(batch_size)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer (number of eigenvalues); got {k!r}.")
+    check_batch_size(batch_size, "fisher_eigenvalues")
+    check_param("fisher_eigenvalues", "k", k, POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenvalues)"))
     unknown = sorted(set(spectrum_kwargs) - set(_SPECTRUM_KWARGS))
     if unknown:
         raise TypeError(
@@ -211,7 +210,7 @@ def param_fisher_scores(
     names = _check_scores(scores)
     check_model(model)
     check_inputs(x, bounds=bounds)
-    check_batch_size(batch_size, allow_none=True)
+    check_batch_size(batch_size, "param_fisher_scores", allow_none=True)
     columns = []
     with eval_mode(model):  # warns once; the inner calls then see an eval-mode model
         for name in names:

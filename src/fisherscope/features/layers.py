@@ -23,8 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._batching import check_batch_size, chunks
-from .._validation import check_inputs, eval_mode
+from .._batching import chunks
+from .._validation import (
+    BOOL,
+    POSITIVE_INT,
+    check_inputs,
+    check_param,
+    check_params,
+    eval_mode,
+    one_of,
+)
 
 __all__ = ["ACTIVATION_TYPES", "OUTPUT", "layer_activations", "layer_sizes"]
 
@@ -38,15 +46,14 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 OUTPUT = "output"
 
 
-def _check_common(model: Any, x: torch.Tensor, pool: Any, batch_size: Any) -> None:
+def _check_common(model: Any, x: torch.Tensor, pool: Any, batch_size: Any, owner: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be a torch.nn.Module mapping x to logits (N, K); got {type(model).__name__}."
         )
     check_inputs(x)
-    if pool not in ("none", "mean"):
-        raise ValueError(f"pool must be 'none' or 'mean'; got {pool!r}.")
-    check_batch_size(batch_size)
+    check_params(owner, {"pool": pool, "batch_size": batch_size},
+                 {"pool": one_of("none", "mean"), "batch_size": POSITIVE_INT})
 
 
 def _resolve(model: nn.Module, layers: Sequence[str] | None) -> list[str] | None:
@@ -216,9 +223,8 @@ def layer_activations(
     >>> layer_activations(model, torch.rand(5, 1, 8, 8), with_prediction=True).shape
     (5, 43)
     """
-    _check_common(model, x, pool, batch_size)
-    if not isinstance(with_prediction, bool):
-        raise TypeError(f"with_prediction must be True or False; got {with_prediction!r}.")
+    _check_common(model, x, pool, batch_size, "layer_activations")
+    check_param("layer_activations", "with_prediction", with_prediction, BOOL)
     _, blocks, preds = _run(model, x, _resolve(model, layers), pool, batch_size)
     if with_prediction:
         blocks = [preds.astype(np.float64)[:, None], *blocks]
@@ -245,6 +251,6 @@ def layer_sizes(
         Ordered like the columns of :func:`layer_activations` (without the prediction
         column); ``tuple(layer_sizes(...).values())`` is a detector's ``layer_sizes``.
     """
-    _check_common(model, x, pool, 1)
+    _check_common(model, x, pool, 1, "layer_sizes")
     names, blocks, _ = _run(model, x[:1], _resolve(model, layers), pool, 1)
     return {n: int(b.shape[1]) for n, b in zip(names, blocks, strict=True)}

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._batching import check_batch_size, chunks
-from .._validation import check_inputs
+from .._batching import chunks
+from .._validation import NON_NEGATIVE, POSITIVE_INT, check_inputs, check_params
 
 __all__ = ["PCAWhitening", "fit_pca_whitening", "pca_coefficients", "pixels"]
 
@@ -183,9 +183,8 @@ def fit_pca_whitening(x_train: Any, *, eps: float = 1e-11, batch_size: int = 819
     >>> bool(np.allclose(np.cov(w.transform(x).T), np.eye(4)))
     True
     """
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0; got {eps!r}.")
-    check_batch_size(batch_size)
+    check_params("fit_pca_whitening", {"eps": eps, "batch_size": batch_size},
+                 {"eps": NON_NEGATIVE, "batch_size": POSITIVE_INT})
     rows = _as_rows(x_train, "x_train")
     n, d = rows.shape
     mean = rows.mean(axis=0)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._batching import check_batch_size, chunks
-from .._validation import check_inputs, eval_mode
+from .._batching import chunks
+from .._validation import POSITIVE_INT, check_inputs, check_params, eval_mode, one_of
 
 __all__ = ["RECONSTRUCTION_KINDS", "reconstruction_error"]
 
@@ -73,11 +73,8 @@ def reconstruction_error(
     >>> reconstruction_error(model, torch.rand(4, 1, 8, 8), kind="all").shape
     (4, 2)
     """
-    if kind not in (*RECONSTRUCTION_KINDS, "all"):
-        raise ValueError(
-            f"kind must be one of {[*RECONSTRUCTION_KINDS, 'all']}; got {kind!r}."
-        )
-    check_batch_size(batch_size)
+    check_params("reconstruction_error", {"kind": kind, "batch_size": batch_size},
+                 {"kind": one_of(*RECONSTRUCTION_KINDS, "all"), "batch_size": POSITIVE_INT})
     reconstruct = getattr(model, "reconstruct", None)
     if not isinstance(model, nn.Module) or not callable(reconstruct):
         raise TypeError(

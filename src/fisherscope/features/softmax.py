@@ -134,7 +134,7 @@ def softmax_stats(
     names = _check_stats(stats)
     check_model(model)
     check_inputs(x, bounds=bounds)
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, "softmax_stats")
     with eval_mode(model), torch.no_grad():
         parts = [softmax_stats_from_logits(model(x[sl]), names)
                  for sl in chunks(x.shape[0], batch_size)]

@@ -41,7 +41,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_inputs, check_logits, eval_mode
+from .._validation import (
+    POSITIVE_INT,
+    check_inputs,
+    check_logits,
+    check_param,
+    check_params,
+    eval_mode,
+    one_of,
+    real,
+)
 from ..exceptions import ConvergenceWarning
 
 __all__ = [
@@ -361,6 +370,7 @@ def alias_sample(
     prob: Tensor, alias: Tensor, m: int, *, generator: torch.Generator | None = None
 ) -> Tensor:
     """m draws per row from alias tables; (N, K) -> (N, m) int64."""
+    check_param("alias_sample", "m", m, POSITIVE_INT)
     n, k = prob.shape
     u = torch.rand(n, m, dtype=torch.float64, generator=generator, device=prob.device)
     col = (u * k).floor().long().clamp_(max=k - 1)
@@ -561,7 +571,8 @@ def fisher_spectrum(
         With ``lanczos`` / ``power``: replace the expectation over y by m classes drawn
         once per sample from p(y|x) with the alias method (Zhao §3.2; they use ≈ K/5).
     tol : float
-        Convergence: residual ‖G v − θ v‖ ≤ tol · θ_max for each of the k pairs.
+        Convergence: residual ‖G v − θ v‖ ≤ tol · θ_max for each of the k pairs; in (0, 1)
+        (tol ≥ 1 would accept the first iterate).
     max_iter : int
         Matrix-vector products per sample at most (Lanczos: the Krylov dimension).
     generator : torch.Generator, optional
@@ -581,8 +592,16 @@ def fisher_spectrum(
         Samples whose eigenpairs did not reach ``tol`` (named by index).
     """
     _prepare(model, x, bounds)
-    if method not in ("exact", "lanczos", "power"):
-        raise ValueError(f"method must be 'exact', 'lanczos' or 'power'; got {method!r}.")
+    owner = "fisher_spectrum"
+    check_params(owner, {"method": method, "class_samples": class_samples, "tol": tol, "max_iter": max_iter}, {
+        "method": one_of("exact", "lanczos", "power"),
+        "class_samples": POSITIVE_INT.or_none("the exact expectation over classes"),
+        # tol >= 1 accepts the first iterate: residual <= tol * theta_max always holds then
+        "tol": real(gt=0, lt=1).but(
+            expected="a relative residual in (0, 1)",
+            fix="Use e.g. 1e-6 (the default); tol >= 1 or inf would accept the first iterate as converged."),
+        "max_iter": POSITIVE_INT,
+    })
     if class_samples is not None:
         if method == "exact":
             raise ValueError(
@@ -590,20 +609,13 @@ def fisher_spectrum(
                 "method='lanczos' or 'power'; method='exact' sums over all classes. Drop "
                 "class_samples or choose an iterative method."
             )
-        if isinstance(class_samples, bool) or not isinstance(class_samples, int) or class_samples < 1:
-            raise ValueError(f"class_samples must be a positive integer; got {class_samples!r}.")
-    if not (isinstance(tol, int | float) and tol > 0):
-        raise ValueError(f"tol must be a positive number; got {tol!r}.")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}.")
     with eval_mode(model), torch.enable_grad():
         logits = model(x[:1].detach())
         check_logits(logits)
         num_classes = logits.shape[1]
         if k is None:
             k = num_classes - 1
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer (number of eigenpairs); got {k!r}.")
+        check_param(owner, "k", k, POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenpairs)"))
         r = min(k, num_classes - 1)
         if k > num_classes - 1:
             warnings.warn(

@@ -55,7 +55,6 @@ Neurocomputing 382 (2020) 80–86; arXiv:1909.05527.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -67,7 +66,16 @@ from torch.func import functional_call, jvp, vjp, vmap
 from torch.overrides import TorchFunctionMode
 
 from .._batching import even_chunks, per_sample
-from .._validation import check_inputs, check_logits, eval_mode
+from .._validation import (
+    BOOL,
+    POSITIVE,
+    POSITIVE_INT,
+    check_inputs,
+    check_logits,
+    check_params,
+    eval_mode,
+    one_of,
+)
 
 __all__ = [
     "param_direction",
@@ -92,20 +100,20 @@ FACTOR_LINEAR = True
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+#: samples per vmapped chunk, or None for the automatic size
+_CHUNK = POSITIVE_INT.but(expected="an integer >= 1 (samples per vmapped chunk)").or_none("automatic")
 
 
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
-    return float(value)
-
-
-def _check_chunk(chunk_size: object) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer (samples per vmapped chunk) or None; got {chunk_size!r}.")
+def check_direction_settings(owner: str, **values: Any) -> None:
+    """The settings shared by :func:`param_fisher_form` and ``fisher_sensitivity``."""
+    check_params(owner, values, {
+        "normalized": BOOL,
+        "reduction": one_of("full", "two_class"),
+        "method": one_of("jvp", "finite_difference"),
+        "fd_eps": POSITIVE,
+        "scale": POSITIVE,
+        "chunk_size": _CHUNK,
+    })
 
 
 def _check_model(model: object) -> None:
@@ -518,8 +526,9 @@ def param_direction(
     ----------
     Martin & Elster (2019), eqs. 6 and 8.
     """
-    scale = _check_positive("scale", scale)
-    _check_chunk(chunk_size)
+    check_params("param_direction", {"normalized": normalized, "scale": scale, "chunk_size": chunk_size},
+                 {"normalized": BOOL, "scale": POSITIVE, "chunk_size": _CHUNK})
+    scale = float(scale)
     _check_model(model)
     with eval_mode(model):
         net, _, pred = _prepare(model, x, bounds)
@@ -596,8 +605,8 @@ def param_fisher_trace(
     >>> param_fisher_trace(net, torch.rand(2, 4)).shape
     torch.Size([2])
     """
-    _check_choice("reduction", reduction, ("full", "two_class"))
-    _check_chunk(chunk_size)
+    check_params("param_fisher_trace", {"reduction": reduction, "chunk_size": chunk_size},
+                 {"reduction": one_of("full", "two_class"), "chunk_size": _CHUNK})
     _check_model(model)
     with eval_mode(model):
         net, logits, pred = _prepare(model, x, bounds)
@@ -702,10 +711,9 @@ def param_fisher_form(
     ----------
     Martin & Elster (2019), eqs. 5–9.
     """
-    _check_choice("reduction", reduction, ("full", "two_class"))
-    _check_choice("method", method, ("jvp", "finite_difference"))
-    fd_eps = _check_positive("fd_eps", fd_eps)
-    scale = _check_positive("scale", scale)
+    check_direction_settings("param_fisher_form", normalized=normalized, reduction=reduction, method=method,
+                             fd_eps=fd_eps, scale=scale, chunk_size=chunk_size)
+    fd_eps, scale = float(fd_eps), float(scale)
     return _directional(
         model, x, v, bounds, chunk_size, normalized,
         lambda net, xs, ps, start: _form_default(net, xs, ps, normalized, scale, method, fd_eps, reduction, start),
@@ -729,7 +737,6 @@ def _directional(
     direction (``default(net, x, pred, start)``) or the caller's ``v`` (``given(net, x,
     pred, v_chunk)``, normalised first when asked).
     """
-    _check_chunk(chunk_size)
     _check_model(model)
     with eval_mode(model):
         net, _, pred = _prepare(model, x, bounds)

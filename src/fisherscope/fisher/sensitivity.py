@@ -43,8 +43,6 @@ from .parameter_space import (
     Direction,
     FormMethod,
     Reduction,
-    _check_choice,
-    _check_positive,
     _class_terms,
     _default_scale,
     _direction_factor,
@@ -58,6 +56,7 @@ from .parameter_space import (
     _reduced_log_probs,
     _shift,
     _warn_zero_direction,
+    check_direction_settings,
 )
 
 __all__ = ["fisher_sensitivity"]
@@ -211,10 +210,9 @@ def fisher_sensitivity(
     ----------
     Martin & Elster (2019), eqs. 10–13 and Fig. 2.
     """
-    _check_choice("reduction", reduction, ("full", "two_class"))
-    _check_choice("method", method, ("jvp", "finite_difference"))
-    fd_eps = _check_positive("fd_eps", fd_eps)
-    scale = _check_positive("scale", scale)
+    check_direction_settings("fisher_sensitivity", normalized=normalized, reduction=reduction, method=method,
+                             fd_eps=fd_eps, scale=scale, chunk_size=chunk_size)
+    fd_eps, scale = float(fd_eps), float(scale)
     return _directional(
         model, x, v, bounds, chunk_size, normalized,
         lambda net, xs, ps, start: _fis_default(net, xs, ps, normalized, scale, reduction, method, fd_eps, start),

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry
+from .._validation import BOOL, POSITIVE_INT, check_param, check_params, integer, one_of, real
 
 __all__ = [
     "ACTIVATIONS",
@@ -79,24 +80,16 @@ def _check_common(
     input_size: int | None = None,
     min_input_size: int = 1,
 ) -> None:
-    def _int(name: str, value: Any, minimum: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{cls_name}: {name} must be an integer >= {minimum}; got {value!r}.")
-
-    _int("in_channels", in_channels, 1)
-    _int("num_classes", num_classes, 2)
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{cls_name}: activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}."
-        )
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, int | float)
-        or not 0.0 <= float(dropout) < 1.0
-    ):
-        raise ValueError(f"{cls_name}: dropout must be a rate in [0, 1); got {dropout!r}.")
+    check_params(cls_name, {
+        "in_channels": in_channels, "num_classes": num_classes, "activation": activation, "dropout": dropout,
+    }, {
+        "in_channels": POSITIVE_INT,
+        "num_classes": integer(ge=2),
+        "activation": one_of(*sorted(ACTIVATIONS)),
+        "dropout": real(ge=0, lt=1).but(expected="a rate in [0, 1)"),
+    })
     if input_size is not None:
-        _int("input_size", input_size, min_input_size)
+        check_param(cls_name, "input_size", input_size, integer(ge=min_input_size))
 
 
 def _check_spatial(x: torch.Tensor, input_size: int, name: str) -> None:
@@ -275,8 +268,7 @@ def _min_input_size(spec: _FeatureSpec) -> int:
 
 
 def _check_positive_int(arch: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{arch}: {name} must be a positive integer; got {value!r}.")
+    check_param(arch, name, value, POSITIVE_INT)
 
 
 class _PlainCNN(nn.Module):
@@ -573,9 +565,8 @@ class VGGSmall(_PlainCNN):
         batch_norm: bool = True,
         classifier_width: int = 512,
     ) -> None:
-        if not isinstance(batch_norm, bool):
-            raise ValueError(f"vgg_small: batch_norm must be True or False; got {batch_norm!r}.")
-        _check_positive_int("vgg_small", "classifier_width", classifier_width)
+        check_params("vgg_small", {"batch_norm": batch_norm, "classifier_width": classifier_width},
+                     {"batch_norm": BOOL, "classifier_width": POSITIVE_INT})
         super().__init__(
             "vgg_small", in_channels=in_channels, num_classes=num_classes, activation=activation,
             dropout=dropout, input_size=input_size, features=_vgg_spec(self.cfg, batch_norm),
@@ -783,10 +774,7 @@ class ResNet18(nn.Module):
             "resnet18", in_channels=in_channels, num_classes=num_classes,
             activation=activation, dropout=dropout,
         )  # fmt: skip
-        if input_resize is not None and (
-            isinstance(input_resize, bool) or not isinstance(input_resize, int) or input_resize < 8
-        ):
-            raise ValueError(f"resnet18: input_resize must be None or an integer >= 8; got {input_resize!r}.")
+        check_param("resnet18", "input_resize", input_resize, integer(ge=8).or_none("no resizing"))
         self.input_resize = input_resize
         self.normalize = Normalize(in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
@@ -917,11 +905,8 @@ class AsLogits(nn.Module):
 
     def __init__(self, model: nn.Module, output: Literal["probs", "log_probs"] = "probs") -> None:
         super().__init__()
-        if output not in ("probs", "log_probs"):
-            raise ValueError(
-                f"as_logits: output must be 'probs' or 'log_probs'; got {output!r}. Use "
-                "'probs' for a model ending in softmax, 'log_probs' for one ending in log_softmax."
-            )
+        check_param("as_logits", "output", output, one_of("probs", "log_probs"),
+                    fix="Use 'probs' for a model ending in softmax, 'log_probs' for one ending in log_softmax.")
         self.model = model
         self.output = output
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import check_param, one_of
 from .architectures import (
     MODELS,
     Normalize,
@@ -40,8 +41,7 @@ class DecoderActivation(nn.Module):
 
     def __init__(self, name: str) -> None:
         super().__init__()
-        if name not in _FUNCTIONAL:
-            raise ValueError(f"activation must be one of {sorted(_FUNCTIONAL)}; got {name!r}.")
+        check_param(type(self).__name__, "name", name, one_of(*sorted(_FUNCTIONAL)))
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_inputs, check_labels, eval_mode
+from .._validation import (
+    BOOL,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    STRING,
+    check_inputs,
+    check_labels,
+    check_param,
+    check_params,
+    eval_mode,
+    one_of,
+    real,
+)
 from ..exceptions import CheckpointError
 from .architectures import MODELS, _check_arch, build_model, find_normalize
 from .checkpoint import (
@@ -257,39 +271,20 @@ def resolve_preset(name: str, dataset: str | None = None) -> dict[str, Any]:
 
 
 def _validate_training(t: dict[str, Any]) -> None:
-    def bad(name: str, expected: str) -> ValueError:
-        return ValueError(f"{name} must be {expected}; got {t[name]!r}.")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-    if not is_int(t["epochs"]) or t["epochs"] < 1:
-        raise bad("epochs", "an integer >= 1")
-    if not is_int(t["batch_size"]) or t["batch_size"] < 1:
-        raise bad("batch_size", "an integer >= 1")
-    if not is_num(t["lr"]) or t["lr"] <= 0:
-        raise bad("lr", "a positive number")
-    t["lr"] = float(t["lr"])
-    if not is_num(t["weight_decay"]) or t["weight_decay"] < 0:
-        raise bad("weight_decay", "a number >= 0")
-    t["weight_decay"] = float(t["weight_decay"])
-    if t["momentum"] is not None:
-        if not is_num(t["momentum"]) or not 0 <= t["momentum"] < 1:
-            raise bad("momentum", "a number in [0, 1)")
-        t["momentum"] = float(t["momentum"])
-    if t["optimizer"] not in OPTIMIZERS:
-        raise bad("optimizer", f"one of {list(OPTIMIZERS)}")
-    if t["lr_schedule"] not in LR_SCHEDULES:
-        raise bad("lr_schedule", f"one of {list(LR_SCHEDULES)}")
-    if t["augment"] not in AUGMENTATIONS:
-        raise bad("augment", f"one of {list(AUGMENTATIONS)}")
-    if not isinstance(t["normalize"], bool):
-        raise bad("normalize", "True or False")
-    if t["dataset"] is not None and not isinstance(t["dataset"], str):
-        raise bad("dataset", "a dataset name or an ImageDataset")
+    check_params("train_model", t, {
+        "epochs": POSITIVE_INT,
+        "batch_size": POSITIVE_INT,
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "momentum": real(ge=0, lt=1).or_none("the optimiser's default"),
+        "optimizer": one_of(*OPTIMIZERS),
+        "lr_schedule": one_of(*LR_SCHEDULES),
+        "augment": one_of(*AUGMENTATIONS),
+        "normalize": BOOL,
+        "dataset": STRING.but(expected="a dataset name or an ImageDataset").or_none(),
+    })
+    for name in ("lr", "weight_decay") + (("momentum",) if t["momentum"] is not None else ()):
+        t[name] = float(t[name])
 
 
 def _full_model_kwargs(arch: str, given: Mapping[str, Any], ds: ImageDataset) -> dict[str, Any]:
@@ -485,8 +480,7 @@ def evaluate_accuracy(
     """
     check_inputs(x, y)
     check_labels(y, x.shape[0])
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_param("evaluate_accuracy", "batch_size", batch_size, POSITIVE_INT)
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -693,8 +687,7 @@ def train_model(
         augment=augment, normalize=normalize,
         dataset=dataset if isinstance(dataset, str) else None, model_kwargs=model_kwargs,
     )  # fmt: skip
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    check_param("train_model", "seed", seed, NON_NEGATIVE_INT)
     base = t["arch"]
     if dataset is None:
         if t["dataset"] is None:
@@ -744,10 +737,7 @@ def train_model(
         resume = read_checkpoint(partial_path, expected_key=key, expected_kind="partial")
         logger.info("%s: resuming from %s (epoch %d)", base, partial_path, resume["epoch"])
 
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-    ):
-        raise ValueError(f"num_threads must be a positive integer or None; got {num_threads!r}.")
+    check_param("train_model", "num_threads", num_threads, POSITIVE_INT.or_none("torch's setting"))
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)

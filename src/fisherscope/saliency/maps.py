@@ -42,7 +42,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._validation import (
+    BOOL,
+    check_inputs,
+    check_labels,
+    check_logits,
+    check_param,
+    eval_mode,
+    integer,
+)
 
 __all__ = ["UnmodifiedActivationWarning", "gradient", "guided_backprop", "hendrycks_saliency"]
 
@@ -160,13 +168,13 @@ class _RuleMode(TorchFunctionMode):
 # ------------------------------------------------------------------------ helpers
 
 
-def _targets(y: Tensor | int | None, logits: Tensor) -> Tensor:
+def _targets(y: Tensor | int | None, logits: Tensor, owner: str) -> Tensor:
     n, k = logits.shape
     if y is None:
         return logits.argmax(1)
     if isinstance(y, int) and not isinstance(y, bool):
-        if not 0 <= y < k:
-            raise ValueError(f"y must be a class index in [0, {k}); got {y}.")
+        check_param(owner, "y", y, integer(ge=0, lt=k).but(
+            expected=f"a class index in [0, {k}) for this {k}-class model, a (N,) label tensor or None"))
         return torch.full((n,), y, dtype=torch.int64, device=logits.device)
     return check_labels(y, n, k).to(logits.device)
 
@@ -185,7 +193,7 @@ def _input_gradient(model: nn.Module, x: Tensor, y: Tensor | int | None, rule: R
             with mode:
                 logits = model(xr)
         check_logits(logits)
-        target = _targets(y, logits.detach())
+        target = _targets(y, logits.detach(), name)
         selected = logits.gather(1, target.unsqueeze(1)).sum()  # samples are independent in eval mode
         (grad,) = torch.autograd.grad(selected, xr)
     if mode is not None:
@@ -255,6 +263,7 @@ def gradient(
     Simonyan, K., Vedaldi, A., Zisserman, A. "Deep inside convolutional networks."
     ICLR workshop 2014. Hendrycks & Gimpel (2017) §4.
     """
+    check_param("gradient", "absolute", absolute, BOOL)
     g = _input_gradient(model, x, y, None, bounds, "gradient")
     return g.abs() if absolute else g
 
