@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -89,9 +91,9 @@ def test_even_chunks_examples():
 
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True, "8"])
 def test_check_batch_size_names_what_it_wants(bad):
-    with pytest.raises(ValueError, match=rf"batch_size must be a positive integer; got {bad!r}"):
+    with pytest.raises(ValueError, match=rf"batch_size must be an integer >= 1; got {re.escape(repr(bad))}"):
         check_batch_size(bad)
-    with pytest.raises(ValueError, match=r"positive integer or None \(one batch\)"):
+    with pytest.raises(ValueError, match=r"an integer >= 1 or None \(one batch\)"):
         check_batch_size(bad, allow_none=True)
     check_batch_size(None, allow_none=True)
     with pytest.raises(ValueError, match="got None"):
@@ -125,7 +127,7 @@ def test_in_batches_rejects_misaligned_or_empty_inputs():
         in_batches(lambda x: x, torch.zeros(0, 2))
     with pytest.raises(ValueError, match="at least one tensor"):
         in_batches(lambda: torch.zeros(1))
-    with pytest.raises(ValueError, match="batch_size must be a positive integer or None"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1 or None"):
         in_batches(lambda x: x, torch.zeros(3), batch_size=0)
 
 
@@ -174,7 +176,7 @@ def test_predict_works_for_a_model_without_parameters():
 
 
 def test_predict_rejects_bad_batch_size():
-    with pytest.raises(ValueError, match=r"batch_size must be a positive integer or None \(one batch\); got 0"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1 or None \(one batch\); got 0"):
         predict(_net().eval(), _x(), 0)
 
 

@@ -90,7 +90,7 @@ def test_fooling_ratio_restores_mode_and_validates():
         fooling_ratio(model, x, x, y[:4])
     with pytest.raises(TypeError, match="int64"):
         fooling_ratio(model, x, x, y.int())
-    with pytest.raises(ValueError, match=r"batch_size must be a positive integer or None \(one batch\); got 0"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1 or None \(one batch\); got 0"):
         fooling_ratio(model, x, x, y, batch_size=0)
     none_correct = fooling_ratio(model, x, x, (model(x).argmax(1) + 1) % 3)
     assert none_correct.n_correct == 0 and math.isnan(none_correct.ratio)
@@ -264,5 +264,5 @@ def test_transfer_validates():
         transfer_matrix(lambda m, x, y: x, [A], [B], X, Y)
     with pytest.raises(ValueError, match="outside bounds"):
         transfer_matrix(Reflect(), [A], [B], X + 2, Y)
-    with pytest.raises(ValueError, match=r"batch_size must be a positive integer or None \(one batch\); got 0"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1 or None \(one batch\); got 0"):
         transfer_matrix(Reflect(), [A], [B], X, Y, batch_size=0)

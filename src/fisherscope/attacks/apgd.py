@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._batching import per_sample as _bcast
+from .._validation import BOOL, POSITIVE_INT, check_param, check_params, one_of, param_error, real
 from .base import Attack, project
 
 __all__ = ["APGD", "APGDTargeted", "apgd_checkpoints", "dlr_loss"]
@@ -84,15 +86,6 @@ def apgd_checkpoints(steps: int) -> list[int]:
         gap = max(gap - shrink, floor)
         at += gap
     return out
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def _check(cls: str, name: str, ok: bool, expected: str, got: object) -> None:
-    if not ok:
-        raise ValueError(f"The '{name}' parameter of {cls} must be {expected}; got {got!r}.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,20 +147,14 @@ class APGD(Attack):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
-        _check(name, "norm", self.norm in ("linf", "l2"), "'linf' or 'l2'", self.norm)
-        _check(name, "loss", self.loss in ("ce", "dlr"), "'ce' or 'dlr'", self.loss)
-        for field_name in ("restarts", "eot_iter"):
-            v = getattr(self, field_name)
-            _check(name, field_name, isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                   "an integer >= 1", v)
-        _check(name, "random_start", isinstance(self.random_start, bool), "True or False", self.random_start)
+        check_params(name, self, {
+            "norm": one_of("linf", "l2"), "loss": one_of("ce", "dlr"), "restarts": POSITIVE_INT,
+            "eot_iter": POSITIVE_INT, "random_start": BOOL, "rho": real(gt=0, le=1),
+            "momentum": real(gt=0, le=1),
+        })
         if self.restarts > 1 and not self.random_start:
-            raise ValueError(f"{name}: restarts={self.restarts} without random_start would repeat the same run; "
-                             "set random_start=True or restarts=1.")
-        for field_name in ("rho", "momentum"):
-            v = getattr(self, field_name)
-            _check(name, field_name, isinstance(v, int | float) and not isinstance(v, bool)
-                   and math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]", v)
+            raise param_error(name, "restarts", self.restarts, "1 when random_start is False",
+                              "Set random_start=True, or restarts=1: restarts from x would repeat the same run.")
 
     # ------------------------------------------------------------- pieces
     def _objective(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -331,9 +318,7 @@ class APGDTargeted(APGD):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        v = self.n_target_classes
-        _check("APGDTargeted", "n_target_classes", isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-               "an integer >= 1", v)
+        check_param("APGDTargeted", "n_target_classes", self.n_target_classes, POSITIVE_INT)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
