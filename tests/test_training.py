@@ -206,6 +206,36 @@ def test_equivalent_requests_share_a_key(tiny, tmp_path):
     assert compute_key(base.config) == base.key
 
 
+#: Cache keys of fixed requests on the ``tiny`` data, recorded before training moved from
+#: ``fisherscope.models.training`` to ``fisherscope.training``: a refactor that changes one
+#: would orphan every checkpoint already in users' caches (they would silently retrain).
+GOLDEN_KEYS = {
+    "plain": "e5dc38d42f8534a9435586a50ce2d2881641b586dc3e5565db0f5abe8494fe78",
+    "fisher": "ec4a1fa1c5fdc01865e431c52cb8b6f6c593fef3b9ef947f5d72255554e86a78",
+    "label_smoothing_init_from": "f8c833895939b9fac214ddf09516b820c3b3531e8aa7d3c9ced8f40f2da2ec64",
+    "adversarial": "fcd2e3b437c75b1377c8e0f0c8e843d2ca0ea3f6cc443ef5df3f9dee87a04dca",
+}
+
+
+def test_cache_keys_are_stable(tiny):
+    plain = _train(tiny, epochs=1)
+    keys = {
+        "plain": plain.key,
+        "fisher": _train(tiny, epochs=1, defense={"kind": "fisher", "mu": 0.02, "penalty": "softmax_trace"}).key,
+        "label_smoothing_init_from": _train(
+            tiny, epochs=1, defense={"kind": "label_smoothing", "alpha": 0.1}, init_from=plain
+        ).key,
+        "adversarial": _train(
+            tiny, epochs=1, defense={"kind": "adversarial", "attack": "fgsm", "params": {"eps": 0.1}}
+        ).key,
+    }
+    assert keys == GOLDEN_KEYS, (
+        "the checkpoint cache key of a fixed request changed; existing cached checkpoints would "
+        "no longer be found. Keep the config that train_model hashes byte-identical (or bump "
+        "FORMAT_VERSION deliberately and update GOLDEN_KEYS)."
+    )
+
+
 def test_cache_dir_from_environment(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("FISHERSCOPE_CACHE", str(tmp_path / "env-cache"))
     assert resolve_cache_dir() == tmp_path / "env-cache"
