@@ -22,7 +22,7 @@ from fisherscope.defenses import (
     normalize_defense,
 )
 from fisherscope.fisher import fisher_spectrum, fisher_trace
-from fisherscope.models import train_model
+from fisherscope.training import train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -327,7 +327,7 @@ def test_divergence_with_a_defense_is_reported(tiny, tmp_path, defense):
 
 
 def test_capped_penalty_is_logged(tiny, caplog):
-    with caplog.at_level(logging.WARNING, logger="fisherscope.models.training"):
+    with caplog.at_level(logging.WARNING, logger="fisherscope.training"):
         tm = _train(tiny, epochs=1, defense={"kind": "fisher", "mu": 0.01, "max_log": 2.0})  # < 2 log 3
     assert tm.metrics["history"][0]["defense_stats"]["capped"] == 1.0
     assert "hit its cap" in caplog.text

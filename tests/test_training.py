@@ -11,24 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-import fisherscope.models.training as training_mod
+import fisherscope.training.loop as training_mod
 from fisherscope.data._dataset import ImageDataset
 from fisherscope.exceptions import CheckpointError, ModelModeWarning
 from fisherscope.models import (
-    DEFAULT_TRAINING,
     MODELS,
-    PRESETS,
     compute_key,
-    evaluate_accuracy,
     find_normalize,
     list_checkpoints,
     load_checkpoint,
     resolve_cache_dir,
+)
+from fisherscope.models.checkpoint import FORMAT
+from fisherscope.training import (
+    DEFAULT_TRAINING,
+    PRESETS,
+    evaluate_accuracy,
     resolve_preset,
     resolve_training,
     train_model,
 )
-from fisherscope.models.checkpoint import FORMAT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -402,15 +404,13 @@ def test_list_checkpoints(tiny, tmp_path):
 
 
 def test_dataset_by_name_loads_both_splits(tiny, tmp_path, monkeypatch):
-    import fisherscope.data
-
     calls = []
 
     def fake_load_dataset(name, split, data_dir=None):
         calls.append((name, split, data_dir))
         return tiny[0] if split == "train" else tiny[1]
 
-    monkeypatch.setattr(fisherscope.data, "load_dataset", fake_load_dataset, raising=False)
+    monkeypatch.setattr(training_mod, "load_dataset", fake_load_dataset)
     tm = train_model("digits_cnn", "tiny", cache_dir=tmp_path, data_dir="somewhere", **FAST)
     assert calls == [("tiny", "train", "somewhere"), ("tiny", "test", "somewhere")]
     assert tm.metrics["test_accuracy"] is not None
@@ -480,7 +480,7 @@ def test_preset_defaults_are_used(tiny, tmp_path):
 
 
 def test_progress_bar_and_logging(tiny, caplog):
-    with caplog.at_level(logging.INFO, logger="fisherscope.models"):
+    with caplog.at_level(logging.INFO, logger="fisherscope.training"):
         _train(tiny, progress=True, epochs=1)
     assert any("epoch 1/1" in r.getMessage() for r in caplog.records)
 

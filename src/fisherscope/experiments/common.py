@@ -33,7 +33,7 @@ def trained_model(
     Returns the :class:`~fisherscope.models.TrainedModel`; a repeated call with the same
     request loads the checkpoint instead of training.
     """
-    from ..models import resolve_preset, train_model
+    from ..training import resolve_preset, train_model
 
     kwargs = dict(resolve_preset(preset or arch, dataset))
     kwargs.update(overrides or {})

@@ -48,6 +48,7 @@ __all__ = [
     "canonical_json",
     "checkpoint_path",
     "compute_key",
+    "library_versions",
     "list_checkpoints",
     "load_checkpoint",
     "resolve_cache_dir",
@@ -101,7 +102,8 @@ def checkpoint_path(cache_dir: str | os.PathLike[str] | None, arch: str, key: st
     return resolve_cache_dir(cache_dir) / f"{arch}-{key}{suffix}"
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of fisherscope, torch and Python, as recorded in every checkpoint."""
     import platform
 
     try:
@@ -303,7 +305,7 @@ def load_checkpoint(
     device: str | torch.device | None = None,
     expected_key: str | None = None,
 ) -> TrainedModel:
-    """Load a final checkpoint written by :func:`fisherscope.models.train_model`.
+    """Load a final checkpoint written by :func:`fisherscope.training.train_model`.
 
     Parameters
     ----------
@@ -436,7 +438,7 @@ def make_checkpoint(
         "config": json.loads(canonical_json(config)),
         "metrics": dict(metrics or {}),
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
-        "versions": _versions(),
+        "versions": library_versions(),
         "created": _now(),
     }
     ckpt.update(extra)
