@@ -38,6 +38,7 @@ test-slow: install-dev
 
 lint: install-dev
 	$(PY) -m ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

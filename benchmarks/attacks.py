@@ -118,7 +118,7 @@ def _trained_mnist(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor] | Non
     """The trained mnist_cnn (checkpoint cache) and n correctly classified MNIST test images."""
     from fisherscope.data import load_dataset
     from fisherscope.exceptions import DatasetNotFoundError
-    from fisherscope.models import train_model
+    from fisherscope.training import train_model
 
     try:
         test = load_dataset("mnist", split="test")

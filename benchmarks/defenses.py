@@ -3,7 +3,7 @@
 Run: ``FISHERSCOPE_DATA=<folder with mnist.npz> python benchmarks/defenses.py [--quick]
 [--arch convnet_bn] [--n 4096] [--repeats 5] [--threads 2] [--json out.json]``.
 
-Every variant is a real :func:`fisherscope.models.train_model` call (``epochs=1``,
+Every variant is a real :func:`fisherscope.training.train_model` call (``epochs=1``,
 ``cache=False``) on the same fixed subset of MNIST training images (the first ``--n``),
 from the same seed; the time is the epoch time the training loop itself records
 (``metrics["history"][0]["time_s"]``: shuffling, augmentation, forward, objective,
@@ -38,7 +38,7 @@ from _timing import header, interleaved, med, spread  # noqa: E402
 
 from fisherscope.attacks import ATTACKS  # noqa: E402
 from fisherscope.data import load_dataset  # noqa: E402
-from fisherscope.models import train_model  # noqa: E402
+from fisherscope.training import train_model  # noqa: E402
 
 VARIANTS: dict[str, dict | None] = {
     "plain": None,

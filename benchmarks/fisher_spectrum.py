@@ -205,7 +205,7 @@ def _trained_mnist_cnn(n: int):
     """The trained mnist_cnn (checkpoint cache) on MNIST test images; None without MNIST."""
     from fisherscope.data import load_dataset
     from fisherscope.exceptions import DatasetNotFoundError
-    from fisherscope.models import train_model
+    from fisherscope.training import train_model
 
     try:
         test = load_dataset("mnist", split="test")

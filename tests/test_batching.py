@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
-import re
-
 import pytest
 import torch
 from torch import nn

@@ -23,7 +23,7 @@ from fisherscope.defenses import (
     normalize_defense,
 )
 from fisherscope.fisher import fisher_spectrum, fisher_trace
-from fisherscope.models import train_model
+from fisherscope.training import train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -329,7 +329,7 @@ def test_divergence_with_a_defense_is_reported(tiny, tmp_path, defense):
 
 
 def test_capped_penalty_is_logged(tiny, caplog):
-    with caplog.at_level(logging.WARNING, logger="fisherscope.models.training"):
+    with caplog.at_level(logging.WARNING, logger="fisherscope.training"):
         tm = _train(tiny, epochs=1, defense={"kind": "fisher", "mu": 0.01, "max_log": 2 * math.log(3) + 1e-6})
     # just above the smallest possible L = 2 log 3 (K = 3): every non-uniform sample is capped
     assert tm.metrics["history"][0]["defense_stats"]["capped"] == 1.0

@@ -18,14 +18,15 @@ from _models import tiny_mlp  # noqa: E402
 from fisherscope.attacks import ATTACKS, HGTargeted  # noqa: E402
 from fisherscope.attacks.detector_aware import (  # noqa: E402
     BarrierHGTargeted,
+    ImageScore,
     SoftmaxKL,
-    WhitenedVariance,
     band_around,
 )
 from fisherscope.detectors import PCAWhiteningDetector  # noqa: E402
+from fisherscope.exceptions import NotFittedError  # noqa: E402
 from fisherscope.experiments import Context, load_config, run_experiment  # noqa: E402
 from fisherscope.experiments.hendrycks_gimpel_detection import paired_detection_metrics  # noqa: E402
-from fisherscope.features import fit_pca_whitening, softmax_stats  # noqa: E402
+from fisherscope.features import TrailingVarianceScore, fit_pca_whitening, softmax_stats  # noqa: E402
 
 K, D = 5, 12
 
@@ -56,22 +57,32 @@ def test_whitened_variance_equals_the_detector_score_and_has_exact_gradient():
     train = rng.normal(size=(300, 6)) @ basis  # rank 6 of 12: trailing coefficients divide by sqrt(eps)
     w = fit_pca_whitening(train, eps=1e-6)
     det = PCAWhiteningDetector(start=8, eps=1e-6, whitening=w).fit(train)
-    stat = WhitenedVariance.from_detector(det)
+    score = det.torch_score()
+    assert isinstance(score, TrailingVarianceScore) and score.start == 8
     x = torch.tensor(train[:20] + 0.01 * rng.normal(size=(20, D)))
-    np.testing.assert_allclose(stat(x).numpy(), det.decision_function(x.numpy()), rtol=1e-10)
+    np.testing.assert_allclose(score(x).numpy(), det.decision_function(x.numpy()), rtol=1e-10)
+    torch.testing.assert_close(w.trailing_variance_score(8)(x), score(x), rtol=0, atol=0)
+    stat = ImageScore(score)  # the attack's statistic: the same numbers, the logits ignored
+    assert not stat.needs_logits and torch.equal(stat(x, None), score(x))
     xr = x[:3].clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda z: stat(z), (xr,))
+    assert torch.autograd.gradcheck(lambda z: score(z), (xr,))
     with pytest.raises(ValueError, match="start must be"):
-        WhitenedVariance(w, start=11)
-    with pytest.raises(ValueError, match="not a fitted PCAWhiteningDetector"):
-        WhitenedVariance.from_detector(PCAWhiteningDetector())
+        w.trailing_variance_score(11)
+    with pytest.raises(TypeError, match="PCAWhitening"):
+        TrailingVarianceScore(det, 8)
+    with pytest.raises(ValueError, match="values per sample"):
+        score(x[:, :5])
+    with pytest.raises(NotFittedError, match="not fitted"):
+        PCAWhiteningDetector().torch_score()
+    with pytest.raises(TypeError, match="score must be callable"):
+        ImageScore(w)
 
 
 def test_projection_off_the_window_leaves_the_statistic_unchanged():
     rng = np.random.default_rng(1)
     train = rng.normal(size=(400, 7)) @ rng.normal(size=(7, D))  # rank 7 of 12
     w = fit_pca_whitening(train, eps=1e-9)
-    stat = WhitenedVariance(w, start=6)
+    stat = w.trailing_variance_score(6)
     x = torch.tensor(train[:10])
     v = torch.tensor(rng.normal(size=(10, D)))
     pv = stat.project_off_window(v)
@@ -149,8 +160,8 @@ def test_one_step_is_the_backtracked_barrier_descent(setup, alpha, transform):
 class Spy(BarrierHGTargeted):
     """Records the statistic of every iterate the descent produces."""
 
-    def _descend(self, model, x, grad):
-        new = super()._descend(model, x, grad)
+    def descend(self, model, x, grad):
+        new = super().descend(model, x, grad)
         with torch.no_grad():
             self.seen.append(self.statistic(new, model(new)))
         return new

@@ -14,8 +14,9 @@ from fisherscope.detectors.mahalanobis import MahalanobisDetector
 from fisherscope.detectors.reconstruction import ReconstructionDetector
 from fisherscope.features.layers import layer_activations, layer_sizes
 from fisherscope.features.reconstruction import reconstruction_error
-from fisherscope.models import MODELS, PRESETS, build_model, count_parameters, train_model
+from fisherscope.models import MODELS, build_model, count_parameters
 from fisherscope.models.hg_mlp import DecoderActivation
+from fisherscope.training import PRESETS, train_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -10,7 +10,8 @@ import torch
 from fisherscope._io import WriteError, describe_write_error
 from fisherscope.data import load_dataset
 from fisherscope.exceptions import CheckpointError
-from fisherscope.models import load_checkpoint, train_model
+from fisherscope.models import load_checkpoint
+from fisherscope.training import train_model
 
 
 @pytest.fixture(scope="module")

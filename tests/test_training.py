@@ -11,24 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-import fisherscope.models.training as training_mod
+import fisherscope.training.loop as training_mod
 from fisherscope.data._dataset import ImageDataset
 from fisherscope.exceptions import CheckpointError, ModelModeWarning
 from fisherscope.models import (
-    DEFAULT_TRAINING,
     MODELS,
-    PRESETS,
     compute_key,
-    evaluate_accuracy,
     find_normalize,
     list_checkpoints,
     load_checkpoint,
     resolve_cache_dir,
+)
+from fisherscope.models.checkpoint import FORMAT
+from fisherscope.training import (
+    DEFAULT_TRAINING,
+    PRESETS,
+    evaluate_accuracy,
     resolve_preset,
     resolve_training,
     train_model,
 )
-from fisherscope.models.checkpoint import FORMAT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -206,6 +208,36 @@ def test_equivalent_requests_share_a_key(tiny, tmp_path):
     assert compute_key(base.config) == base.key
 
 
+#: Cache keys of fixed requests on the ``tiny`` data, recorded before training moved from
+#: ``fisherscope.models.training`` to ``fisherscope.training``: a refactor that changes one
+#: would orphan every checkpoint already in users' caches (they would silently retrain).
+GOLDEN_KEYS = {
+    "plain": "e5dc38d42f8534a9435586a50ce2d2881641b586dc3e5565db0f5abe8494fe78",
+    "fisher": "ec4a1fa1c5fdc01865e431c52cb8b6f6c593fef3b9ef947f5d72255554e86a78",
+    "label_smoothing_init_from": "f8c833895939b9fac214ddf09516b820c3b3531e8aa7d3c9ced8f40f2da2ec64",
+    "adversarial": "fcd2e3b437c75b1377c8e0f0c8e843d2ca0ea3f6cc443ef5df3f9dee87a04dca",
+}
+
+
+def test_cache_keys_are_stable(tiny):
+    plain = _train(tiny, epochs=1)
+    keys = {
+        "plain": plain.key,
+        "fisher": _train(tiny, epochs=1, defense={"kind": "fisher", "mu": 0.02, "penalty": "softmax_trace"}).key,
+        "label_smoothing_init_from": _train(
+            tiny, epochs=1, defense={"kind": "label_smoothing", "alpha": 0.1}, init_from=plain
+        ).key,
+        "adversarial": _train(
+            tiny, epochs=1, defense={"kind": "adversarial", "attack": "fgsm", "params": {"eps": 0.1}}
+        ).key,
+    }
+    assert keys == GOLDEN_KEYS, (
+        "the checkpoint cache key of a fixed request changed; existing cached checkpoints would "
+        "no longer be found. Keep the config that train_model hashes byte-identical (or bump "
+        "FORMAT_VERSION deliberately and update GOLDEN_KEYS)."
+    )
+
+
 def test_cache_dir_from_environment(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("FISHERSCOPE_CACHE", str(tmp_path / "env-cache"))
     assert resolve_cache_dir() == tmp_path / "env-cache"
@@ -372,15 +404,13 @@ def test_list_checkpoints(tiny, tmp_path):
 
 
 def test_dataset_by_name_loads_both_splits(tiny, tmp_path, monkeypatch):
-    import fisherscope.data
-
     calls = []
 
     def fake_load_dataset(name, split, data_dir=None):
         calls.append((name, split, data_dir))
         return tiny[0] if split == "train" else tiny[1]
 
-    monkeypatch.setattr(fisherscope.data, "load_dataset", fake_load_dataset, raising=False)
+    monkeypatch.setattr(training_mod, "load_dataset", fake_load_dataset)
     tm = train_model("digits_cnn", "tiny", cache_dir=tmp_path, data_dir="somewhere", **FAST)
     assert calls == [("tiny", "train", "somewhere"), ("tiny", "test", "somewhere")]
     assert tm.metrics["test_accuracy"] is not None
@@ -450,7 +480,7 @@ def test_preset_defaults_are_used(tiny, tmp_path):
 
 
 def test_progress_bar_and_logging(tiny, caplog):
-    with caplog.at_level(logging.INFO, logger="fisherscope.models"):
+    with caplog.at_level(logging.INFO, logger="fisherscope.training"):
         _train(tiny, progress=True, epochs=1)
     assert any("epoch 1/1" in r.getMessage() for r in caplog.records)
 

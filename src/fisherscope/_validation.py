@@ -55,6 +55,7 @@ __all__ = [
     "one_of",
     "param_error",
     "real",
+    "sample_list",
     "satisfies",
 ]
 
@@ -64,7 +65,8 @@ DEFAULT_BOUNDS: tuple[float, float] = (0.0, 1.0)
 _BOUNDS_TOL = 1e-6
 
 
-def _sample_list(mask: torch.Tensor, limit: int = 8) -> str:
+def sample_list(mask: torch.Tensor, limit: int = 8) -> str:
+    """The indices where ``mask`` is True, for error messages: ``"[0, 3, 7, ...]"`` (at most ``limit``)."""
     idx = torch.nonzero(mask, as_tuple=False).flatten().tolist()
     shown = ", ".join(str(i) for i in idx[:limit])
     return f"[{shown}{', ...' if len(idx) > limit else ''}]"
@@ -127,7 +129,7 @@ def check_inputs(
         n_bad = int((~finite).sum())
         raise ValueError(
             f"{name} contains {n_bad} non-finite values (NaN or inf) in samples "
-            f"{_sample_list(bad)}; remove or repair those samples before calling."
+            f"{sample_list(bad)}; remove or repair those samples before calling."
         )
     if bounds is not None:
         lo, hi = float(bounds[0]), float(bounds[1])
@@ -222,7 +224,7 @@ def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.T
         bad = ~finite.all(dim=1)
         raise ValueError(
             f"{name} has non-finite logits for {int(bad.sum())} samples "
-            f"{_sample_list(bad)}; check the inputs and the model."
+            f"{sample_list(bad)}; check the inputs and the model."
         )
     with torch.no_grad():
         in_unit = bool(((logits >= 0) & (logits <= 1)).all())

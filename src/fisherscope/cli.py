@@ -200,7 +200,7 @@ def train(
         if spec is not None:
             overrides["defense"] = spec
         if dataset is None:
-            from .models import resolve_training
+            from .training import resolve_training
 
             dataset = resolve_training(preset or arch)["dataset"] or "digits"
         trained = trained_model(arch, dataset, _context(data_dir, cache_dir, quiet), seed=seed,
@@ -257,7 +257,8 @@ def _defense_spec(kind: str | None, **options: Any) -> dict[str, Any] | None:
 @app.command()
 def models() -> None:
     """List the model architectures and their default training presets."""
-    from .models import MODELS, PRESETS
+    from .models import MODELS
+    from .training import PRESETS
 
     table = Table("name", "description")
     for name, ctor in MODELS.items():

@@ -5,8 +5,10 @@ iterative targeted search (:class:`~fisherscope.attacks.HGTargeted`) with logari
 barriers added to the loss, so that a detector statistic s(x) stays inside a band
 (low, high) around its clean mean:
 
-- §3.2: s = the variance of the trailing PCA-whitened coefficients
-  (:class:`WhitenedVariance`), band = clean mean ± one clean standard deviation; on
+- §3.2: s = the variance of the trailing PCA-whitened coefficients (the detector's
+  score as a torch function, ``ImageScore(detector.torch_score())``, see
+  :meth:`fisherscope.detectors.PCAWhiteningDetector.torch_score`), band = clean mean ±
+  one clean standard deviation; on
   MNIST "the search procedure could not generate any adversarial MNIST digit";
 - §3.3: s = KL(softmax ‖ uniform) (:class:`SoftmaxKL`), band = clean mean ± r·σ for
   r ∈ {1, 1/2, 1/4} (their Table 2, CIFAR-10: creation success 83%, 63%, 70%).
@@ -35,109 +37,63 @@ from .._validation import (
     POSITIVE,
     check_param,
     check_params,
-    integer,
     real,
 )
-from ..features.pca import PCAWhitening
 from .base import AttackResult
 from .hendrycks import HGTargeted
 
-__all__ = ["BarrierHGTargeted", "SoftmaxKL", "WhitenedVariance", "band_around"]
+__all__ = ["BarrierHGTargeted", "ImageScore", "SoftmaxKL", "band_around"]
 
 Statistic = Callable[[Tensor, Tensor | None], Tensor]
 
 
-class WhitenedVariance:
-    """The PCA-whitening detector's score as a differentiable torch function.
+class ImageScore:
+    """A differentiable score of the images as a :class:`BarrierHGTargeted` statistic.
 
-    ``s(x) = var(c[start:])`` with ``c = (x − mean) U / sqrt(λ + eps)`` the whitened
-    coefficients of the flattened input (leading component first) and the population
-    variance (ddof 0) — the same number as
-    :class:`~fisherscope.detectors.PCAWhiteningDetector`'s ``decision_function``,
-    computed in float64 from the fitted whitening; gradients flow back to ``x`` in its
-    own dtype.
+    Wraps ``score(x) -> (N,)`` (a torch function with gradients in x that does not need
+    the logits) so that ``ImageScore(score)(x, logits)`` is ``score(x)``. Hendrycks &
+    Gimpel §3.2's statistic is the PCA-whitening detector's score:
+    ``ImageScore(detector.torch_score())`` for a fitted
+    :class:`~fisherscope.detectors.PCAWhiteningDetector`, or
+    ``ImageScore(whitening.trailing_variance_score(start))`` from a
+    :class:`~fisherscope.features.PCAWhitening`.
 
     Parameters
     ----------
-    whitening : PCAWhitening
-        From :func:`~fisherscope.features.fit_pca_whitening` (clean training images).
-    start : int
-        First trailing coefficient (Hendrycks & Gimpel: 700 on MNIST). At least two
-        coefficients must remain.
+    score : callable
+        ``score(x) -> (N,)`` tensor, differentiable in x.
+
+    Attributes
+    ----------
+    score : callable
+        The wrapped function (e.g. for its ``project_off_window`` as ``step_transform``).
 
     Shapes
     ------
-    x: (N, C, H, W) or (N, D) with C·H·W = D -> (N,) float64.
+    x: (N, C, H, W) or (N, D) -> (N,).
 
     Examples
     --------
-    >>> from fisherscope.features import fit_pca_whitening
-    >>> w = fit_pca_whitening(torch.rand(200, 6, dtype=torch.float64))
-    >>> WhitenedVariance(w, start=3)(torch.rand(5, 6)).shape
-    torch.Size([5])
+    >>> s = ImageScore(lambda x: x.flatten(1).pow(2).sum(1))
+    >>> s(torch.ones(2, 3), None).tolist()
+    [3.0, 3.0]
     """
 
     needs_logits: ClassVar[bool] = False
 
-    def __init__(self, whitening: PCAWhitening, start: int) -> None:
-        if not isinstance(whitening, PCAWhitening):
+    def __init__(self, score: Callable[[Tensor], Tensor]) -> None:
+        if not callable(score):
             raise TypeError(
-                "whitening must be a PCAWhitening from fisherscope.features.fit_pca_whitening; "
-                f"got {type(whitening).__name__}."
+                "score must be callable as score(x) -> (N,) tensor, differentiable in x, e.g. "
+                f"PCAWhiteningDetector(...).fit(X).torch_score(); got {type(score).__name__}."
             )
-        d = whitening.n_features
-        check_param("WhitenedVariance", "start", start, integer(ge=0, le=d - 2).but(
-            expected=f"an integer index in [0, {d - 2}] (at least two trailing coefficients of {d})",
-            fix="Hendrycks & Gimpel use 700 on MNIST."))
-        self.start = int(start)
-        self.eps = whitening.eps
-        self.n_features = d
-        self._mean = torch.as_tensor(whitening.mean, dtype=torch.float64)
-        self._window = torch.as_tensor(whitening.components[:, self.start :], dtype=torch.float64)
-        self._proj = self._window * torch.as_tensor(whitening.scale[self.start :], dtype=torch.float64)
-
-    @classmethod
-    def from_detector(cls, detector: Any) -> WhitenedVariance:
-        """The statistic of a fitted :class:`~fisherscope.detectors.PCAWhiteningDetector`."""
-        if not (hasattr(detector, "whitening_") and hasattr(detector, "start_")):
-            raise ValueError(
-                f"{type(detector).__name__} is not a fitted PCAWhiteningDetector (no whitening_ / "
-                "start_); call detector.fit(pixels(x_train)) first."
-            )
-        return cls(detector.whitening_, detector.start_)
+        self.score = score
 
     def __call__(self, x: Tensor, logits: Tensor | None = None) -> Tensor:  # noqa: ARG002
-        flat = x.flatten(1)
-        if flat.shape[1] != self.n_features:
-            raise ValueError(
-                f"this statistic's whitening was fitted on inputs with {self.n_features} values per "
-                f"sample; got x of shape {tuple(x.shape)}."
-            )
-        mean, proj = self._mean.to(x.device), self._proj.to(x.device)
-        c = (flat.double() - mean) @ proj
-        return c.var(dim=1, unbiased=False)
-
-    def project_off_window(self, v: Tensor) -> Tensor:
-        """``v`` minus its component along the window's principal directions (per sample).
-
-        A step along the result leaves every trailing whitened coefficient, hence the
-        statistic, unchanged (before clipping to the box). Pass it as
-        ``BarrierHGTargeted(step_transform=...)``. Without it the barrier has to hold
-        the window by itself: a change of size d along a null-space direction of the
-        training covariance raises the statistic by about d² / (n_window · eps), so with
-        eps = 1e-11 any fixed-size step that touches those directions leaves the band,
-        and backtracking shrinks the step until the search barely moves.
-
-        Shapes
-        ------
-        v: (N, C, H, W) or (N, D) -> same shape and dtype.
-        """
-        flat = v.flatten(1).double()
-        u = self._window.to(v.device)
-        return (flat - (flat @ u) @ u.T).to(v.dtype).reshape(v.shape)
+        return self.score(x)
 
     def __repr__(self) -> str:
-        return f"WhitenedVariance(start={self.start}, eps={self.eps:g}, n_features={self.n_features})"
+        return f"ImageScore({self.score!r})"
 
 
 class SoftmaxKL:
@@ -225,8 +181,9 @@ class BarrierHGTargeted(HGTargeted):
     ----------
     statistic : callable
         ``statistic(x, logits) -> (N,)``, differentiable in x (and the logits):
-        :class:`WhitenedVariance`, :class:`SoftmaxKL`, or any function with an optional
-        class attribute ``needs_logits`` (default True: the logits are computed for it).
+        :class:`SoftmaxKL`, an image score wrapped in :class:`ImageScore`, or any function
+        with an optional class attribute ``needs_logits`` (default True: the logits are
+        computed for it).
     low, high : float
         The open band (use :meth:`around` for mean ± r·std of clean values). One may be
         infinite; both infinite is plain ``HGTargeted`` (same iterates, bit for bit).
@@ -234,7 +191,8 @@ class BarrierHGTargeted(HGTargeted):
         w, the weight of the barrier terms (paper: 1).
     step_transform : callable, optional
         Applied to the objective's gradient before each step (``None``: the paper's plain
-        descent). E.g. :meth:`WhitenedVariance.project_off_window`, a stronger attacker
+        descent). E.g. ``project_off_window`` of
+        :class:`~fisherscope.features.TrailingVarianceScore`, a stronger attacker
         than the paper's: the step no longer moves the whitened window at all.
     max_backtracks : int
         Most step halvings per step (the last tried step is ``step_size / 2**max_backtracks``).
@@ -278,8 +236,8 @@ class BarrierHGTargeted(HGTargeted):
             "step_transform": CALLABLE.but(
                 expected="callable as step_transform(grad) -> tensor shaped like grad").or_none("no transform"),
             "statistic": CALLABLE.but(
-                expected="callable as statistic(x, logits) -> (N,) tensor, e.g. WhitenedVariance(whitening, 700) "
-                "or SoftmaxKL()"),
+                expected="callable as statistic(x, logits) -> (N,) tensor, e.g. "
+                "ImageScore(detector.torch_score()) or SoftmaxKL()"),
         })
         check_params(owner, self, {"low": real(finite=False), "high": real(finite=False)})
         if not self.low < self.high:
@@ -324,9 +282,9 @@ class BarrierHGTargeted(HGTargeted):
         return b
 
     # ------------------------------------------------------------------ hooks
-    def _objective_gradient(self, model: nn.Module, x: Tensor, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def objective_gradient(self, model: nn.Module, x: Tensor, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         if not self._constrained:
-            return super()._objective_gradient(model, x, x0, t)
+            return super().objective_gradient(model, x, x0, t)
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xr)
@@ -337,11 +295,11 @@ class BarrierHGTargeted(HGTargeted):
         grad = grad.detach()
         return logits.detach(), (grad + (2 * self.l2_reg) * (x - x0) if self.l2_reg else grad)
 
-    def _descend(self, model: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
+    def descend(self, model: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
         if self.step_transform is not None:
             grad = self.step_transform(grad)
         if not self._constrained:
-            return super()._descend(model, x, grad)
+            return super().descend(model, x, grad)
         lo, hi = self.bounds
         new = x.clone()
         pending = torch.arange(x.shape[0], device=x.device)

@@ -168,7 +168,7 @@ class HGTargeted(_KeepRule):
                 out[idx] = cur
                 steps[idx] = it
                 break
-            logits, grad = self._objective_gradient(model, cur, x0, t)  # per sample
+            logits, grad = self.objective_gradient(model, cur, x0, t)  # per sample
             p_t = torch.log_softmax(logits.double(), dim=1).gather(1, t[:, None]).squeeze(1).exp()
             done = (p_t > self.threshold) & (logits.argmax(1) == t)
             if bool(done.any()):
@@ -178,17 +178,18 @@ class HGTargeted(_KeepRule):
                 if not bool(keep.any()):
                     break
                 idx, cur, x0, t, grad = idx[keep], cur[keep], x0[keep], t[keep], grad[keep]
-            cur = self._descend(model, cur, grad)
+            cur = self.descend(model, cur, grad)
         return out, {"target": target, "steps": steps}
 
     # Hooks for variants that add a loss term or guard the step
-    # (:class:`~fisherscope.attacks.detector_aware.BarrierHGTargeted`).
-    def _objective_gradient(self, model: nn.Module, x: Tensor, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    # (:class:`~fisherscope.attacks.detector_aware.BarrierHGTargeted`); public so that a
+    # caller can trace the descent step by step (the hg_adaptive experiment does).
+    def objective_gradient(self, model: nn.Module, x: Tensor, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(logits at x, ∇x [CE(f(x), t) + λ‖x − x0‖²]) per sample."""
         logits, grad = input_gradient(model, x, t)
         return logits, (grad + (2 * self.l2_reg) * (x - x0) if self.l2_reg else grad)
 
-    def _descend(self, model: nn.Module, x: Tensor, grad: Tensor) -> Tensor:  # noqa: ARG002
+    def descend(self, model: nn.Module, x: Tensor, grad: Tensor) -> Tensor:  # noqa: ARG002
         """One clipped descent step from x along ``grad`` (the objective's gradient)."""
         lo, hi = self.bounds
         return (x - self.step_size * grad).clamp(lo, hi)

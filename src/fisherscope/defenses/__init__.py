@@ -9,7 +9,7 @@
 - :class:`AdversarialLoss` — FGSM (Goodfellow et al.) / PGD (Madry et al.) / FGM
   adversarial training with any budgeted attack of :data:`fisherscope.attacks.ATTACKS`.
 - :func:`normalize_defense`, :func:`build_objective` — the ``defense=`` mapping of
-  :func:`fisherscope.models.train_model` (part of the checkpoint cache key).
+  :func:`fisherscope.training.train_model` (part of the checkpoint cache key).
 """
 
 from __future__ import annotations

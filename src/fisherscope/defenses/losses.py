@@ -2,7 +2,7 @@
 
 Each objective has ``evaluate(model, x, y, generator=None) -> LossTerms``: one training
 step's loss (a differentiable scalar), the logits it computed and per-batch statistics.
-:func:`fisherscope.models.train_model` calls it in place of the plain cross-entropy when
+:func:`fisherscope.training.train_model` calls it in place of the plain cross-entropy when
 given a ``defense`` (see :func:`~fisherscope.defenses.normalize_defense`).
 """
 

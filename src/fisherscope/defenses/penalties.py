@@ -30,8 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .._validation import _sample_list, check_inputs, check_logits, check_param, one_of, real
-from ..fisher.input_space import _factor, _helmert_rows, _reduced_a
+from .._validation import check_inputs, check_logits, check_param, one_of, real, sample_list
+from ..fisher.input_space import fisher_factor, helmert_rows, reduced_softmax_covariance
 
 __all__ = [
     "INPUT_PENALTIES",
@@ -96,7 +96,7 @@ def _log_trace(logits: Tensor, fn: str) -> Tensor:
         bad = ~finite
         raise ValueError(
             f"{fn}: non-finite logits (NaN or inf) for {int(bad.sum())} samples "
-            f"{_sample_list(bad)}; the penalty is defined for finite logits only. Check the "
+            f"{sample_list(bad)}; the penalty is defined for finite logits only. Check the "
             "model and its inputs (a diverging run: lower the learning rate)."
         )
     # float64 logits beyond ~1e307 could still overflow the sum; keep it finite.
@@ -276,13 +276,13 @@ def _input_penalty(logits: Tensor, xr: Tensor, kind: str) -> Tensor:
       ``fisher_spectrum``), then λ₁ = v₁ᵀ G_x v₁ = (HᵀJ v₁)ᵀ M (HᵀJ v₁) with v₁ held fixed:
       by the envelope theorem its gradient is ∇θ λ_max wherever λ_max is simple.
     """
-    jc, h = _helmert_rows(logits, xr, create_graph=True)
-    m = _reduced_a(logits, h)
+    jc, h = helmert_rows(logits, xr, create_graph=True)
+    m = reduced_softmax_covariance(logits, h)
     if kind == "input_trace":
         gram = (jc @ jc.mT).to(torch.float64)  # (N, K-1, K-1)
         return (m * gram).sum(dim=(1, 2)).to(xr.dtype)
     with torch.no_grad():
-        b = _factor(logits.detach(), jc.detach(), h)  # G_x = bᵀb, float64
+        b = fisher_factor(logits.detach(), jc.detach(), h)  # G_x = bᵀb, float64
         w, u = torch.linalg.eigh(b @ b.mT)
         top, u1 = w[:, -1].clamp_min(0.0), u[:, :, -1]
         nonzero = top > torch.finfo(torch.float64).tiny

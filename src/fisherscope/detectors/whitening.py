@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import any_of, check_param, integer, real, satisfies
-from ..features.pca import PCAWhitening, fit_pca_whitening
+from ..exceptions import NotFittedError
+from ..features.pca import PCAWhitening, TrailingVarianceScore, fit_pca_whitening
 from .base import Detector
 
 __all__ = ["PAPER_CUTOFFS", "PCAWhiteningDetector", "trailing_variance"]
@@ -140,6 +141,25 @@ class PCAWhiteningDetector(Detector):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return trailing_variance(self.whitening_.transform(X), self.start_)
+
+    def torch_score(self) -> TrailingVarianceScore:
+        """This fitted detector's score as a differentiable torch function of the images.
+
+        ``torch_score()(x)`` equals ``decision_function(pixels(x))`` (float64) and has
+        gradients in ``x``: the statistic of a detector-aware attacker
+        (``BarrierHGTargeted(statistic=ImageScore(det.torch_score()), ...)``).
+
+        Raises
+        ------
+        NotFittedError
+            The detector has not been fitted.
+        """
+        if not (hasattr(self, "whitening_") and hasattr(self, "start_")):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet (no whitening_ / start_): call "
+                "detector.fit(pixels(x_train)) before torch_score()."
+            )
+        return self.whitening_.trailing_variance_score(self.start_)
 
 
 def trailing_variance(coefficients: np.ndarray, start: int) -> np.ndarray:

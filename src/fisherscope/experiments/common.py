@@ -38,7 +38,7 @@ def trained_model(
     Returns the :class:`~fisherscope.models.TrainedModel`; a repeated call with the same
     request loads the checkpoint instead of training.
     """
-    from ..models import resolve_preset, train_model
+    from ..training import resolve_preset, train_model
 
     kwargs = dict(resolve_preset(preset or arch, dataset))
     kwargs["seed"] = seed
@@ -62,7 +62,7 @@ def check_overrides(overrides: Mapping[str, Any], *, where: str = "overrides") -
     naming the valid ones (instead of a bare ``unexpected keyword argument`` later)."""
     import inspect
 
-    from ..models import train_model
+    from ..training import train_model
 
     valid = sorted(p for p in inspect.signature(train_model).parameters if p not in _RUNNER_SET)
     unknown = sorted(set(overrides) - set(valid))

@@ -44,7 +44,7 @@ import torch
 
 from ..attacks import HGFast, HGTargeted
 from ..attacks.base import perturbation_norms
-from ..attacks.detector_aware import BarrierHGTargeted, SoftmaxKL, WhitenedVariance
+from ..attacks.detector_aware import BarrierHGTargeted, ImageScore, SoftmaxKL
 from ..detectors import PCAWhiteningDetector, ReconstructionDetector, SoftmaxDetector
 from ..features import fit_pca_whitening, pixels, reconstruction_error, softmax_stats
 from ..plotting import image_grid
@@ -626,11 +626,11 @@ def _trace(attack: HGTargeted, model: torch.nn.Module, x: torch.Tensor, target: 
     cur = x.clone()
     rec: dict[str, list[list[float]]] = {"p_target": [], **{k: [] for k in stats}}
     for _ in range(steps + 1):
-        logits, grad = attack._objective_gradient(model, cur, x, target)
+        logits, grad = attack.objective_gradient(model, cur, x, target)
         rec["p_target"].append(torch.softmax(logits.double(), 1).gather(1, target[:, None]).squeeze(1).tolist())
         for k, s in stats.items():
             rec[k].append(s(cur, logits).tolist())
-        cur = attack._descend(model, cur, grad)
+        cur = attack.descend(model, cur, grad)
     return rec
 
 
@@ -645,8 +645,8 @@ def run_hg_adaptive(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> list[Block
     wstats = {}  # the detector's score as a torch function, from a fitted detector per eps
     for eps in cfg.whitening_eps:
         det = PCAWhiteningDetector(start=cfg.whitening_start, eps=eps, whitening=dataclasses.replace(pca, eps=eps))
-        wstats[eps] = WhitenedVariance.from_detector(det.fit(fit_pixels))
-    start = wstats[cfg.whitening_eps[0]].start
+        wstats[eps] = ImageScore(det.fit(fit_pixels).torch_score())
+    start = wstats[cfg.whitening_eps[0]].score.start
     kl = SoftmaxKL()
 
     def reference() -> dict[str, Any]:
@@ -690,7 +690,7 @@ def run_hg_adaptive(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> list[Block
             a = BarrierHGTargeted(statistic=s, **band, **bar)
             results[key] = run.cell(f"attack/{key}", lambda a=a: barrier(a))
             if cfg.projected:  # a stronger attacker: steps that do not move the whitened window
-                a = BarrierHGTargeted(statistic=s, step_transform=s.project_off_window, **band, **bar)
+                a = BarrierHGTargeted(statistic=s, step_transform=s.score.project_off_window, **band, **bar)
                 results[f"{key}/projected"] = run.cell(f"attack/{key}/projected", lambda a=a: barrier(a))
     for r in cfg.kl_radii:
         mu, sd = ref["kl/train"]

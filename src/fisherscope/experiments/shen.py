@@ -6,7 +6,7 @@ Protocol notes (also in docs/RESULTS.md):
 
 - Every network is trained with the same preset and seed; only the ``defense`` differs
   (``{"kind": "fisher", "mu": μ}`` is Shen's loss CE + μ Σ_i 1/p_i). Each is a cached
-  checkpoint of :func:`fisherscope.models.train_model`, so a repeated or resumed run loads
+  checkpoint of :func:`fisherscope.training.train_model`, so a repeated or resumed run loads
   it, and a killed training resumes from its last finished epoch.
 - Fooling ratio (Shen §4, item 3): of the test images a network classifies correctly, the
   fraction it misclassifies after the attack (predictions recomputed). L2 budgets are
@@ -77,7 +77,7 @@ class ModelSpec:
     name : str
         Row / column name in the report and part of the cell keys.
     defense : dict, optional
-        The ``defense=`` mapping of :func:`fisherscope.models.train_model` (None: plain
+        The ``defense=`` mapping of :func:`fisherscope.training.train_model` (None: plain
         cross-entropy).
     arch, preset : str, optional
         Architecture and training preset (default: the config's).

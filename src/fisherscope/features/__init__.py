@@ -17,7 +17,8 @@ function, with a one-line description (``FEATURES.describe(name)``); every detec
 - ``kdbu_features`` (the ``penultimate`` columns, then BU) -> ``kdbu``
 - ``softmax_stats`` (max probability, KL to uniform, entropy) -> ``softmax``
 - ``pixels`` (flattened inputs; the detector fits its PCA whitening) -> ``pca_whitening``;
-  ``fit_pca_whitening`` / ``pca_coefficients`` give the whitened coefficients themselves
+  ``fit_pca_whitening`` / ``pca_coefficients`` give the whitened coefficients themselves,
+  ``PCAWhitening.trailing_variance_score`` the detector's score as a differentiable torch function
 - ``reconstruction_error`` (signed mean and / or squared error of ``model.reconstruct``)
   -> ``reconstruction``
 - ``layer_activations`` (named layers' outputs side by side; widths from ``layer_sizes``)
@@ -36,7 +37,7 @@ from .._registry import Registry
 from .activations import dropout_modules, join_kdbu, kdbu_features, mc_dropout, penultimate
 from .fisher import PARAM_FISHER_SCORES, fisher_eigenvalues, param_fisher_scores
 from .layers import layer_activations, layer_sizes
-from .pca import PCAWhitening, fit_pca_whitening, pca_coefficients, pixels
+from .pca import PCAWhitening, TrailingVarianceScore, fit_pca_whitening, pca_coefficients, pixels
 from .reconstruction import RECONSTRUCTION_KINDS, reconstruction_error
 from .softmax import SOFTMAX_STATS, softmax_stats, softmax_stats_from_logits
 
@@ -76,6 +77,7 @@ __all__ = [
     "PCAWhitening",
     "RECONSTRUCTION_KINDS",
     "SOFTMAX_STATS",
+    "TrailingVarianceScore",
     "dropout_modules",
     "fisher_eigenvalues",
     "fit_pca_whitening",

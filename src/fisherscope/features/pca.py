@@ -30,7 +30,7 @@ import torch
 from .._batching import chunks
 from .._validation import NON_NEGATIVE, POSITIVE_INT, check_inputs, check_params
 
-__all__ = ["PCAWhitening", "fit_pca_whitening", "pca_coefficients", "pixels"]
+__all__ = ["PCAWhitening", "TrailingVarianceScore", "fit_pca_whitening", "pca_coefficients", "pixels"]
 
 
 def _as_rows(x: Any, name: str = "x") -> np.ndarray:
@@ -125,6 +125,14 @@ class PCAWhitening:
         rows = self._rows(x)
         return ((rows - self.mean) @ self.components) * self.scale
 
+    def trailing_variance_score(self, start: int) -> TrailingVarianceScore:
+        """The variance of the trailing coefficients from ``start`` on, as a differentiable torch function.
+
+        The PCA-whitening detector's score (``var(transform(x)[:, start:])``, ddof 0) for
+        gradient-based attackers: see :class:`TrailingVarianceScore`.
+        """
+        return TrailingVarianceScore(self, start)
+
     def zca(self, x: Any) -> np.ndarray:
         """ZCA-whitened inputs ``U diag(1/sqrt(λ + eps)) Uᵀ (x − mean)``, shape (N, D).
 
@@ -141,6 +149,89 @@ class PCAWhitening:
                 "images' size."
             )
         return rows
+
+
+class TrailingVarianceScore:
+    """The PCA-whitening detector's score as a differentiable torch function of the images.
+
+    ``score(x) = var(c[start:])`` with ``c = (x − mean) U / sqrt(λ + eps)`` the whitened
+    coefficients of the flattened input (leading component first) and the population
+    variance (ddof 0) — the same number as
+    :class:`~fisherscope.detectors.PCAWhiteningDetector`'s ``decision_function``,
+    computed in float64 from the fitted whitening; gradients flow back to ``x`` in its
+    own dtype. Detector-aware attacks take it as their statistic
+    (``fisherscope.attacks.detector_aware.ImageScore(score)``).
+
+    Parameters
+    ----------
+    whitening : PCAWhitening
+        From :func:`fit_pca_whitening` (clean training images).
+    start : int
+        First trailing coefficient (Hendrycks & Gimpel: 700 on MNIST). At least two
+        coefficients must remain.
+
+    Shapes
+    ------
+    x: (N, C, H, W) or (N, D) with C·H·W = D -> (N,) float64.
+
+    Examples
+    --------
+    >>> w = fit_pca_whitening(torch.rand(200, 6, dtype=torch.float64))
+    >>> w.trailing_variance_score(3)(torch.rand(5, 6)).shape
+    torch.Size([5])
+    """
+
+    def __init__(self, whitening: PCAWhitening, start: int) -> None:
+        if not isinstance(whitening, PCAWhitening):
+            raise TypeError(
+                "whitening must be a PCAWhitening from fisherscope.features.fit_pca_whitening; "
+                f"got {type(whitening).__name__}."
+            )
+        d = whitening.n_features
+        if isinstance(start, bool) or not isinstance(start, int | np.integer) or not 0 <= start <= d - 2:
+            raise ValueError(
+                f"start must be an integer index in [0, {d - 2}] (at least two trailing "
+                f"coefficients of {d}); got {start!r}. Hendrycks & Gimpel use 700 on MNIST."
+            )
+        self.start = int(start)
+        self.eps = whitening.eps
+        self.n_features = d
+        self._mean = torch.as_tensor(whitening.mean, dtype=torch.float64)
+        self._window = torch.as_tensor(whitening.components[:, self.start :], dtype=torch.float64)
+        self._proj = self._window * torch.as_tensor(whitening.scale[self.start :], dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        if flat.shape[1] != self.n_features:
+            raise ValueError(
+                f"this score's whitening was fitted on inputs with {self.n_features} values per "
+                f"sample; got x of shape {tuple(x.shape)}."
+            )
+        mean, proj = self._mean.to(x.device), self._proj.to(x.device)
+        c = (flat.double() - mean) @ proj
+        return c.var(dim=1, unbiased=False)
+
+    def project_off_window(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` minus its component along the window's principal directions (per sample).
+
+        A step along the result leaves every trailing whitened coefficient, hence the
+        score, unchanged (before clipping to the box). Pass it as
+        ``BarrierHGTargeted(step_transform=...)``. Without it the barrier has to hold
+        the window by itself: a change of size d along a null-space direction of the
+        training covariance raises the score by about d² / (n_window · eps), so with
+        eps = 1e-11 any fixed-size step that touches those directions leaves the band,
+        and backtracking shrinks the step until the search barely moves.
+
+        Shapes
+        ------
+        v: (N, C, H, W) or (N, D) -> same shape and dtype.
+        """
+        flat = v.flatten(1).double()
+        u = self._window.to(v.device)
+        return (flat - (flat @ u) @ u.T).to(v.dtype).reshape(v.shape)
+
+    def __repr__(self) -> str:
+        return f"TrailingVarianceScore(start={self.start}, eps={self.eps:g}, n_features={self.n_features})"
 
 
 def fit_pca_whitening(x_train: Any, *, eps: float = 1e-11, batch_size: int = 8192) -> PCAWhitening:

@@ -58,12 +58,15 @@ __all__ = [
     "MAX_DENSE_DIM",
     "alias_sample",
     "alias_table",
+    "fisher_factor",
     "fisher_matrix",
     "fisher_spectrum",
     "fisher_trace",
     "fisher_vector_product",
     "helmert_basis",
+    "helmert_rows",
     "logits_jacobian",
+    "reduced_softmax_covariance",
     "score_vectors",
 ]
 
@@ -183,14 +186,31 @@ def _centered_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Ten
     with torch.enable_grad():
         logits = model(xr)
         check_logits(logits)
-        jc, h = _helmert_rows(logits, xr)
+        jc, h = helmert_rows(logits, xr)
     return logits.detach(), jc, h
 
 
-def _helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
-    """(Hᵀ J (N, K − 1, D), H (K, K − 1)) for ``logits = model(xr)``: K − 1 batched VJPs on
-    one graph, a loop over classes (never samples). ``create_graph=True`` keeps the rows
-    differentiable for double backprop (the input-space penalties of fisherscope.defenses)."""
+def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """The centred logit Jacobian ``Hᵀ J`` of ``logits = model(xr)``, and the Helmert basis H.
+
+    K − 1 batched vector-Jacobian products on one graph: a loop over classes, never over
+    samples.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``model(xr)``, still attached to the graph.
+    xr : Tensor
+        The input that requires grad.
+    create_graph : bool
+        Keep the rows differentiable for double backprop (the input-space penalties of
+        :mod:`fisherscope.defenses`).
+
+    Returns
+    -------
+    (Tensor, Tensor)
+        ``Hᵀ J`` of shape (N, K − 1, D) and H (:func:`helmert_basis`) of shape (K, K − 1).
+    """
     n, k = logits.shape
     h = helmert_basis(k, dtype=logits.dtype, device=logits.device)
     rows = []
@@ -201,17 +221,46 @@ def _helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False) -> 
     return torch.stack(rows, 1), h
 
 
-def _reduced_a(logits: Tensor, h: Tensor) -> Tensor:
-    """M = Hᵀ (diag p − p pᵀ) H, (N, K − 1, K − 1) float64 (differentiable in the logits)."""
+def reduced_softmax_covariance(logits: Tensor, h: Tensor) -> Tensor:
+    """The softmax covariance in the Helmert basis: ``M = Hᵀ (diag p − p pᵀ) H``.
+
+    Parameters
+    ----------
+    logits : Tensor
+        (N, K); p = softmax(logits), computed in float64.
+    h : Tensor
+        The Helmert basis (K, K − 1) from :func:`helmert_basis`.
+
+    Returns
+    -------
+    Tensor
+        (N, K − 1, K − 1) float64, symmetric positive semi-definite, differentiable in the
+        logits.
+    """
     p = _probs(logits.to(torch.float64))
     hd = h.to(torch.float64)
     a = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
     return hd.mT @ a @ hd
 
 
-def _factor(logits: Tensor, jc: Tensor, h: Tensor) -> Tensor:
-    """B' = (HᵀAH)^{1/2} HᵀJ, so that G_x = B'ᵀB'; (N, K − 1, D), float64."""
-    a_r = _reduced_a(logits, h)  # (N, K-1, K-1), symmetric PSD
+def fisher_factor(logits: Tensor, jc: Tensor, h: Tensor) -> Tensor:
+    """A square-root factor of the input-space Fisher: ``B = (HᵀAH)^{1/2} HᵀJ``, ``G_x = BᵀB``.
+
+    Parameters
+    ----------
+    logits : Tensor
+        (N, K).
+    jc : Tensor
+        ``Hᵀ J`` (N, K − 1, D) from :func:`helmert_rows`.
+    h : Tensor
+        The Helmert basis (K, K − 1).
+
+    Returns
+    -------
+    Tensor
+        (N, K − 1, D) float64.
+    """
+    a_r = reduced_softmax_covariance(logits, h)  # (N, K-1, K-1), symmetric PSD
     w, u = torch.linalg.eigh((a_r + a_r.mT) / 2)
     root = (u * w.clamp_min(0).sqrt().unsqueeze(1)) @ u.mT
     return root @ jc.to(torch.float64)
@@ -240,7 +289,7 @@ def fisher_matrix(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) -
             "products; neither forms the matrix."
         )
     with eval_mode(model):
-        b = _factor(*_centered_jacobian(model, x))
+        b = fisher_factor(*_centered_jacobian(model, x))
     return (b.mT @ b).to(x.dtype)
 
 
@@ -253,7 +302,7 @@ def fisher_trace(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) ->
     """
     _prepare(model, x, bounds)
     with eval_mode(model):
-        b = _factor(*_centered_jacobian(model, x))
+        b = fisher_factor(*_centered_jacobian(model, x))
     return b.pow(2).sum(dim=(1, 2)).to(x.dtype)
 
 
@@ -412,7 +461,7 @@ def _orient(vecs: Tensor, g_pred: Tensor) -> Tensor:
 def _exact(model: nn.Module, x: Tensor, k: int) -> FisherSpectrum:
     logits, jc, h = _centered_jacobian(model, x)
     n, r_full, d = jc.shape  # r_full = K - 1
-    b = _factor(logits, jc, h)  # (N, K-1, D) float64, G = bᵀb
+    b = fisher_factor(logits, jc, h)  # (N, K-1, D) float64, G = bᵀb
     gram = b @ b.mT  # (N, K-1, K-1)
     w, u = torch.linalg.eigh(gram)
     w, u = w.flip(-1), u.flip(-1)  # descending

@@ -1,12 +1,14 @@
-"""Paper architectures, deterministic training and the content-addressed checkpoint cache.
+"""Paper architectures and the content-addressed checkpoint cache.
 
 - :data:`MODELS` — architecture name -> keyword-only constructor; every model maps images
   in [0, 1] of shape (N, C, H, W) to logits (N, K), normalising inside the model.
-- :func:`train_model` — deterministic, resumable training that returns a
-  :class:`TrainedModel` and caches it under a sha256 of everything that determines the
-  weights; presets in :data:`DEFAULT_TRAINING`.
-- :func:`load_checkpoint`, :func:`list_checkpoints` — the cache, read back.
+- :class:`TrainedModel`, :func:`load_checkpoint`, :func:`list_checkpoints`,
+  :func:`compute_key` — the cache that :func:`fisherscope.training.train_model` writes,
+  read back.
 - :func:`as_logits` — adapter for models that output probabilities or log-probabilities.
+
+Training lives in :mod:`fisherscope.training`, a layer above: this package imports
+nothing from it, nor from :mod:`fisherscope.defenses` or :mod:`fisherscope.attacks`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .architectures import (
     VGGSmall,
     as_logits,
     build_model,
+    check_arch,
     count_parameters,
     find_normalize,
     model_parameters,
@@ -35,34 +38,17 @@ from .checkpoint import (
     CheckpointInfo,
     TrainedModel,
     compute_key,
+    library_versions,
     list_checkpoints,
     load_checkpoint,
     resolve_cache_dir,
 )
 from .hg_mlp import HGMLP  # registers MODELS["hg_mlp"]
-from .training import (
-    AUGMENTATIONS,
-    DEFAULT_TRAINING,
-    GENERIC_TRAINING,
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    PRESETS,
-    evaluate_accuracy,
-    resolve_preset,
-    resolve_training,
-    train_model,
-)
 
 __all__ = [
     "ACTIVATIONS",
-    "AUGMENTATIONS",
     "CACHE_ENV_VAR",
-    "DEFAULT_TRAINING",
-    "GENERIC_TRAINING",
-    "LR_SCHEDULES",
     "MODELS",
-    "OPTIMIZERS",
-    "PRESETS",
     "AsLogits",
     "CheckpointInfo",
     "ConvNetBN",
@@ -78,15 +64,13 @@ __all__ = [
     "VGGSmall",
     "as_logits",
     "build_model",
+    "check_arch",
     "compute_key",
     "count_parameters",
-    "evaluate_accuracy",
     "find_normalize",
+    "library_versions",
     "list_checkpoints",
     "load_checkpoint",
     "model_parameters",
     "resolve_cache_dir",
-    "resolve_preset",
-    "resolve_training",
-    "train_model",
 ]

@@ -2,7 +2,7 @@
 
 Every model maps images ``x`` of shape (N, C, H, W) with values in [0, 1] to logits of
 shape (N, K). The first module is a :class:`Normalize` whose per-channel ``mean`` and
-``std`` buffers belong to the state dict; :func:`fisherscope.models.train_model` sets
+``std`` buffers belong to the state dict; :func:`fisherscope.training.train_model` sets
 them from the training data, so a checkpoint carries its own preprocessing.
 
 Conventions shared by all constructors (keyword-only):
@@ -51,6 +51,7 @@ __all__ = [
     "VGGSmall",
     "as_logits",
     "build_model",
+    "check_arch",
     "count_parameters",
     "find_normalize",
     "model_parameters",
@@ -118,7 +119,7 @@ class Normalize(nn.Module):
 
     ``mean`` and ``std`` are buffers (part of the state dict, not parameters), shaped
     (1, C, 1, 1). They start at 0 and 1 (identity);
-    :func:`fisherscope.models.train_model` sets them from the training set.
+    :func:`fisherscope.training.train_model` sets them from the training set.
 
     Parameters
     ----------
@@ -856,12 +857,13 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry(
 
 def model_parameters(arch: str) -> dict[str, Any]:
     """The keyword arguments of ``MODELS[arch]`` and their defaults."""
-    _check_arch(arch)
+    check_arch(arch)
     sig = inspect.signature(MODELS[arch])
     return {p.name: p.default for p in sig.parameters.values()}
 
 
-def _check_arch(arch: Any) -> None:
+def check_arch(arch: Any) -> None:
+    """Raise ``ValueError`` naming the valid choices unless ``arch`` is a :data:`MODELS` name."""
     if not isinstance(arch, str) or arch not in MODELS:
         raise ValueError(
             f"unknown architecture {arch!r}; valid names are {sorted(MODELS)} "
@@ -884,7 +886,7 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
     ValueError
         Unknown architecture (the valid names are listed) or unknown / invalid keyword.
     """
-    _check_arch(arch)
+    check_arch(arch)
     return MODELS[arch](**kwargs)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "checkpoint_path",
     "compute_key",
     "content_digest",
+    "library_versions",
     "list_checkpoints",
     "load_checkpoint",
     "resolve_cache_dir",
@@ -103,7 +104,8 @@ def checkpoint_path(cache_dir: str | os.PathLike[str] | None, arch: str, key: st
     return resolve_cache_dir(cache_dir) / f"{arch}-{key}{suffix}"
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of fisherscope, torch and Python, as recorded in every checkpoint."""
     import platform
 
     try:
@@ -358,7 +360,7 @@ def load_checkpoint(
     device: str | torch.device | None = None,
     expected_key: str | None = None,
 ) -> TrainedModel:
-    """Load a final checkpoint written by :func:`fisherscope.models.train_model`.
+    """Load a final checkpoint written by :func:`fisherscope.training.train_model`.
 
     Parameters
     ----------
@@ -491,7 +493,7 @@ def make_checkpoint(
         "config": json.loads(canonical_json(config)),
         "metrics": dict(metrics or {}),
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
-        "versions": _versions(),
+        "versions": library_versions(),
         "created": _now(),
     }
     ckpt.update(extra)

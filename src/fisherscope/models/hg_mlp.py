@@ -3,7 +3,7 @@
 :class:`HGMLP` is registered as ``MODELS["hg_mlp"]``. ``forward`` returns logits only (the
 model contract every attack and Fisher function relies on); the decoder runs only in
 :meth:`HGMLP.reconstruct`, :meth:`HGMLP.forward_with_reconstruction` and
-:meth:`HGMLP.training_forward`, the hook :func:`fisherscope.models.train_model` uses to
+:meth:`HGMLP.training_forward`, the hook :func:`fisherscope.training.train_model` uses to
 add the reconstruction loss to the cross-entropy.
 """
 
@@ -177,7 +177,7 @@ class HGMLP(nn.Module):
         return self.forward_with_reconstruction(x)[1]
 
     def training_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the auxiliary loss for :func:`~fisherscope.models.train_model`.
+        """Logits and the auxiliary loss for :func:`~fisherscope.training.train_model`.
 
         The auxiliary loss is the mean squared reconstruction error over pixels and
         batch (weight 1, as Hendrycks & Gimpel); the loop adds it to the cross-entropy.
