@@ -14,6 +14,7 @@ from .iterative import BIM, MIFGSM, PGD, IterativeOTCM
 from .jsma import JSMA
 from .optimization import CarliniWagnerL2, Opt
 from .spectral import OSSA, IterativeOSSA
+from .wrappers import FixedSeed
 
 ATTACKS: dict[str, type[Attack]] = {
     "bim": BIM,
@@ -42,6 +43,7 @@ __all__ = [
     "DeepFoolLinf",
     "FGM",
     "FGSM",
+    "FixedSeed",
     "HGFast",
     "HGTargeted",
     "JSMA",
