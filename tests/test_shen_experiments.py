@@ -1,19 +1,16 @@
 """Shen et al. reproductions, Zhao Table 3 and the demo's "defend" section: end to end on
-digits with tiny settings, their records and reports, resume, and the minimal-budget
-search the tables rest on (closed-form oracle on a linear model)."""
+digits with tiny settings, their records and reports (re-rendered from the store alone),
+resume, and the resumable minimal examples the tables rest on. The library pieces
+(MinimalBudget, FixedSeed, one_step_curve) are tested in test_minimal_budget_and_curves.py."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from _models import LinearSoftmax
-from fisherscope.attacks import FGM, PGD
-from fisherscope.evaluation import MinimalBudget
 from fisherscope.experiments import Context, load_config, run_experiment
 from fisherscope.experiments.shen import paper_units
 
@@ -81,60 +78,6 @@ def _resume_is_a_no_op(cfg, run, tmp_path: Path) -> None:
     before = run.results_path.read_text()
     again = run_experiment(cfg, tmp_path, resume=True, context=Context(progress=False))
     assert again.dir == run.dir and again.results_path.read_text() == before
-
-
-# ------------------------------------------------------------------ the minimal-budget search
-
-
-def test_minimal_budget_matches_the_closed_form_on_a_linear_model():
-    """FGM on z = Wx + b moves along a fixed unit vector u: the least budget that changes
-    the argmax is min_j over the positive roots of ((w_j − w_y)·(x + t u) + b_j − b_y = 0)."""
-    g = torch.Generator().manual_seed(0)
-    d, k, n = 10, 4, 64
-    model = LinearSoftmax(torch.randn(k, d, generator=g, dtype=torch.float64),
-                          torch.randn(k, generator=g, dtype=torch.float64)).eval()
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)  # every sample starts correct
-    bounds = (-1e3, 1e3)  # no clipping: the line is straight
-    tol = 1e-6
-    atk = MinimalBudget(attack=FGM(eps=1.0, bounds=bounds), hi=8.0, tol=tol, bounds=bounds)
-    res = atk.run(model, x, y)
-    p = model(x).softmax(1).detach()
-    u = (p - torch.nn.functional.one_hot(y, k)) @ model.weight.detach()  # ∇x CE, per sample
-    u = u / u.norm(dim=1, keepdim=True)
-    w, b = model.weight.detach(), model.bias.detach()
-    wd = w.unsqueeze(0) - w[y].unsqueeze(1)  # (n, k, d): w_j − w_y
-    num = -((wd * x.unsqueeze(1)).sum(-1) + b.unsqueeze(0) - b[y].unsqueeze(1))
-    den = (wd * u.unsqueeze(1)).sum(-1)
-    t = torch.where(den > 0, num / den, torch.full_like(num, math.inf))
-    t[torch.arange(n), y] = math.inf
-    expected = t.min(1).values
-    found = res.extras["eps"]
-    inside = expected < 8.0
-    assert inside.sum() > n // 2 and torch.isnan(found[~inside]).all()
-    assert (found[inside] >= expected[inside]).all() and (found[inside] - expected[inside] <= tol).all()
-    # the returned example is the attack's at that budget: it fools, and its norm is the budget
-    assert res.success[inside].all() and not res.success[~inside].any()
-    assert torch.allclose(res.norms["l2"][inside], found[inside], atol=1e-12)
-    assert torch.equal(res.x_adv[~inside], x[~inside])
-
-
-def test_minimal_budget_random_start_is_reproducible_and_fools(digits_model):
-    from fisherscope.data import load_dataset
-
-    test = load_dataset("digits", "test")
-    x, y = test.x[:24], test.y[:24]
-    atk = MinimalBudget(attack=PGD(eps=1.0, steps=3), hi=1.0, tol=0.01)
-    a = atk.run(digits_model.model, x, y, generator=torch.Generator().manual_seed(3))
-    b = atk.run(digits_model.model, x, y, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a.x_adv, b.x_adv)
-    eps = a.extras["eps"]
-    found = ~torch.isnan(eps)
-    assert found.sum() >= 20
-    # the search and the returned example agree: every sample with a budget is fooled within it
-    assert a.success[found].all()
-    assert (a.norms["linf"][found] <= eps[found] + 1e-6).all()
 
 
 def test_crafted_examples_resume_after_a_kill_and_match_an_unbroken_run(tmp_path, digits_model):
@@ -428,3 +371,50 @@ def test_configs_parse(name):
     if name == "zhao-table3":
         vgg = [m for m in cfg.models if m.arch == "vgg_small"]
         assert len(vgg) == 2 and all(m.preset == "vgg_small@mnist" for m in vgg)
+
+
+# ------------------------------------------------------------------ reports from the store alone
+
+_ZHAO3_MODELS = [{"name": "plain"}, {"name": "plain-short", "overrides": {"epochs": 3}}]
+_TINY = {
+    "shen_figure1": {"eps": 1.0, "n_samples": 40, "batch_size": 40},
+    "shen_figure2_3": {"mus": [0.0, 0.02], "budgets": [0.0, 1.0], "baseline_seeds": [1], "n_samples": 30,
+                       "batch_size": 30, "training": {"epochs": 2}},
+    "shen_figure5": {"budgets": [0.0, 1.0], "linf_budgets": [0.0, 0.1], "n_samples": 30, "batch_size": 30},
+    "shen_table1": {"models": MODELS[:2], "attacks": [ATTACKS[0], ATTACKS[7]], "n_samples": 20, "batch_size": 12,
+                    "paper": {"FGSM": [0.107, 0.170]}},
+    "shen_table2": {"models": MODELS[:2], "attacks": [ATTACKS[0], {"label": "OSSA", "attack": "ossa",
+                                                                   "params": {"eps": 1.0}}], "n_samples": 20},
+    "zhao_table3": {"models": _ZHAO3_MODELS, "eps": 1.5, "n_samples": 20, "batch_size": 20,
+                    "paper": {"plain": {"plain": 100.0}}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_TINY))
+def test_report_renders_from_the_store_alone(kind, tmp_path, digits_model, monkeypatch):
+    """Every kind's report is a pure function of the stored cells: with no model cache, no
+    figures and every model call failing, ``render_stored`` writes the same report.md."""
+    import shutil
+
+    from fisherscope.experiments.base import render_stored
+
+    cfg, run = _run(kind, tmp_path / "runs", **_TINY[kind])
+    before = (run.dir / "report.md").read_text()
+    n_figures = len(list(run.figures_dir.glob("*.png")))
+    assert n_figures >= (kind not in ("shen_table2", "zhao_table3"))  # the tables have no figure
+    for name in ("report.md", "report.html"):
+        (run.dir / name).unlink()
+    shutil.rmtree(run.figures_dir)
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was run while rendering a report")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    render_stored(run.dir)
+    assert (run.dir / "report.md").read_text() == before
+    assert (run.dir / "report.html").stat().st_size > 0
+    assert len(list(run.figures_dir.glob("*.png"))) == n_figures
+    assert not any(empty.iterdir())  # nothing trained or loaded into the (empty) model cache

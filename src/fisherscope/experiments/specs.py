@@ -197,9 +197,8 @@ class AttackSpec:
 def attack_ident(spec: AttackSpec) -> dict[str, Any]:
     """Everything of ``spec`` that decides its adversarial examples (not the row name):
     for a cell's spec."""
-    out = config_to_dict(spec)
-    out.pop("label", None)
-    out.pop("name", None)
+    out = {k: v for k, v in config_to_dict(spec).items() if k not in ("label", "name", "key")}
+    out["attack"] = spec.attack_key
     return out
 
 
@@ -212,6 +211,8 @@ def build_attack(spec: AttackSpec) -> Attack:
         raise ValueError(f"attack row {spec.title!r}: unknown attack {key!r}; valid keys are {sorted(ATTACKS)}.")
     cls = ATTACKS[key]
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.params.items()}
+    if spec.search and not cls.budgeted:
+        raise ValueError(f"attack row {spec.title!r}: {key!r} has no budget to search; set search=false.")
     if spec.search and "eps" in params:
         raise ValueError(f"attack row {spec.title!r}: drop 'eps' from params; search=true searches it in [0, hi].")
     try:
@@ -220,8 +221,6 @@ def build_attack(spec: AttackSpec) -> Attack:
         raise ValueError(f"attack row {spec.title!r} ({key}): bad parameters {spec.params!r}: {exc}") from exc
     if not spec.search:
         return inner
-    if not inner.budgeted:
-        raise ValueError(f"attack row {spec.title!r}: {key!r} has no budget to search; set search=false.")
     return MinimalBudget(attack=inner, hi=spec.hi, tol=spec.tol, bounds=inner.bounds)
 
 
