@@ -1,21 +1,18 @@
 """Shen et al. reproductions, Zhao Table 3 and the demo's "defend" section: end to end on
-digits with tiny settings, their records and reports, resume, and the minimal-budget
-search the tables rest on (closed-form oracle on a linear model)."""
+digits with tiny settings, their records and reports (re-rendered from the store alone),
+resume, and the resumable minimal examples the tables rest on. The library pieces
+(MinimalBudget, FixedSeed, one_step_curve) are tested in test_minimal_budget_and_curves.py."""
 
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from _models import LinearSoftmax
-from fisherscope.attacks import FGM, PGD
 from fisherscope.experiments import Context, load_config, run_experiment
-from fisherscope.experiments.shen import MinimalBudget, paper_units
+from fisherscope.experiments.shen import paper_units
 
 BASE = {"arch": "digits_cnn", "dataset": "digits", "seed": 0, "n_samples": 24, "batch_size": 24}
 PEN = {"kind": "fisher", "mu": 0.02}  # the same request as test_defenses / the demo: one cached model
@@ -49,6 +46,20 @@ def _records(run) -> list[dict]:
     return [json.loads(line) for line in run.results_path.read_text().splitlines()]
 
 
+def _name(key: str) -> str:
+    """A stored cell key without the digest of its spec (``mu/0#3f2a...`` -> ``mu/0``)."""
+    return key.split("#")[0]
+
+
+def _named(run) -> dict[str, dict]:
+    """``{cell name: values}`` of a run (each name once: the cells of one config differ in name)."""
+    out = {}
+    for key, values in run.results().items():
+        assert _name(key) not in out, f"two cells named {_name(key)!r}"
+        out[_name(key)] = values
+    return out
+
+
 def _run(kind: str, tmp_path: Path, **extra):
     cfg = load_config({"name": kind, "kind": kind, **BASE, **extra})
     run = run_experiment(cfg, tmp_path, context=Context(progress=False))
@@ -69,97 +80,48 @@ def _resume_is_a_no_op(cfg, run, tmp_path: Path) -> None:
     assert again.dir == run.dir and again.results_path.read_text() == before
 
 
-# ------------------------------------------------------------------ the minimal-budget search
-
-
-def test_minimal_budget_matches_the_closed_form_on_a_linear_model():
-    """FGM on z = Wx + b moves along a fixed unit vector u: the least budget that changes
-    the argmax is min_j over the positive roots of ((w_j − w_y)·(x + t u) + b_j − b_y = 0)."""
-    g = torch.Generator().manual_seed(0)
-    d, k, n = 10, 4, 64
-    model = LinearSoftmax(torch.randn(k, d, generator=g, dtype=torch.float64),
-                          torch.randn(k, generator=g, dtype=torch.float64)).eval()
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)  # every sample starts correct
-    bounds = (-1e3, 1e3)  # no clipping: the line is straight
-    tol = 1e-6
-    atk = MinimalBudget(attack=FGM(eps=1.0, bounds=bounds), hi=8.0, tol=tol, bounds=bounds)
-    res = atk.run(model, x, y)
-    p = model(x).softmax(1).detach()
-    u = (p - torch.nn.functional.one_hot(y, k)) @ model.weight.detach()  # ∇x CE, per sample
-    u = u / u.norm(dim=1, keepdim=True)
-    w, b = model.weight.detach(), model.bias.detach()
-    wd = w.unsqueeze(0) - w[y].unsqueeze(1)  # (n, k, d): w_j − w_y
-    num = -((wd * x.unsqueeze(1)).sum(-1) + b.unsqueeze(0) - b[y].unsqueeze(1))
-    den = (wd * u.unsqueeze(1)).sum(-1)
-    t = torch.where(den > 0, num / den, torch.full_like(num, math.inf))
-    t[torch.arange(n), y] = math.inf
-    expected = t.min(1).values
-    found = res.extras["eps"]
-    inside = expected < 8.0
-    assert inside.sum() > n // 2 and torch.isnan(found[~inside]).all()
-    assert (found[inside] >= expected[inside]).all() and (found[inside] - expected[inside] <= tol).all()
-    # the returned example is the attack's at that budget: it fools, and its norm is the budget
-    assert res.success[inside].all() and not res.success[~inside].any()
-    assert torch.allclose(res.norms["l2"][inside], found[inside], atol=1e-12)
-    assert torch.equal(res.x_adv[~inside], x[~inside])
-
-
-def test_minimal_budget_random_start_is_reproducible_and_fools(digits_model):
-    from fisherscope.data import load_dataset
-
-    test = load_dataset("digits", "test")
-    x, y = test.x[:24], test.y[:24]
-    atk = MinimalBudget(attack=PGD(eps=1.0, steps=3), hi=1.0, tol=0.01)
-    a = atk.run(digits_model.model, x, y, generator=torch.Generator().manual_seed(3))
-    b = atk.run(digits_model.model, x, y, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a.x_adv, b.x_adv)
-    eps = a.extras["eps"]
-    found = ~torch.isnan(eps)
-    assert found.sum() >= 20
-    # the search and the returned example agree: every sample with a budget is fooled within it
-    assert a.success[found].all()
-    assert (a.norms["linf"][found] <= eps[found] + 1e-6).all()
-
-
 def test_crafted_examples_resume_after_a_kill_and_match_an_unbroken_run(tmp_path, digits_model):
     """The stored minimal examples of Tables 1-2 go on from the last finished batch after a
     kill (generator state included): the result equals, bit for bit, a run never stopped."""
     from fisherscope.data import load_dataset
-    from fisherscope.experiments.shen import AttackSpec, build_attack, crafted
+    from fisherscope.experiments import DemoConfig, Run
+    from fisherscope.experiments.specs import AttackSpec, build_attack, crafted
 
     test = load_dataset("digits", "test")
     x, y = test.x[:24], test.y[:24]
     spec = AttackSpec("PGD-random", "pgd", {"steps": 3}, "linf", search=True, hi=1.0, tol=0.02)
     attack = build_attack(spec)
+    cfg = DemoConfig(name="crafted")
     calls = []
 
-    def craft(atk, cache):
-        return crafted(spec, atk, digits_model, x, y, seed=5, batch_size=10, ctx=Context(cache_dir=cache))
+    def craft(atk, run, seed=5):
+        return crafted(run, spec, atk, digits_model, x, y, seed=seed, batch_size=10)
 
-    unbroken = craft(attack, tmp_path / "a")
+    unbroken = craft(attack, Run(cfg, tmp_path / "a"))
+    killed = Run(cfg, tmp_path / "b")
     with pytest.raises(Killed):
-        craft(_Counting(attack, calls, dies_on=2), tmp_path / "b")
-    partial = list((tmp_path / "b" / "adversarial").glob("*.pt"))
-    assert len(partial) == 1 and partial[0].name.endswith(".partial.pt")  # one batch kept, nothing complete
-    first_batch_seconds = torch.load(partial[0], weights_only=True)["seconds"]
+        craft(_Counting(attack, calls, dies_on=2), killed)
+    kept = _records(killed)  # one batch kept, nothing else
+    assert [_name(r["cell"]) for r in kept] == [f"crafted/PGD-random/{digits_model.key[:12]}/0"]
+    first_batch_seconds = kept[0]["values"]["seconds"]
     assert first_batch_seconds > 0
     calls.clear()
-    resumed = craft(_Counting(attack, calls), tmp_path / "b")
+    resumed = craft(_Counting(attack, calls), Run(cfg, tmp_path / "b", resume=killed.dir))
     assert calls == [10, 4]  # only the two batches the kill left undone
-    assert not partial[0].exists()
     assert resumed.keys() == unbroken.keys() == {"x_adv", "success", "eps", "seconds"}
     tensors = ("x_adv", "success", "eps")
     for k in tensors:  # bit for bit (eps is NaN where no budget up to hi fools)
         torch.testing.assert_close(resumed[k], unbroken[k], rtol=0, atol=0, equal_nan=True)
     assert resumed["seconds"] > first_batch_seconds  # the killed run's batch counts too
     calls.clear()
-    again = craft(_Counting(attack, calls), tmp_path / "b")
+    again = craft(_Counting(attack, calls), Run(cfg, tmp_path / "b", resume=killed.dir))
     for k in tensors:
         torch.testing.assert_close(again[k], unbroken[k], rtol=0, atol=0, equal_nan=True)
     assert calls == []  # complete: loaded, not recomputed
     assert again["seconds"] == resumed["seconds"]  # the attack's time, not the time to load it
+    # another seed is another request: its own cells, computed, not answered by the stored ones
+    other = craft(_Counting(attack, calls), Run(cfg, tmp_path / "b", resume=killed.dir), seed=6)
+    assert calls == [10, 10, 4] and not torch.equal(other["x_adv"], unbroken["x_adv"])
 
 
 class Killed(Exception):
@@ -210,7 +172,7 @@ def test_table1_marks_ratios_whose_means_cover_different_images():
 
 def test_shen_figure1(tmp_path, digits_model):
     cfg, run = _run("shen_figure1", tmp_path, eps=1.0, n_samples=40, batch_size=40)
-    r = run.results()["figure1"]
+    r = _named(run)["figure1"]
     assert 0 < r["n_fooled_original"] <= r["n_both_correct"] <= 40
     assert 0 <= r["n_survived"] <= r["n_fooled_original"]
     assert len(r["test_indices"]) == min(2, r["n_fooled_original"]) == len(r["p_original"])
@@ -229,7 +191,7 @@ def test_shen_figure1(tmp_path, digits_model):
 def test_shen_figure2_3_one_cell_per_mu_and_resume_per_mu(tmp_path, digits_model):
     cfg, run = _run("shen_figure2_3", tmp_path, mus=[0.0, 0.02], budgets=[0.0, 1.0, 2.0], n_samples=60,
                     batch_size=60)
-    res = run.results()
+    res = _named(run)
     assert {"mu/0", "mu/0.02"} <= set(res)
     plain, pen = res["mu/0"], res["mu/0.02"]
     assert plain["checkpoint_key"] == digits_model.key and plain["defense"] is None
@@ -242,20 +204,20 @@ def test_shen_figure2_3_one_cell_per_mu_and_resume_per_mu(tmp_path, digits_model
     assert "Figures 2 and 3" in html and html.count("data:image/png;base64,") == 2
     # a run killed after μ = 0 resumes with μ = 0.02 only: drop that cell and resume
     lines = run.results_path.read_text().splitlines()
-    kept = [ln for ln in lines if json.loads(ln)["cell"] != "mu/0.02"]
+    kept = [ln for ln in lines if _name(json.loads(ln)["cell"]) != "mu/0.02"]
     run.results_path.write_text("".join(ln + "\n" for ln in kept))
     again = run_experiment(cfg, tmp_path, resume=True, context=Context(progress=False))
-    redone = again.results()
+    redone = _named(again)
     assert again.results_path.read_text().splitlines()[: len(kept)] == kept  # μ = 0 untouched, not redone
     assert redone["mu/0.02"]["fooling_ratio"] == pen["fooling_ratio"]  # deterministic: the same numbers
-    assert sum(json.loads(ln)["cell"] == "mu/0" for ln in again.results_path.read_text().splitlines()) == \
-        sum(json.loads(ln)["cell"] == "mu/0" for ln in lines)
+    assert sum(_name(json.loads(ln)["cell"]) == "mu/0" for ln in again.results_path.read_text().splitlines()) == \
+        sum(_name(json.loads(ln)["cell"]) == "mu/0" for ln in lines)
 
 
 def test_shen_figure2_3_finetune_starts_penalised_nets_from_the_plain_one(tmp_path, digits_model):
     cfg, run = _run("shen_figure2_3", tmp_path, mus=[0.0, 0.02], budgets=[0.0, 1.0], n_samples=30, batch_size=30,
                     finetune={"epochs": 1, "lr": 1e-4})
-    res = run.results()
+    res = _named(run)
     plain, tuned = res["mu/0"], res["mu/0.02"]
     assert plain["checkpoint_key"] == digits_model.key  # μ = 0 is the plain network itself
     ckpt = _cached_checkpoint(digits_model, tuned["checkpoint_key"])
@@ -265,7 +227,7 @@ def test_shen_figure2_3_finetune_starts_penalised_nets_from_the_plain_one(tmp_pa
 
 
 def test_model_spec_finetune_must_say_what_to_change():
-    from fisherscope.experiments.shen import ModelSpec
+    from fisherscope.experiments.specs import ModelSpec
 
     with pytest.raises(ValueError, match=r"'smooth': finetune must be a non-empty mapping.*got \{\}"):
         ModelSpec(name="smooth", finetune={})
@@ -275,7 +237,7 @@ def test_model_spec_finetune_must_say_what_to_change():
 
 def test_shen_figure5(tmp_path, digits_model):
     cfg, run = _run("shen_figure5", tmp_path, budgets=[0.0, 1.0, 3.0], linf_budgets=[0.0, 0.1, 0.3])
-    res = run.results()
+    res = _named(run)
     for name in ("original", "mu=0.02"):
         assert res[f"model/{name}"]["test_accuracy"] >= 0.97
         for key in ("fgm", "otcm", "fgsm"):
@@ -292,7 +254,7 @@ def test_shen_figure5(tmp_path, digits_model):
 def test_shen_tables_1_and_2_agree_and_resume(tmp_path, digits_model):
     t1cfg, t1 = _run("shen_table1", tmp_path, models=MODELS, attacks=ATTACKS,
                      paper={"FGSM": [0.107, 0.170], "JSMA": [28.26, 48.19]})
-    res = t1.results()
+    res = _named(t1)
     assert {f"model/{m['name']}" for m in MODELS} <= set(res)
     assert res["model/smooth"]["defense"] == {"kind": "label_smoothing", "alpha": 0.1}
     assert res["model/original"]["checkpoint_key"] == digits_model.key
@@ -316,17 +278,22 @@ def test_shen_tables_1_and_2_agree_and_resume(tmp_path, digits_model):
     assert "fine-tuned with {'epochs': 1, 'lr': 0.0001} from the plain net" in md and "from scratch" in md
     _resume_is_a_no_op(t1cfg, t1, tmp_path)
 
-    store = Path(os.environ["FISHERSCOPE_CACHE"]) / "adversarial"
-    made = {f.name: f.stat().st_mtime_ns for f in store.glob("*.pt")}
-    assert len(made) >= len(MODELS) * len(ATTACKS)  # every (network, row) stored once
+    crafted1 = {r["cell"]: r["values"] for r in _records(t1) if r["cell"].startswith("crafted/")}
+    assert len(crafted1) == len(MODELS) * len(ATTACKS)  # every (network, row) stored once (one batch of 24)
 
     pick = [a for a in ATTACKS if a["label"] in ("FGSM", "PGD-random", "CW")]
     t2cfg, t2 = _run("shen_table2", tmp_path, models=MODELS[:2],
                      attacks=[*pick, {"label": "OSSA", "attack": "ossa", "params": {"eps": 1.0}}])
-    after = {f.name: f.stat().st_mtime_ns for f in store.glob("*.pt")}
-    assert {k: after[k] for k in made} == made  # Table 1's examples reused, not rewritten
-    assert len(after) == len(made) + 2  # only OSSA (not in Table 1) crafted, on each of the two sources
-    res2 = t2.results()
+    crafted2 = {r["cell"]: r["values"] for r in _records(t2) if r["cell"].startswith("crafted/")}
+    shared = set(crafted1) & set(crafted2)
+    # Table 2 makes Table 1's examples again (in its own run): the same cells, bit for bit the same arrays
+    assert len(shared) == 2 * len(pick) and len(crafted2) == len(shared) + 2  # + OSSA on each of the two sources
+    for key in shared:
+        arrays = [k for k in ("x_adv", "success", "eps") if k in crafted1[key]]
+        assert arrays[:2] == ["x_adv", "success"] and all(k in crafted2[key] for k in arrays)
+        for k in arrays:
+            assert crafted1[key][k]["sha256"] == crafted2[key][k]["sha256"]
+    res2 = _named(t2)
     for a in [*pick, {"label": "OSSA"}]:
         for src in ("original", "shen"):
             r = res2[f"table2/{a['label']}/{src}"]
@@ -351,7 +318,7 @@ def test_zhao_table3_on_digits(tmp_path, digits_model):
                        "n_samples": 30, "batch_size": 30, "eps": 1.5, "models": models,
                        "paper": {"plain": {"plain": 100.0, "elu-adv": 88.49}}})
     run = run_experiment(cfg, tmp_path, context=Context(progress=False))
-    res = run.results()
+    res = _named(run)
     assert res["model/elu-adv"]["defense"]["attack"] == "fgm"
     names = [m["name"] for m in models]
     for src in names:
@@ -397,10 +364,57 @@ def test_configs_parse(name):
     if name == "shen-figure2-3":
         assert cfg.mus == [0.0, 0.005, 0.01, 0.015, 0.02, 0.022, 0.024, 0.025] and max(cfg.budgets) == 6.0
     if name in ("shen-table1", "shen-table2"):
-        from fisherscope.experiments.shen import build_attack
+        from fisherscope.experiments.specs import build_attack
 
         for spec in cfg.attacks:
             build_attack(spec)  # every row builds
     if name == "zhao-table3":
         vgg = [m for m in cfg.models if m.arch == "vgg_small"]
         assert len(vgg) == 2 and all(m.preset == "vgg_small@mnist" for m in vgg)
+
+
+# ------------------------------------------------------------------ reports from the store alone
+
+_ZHAO3_MODELS = [{"name": "plain"}, {"name": "plain-short", "overrides": {"epochs": 3}}]
+_TINY = {
+    "shen_figure1": {"eps": 1.0, "n_samples": 40, "batch_size": 40},
+    "shen_figure2_3": {"mus": [0.0, 0.02], "budgets": [0.0, 1.0], "baseline_seeds": [1], "n_samples": 30,
+                       "batch_size": 30, "training": {"epochs": 2}},
+    "shen_figure5": {"budgets": [0.0, 1.0], "linf_budgets": [0.0, 0.1], "n_samples": 30, "batch_size": 30},
+    "shen_table1": {"models": MODELS[:2], "attacks": [ATTACKS[0], ATTACKS[7]], "n_samples": 20, "batch_size": 12,
+                    "paper": {"FGSM": [0.107, 0.170]}},
+    "shen_table2": {"models": MODELS[:2], "attacks": [ATTACKS[0], {"label": "OSSA", "attack": "ossa",
+                                                                   "params": {"eps": 1.0}}], "n_samples": 20},
+    "zhao_table3": {"models": _ZHAO3_MODELS, "eps": 1.5, "n_samples": 20, "batch_size": 20,
+                    "paper": {"plain": {"plain": 100.0}}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_TINY))
+def test_report_renders_from_the_store_alone(kind, tmp_path, digits_model, monkeypatch):
+    """Every kind's report is a pure function of the stored cells: with no model cache, no
+    figures and every model call failing, ``render_stored`` writes the same report.md."""
+    import shutil
+
+    from fisherscope.experiments.base import render_stored
+
+    cfg, run = _run(kind, tmp_path / "runs", **_TINY[kind])
+    before = (run.dir / "report.md").read_text()
+    n_figures = len(list(run.figures_dir.glob("*.png")))
+    assert n_figures >= (kind not in ("shen_table2", "zhao_table3"))  # the tables have no figure
+    for name in ("report.md", "report.html"):
+        (run.dir / name).unlink()
+    shutil.rmtree(run.figures_dir)
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was run while rendering a report")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    render_stored(run.dir)
+    assert (run.dir / "report.md").read_text() == before
+    assert (run.dir / "report.html").stat().st_size > 0
+    assert len(list(run.figures_dir.glob("*.png"))) == n_figures
+    assert not any(empty.iterdir())  # nothing trained or loaded into the (empty) model cache

@@ -34,6 +34,7 @@ from .iterative import BIM, MIFGSM, PGD, IterativeOTCM
 from .jsma import JSMA
 from .optimization import CarliniWagnerL2, Opt
 from .spectral import OSSA, IterativeOSSA
+from .wrappers import FixedSeed
 
 
 def _check_attack(key: str, cls: Any) -> None:
@@ -132,6 +133,7 @@ __all__ = [
     "DeepFoolLinf",
     "FGM",
     "FGSM",
+    "FixedSeed",
     "HGFast",
     "HGTargeted",
     "JSMA",

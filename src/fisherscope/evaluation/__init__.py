@@ -1,7 +1,9 @@
-"""Metrics and protocols: least perturbation, fooling ratio, success rate, distances, transfer, detector evaluation."""
+"""Metrics and protocols: least perturbation (and the minimal-budget attack), fooling ratio and its curve
+against the budget, success rate, distances, transfer, detector evaluation."""
 
 from __future__ import annotations
 
+from .curves import FoolingCurve, one_step_curve
 from .detection import (
     DetectionMetrics,
     DetectionResult,
@@ -12,7 +14,7 @@ from .detection import (
     matched_noise,
     source_splits,
 )
-from .least_perturbation import LeastPerturbation, least_perturbation
+from .least_perturbation import LeastPerturbation, MinimalBudget, least_perturbation
 from .metrics import (
     DistanceSummary,
     FoolingRatio,
@@ -30,8 +32,10 @@ __all__ = [
     "DetectorSpec",
     "DistanceSummary",
     "Feature",
+    "FoolingCurve",
     "FoolingRatio",
     "LeastPerturbation",
+    "MinimalBudget",
     "SuccessRate",
     "TransferMatrix",
     "attack_success_rate",
@@ -41,6 +45,7 @@ __all__ = [
     "fooling_ratio",
     "least_perturbation",
     "matched_noise",
+    "one_step_curve",
     "source_splits",
     "transfer_from_examples",
     "transfer_matrix",

@@ -1,4 +1,5 @@
-"""Smallest budget that fools the model, per sample, by binary search (Zhao Table 2, Fig. 3)."""
+"""Smallest budget that fools the model, per sample, by binary search (Zhao Table 2, Fig. 3),
+and :class:`MinimalBudget`, the attack returning the example at that budget (Shen Table 1)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from .._validation import (
     integer,
 )
 from ..attacks.base import Attack, OneStepAttack
+from ..attacks.wrappers import FixedSeed
 
-__all__ = ["LeastPerturbation", "least_perturbation"]
+__all__ = ["LeastPerturbation", "MinimalBudget", "least_perturbation"]
 
 
 @dataclass(frozen=True)
@@ -185,3 +187,87 @@ def least_perturbation(
         correct=correct,
         hi=float(hi),
     )
+
+
+def _seed_from(generator: torch.Generator | None) -> int:
+    """One seed drawn from ``generator`` (0 without one)."""
+    if generator is None:
+        return 0
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MinimalBudget(Attack):
+    """The smallest-budget adversarial example of a budgeted attack.
+
+    Foolbox's "minimisation" use of FGSM / BIM / PGD: per sample,
+    :func:`least_perturbation` finds the smallest budget in [0, ``hi``] (within ``tol``)
+    at which ``attack`` fools the model, and the example returned is the attack's at that
+    budget. Samples not fooled within ``hi``, and samples already misclassified, are
+    returned unchanged (as C&W does for its failures). The attack's randomness is one seed
+    drawn from ``generator`` per call and reused at every budget of the search (a
+    :class:`~fisherscope.attacks.FixedSeed`; a :class:`~fisherscope.attacks.OneStepAttack`
+    prepares its direction once with a generator of that seed), so the search and the
+    returned example agree.
+
+    Not in :data:`~fisherscope.attacks.ATTACKS`: it wraps an attack instance.
+
+    Parameters
+    ----------
+    attack : Attack
+        A budgeted attack instance with an ``eps`` (its value is not used: the search
+        sets the budget).
+    hi : float
+        Upper end of the search interval, in the units of ``attack.norm``.
+    tol : float
+        Width of the final bracket; the upper end is the budget returned.
+    bounds : (float, float)
+        Input bounds (pass the inner attack's, ``bounds=attack.bounds``).
+
+    Notes
+    -----
+    ``run(...).extras["eps"]`` is the budget found per sample (NaN where none up to ``hi``
+    fools, or the sample was already misclassified). The class is not budgeted itself
+    (``budgeted = False``): the base class does not project its output.
+
+    Examples
+    --------
+    >>> from fisherscope.attacks import FGSM
+    >>> atk = MinimalBudget(attack=FGSM(eps=1.0), hi=1.0, tol=1e-3)
+    >>> # res = atk.run(model, x, y); res.extras["eps"] is each sample's least L-inf budget
+    """
+
+    attack: Attack
+    hi: float
+    tol: float = 1e-3
+    budgeted = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.attack, Attack) or not self.attack.budgeted or getattr(self.attack, "eps", None) is None:
+            raise ValueError(
+                f"MinimalBudget needs a budgeted attack instance with an eps (e.g. FGSM(eps=1.0)); got {self.attack!r}."
+            )
+        if not (self.hi > 0 and self.tol > 0):
+            raise ValueError(f"MinimalBudget needs hi > 0 and tol > 0; got hi={self.hi!r}, tol={self.tol!r}.")
+
+    @property
+    def norm(self) -> str:  # type: ignore[override]
+        return self.attack.norm
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
+             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
+        seed = _seed_from(generator)
+        inner = self.attack
+        if isinstance(inner, OneStepAttack):
+            lp = least_perturbation(inner, model, x, y, hi=self.hi, tol=self.tol, targeted=targeted,
+                                    generator=torch.Generator().manual_seed(seed))
+            at = torch.where(lp.fooled, lp.eps, torch.zeros_like(lp.eps))
+            state = inner.prepare(model, x, y, targeted, torch.Generator().manual_seed(seed))
+            x_adv = inner.step(model, x, y, state, at, targeted)
+        else:
+            fixed = FixedSeed(attack=inner, seed=seed, bounds=inner.bounds)
+            lp = least_perturbation(fixed, model, x, y, hi=self.hi, tol=self.tol, targeted=targeted)
+            at = torch.where(lp.fooled, lp.eps, torch.zeros_like(lp.eps))
+            x_adv = fixed.run(model, x, y, targeted=targeted, eps=at).x_adv
+        return x_adv, {"eps": lp.eps}

@@ -58,7 +58,7 @@ _RUNNER_SET = frozenset({"arch", "dataset", "test_dataset", "cache", "cache_dir"
 
 
 def check_overrides(overrides: Mapping[str, Any], *, where: str = "overrides") -> None:
-    """Reject ``overrides`` keys that :func:`~fisherscope.models.train_model` does not take,
+    """Reject ``overrides`` keys that :func:`~fisherscope.training.train_model` does not take,
     naming the valid ones (instead of a bare ``unexpected keyword argument`` later)."""
     import inspect
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..attacks import OSSA
+from ..evaluation import one_step_curve
 from .kit import (
     Block,
     DemoConfig,
@@ -28,7 +29,6 @@ from .kit import (
     save_figure,
     trained_model,
 )
-from .shen import one_step_curve
 
 __all__ = ["MU", "defend_cells", "defend_report"]
 
@@ -49,9 +49,10 @@ def defend_cells(run: Run, state: DemoState) -> None:
         for name, tm in (("plain", state.trained), ("penalised", pen)):
             # OSSA computes the spectrum of G_x anyway: λ_max comes from it (correctly classified digits)
             curve = one_step_curve(OSSA(eps=1.0), tm.model, test.x, test.y, BUDGETS, seed=cfg.seed, batch_size=512)
-            out[name] = {"test_accuracy": tm.metrics["test_accuracy"], "fooling_ratio": curve["fooling_ratio"],
-                         "n_correct": curve["n_correct"], "lambda_max": curve["lambda_max"],
-                         "lambda_max_mean": curve["lambda_max_mean"], "lambda_max_median": curve["lambda_max_median"]}
+            c = curve.as_dict()
+            out[name] = {"test_accuracy": tm.metrics["test_accuracy"], "fooling_ratio": c["fooling_ratio"],
+                         "n_correct": c["n_correct"], "lambda_max": c["lambda_max"],
+                         "lambda_max_mean": c["lambda_max_mean"], "lambda_max_median": c["lambda_max_median"]}
         out["n_test"] = len(test)
         return out
 

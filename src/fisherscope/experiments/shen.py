@@ -20,7 +20,8 @@ Protocol notes (also in docs/RESULTS.md):
   ‖δ‖₂²/D, L1 rows ‖δ‖₁/D, L∞ rows ‖δ‖∞, the L0 row a count of changed elements, D = 784 —
   and the plain norms are reported.
 - Table 2 is :func:`~fisherscope.evaluation.transfer_from_examples` with
-  ``count="fooled_source"`` on Table 1's minimal examples (stored once, :func:`crafted`):
+  ``count="fooled_source"`` on Table 1's minimal examples (made as Table 1 makes them, same
+  seed and batches, and stored per batch in the run: :func:`~fisherscope.experiments.specs.crafted`):
   examples that fool the network they were crafted on, and the accuracy of the other
   network on them (1 − the transfer rate), the paper's "cross model classification
   accuracy" (its 97.47% "raises from 0% of the original network").
@@ -28,113 +29,43 @@ Protocol notes (also in docs/RESULTS.md):
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..attacks import ATTACKS, FGM, FGSM, OSSA, OTCM, Attack, OneStepAttack
-from ..attacks.base import perturbation_norms
-from ..evaluation import least_perturbation, transfer_from_examples
-from ..fisher.input_space import FisherSpectrum
-from ..models.checkpoint import (
-    FINAL_SUFFIX,
-    PARTIAL_SUFFIX,
-    canonical_json,
-    compute_key,
-    resolve_cache_dir,
-    save_atomic,
-)
+from ..attacks import FGM, FGSM, OSSA, OTCM, Attack, OneStepAttack, perturbation_norms
+from ..evaluation import fooling_ratio, one_step_curve, transfer_from_examples
 from ..plotting import to_display
-from .base import Context, register
-from .common import in_batches, load_split, predict, select_samples, trained_model
-from .config import ExperimentConfig
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .config import ExperimentConfig, config_to_dict
+from .kit import (
+    Artifact,
+    Block,
+    Context,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    in_batches,
+    load_split,
+    predict,
+    register,
+    save_figure,
+    select_samples,
+)
+from .specs import AttackSpec, ModelSpec, build_attack, crafted, model_record, train_spec
 
-__all__ = ["AttackSpec", "ModelSpec", "ShenConfig", "TABLE1_ATTACKS", "paper_units"]
-
-Distance = Literal["linf", "l2", "l1", "l0"]
+__all__ = ["ShenConfig", "TABLE1_ATTACKS", "paper_units"]
 
 
 # ====================================================================== config
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One trained network of an experiment.
-
-    Parameters
-    ----------
-    name : str
-        Row / column name in the report and part of the cell keys.
-    defense : dict, optional
-        The ``defense=`` mapping of :func:`fisherscope.training.train_model` (None: plain
-        cross-entropy).
-    arch, preset : str, optional
-        Architecture and training preset (default: the config's).
-    model_kwargs : dict, optional
-        Constructor keywords merged into the preset's (``{"activation": "elu"}``).
-    overrides : dict, optional
-        Training settings for this network only, applied after the config's ``training``.
-    finetune : dict, optional
-        Fine-tune this network from the plain network of the same seed, arch, preset and
-        ``model_kwargs`` (trained with the config's ``training``) instead of training it from
-        scratch: ``training`` updated by these settings (``{"epochs": 5, "lr": 5e-4}``), then
-        ``overrides``. Overrides the config-wide ``finetune`` for this network; the report
-        names the schedule. ``{}`` is rejected (say what to change).
-    """
-
-    name: str
-    defense: dict[str, Any] | None = None
-    arch: str | None = None
-    preset: str | None = None
-    model_kwargs: dict[str, Any] | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    finetune: dict[str, Any] | None = field(default=None, metadata={"omit_if_default": True})
-
-    def __post_init__(self) -> None:
-        if self.finetune is not None and (not isinstance(self.finetune, dict) or not self.finetune):
-            raise ValueError(
-                f"model {self.name!r}: finetune must be a non-empty mapping of training settings such as "
-                f"{{'epochs': 5, 'lr': 5e-4}}; got {self.finetune!r}. Leave it out to train from scratch."
-            )
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack row of Tables 1 and 2.
-
-    Parameters
-    ----------
-    label : str
-        Row name (``"BIM-L2"``).
-    attack : str
-        A key of :data:`fisherscope.attacks.ATTACKS`.
-    params : dict
-        Its hyperparameters (without ``eps`` when ``search`` is on).
-    distance : {"linf", "l2", "l1", "l0"}
-        The norm the row is measured in.
-    search : bool
-        Minimal budget by per-sample binary search in [0, ``hi``] (tolerance ``tol``);
-        otherwise the attack runs as configured (minimisation attacks, or a fixed budget).
-    """
-
-    label: str
-    attack: str
-    params: dict[str, Any] = field(default_factory=dict)
-    distance: Distance = "l2"
-    search: bool = False
-    hi: float = 6.0
-    tol: float = 1e-3
 
 
 #: The nine rows of Shen et al.'s Table 1, minimal perturbations (see the module doc).
@@ -197,28 +128,20 @@ class ShenConfig(ExperimentConfig):
 
 
 # ====================================================================== shared pieces
+#
+# Every kind: ``<kind>_cells(run, cfg, ctx)`` computes through ``run.cell`` (names and specs
+# from the ``_*_cell`` functions below, which the reports call too), ``<kind>_report(cfg,
+# results)`` renders from the stored cells only.
 
 
-def train_spec(spec: ModelSpec, arch: str, dataset: str, ctx: Context, *, seed: int, preset: str | None,
-               training: dict[str, Any]) -> Any:
-    """Train (or load from the cache) the network ``spec`` describes; returns the TrainedModel."""
-    overrides = {**training, **spec.overrides}
-    if spec.model_kwargs:
-        overrides["model_kwargs"] = {**overrides.get("model_kwargs", {}), **spec.model_kwargs}
-    if spec.defense is not None:
-        overrides["defense"] = dict(spec.defense)
-    return trained_model(spec.arch or arch, dataset, ctx, seed=seed, preset=spec.preset or preset,
-                         overrides=overrides)
-
-
-def _finetune(cfg: Any, spec: ModelSpec) -> dict[str, Any] | None:
+def _finetune(cfg: ShenConfig, spec: ModelSpec) -> dict[str, Any] | None:
     """The fine-tuning settings of ``spec`` (its own, else the config's for defended networks)."""
     if spec.finetune is not None:
         return spec.finetune
-    return getattr(cfg, "finetune", None) if spec.defense is not None else None
+    return cfg.finetune if spec.defense is not None else None
 
 
-def _schedule(cfg: Any, spec: ModelSpec) -> str:
+def _schedule(cfg: ShenConfig, spec: ModelSpec) -> str:
     """How the report says ``spec`` was trained (from scratch, or fine-tuned and with what)."""
     scratch = f"{cfg.training or 'the preset'}" + (f" + {spec.overrides}" if spec.overrides else "")
     finetune = _finetune(cfg, spec)
@@ -227,7 +150,7 @@ def _schedule(cfg: Any, spec: ModelSpec) -> str:
     return f"fine-tuned with {finetune} from the plain net ({scratch})"
 
 
-def _train(cfg: Any, ctx: Context, spec: ModelSpec, seed: int | None = None) -> Any:
+def _train(cfg: ShenConfig, ctx: Context, spec: ModelSpec, seed: int | None = None) -> Any:
     seed = cfg.seed if seed is None else seed
     training = dict(cfg.training)
     finetune = _finetune(cfg, spec)
@@ -242,40 +165,59 @@ def _fisher(cfg: ShenConfig, mu: float) -> dict[str, Any] | None:
     return None if mu == 0 else {"kind": "fisher", "mu": mu, "penalty": cfg.penalty}
 
 
-def _sample(cfg: Any, ctx: Context) -> tuple[Any, Tensor, Tensor]:
-    """The test split and the ``n_samples`` test images of the config (seeded draw, in test order)."""
+def _net(cfg: ShenConfig, spec: ModelSpec, seed: int | None = None) -> dict[str, Any]:
+    """Everything that decides the network ``spec`` trains to (part of every cell spec using it)."""
+    return {"arch": cfg.arch, "dataset": cfg.dataset, "preset": cfg.preset, "training": cfg.training,
+            "finetune": _finetune(cfg, spec), "seed": cfg.seed if seed is None else seed,
+            "model": config_to_dict(spec)}
+
+
+def _draw(cfg: ShenConfig) -> dict[str, Any]:
+    """What decides the test images used: the dataset, their number and the seed of the draw."""
+    return {"dataset": cfg.dataset, "n_samples": cfg.n_samples, "seed": cfg.seed}
+
+
+def _sample_cell(cfg: ShenConfig) -> tuple[str, dict[str, Any]]:
+    return "sample", _draw(cfg)
+
+
+def _model_cell(cfg: ShenConfig, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    return f"model/{spec.name}", {"net": _net(cfg, spec), "draw": _draw(cfg)}
+
+
+def _sample(run: Run, cfg: ShenConfig, ctx: Context) -> tuple[Any, Tensor, Tensor]:
+    """The test split and the ``n_samples`` test images of the config (seeded draw, in test
+    order); the ``sample`` cell records what the reports say about them."""
     test = load_split(cfg.dataset, "test", ctx)
     idx = select_samples(len(test), cfg.n_samples, cfg.seed)
-    return test, test.x[idx], test.y[idx]
+    x, y = test.x[idx], test.y[idx]
+    name, spec = _sample_cell(cfg)
+    run.cell(name, lambda: {"n": int(len(y)), "input_size": int(x[0].numel()),
+                            "classes": [str(c) for c in test.classes]}, spec=spec)
+    return test, x, y
+
+
+def _check_models(cfg: ShenConfig) -> None:
+    names = [m.name for m in cfg.models]
+    if any(n is None for n in names):
+        raise ValueError(f"{cfg.name}: every entry of 'models' needs a 'name' (row and column name); got {names}.")
+    for m in cfg.models:
+        if m.dataset not in (None, cfg.dataset):
+            raise ValueError(f"{cfg.name}: model {m.name!r} sets dataset {m.dataset!r}, but every network is "
+                             f"evaluated on the config's {cfg.dataset!r}; drop the model's 'dataset'.")
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def model_record(tm: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
-    """What a report says about a network: accuracies, checkpoint, defense, training time."""
-    m = tm.metrics
-    history = m.get("history") or []
-    stats = (history[-1].get("defense_stats") or {}) if history else {}
-    return {
-        "test_accuracy": m["test_accuracy"],
-        "sample_accuracy": float((predict(tm.model, x) == y.numpy()).mean()),
-        "checkpoint_key": tm.key,
-        "defense": tm.config.get("defense"),
-        "epochs": tm.config["epochs"],
-        "train_wall_time_s": m.get("wall_time_s", float("nan")),
-        "last_epoch_capped": stats.get("capped", 0.0),
-    }
-
-
-def _blurb(cfg: Any, n: int) -> Paragraph:
+def _blurb(cfg: ShenConfig, n: int) -> Paragraph:
     return Paragraph(
         f"`{cfg.arch}` on `{cfg.dataset}`, preset `{cfg.preset or cfg.arch}`"
         + (f" with {cfg.training}" if cfg.training else "")
         + f", seed {cfg.seed}; {n} test images (seeded draw)."
         + (f" Defended networks are fine-tuned from the plain network of the same seed with {cfg.finetune}, "
-           "not trained from scratch." if getattr(cfg, "finetune", None) else "")
+           "not trained from scratch." if cfg.finetune else "")
     )
 
 
@@ -293,172 +235,9 @@ def paper_units(norms: dict[str, Tensor], distance: str, d: int) -> Tensor:
     return norms[distance].double()
 
 
-def one_step_curve(attack: OneStepAttack, model: nn.Module, x: Tensor, y: Tensor, budgets: Sequence[float], *,
-                   seed: int, batch_size: int) -> dict[str, Any]:
-    """Fooling ratio of a one-step attack at every budget, on the images ``model`` gets right.
-
-    The direction is computed once per batch (:meth:`OneStepAttack.prepare`, with a
-    generator seeded by ``seed``: OTCM's random targets are the same draw at every budget)
-    and re-applied at each budget. Also the mean applied (after clipping) L2 and L∞ norms,
-    and for OSSA the top eigenvalue of G_x of each attacked image (``lambda_max``, from the
-    spectrum the attack computed anyway) with its mean and median.
-    """
-    from .._validation import eval_mode
-
-    dev = _device(model)
-    x, y = x.to(dev), y.to(dev)
-    correct = torch.as_tensor(predict(model, x), device=dev) == y
-    xc, yc = x[correct], y[correct]
-    gen = torch.Generator().manual_seed(seed)
-
-    def one(xb: Tensor, yb: Tensor) -> dict[str, Tensor]:
-        state = attack.prepare(model, xb, yb, False, gen)
-        fooled, l2, linf = [], [], []
-        for b in budgets:
-            xa = attack.step(model, xb, yb, state, torch.full((len(xb),), float(b), dtype=xb.dtype, device=dev))
-            with torch.no_grad():
-                fooled.append(model(xa).argmax(1) != yb)
-            delta = (xa - xb).flatten(1)
-            l2.append(delta.norm(dim=1))
-            linf.append(delta.abs().amax(1))
-        out = {"fooled": torch.stack(fooled, 1), "l2": torch.stack(l2, 1), "linf": torch.stack(linf, 1)}
-        if isinstance(state, FisherSpectrum):
-            out["lam"] = state.eigenvalues[:, 0]
-        return out
-
-    n_correct = int(correct.sum())
-    if n_correct == 0:
-        raise ValueError("the network classifies none of the sampled test images correctly; nothing to attack.")
-    with eval_mode(model, warn=False):
-        out = in_batches(one, xc, yc, batch_size=batch_size)
-    res: dict[str, Any] = {
-        "budgets": [float(b) for b in budgets],
-        "fooling_ratio": out["fooled"].double().mean(0).tolist(),
-        "mean_applied_l2": out["l2"].double().mean(0).tolist(),
-        "mean_applied_linf": out["linf"].double().mean(0).tolist(),
-        "n_correct": n_correct,
-        "n": int(len(y)),
-    }
-    if "lam" in out:
-        lam = out["lam"].double()
-        res.update({"lambda_max_mean": float(lam.mean()), "lambda_max_median": float(lam.median()),
-                    "lambda_max": lam.tolist()})
-    return res
-
-
-# ------------------------------------------------------------ minimal-budget attacks
-
-
-def _seed_from(generator: torch.Generator | None) -> int:
-    if generator is None:
-        return 0
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-
-
-@dataclass(frozen=True, kw_only=True)
-class _FixedSeed(Attack):
-    """``attack`` with a fresh generator seeded ``seed`` at every call: the same random
-    draws (PGD's random start) whatever the budget, so a budget search is searching a
-    deterministic function of the budget, and re-running at the budget found reproduces
-    the example it found."""
-
-    attack: Attack
-    seed: int
-
-    @property
-    def norm(self) -> str:  # type: ignore[override]
-        return self.attack.norm
-
-    @property
-    def eps(self) -> Any:
-        return getattr(self.attack, "eps", None)
-
-    @property
-    def budgeted(self) -> bool:  # type: ignore[override]
-        return self.attack.budgeted
-
-    @property
-    def supports_targeted(self) -> bool:  # type: ignore[override]
-        return self.attack.supports_targeted
-
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
-             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
-        res = self.attack.run(model, x, y, targeted=targeted, eps=eps,
-                              generator=torch.Generator().manual_seed(self.seed))
-        return res.x_adv, dict(res.extras)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MinimalBudget(Attack):
-    """The smallest-budget adversarial example of a budgeted attack (Foolbox's
-    "minimisation" use of FGSM / BIM / PGD with a binary search over epsilon).
-
-    Per sample, :func:`~fisherscope.evaluation.least_perturbation` finds the smallest
-    budget in [0, ``hi``] (within ``tol``) at which ``attack`` fools the model; the example
-    returned is the attack's at that budget. Samples not fooled within ``hi``, and samples
-    already misclassified, are returned unchanged (as C&W does for its failures). The
-    attack's randomness is one seed drawn from ``generator`` per call, reused at every
-    budget of the search (:class:`_FixedSeed`), so the search and the returned example agree.
-
-    Used by Shen Tables 1 and 2 (not in :data:`~fisherscope.attacks.ATTACKS`: it wraps an
-    attack instance). ``extras["eps"]`` is the budget found (NaN where none was).
-    """
-
-    attack: Attack
-    hi: float
-    tol: float = 1e-3
-    budgeted = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.attack, Attack) or not self.attack.budgeted or getattr(self.attack, "eps", None) is None:
-            raise ValueError(
-                f"MinimalBudget needs a budgeted attack instance with an eps (e.g. FGSM(eps=1.0)); got {self.attack!r}."
-            )
-        if not (self.hi > 0 and self.tol > 0):
-            raise ValueError(f"MinimalBudget needs hi > 0 and tol > 0; got hi={self.hi!r}, tol={self.tol!r}.")
-
-    @property
-    def norm(self) -> str:  # type: ignore[override]
-        return self.attack.norm
-
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
-             generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
-        seed = _seed_from(generator)
-        inner = self.attack
-        if isinstance(inner, OneStepAttack):
-            lp = least_perturbation(inner, model, x, y, hi=self.hi, tol=self.tol, targeted=targeted,
-                                    generator=torch.Generator().manual_seed(seed))
-            at = torch.where(lp.fooled, lp.eps, torch.zeros_like(lp.eps))
-            state = inner.prepare(model, x, y, targeted, torch.Generator().manual_seed(seed))
-            x_adv = inner.step(model, x, y, state, at, targeted)
-        else:
-            fixed = _FixedSeed(attack=inner, seed=seed, bounds=inner.bounds)
-            lp = least_perturbation(fixed, model, x, y, hi=self.hi, tol=self.tol, targeted=targeted)
-            at = torch.where(lp.fooled, lp.eps, torch.zeros_like(lp.eps))
-            x_adv = fixed.run(model, x, y, targeted=targeted, eps=at).x_adv
-        return x_adv, {"eps": lp.eps}
-
-
-def build_attack(spec: AttackSpec) -> Attack:
-    """The attack of a table row: ``ATTACKS[spec.attack](**params)``, wrapped in
-    :class:`MinimalBudget` when ``spec.search``."""
-    if spec.attack not in ATTACKS:
-        raise ValueError(f"attack row {spec.label!r}: unknown attack {spec.attack!r}; valid keys are {sorted(ATTACKS)}.")
-    cls = ATTACKS[spec.attack]
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.params.items()}
-    if not spec.search:
-        return cls(**params)
-    if "eps" in params:
-        raise ValueError(f"attack row {spec.label!r}: drop 'eps' from params; search=true searches it in [0, hi].")
-    inner = cls(eps=spec.hi, **params)
-    if not inner.budgeted:
-        raise ValueError(f"attack row {spec.label!r}: {spec.attack!r} has no budget to search; set search=false.")
-    return MinimalBudget(attack=inner, hi=spec.hi, tol=spec.tol, bounds=inner.bounds)
-
-
 def _paper_model(cfg: ShenConfig) -> str:
-    names = [m.name for m in cfg.models]
+    _check_models(cfg)
+    names = [str(m.name) for m in cfg.models]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ValueError(f"{cfg.name}: 'models' needs at least two networks with distinct names (the first is the "
                          f"original network); got {names}.")
@@ -477,15 +256,34 @@ def _paper_pair(cfg: ShenConfig, label: str) -> list[float]:
 # ====================================================================== Figure 1
 
 
-@register("shen_figure1", ShenConfig,
-          "Shen Figure 1: label distributions of the original and the penalised net on OSSA examples.")
-def run_figure1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
-    import matplotlib.pyplot as plt
-
-    test, x, y = _sample(cfg, ctx)
+def _figure1_specs(cfg: ShenConfig) -> dict[str, ModelSpec]:
     if cfg.mu <= 0:
         raise ValueError(f"{cfg.name}: Figure 1 compares with a penalised net; set mu > 0 (got {cfg.mu}).")
-    specs = {"original": ModelSpec(name="original"), "penalised": ModelSpec(name="penalised", defense=_fisher(cfg, cfg.mu))}
+    return {"original": ModelSpec(name="original"), "penalised": ModelSpec(name="penalised", defense=_fisher(cfg, cfg.mu))}
+
+
+def _figure1_cell(cfg: ShenConfig) -> tuple[str, dict[str, Any]]:
+    specs = _figure1_specs(cfg)
+    return "figure1", {"nets": {k: _net(cfg, s) for k, s in specs.items()}, "draw": _draw(cfg), "eps": cfg.eps,
+                       "n_examples": cfg.n_examples, "batch_size": cfg.batch_size}
+
+
+def _ossa_pair(orig: nn.Module, pen: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Tensor]:
+    a = OSSA(eps=eps).run(orig, x, y)
+    b = OSSA(eps=eps).run(pen, x, y)
+    with torch.no_grad():
+        p_pen = pen(a.x_adv).softmax(1)
+    return {
+        "x_adv": a.x_adv, "applied_l2": a.norms["l2"], "p_orig": a.logits_adv.softmax(1),
+        "orig_wrong": a.logits_adv.argmax(1) != y, "p_pen": p_pen, "pen_wrong": p_pen.argmax(1) != y,
+        "p_pen_own": b.logits_adv.softmax(1), "pen_own_wrong": b.logits_adv.argmax(1) != y,
+        "applied_l2_own": b.norms["l2"],
+    }
+
+
+def figure1_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
+    specs = _figure1_specs(cfg)
+    test, x, y = _sample(run, cfg, ctx)
 
     def measure() -> dict[str, Any]:
         orig, pen = _train(cfg, ctx, specs["original"]).model, _train(cfg, ctx, specs["penalised"]).model
@@ -509,7 +307,7 @@ def run_figure1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
             "original_fooling": float(fooled.double().mean()),
             "test_indices": test_idx.tolist(),
             "labels": yd[idx].tolist(),
-            "x_adv": res["x_adv"][pick].cpu().tolist(),
+            "x_adv": Artifact(res["x_adv"][pick].cpu()),
             "applied_l2": res["applied_l2"][pick].tolist(),
             "p_original": res["p_orig"][pick].tolist(),
             "p_penalised": res["p_pen"][pick].tolist(),
@@ -517,14 +315,22 @@ def run_figure1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
             "applied_l2_own": res["applied_l2_own"][pick].tolist(),
         }
 
-    r = run.cell("figure1", measure)
+    name, spec = _figure1_cell(cfg)
+    run.cell(name, measure, spec=spec)
+
+
+def figure1_report(cfg: ShenConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    sample = results.cell(*_sample_cell(cfg))
+    r = results.cell(*_figure1_cell(cfg))
     n = len(r["test_indices"])
-    classes = list(test.classes)
+    classes = list(sample["classes"])
     path = None
     if n:
         fig, axes = plt.subplots(n, 4, figsize=(12, 2.4 * n), squeeze=False)
         for i in range(n):
-            img, cmap = to_display(torch.tensor(r["x_adv"][i]))
+            img, cmap = to_display(np.asarray(r["x_adv"][i]))
             true = r["labels"][i]
             axes[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             axes[i, 0].set_axis_off()
@@ -544,10 +350,10 @@ def run_figure1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
                 ax.set_title(f"{title}: {classes[pred]}", fontsize=8, color="red" if pred != true else "black")
         fig.suptitle("Label distributions (blue: true label, red: wrong prediction)", fontsize=9)
         fig.tight_layout()
-        path = save_figure(fig, run.figures_dir / "shen_figure1.png")
+        path = save_figure(fig, results.figures_dir / "shen_figure1.png")
     blocks: list[Block] = [
         Heading("Shen et al. Figure 1: label distributions under OSSA"),
-        _blurb(cfg, len(y)),
+        _blurb(cfg, sample["n"]),
         Paragraph(
             f"OSSA with L2 budget {cfg.eps:g} crafted on the original net, on the {r['n_both_correct']} sampled test "
             f"images both nets classify correctly: it fools the original on {r['n_fooled_original']} "
@@ -563,44 +369,64 @@ def run_figure1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     return blocks
 
 
-def _ossa_pair(orig: nn.Module, pen: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Tensor]:
-    a = OSSA(eps=eps).run(orig, x, y)
-    b = OSSA(eps=eps).run(pen, x, y)
-    with torch.no_grad():
-        p_pen = pen(a.x_adv).softmax(1)
-    return {
-        "x_adv": a.x_adv, "applied_l2": a.norms["l2"], "p_orig": a.logits_adv.softmax(1),
-        "orig_wrong": a.logits_adv.argmax(1) != y, "p_pen": p_pen, "pen_wrong": p_pen.argmax(1) != y,
-        "p_pen_own": b.logits_adv.softmax(1), "pen_own_wrong": b.logits_adv.argmax(1) != y,
-        "applied_l2_own": b.norms["l2"],
-    }
+register("shen_figure1", ShenConfig,
+         "Shen Figure 1: label distributions of the original and the penalised net on OSSA examples.",
+         report=figure1_report)(figure1_cells)
 
 
 # ====================================================================== Figures 2 and 3
 
 
-@register("shen_figure2_3", ShenConfig,
-          "Shen Figures 2-3: test accuracy and OSSA fooling ratio against the penalty weight μ (one cached model per μ).")
-def run_figure2_3(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
+def _mu_spec(cfg: ShenConfig, mu: float) -> ModelSpec:
+    return ModelSpec(name=f"mu={mu:g}", defense=_fisher(cfg, mu))
+
+
+def _curve_spec(cfg: ShenConfig, attack: str, budgets: list[float]) -> dict[str, Any]:
+    """What decides a fooling curve beyond the network: the attack, its budgets, the images."""
+    return {"attack": attack, "budgets": [float(b) for b in budgets], "draw": _draw(cfg),
+            "attack_seed": cfg.seed, "batch_size": cfg.batch_size}
+
+
+def _mu_cell(cfg: ShenConfig, mu: float) -> tuple[str, dict[str, Any]]:
+    return f"mu/{mu:g}", {"net": _net(cfg, _mu_spec(cfg, mu)), **_curve_spec(cfg, "ossa", cfg.budgets)}
+
+
+def _baseline_cell(cfg: ShenConfig, seed: int) -> tuple[str, dict[str, Any]]:
+    return f"baseline/seed{seed}", {"net": _net(cfg, _mu_spec(cfg, 0.0), seed), **_curve_spec(cfg, "ossa", cfg.budgets)}
+
+
+def figure2_3_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
+    if not cfg.mus:
+        raise ValueError(f"{cfg.name}: 'mus' is empty; give the penalty weights to sweep (e.g. [0.0, 0.02]).")
+    test, x, y = _sample(run, cfg, ctx)
+
+    def measure(mu: float, seed: int) -> dict[str, Any]:
+        tm = _train(cfg, ctx, _mu_spec(cfg, mu), seed=seed)
+        out = one_step_curve(OSSA(eps=1.0), tm.model, x, y, cfg.budgets, seed=cfg.seed, batch_size=cfg.batch_size)
+        return {"mu": mu, "seed": seed, **model_record(tm, x, y), **out.as_dict()}
+
+    for mu in cfg.mus:
+        name, spec = _mu_cell(cfg, mu)
+        run.cell(name, lambda mu=mu: measure(mu, cfg.seed), spec=spec)
+    for s in cfg.baseline_seeds:
+        name, spec = _baseline_cell(cfg, s)
+        run.cell(name, lambda s=s: measure(0.0, s), spec=spec)
+
+
+def figure2_3_report(cfg: ShenConfig, results: Results) -> list[Block]:
     import matplotlib.pyplot as plt
 
     if not cfg.mus:
         raise ValueError(f"{cfg.name}: 'mus' is empty; give the penalty weights to sweep (e.g. [0.0, 0.02]).")
-    test, x, y = _sample(cfg, ctx)
-
-    def measure(mu: float, seed: int) -> dict[str, Any]:
-        tm = _train(cfg, ctx, ModelSpec(name=f"mu={mu:g}", defense=_fisher(cfg, mu)), seed=seed)
-        out = one_step_curve(OSSA(eps=1.0), tm.model, x, y, cfg.budgets, seed=cfg.seed, batch_size=cfg.batch_size)
-        return {"mu": mu, "seed": seed, **model_record(tm, x, y), **out}
-
-    results = {mu: run.cell(f"mu/{mu:g}", lambda mu=mu: measure(mu, cfg.seed)) for mu in cfg.mus}
-    baselines = [run.cell(f"baseline/seed{s}", lambda s=s: measure(0.0, s)) for s in cfg.baseline_seeds]
-    plain = [r for mu, r in results.items() if mu == 0] + baselines
+    sample = results.cell(*_sample_cell(cfg))
+    curves = {mu: results.cell(*_mu_cell(cfg, mu)) for mu in cfg.mus}
+    baselines = [results.cell(*_baseline_cell(cfg, s)) for s in cfg.baseline_seeds]
+    plain = [r for mu, r in curves.items() if mu == 0] + baselines
     base_acc = float(np.mean([r["test_accuracy"] for r in plain])) if plain else math.nan
 
-    mus = list(results)
+    mus = list(curves)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(mus, [100 * results[m]["test_accuracy"] for m in mus], marker="o", label="penalised (μ)")
+    ax.plot(mus, [100 * curves[m]["test_accuracy"] for m in mus], marker="o", label="penalised (μ)")
     if plain:
         ax.axhline(100 * base_acc, ls=":", color="gray", label=f"baseline μ = 0 (mean of {len(plain)})")
     ax.set_xlabel("μ")
@@ -608,35 +434,35 @@ def run_figure2_3(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path2 = save_figure(fig, run.figures_dir / "shen_figure2.png")
+    path2 = save_figure(fig, results.figures_dir / "shen_figure2.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in mus:
-        c = results[m]
+        c = curves[m]
         ax.plot(c["budgets"], [100 * v for v in c["fooling_ratio"]], marker=".", label=f"μ = {m:g}")
     ax.set_xlabel("L2 budget ε (OSSA)")
     ax.set_ylabel("fooling ratio (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path3 = save_figure(fig, run.figures_dir / "shen_figure3.png")
+    path3 = save_figure(fig, results.figures_dir / "shen_figure3.png")
 
     show = [b for b in (1.0, 2.0, 4.0, 6.0) if b in cfg.budgets] or [cfg.budgets[-1]]
     rows = []
     for m in mus:
-        c = results[m]
+        c = curves[m]
         rows.append([f"{m:g}", 100 * c["test_accuracy"], c["lambda_max_median"],
                      *[100 * c["fooling_ratio"][c["budgets"].index(b)] for b in show], c["n_correct"],
                      c["last_epoch_capped"], c["checkpoint_key"][:12]])
     p = cfg.paper
     blocks: list[Block] = [
         Heading("Shen et al. Figures 2 and 3: accuracy and OSSA fooling ratio against μ"),
-        _blurb(cfg, len(y)),
+        _blurb(cfg, sample["n"]),
         Paragraph(
             f"One network per μ (loss CE + μ Σ 1/p_i, penalty `{cfg.penalty}`), same preset and seed; OSSA on the "
             "sampled test images each network classifies correctly, L2 budgets before clipping. "
             + (f"Baseline (dotted): mean test accuracy of the μ = 0 networks, seeds "
-               f"{[cfg.seed, *cfg.baseline_seeds] if 0.0 in results else cfg.baseline_seeds}: {100 * base_acc:.2f}%. "
+               f"{[cfg.seed, *cfg.baseline_seeds] if 0.0 in curves else cfg.baseline_seeds}: {100 * base_acc:.2f}%. "
                if plain else "")
             + ("Paper: " + str(p.get("note", "")) if p else "")
         ),
@@ -653,33 +479,55 @@ def run_figure2_3(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     return blocks
 
 
+register("shen_figure2_3", ShenConfig,
+         "Shen Figures 2-3: test accuracy and OSSA fooling ratio against the penalty weight μ (one cached model per μ).",
+         report=figure2_3_report)(figure2_3_cells)
+
+
 # ====================================================================== Figure 5
 
 
-@register("shen_figure5", ShenConfig,
-          "Shen Figure 5: FGM, OTCM and FGSM fooling ratios of the penalised net (and the original).")
-def run_figure5(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
-    import matplotlib.pyplot as plt
-
+def _figure5_specs(cfg: ShenConfig) -> list[ModelSpec]:
     if cfg.mu <= 0:
         raise ValueError(f"{cfg.name}: Figure 5 attacks a penalised net; set mu > 0 (got {cfg.mu}).")
-    test, x, y = _sample(cfg, ctx)
-    specs = [ModelSpec(name="original"), ModelSpec(name=f"mu={cfg.mu:g}", defense=_fisher(cfg, cfg.mu))]
-    attacks: dict[str, tuple[OneStepAttack, list[float]]] = {
-        "fgm": (FGM(eps=1.0), list(cfg.budgets)),
-        "otcm": (OTCM(eps=1.0), list(cfg.budgets)),
-        "fgsm": (FGSM(eps=0.1), list(cfg.linf_budgets)),
+    return [ModelSpec(name="original"), ModelSpec(name=f"mu={cfg.mu:g}", defense=_fisher(cfg, cfg.mu))]
+
+
+def _figure5_attacks(cfg: ShenConfig) -> dict[str, tuple[Callable[[], OneStepAttack], list[float]]]:
+    return {
+        "fgm": (lambda: FGM(eps=1.0), list(cfg.budgets)),
+        "otcm": (lambda: OTCM(eps=1.0), list(cfg.budgets)),
+        "fgsm": (lambda: FGSM(eps=0.1), list(cfg.linf_budgets)),
     }
-    res: dict[str, dict[str, Any]] = {}
+
+
+def _figure5_cell(cfg: ShenConfig, spec: ModelSpec, key: str) -> tuple[str, dict[str, Any]]:
+    return f"figure5/{spec.name}/{key}", {"net": _net(cfg, spec),
+                                          **_curve_spec(cfg, key, _figure5_attacks(cfg)[key][1])}
+
+
+def figure5_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
+    specs = _figure5_specs(cfg)
+    test, x, y = _sample(run, cfg, ctx)
     for spec in specs:
         tm = _train(cfg, ctx, spec)
-        res[spec.name] = {"model": run.cell(f"model/{spec.name}", lambda tm=tm: model_record(tm, x, y))}
-        for key, (atk, budgets) in attacks.items():
-            res[spec.name][key] = run.cell(
-                f"figure5/{spec.name}/{key}",
-                lambda atk=atk, budgets=budgets, tm=tm: one_step_curve(atk, tm.model, x, y, budgets, seed=cfg.seed,
-                                                                         batch_size=cfg.batch_size))
-    names = [s.name for s in specs]
+        name, cell_spec = _model_cell(cfg, spec)
+        run.cell(name, lambda tm=tm: model_record(tm, x, y), spec=cell_spec)
+        for key, (make, budgets) in _figure5_attacks(cfg).items():
+            name, cell_spec = _figure5_cell(cfg, spec, key)
+            run.cell(name, lambda make=make, budgets=budgets, tm=tm: one_step_curve(
+                make(), tm.model, x, y, budgets, seed=cfg.seed, batch_size=cfg.batch_size).as_dict(), spec=cell_spec)
+
+
+def figure5_report(cfg: ShenConfig, results: Results) -> list[Block]:
+    import matplotlib.pyplot as plt
+
+    specs = _figure5_specs(cfg)
+    attacks = _figure5_attacks(cfg)
+    sample = results.cell(*_sample_cell(cfg))
+    res = {s.name: {"model": results.cell(*_model_cell(cfg, s)),
+                    **{key: results.cell(*_figure5_cell(cfg, s, key)) for key in attacks}} for s in specs}
+    names = [str(s.name) for s in specs]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key in zip(axes, attacks, strict=True):
         for name, style in zip(names, ("--", "-"), strict=True):
@@ -698,7 +546,7 @@ def run_figure5(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
                    [f"{v:.1f}" for v in fg["mean_applied_l2"][:: max(1, len(fg["budgets"]) // 5)]])
     top.set_xlabel("mean applied L2 (penalised net)", fontsize=8)
     fig.tight_layout()
-    path = save_figure(fig, run.figures_dir / "shen_figure5.png")
+    path = save_figure(fig, results.figures_dir / "shen_figure5.png")
     l2_rows = [[f"{b:g}", *[100 * res[n][k]["fooling_ratio"][i] for k in ("fgm", "otcm") for n in names]]
                for i, b in enumerate(res[names[0]]["fgm"]["budgets"])]
     linf_rows = [[f"{b:g}", *[res[n]["fgsm"]["mean_applied_l2"][i] for n in names],
@@ -707,7 +555,7 @@ def run_figure5(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     acc = ", ".join(f"{n} {100 * res[n]['model']['test_accuracy']:.2f}%" for n in names)
     return [
         Heading("Shen et al. Figure 5: FGM, OTCM and FGSM against the penalised net"),
-        _blurb(cfg, len(y)),
+        _blurb(cfg, sample["n"]),
         Paragraph(f"Test accuracy: {acc}. Fooling ratios on the sampled test images each net classifies correctly; "
                   "OTCM steers to one random wrong class per image (the same draw at every budget). "
                   + str(cfg.paper.get("note", ""))),
@@ -720,63 +568,12 @@ def run_figure5(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     ]
 
 
+register("shen_figure5", ShenConfig,
+         "Shen Figure 5: FGM, OTCM and FGSM fooling ratios of the penalised net (and the original).",
+         report=figure5_report)(figure5_cells)
+
+
 # ====================================================================== Table 1
-
-
-def crafted(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, seed: int, batch_size: int,
-            ctx: Context) -> dict[str, Any]:
-    """The adversarial examples of the row ``spec`` on the network ``tm``, made once.
-
-    Tables 1 and 2 use the same minimal perturbations (C&W alone is 5 × 1000 steps per
-    image), so they are stored on disk under ``<model cache>/adversarial/``, keyed by the
-    network's checkpoint key, the attack row (without its label), the seed, the batch size
-    and the bytes of ``x`` and ``y``; a second table, or a resumed run, loads them. The
-    attack runs in batches of ``batch_size`` from one generator seeded with ``seed``; after
-    each batch the finished ones and the generator's state go to ``<key>.partial.pt``, so a
-    killed run goes on from the next batch and ends with the same tensors as one that was
-    never stopped.
-
-    Returns ``{"x_adv", "success"}`` (+ ``"eps"``, the least budget, for searched rows), on CPU,
-    and ``"seconds"``: the attack's own time over every run that made these examples (a float;
-    NaN for examples stored before it was recorded), not the time to load them.
-    """
-    ident = {
-        "model": tm.key,
-        "attack": {k: v for k, v in dataclasses.asdict(spec).items() if k != "label"},
-        "seed": seed,
-        "batch_size": batch_size,
-        "x": hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
-        "y": hashlib.sha256(y.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
-    }
-    stem = resolve_cache_dir(ctx.cache_dir) / "adversarial" / f"{tm.arch}-{compute_key(ident)}"
-    path, partial = stem.with_name(stem.name + FINAL_SUFFIX), stem.with_name(stem.name + PARTIAL_SUFFIX)
-    stamp = canonical_json(ident)
-    if path.exists():
-        stored = _load_matching(path, stamp)
-        return {**stored["tensors"], "seconds": stored.get("seconds", math.nan)}
-    gen = torch.Generator()
-    batches: list[dict[str, Tensor]] = []
-    seconds = 0.0
-    if partial.exists():  # a killed run: take the finished batches and the generator where it stopped
-        state = _load_matching(partial, stamp)
-        batches, seconds = list(state["batches"]), state.get("seconds", math.nan)
-        gen.set_state(state["generator"])
-    else:
-        gen.manual_seed(seed)
-    dev = _device(tm.model)
-    for i in range(len(batches) * batch_size, len(y), batch_size):
-        t0 = time.perf_counter()
-        res = attack.run(tm.model, x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev), generator=gen)
-        batches.append({k: v.detach().cpu() for k, v in _outputs_of(res).items()})
-        seconds += time.perf_counter() - t0
-        if i + batch_size < len(y):
-            save_atomic({"ident": stamp, "batches": batches, "generator": gen.get_state(), "seconds": seconds},
-                        partial)
-    tensors = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-    save_atomic({"ident": stamp, "tensors": tensors, "seconds": seconds}, path)
-    partial.unlink(missing_ok=True)
-    return {**tensors, "seconds": seconds}
-
 
 #: Table 1 hatches a ratio whose attack fooled fewer than this fraction of either network's images.
 _FEW_FOOLED = 0.9
@@ -790,30 +587,29 @@ def _few_fooled(cells: dict[tuple[str, str], dict[str, Any]], ref: str) -> set[t
             if n != ref and min(cell["fooling_ratio"], cells[ref, label]["fooling_ratio"]) < _FEW_FOOLED}
 
 
-def _load_matching(path: Path, stamp: str) -> dict[str, Any]:
-    stored = torch.load(path, map_location="cpu", weights_only=True)
-    if stored.get("ident") != stamp:
-        raise ValueError(f"{path} holds adversarial examples of another request; delete it to recompute them.")
-    return stored
+def _attack_cell_spec(cfg: ShenConfig, spec: AttackSpec) -> dict[str, Any]:
+    """What decides a row's adversarial examples beyond the network (``crafted``'s inputs)."""
+    return {"attack": config_to_dict(spec), "draw": _draw(cfg), "attack_seed": cfg.seed, "batch_size": cfg.batch_size}
 
 
-def _outputs_of(res: Any) -> dict[str, Tensor]:
-    out = {"x_adv": res.x_adv, "success": res.success}
-    if "eps" in res.extras:
-        out["eps"] = res.extras["eps"]
-    return out
+def _table1_cell(cfg: ShenConfig, mspec: ModelSpec, spec: AttackSpec) -> tuple[str, dict[str, Any]]:
+    return f"table1/{mspec.name}/{spec.title}", {"net": _net(cfg, mspec), **_attack_cell_spec(cfg, spec)}
 
 
-def _distances(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, seed: int, batch_size: int,
-               ctx: Context) -> dict[str, Any]:
+def _distances(run: Run, spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, *, seed: int,
+               batch_size: int) -> dict[str, Any]:
+    """One cell of Table 1: the row's minimal examples on ``tm`` (:func:`crafted`), and the
+    means of their distances over the correctly classified images they fool."""
     t0 = time.perf_counter()
-    adv = crafted(spec, attack, tm, x, y, seed=seed, batch_size=batch_size, ctx=ctx)
+    adv = crafted(run, spec, attack, tm, x, y, seed=seed, batch_size=batch_size)
     seconds = time.perf_counter() - t0
-    correct = torch.as_tensor(predict(tm.model, x)) == y
-    ok = adv["success"].bool() & correct
+    dev = _device(tm.model)
+    # batch_size: the model sees the examples in the batches the attack made them in
+    fr = fooling_ratio(tm.model, x.to(dev), adv["x_adv"].to(dev), y.to(dev), batch_size=batch_size)
+    ok = fr.fooled.cpu()
     d = x[0].numel()
-    vals: dict[str, Any] = {"n": int(len(y)), "n_correct": int(correct.sum()), "n_fooled": int(ok.sum()),
-                            "fooling_ratio": float(ok.sum()) / max(int(correct.sum()), 1),
+    vals: dict[str, Any] = {"n": fr.n, "n_correct": fr.n_correct, "n_fooled": fr.n_fooled,
+                            "fooling_ratio": fr.ratio,
                             # the attack's time, over every run that made the examples; wall_seconds: this call's
                             "seconds": adv["seconds"], "wall_seconds": seconds, "distance": spec.distance}
     norms = {k: v[ok] for k, v in perturbation_norms(adv["x_adv"] - x).items()}
@@ -830,37 +626,42 @@ def _distances(spec: AttackSpec, attack: Attack, tm: Any, x: Tensor, y: Tensor, 
     return vals
 
 
-@register("shen_table1", ShenConfig,
-          "Shen Table 1: mean minimal perturbation of nine attacks, original vs penalised (and other defenses).")
-def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
+def table1_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
+    _paper_model(cfg)
+    attacks = [(spec, build_attack(spec)) for spec in cfg.attacks]
+    test, x, y = _sample(run, cfg, ctx)
+    for mspec in cfg.models:
+        tm = _train(cfg, ctx, mspec)
+        name, cell_spec = _model_cell(cfg, mspec)
+        run.cell(name, lambda tm=tm: model_record(tm, x, y), spec=cell_spec)
+        for spec, atk in attacks:
+            name, cell_spec = _table1_cell(cfg, mspec, spec)
+            run.cell(name, lambda spec=spec, atk=atk, tm=tm: _distances(
+                run, spec, atk, tm, x, y, seed=cfg.seed, batch_size=cfg.batch_size), spec=cell_spec)
+
+
+def table1_report(cfg: ShenConfig, results: Results) -> list[Block]:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    ref, cmp_name = cfg.models[0].name, _paper_model(cfg)
-    attacks = {spec.label: (spec, build_attack(spec)) for spec in cfg.attacks}
-    test, x, y = _sample(cfg, ctx)
-    models: dict[str, dict[str, Any]] = {}
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
-    for mspec in cfg.models:
-        tm = _train(cfg, ctx, mspec)
-        models[mspec.name] = run.cell(f"model/{mspec.name}", lambda tm=tm: model_record(tm, x, y))
-        for label, (spec, atk) in attacks.items():
-            cells[mspec.name, label] = run.cell(
-                f"table1/{mspec.name}/{label}",
-                lambda spec=spec, atk=atk, tm=tm: _distances(spec, atk, tm, x, y, seed=cfg.seed,
-                                                             batch_size=cfg.batch_size, ctx=ctx))
-    names = [m.name for m in cfg.models]
-    labels = list(attacks)
+    ref, cmp_name = str(cfg.models[0].name), _paper_model(cfg)
+    sample = results.cell(*_sample_cell(cfg))
+    specs = {spec.title: spec for spec in cfg.attacks}
+    names = [str(m.name) for m in cfg.models]
+    labels = list(specs)
+    models = {str(m.name): results.cell(*_model_cell(cfg, m)) for m in cfg.models}
+    cells = {(str(m.name), label): results.cell(*_table1_cell(cfg, m, spec))
+             for m in cfg.models for label, spec in specs.items()}
     paper_rows = []
     for label in labels:
         a, b = cells[ref, label], cells[cmp_name, label]
         pa, pb = _paper_pair(cfg, label)
-        paper_rows.append([label, attacks[label][0].distance, a["mean_paper_units"], b["mean_paper_units"],
+        paper_rows.append([label, specs[label].distance, a["mean_paper_units"], b["mean_paper_units"],
                            b["mean_paper_units"] / a["mean_paper_units"], pa, pb, pb / pa,
                            f"{a['n_fooled']}/{a['n_correct']}", f"{b['n_fooled']}/{b['n_correct']}"])
-    plain_rows = [[label, attacks[label][0].distance, *[cells[n, label][f"mean_{attacks[label][0].distance}"]
-                                                        for n in names]] for label in labels]
-    schedule = {m.name: _schedule(cfg, m) for m in cfg.models}
+    plain_rows = [[label, specs[label].distance, *[cells[n, label][f"mean_{specs[label].distance}"] for n in names]]
+                  for label in labels]
+    schedule = {str(m.name): _schedule(cfg, m) for m in cfg.models}
     model_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n],
                    *[cells[n, label]["mean_paper_units"] for label in labels]] for n in names]
     ratio_rows = [[n, *[cells[n, label]["mean_paper_units"] / cells[ref, label]["mean_paper_units"] for label in labels]]
@@ -891,16 +692,16 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     ax.legend(handles=handles, fontsize=8, loc="upper left", ncol=2)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path = save_figure(fig, run.figures_dir / "shen_table1_ratios.png")
+    path = save_figure(fig, results.figures_dir / "shen_table1_ratios.png")
     return [
         Heading("Shen et al. Table 1: mean minimal perturbation"),
-        _blurb(cfg, len(y)),
+        _blurb(cfg, sample["n"]),
         Paragraph(
             "Minimal adversarial perturbations on the sampled test images each network classifies correctly; means "
             "over the images the attack fooled (the counts are in the last columns). FGSM, FGM, BIM and PGD: the "
             "smallest budget that fools, by per-sample binary search; C&W, DeepFool, JSMA: the attacks' own minimal "
             "perturbations. Paper units (Foolbox): L2 rows ‖δ‖²/D, L1 rows ‖δ‖₁/D, L∞ rows ‖δ‖∞, L0 a count of "
-            f"changed pixels, D = {x[0].numel()}. Paper ratios: 1.24 to 1.73. Hatched bars: the attack fooled "
+            f"changed pixels, D = {sample['input_size']}. Paper ratios: 1.24 to 1.73. Hatched bars: the attack fooled "
             f"fewer than {100 * _FEW_FOOLED:.0f}% of the images on one of the two networks, so the two means cover "
             "different images and the ratio understates the harder network's true distance."
         ),
@@ -918,31 +719,52 @@ def run_table1(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
     ]
 
 
+register("shen_table1", ShenConfig,
+         "Shen Table 1: mean minimal perturbation of nine attacks, original vs penalised (and other defenses).",
+         report=table1_report)(table1_cells)
+
+
 # ====================================================================== Table 2
 
 
-@register("shen_table2", ShenConfig,
-          "Shen Table 2: black-box transfer accuracies between the original and the penalised net (and other defenses).")
-def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
-    ref, cmp_name = cfg.models[0].name, _paper_model(cfg)
-    attacks = {spec.label: (spec, build_attack(spec)) for spec in cfg.attacks}
-    test, x, y = _sample(cfg, ctx)
-    trained = {m.name: _train(cfg, ctx, m) for m in cfg.models}
-    models = {n: run.cell(f"model/{n}", lambda tm=tm: model_record(tm, x, y)) for n, tm in trained.items()}
+def _table2_cell(cfg: ShenConfig, src: ModelSpec, spec: AttackSpec) -> tuple[str, dict[str, Any]]:
+    return f"table2/{spec.title}/{src.name}", {"source": _net(cfg, src), "targets": [_net(cfg, m) for m in cfg.models],
+                                               **_attack_cell_spec(cfg, spec)}
+
+
+def table2_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
+    _paper_model(cfg)
+    attacks = [(spec, build_attack(spec)) for spec in cfg.attacks]
+    test, x, y = _sample(run, cfg, ctx)
+    trained = {str(m.name): _train(cfg, ctx, m) for m in cfg.models}
+    for m in cfg.models:
+        name, cell_spec = _model_cell(cfg, m)
+        run.cell(name, lambda tm=trained[str(m.name)]: model_record(tm, x, y), spec=cell_spec)
     nets = {n: tm.model for n, tm in trained.items()}
-    dev = _device(nets[ref])
+    dev = _device(next(iter(nets.values())))
     xd, yd = x.to(dev), y.to(dev)
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for label, (spec, atk) in attacks.items():
-        for src in nets:
+    for spec, atk in attacks:
+        for m in cfg.models:
+            src = str(m.name)
+
             def measure(spec: AttackSpec = spec, atk: Attack = atk, src: str = src) -> dict[str, Any]:
                 t0 = time.perf_counter()
-                adv = crafted(spec, atk, trained[src], x, y, seed=cfg.seed, batch_size=cfg.batch_size, ctx=ctx)
+                adv = crafted(run, spec, atk, trained[src], x, y, seed=cfg.seed, batch_size=cfg.batch_size)
                 tm = transfer_from_examples({src: adv["x_adv"]}, {src: nets[src]}, nets, xd, yd,
                                             count="fooled_source", batch_size=cfg.batch_size, attack=repr(atk))
                 return {**tm.as_dict(), "seconds": time.perf_counter() - t0}
 
-            rows[label, src] = run.cell(f"table2/{label}/{src}", measure)
+            name, cell_spec = _table2_cell(cfg, m, spec)
+            run.cell(name, measure, spec=cell_spec)
+
+
+def table2_report(cfg: ShenConfig, results: Results) -> list[Block]:
+    ref, cmp_name = str(cfg.models[0].name), _paper_model(cfg)
+    sample = results.cell(*_sample_cell(cfg))
+    labels = [spec.title for spec in cfg.attacks]
+    models = {str(m.name): results.cell(*_model_cell(cfg, m)) for m in cfg.models}
+    rows = {(spec.title, str(m.name)): results.cell(*_table2_cell(cfg, m, spec))
+            for spec in cfg.attacks for m in cfg.models}
 
     def acc(label: str, src: str, tgt: str) -> tuple[float, str]:
         r = rows[label, src]
@@ -951,33 +773,39 @@ def run_table2(run: Run, cfg: ShenConfig, ctx: Context) -> list[Block]:
         return (1 - n_f / n_c if n_c else math.nan), f"{n_c - n_f}/{n_c}"
 
     paper_rows = []
-    for label in attacks:
+    for label in labels:
         a, ca = acc(label, ref, cmp_name)
         b, cb = acc(label, cmp_name, ref)
         pa, pb = _paper_pair(cfg, label)
         paper_rows.append([label, 100 * a, ca, 100 * b, cb, pa, pb])
-    others = [n for n in nets if n != ref]
-    schedule = {m.name: _schedule(cfg, m) for m in cfg.models}
-    to_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, ref, n)[0] for label in attacks]]
+    others = [n for n in models if n != ref]
+    schedule = {str(m.name): _schedule(cfg, m) for m in cfg.models}
+    to_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, ref, n)[0] for label in labels]]
                for n in others]
-    from_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, n, ref)[0] for label in attacks]]
+    from_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, n, ref)[0] for label in labels]]
                  for n in others]
     return [
         Heading("Shen et al. Table 2: black-box transfer (cross-model classification accuracy)"),
-        _blurb(cfg, len(y)),
+        _blurb(cfg, sample["n"]),
         Paragraph(
             "For each attack and each source network, adversarial examples are crafted on the source (minimal "
             "perturbations as in Table 1; OSSA at its fixed budget) and every other network classifies them; a cell "
             "counts the examples that fool the source (the source classifies the clean image correctly and the "
             "adversarial one wrongly) and gives the target's accuracy on them, with 'correct/counted'. "
-            "The examples are Table 1's, stored once per network and attack; `transfer_from_examples(..., "
+            "The examples are Table 1's (made the same way: same seed and batches), stored once per network and "
+            "attack in this run; `transfer_from_examples(..., "
             "count=\"fooled_source\")`; the full matrices are in results.jsonl."
         ),
         Table(["attack", f"{ref} → {cmp_name} acc %", "count", f"{cmp_name} → {ref} acc %", "count",
                "paper: original → ours %", "paper: ours → original %"], paper_rows,
               caption="The paper's layout: generated on the first network, tested on the second"),
-        Table(["network (target)", "clean test accuracy %", "training", *attacks], to_rows,
+        Table(["network (target)", "clean test accuracy %", "training", *labels], to_rows,
               caption=f"Accuracy of each network on examples crafted on `{ref}` that fool it"),
-        Table(["network (source)", "clean test accuracy %", "training", *attacks], from_rows,
+        Table(["network (source)", "clean test accuracy %", "training", *labels], from_rows,
               caption=f"Accuracy of `{ref}` on examples crafted on each network that fool that network"),
     ]
+
+
+register("shen_table2", ShenConfig,
+         "Shen Table 2: black-box transfer accuracies between the original and the penalised net (and other defenses).",
+         report=table2_report)(table2_cells)

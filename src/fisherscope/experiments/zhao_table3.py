@@ -28,12 +28,21 @@ import torch
 
 from ..attacks import OSSA
 from ..evaluation import transfer_matrix
-from .base import Context, register
-from .common import load_split, predict, select_samples
-from .config import ExperimentConfig
-from .report import Block, Heading, Paragraph, Table
-from .runner import Run
-from .shen import ModelSpec, model_record, train_spec
+from .config import ExperimentConfig, config_to_dict
+from .kit import (
+    Block,
+    Context,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    load_split,
+    predict,
+    register,
+    select_samples,
+)
+from .specs import ModelSpec, model_record, train_spec
 
 __all__ = ["ZhaoTable3Config"]
 
@@ -62,27 +71,59 @@ class ZhaoTable3Config(ExperimentConfig):
     paper: dict[str, Any] = field(default_factory=dict)
 
 
-@register("zhao_table3", ZhaoTable3Config,
-          "Zhao Table 3: cross-model OSSA fooling ratios between plain and FGM-adversarially-trained ELU networks.")
-def run_table3(run: Run, cfg: ZhaoTable3Config, ctx: Context) -> list[Block]:
+def _names(cfg: ZhaoTable3Config) -> list[str]:
     names = [m.name for m in cfg.models]
-    if len(names) < 2 or len(set(names)) != len(names):
+    if len(names) < 2 or any(n is None for n in names) or len(set(names)) != len(names):
         raise ValueError(f"{cfg.name}: 'models' needs at least two networks with distinct names; got {names}.")
+    for m in cfg.models:
+        if m.dataset not in (None, cfg.dataset):
+            raise ValueError(f"{cfg.name}: model {m.name!r} sets dataset {m.dataset!r}, but every network is "
+                             f"evaluated on the config's {cfg.dataset!r}; drop the model's 'dataset'.")
+    return [str(n) for n in names]
+
+
+def _draw(cfg: ZhaoTable3Config) -> dict[str, Any]:
+    return {"dataset": cfg.dataset, "n_samples": cfg.n_samples, "seed": cfg.seed}
+
+
+def _net(cfg: ZhaoTable3Config, spec: ModelSpec) -> dict[str, Any]:
+    """Everything that decides the network ``spec`` trains to."""
+    return {"arch": cfg.arch, "dataset": cfg.dataset, "preset": cfg.preset, "training": cfg.training,
+            "seed": cfg.seed, "model": config_to_dict(spec)}
+
+
+def _sample_cell(cfg: ZhaoTable3Config) -> tuple[str, dict[str, Any]]:
+    return "sample", _draw(cfg)
+
+
+def _model_cell(cfg: ZhaoTable3Config, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    return f"model/{spec.name}", {"net": _net(cfg, spec), "draw": _draw(cfg)}
+
+
+def _transfer_cell(cfg: ZhaoTable3Config, src: ModelSpec) -> tuple[str, dict[str, Any]]:
+    return f"transfer/{src.name}", {"source": _net(cfg, src), "targets": [_net(cfg, m) for m in cfg.models],
+                                    "draw": _draw(cfg), "eps": cfg.eps, "batch_size": cfg.batch_size}
+
+
+def table3_cells(run: Run, cfg: ZhaoTable3Config, ctx: Context) -> None:
+    names = _names(cfg)
     test = load_split(cfg.dataset, "test", ctx)
     idx = select_samples(len(test), cfg.n_samples, cfg.seed)
     x, y = test.x[idx], test.y[idx]
+    name, spec = _sample_cell(cfg)
+    run.cell(name, lambda: {"n": int(len(y))}, spec=spec)
     trained = {}
-    records = {}
-    for spec in cfg.models:  # one after the other: each checkpoint is written (and resumable) per epoch
-        tm = train_spec(spec, cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset, training=cfg.training)
-        trained[spec.name] = tm
-        records[spec.name] = run.cell(f"model/{spec.name}", lambda tm=tm: model_record(tm, x, y))
+    for mspec in cfg.models:  # one after the other: each checkpoint is written (and resumable) per epoch
+        tm = train_spec(mspec, cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset, training=cfg.training)
+        trained[str(mspec.name)] = tm
+        name, spec = _model_cell(cfg, mspec)
+        run.cell(name, lambda tm=tm: model_record(tm, x, y), spec=spec)
     nets = {n: tm.model for n, tm in trained.items()}
     dev = next(nets[names[0]].parameters()).device
     xd, yd = x.to(dev), y.to(dev)
     attack = OSSA(eps=cfg.eps)
-    rows = {}
-    for src in names:
+    for mspec in cfg.models:
+        src = str(mspec.name)
 
         def measure(src: str = src) -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -91,7 +132,15 @@ def run_table3(run: Run, cfg: ZhaoTable3Config, ctx: Context) -> list[Block]:
             n_correct = int((torch.as_tensor(predict(nets[src], xd), device=dev) == yd).sum())
             return {**tm.as_dict(), "n_correct_source": n_correct, "seconds": time.perf_counter() - t0}
 
-        rows[src] = run.cell(f"transfer/{src}", measure)
+        name, spec = _transfer_cell(cfg, mspec)
+        run.cell(name, measure, spec=spec)
+
+
+def table3_report(cfg: ZhaoTable3Config, results: Results) -> list[Block]:
+    names = _names(cfg)
+    n = results.cell(*_sample_cell(cfg))["n"]
+    records = {str(m.name): results.cell(*_model_cell(cfg, m)) for m in cfg.models}
+    rows = {str(m.name): results.cell(*_transfer_cell(cfg, m)) for m in cfg.models}
 
     def rate(src: str, tgt: str) -> float:
         return float(rows[src]["rates"][0][rows[src]["targets"].index(tgt)])
@@ -106,8 +155,8 @@ def run_table3(run: Run, cfg: ZhaoTable3Config, ctx: Context) -> list[Block]:
     for tgt in names:
         p = cfg.paper.get(tgt, {})
         paper_rows.append([tgt, *[float(p.get(src, math.nan)) for src in names]])
-    plain = [s.name for s in cfg.models if s.defense is None]
-    adv = [s.name for s in cfg.models if s.defense is not None]
+    plain = [str(s.name) for s in cfg.models if s.defense is None]
+    adv = [str(s.name) for s in cfg.models if s.defense is not None]
 
     def mean_rate(srcs: list[str], tgts: list[str], source: str) -> float:
         vals = [100 * rate(s, t) if source == "ours" else float(cfg.paper.get(t, {}).get(s, math.nan))
@@ -118,13 +167,13 @@ def run_table3(run: Run, cfg: ZhaoTable3Config, ctx: Context) -> list[Block]:
         ["crafted on plain, tested on -adv", mean_rate(plain, adv, "ours"), mean_rate(plain, adv, "paper")],
         ["crafted on -adv, tested on plain", mean_rate(adv, plain, "ours"), mean_rate(adv, plain, "paper")],
     ]
-    acc_rows = [[n, 100 * records[n]["test_accuracy"], rows[n]["n_correct_source"],
-                 100 * rows[n]["n_counted"][0][names.index(n)] / max(rows[n]["n_correct_source"], 1),
-                 records[n]["checkpoint_key"][:12], str(records[n]["defense"] or "none")] for n in names]
+    acc_rows = [[n_, 100 * records[n_]["test_accuracy"], rows[n_]["n_correct_source"],
+                 100 * rows[n_]["n_counted"][0][names.index(n_)] / max(rows[n_]["n_correct_source"], 1),
+                 records[n_]["checkpoint_key"][:12], str(records[n_]["defense"] or "none")] for n_ in names]
     return [
         Heading("Zhao et al. Table 3: cross-model OSSA fooling ratios"),
         Paragraph(
-            f"{len(y)} test images of `{cfg.dataset}` (seeded draw, seed {cfg.seed}); OSSA with L2 budget {cfg.eps:g} "
+            f"{n} test images of `{cfg.dataset}` (seeded draw, seed {cfg.seed}); OSSA with L2 budget {cfg.eps:g} "
             "crafted on each network. A cell counts the examples that fool the network they were crafted on and gives "
             "the fraction the tested network misclassifies (fooled/counted); the diagonal is 100% by construction. "
             "Rows: tested on; columns: crafted from (the paper's orientation)."
@@ -136,3 +185,8 @@ def run_table3(run: Run, cfg: ZhaoTable3Config, ctx: Context) -> list[Block]:
         Table(["average", "ours %", "paper %"], summary,
               caption="The paper's averages: 22.51% (plain → adversarially trained) and 80.52% (the reverse)"),
     ]
+
+
+register("zhao_table3", ZhaoTable3Config,
+         "Zhao Table 3: cross-model OSSA fooling ratios between plain and FGM-adversarially-trained ELU networks.",
+         report=table3_report)(table3_cells)
