@@ -1,4 +1,4 @@
-"""Input validation shared by every public entry point (DESIGN.md §3).
+"""Input validation shared by every public entry point (the README's "Model contract").
 
 Every message says what was expected, what arrived and how to fix it. Checks are
 always on: each is one reduction over the tensor, cheap next to a forward pass.

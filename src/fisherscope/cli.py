@@ -400,6 +400,32 @@ def env() -> None:
             console.print(f"{k:>14}: {v}")
 
 
+@app.command()
+def results(
+    claims: Annotated[Path, typer.Option("--claims", help="The claims file.")] = Path("docs/results/claims.toml"),
+    out: Annotated[Path, typer.Option("--out", help="The summary page to write (or to check).")] = Path("docs/RESULTS.md"),
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if the page differs from what the claims give.")] = False,
+) -> None:
+    """Generate docs/RESULTS.md (one table of every reproduced claim) from docs/results/claims.toml."""
+    from .results_summary import check_results, load_claims, render_results
+
+    try:
+        parsed = load_claims(claims)
+        if check:
+            diff = check_results(parsed, out)
+            if diff:
+                err_console.print(f"[bold red]{out} is out of date[/] with {claims}; run `fisherscope results` to regenerate it.")
+                err_console.print("\n".join(diff[:60]), markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(code=1)
+            console.print(f"{out} is up to date with {claims} ({len(parsed.claims)} claims).")
+            return
+        out.write_text(render_results(parsed, out), encoding="utf-8")
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]wrote[/] {out} ({len(parsed.claims)} claims from {claims})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     logging.basicConfig(level=os.environ.get("FISHERSCOPE_LOGLEVEL", "WARNING"))

@@ -1,4 +1,4 @@
-"""Attacks: frozen hyperparameters, model and data at call time (DESIGN.md §3).
+"""Attacks: frozen hyperparameters, model and data at call time (the README's "Model contract").
 
 ``ATTACKS`` (a :class:`~fisherscope._registry.Registry`) maps registry keys to attack
 classes; the CLI, configs, the demo and the contract tests are driven by it. An attack

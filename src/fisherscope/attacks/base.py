@@ -1,4 +1,4 @@
-"""The attack contract (DESIGN.md §3): frozen hyperparameters, model and data at call time.
+"""The attack contract (see the README's "Model contract"): frozen hyperparameters, model and data at call time.
 
 ``attack(model, x, y)`` returns ``x_adv``; ``attack.run(...)`` returns an
 :class:`AttackResult` with the per-sample success mask, the perturbation norms and

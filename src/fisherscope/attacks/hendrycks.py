@@ -133,8 +133,9 @@ class HGTargeted(_KeepRule):
     Examples
     --------
     >>> attack = HGTargeted()  # α = 1/255, λ = 1e-3, p_target > 0.5, ≤ 1000 steps
-    >>> res = attack.run(model, x, y, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-    >>> res.extras["target"], res.extras["steps"], res.success  # doctest: +SKIP
+    >>> res = attack.run(model, x, y, generator=torch.Generator().manual_seed(0))
+    >>> bool((res.extras["target"] != y).all()), int(res.extras["steps"].max()) <= 1000
+    (True, True)
     """
 
     step_size: float = 1 / 255
@@ -231,7 +232,7 @@ class HGFast(_KeepRule, OneStepAttack):
     Examples
     --------
     >>> attack = HGFast()  # eps = 10/255
-    >>> res = attack.run(model, x, y, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+    >>> res = attack.run(model, x, y, generator=torch.Generator().manual_seed(0))
     """
 
     eps: float = 10 / 255

@@ -107,7 +107,7 @@ class JSMA(Attack):
 
     Examples
     --------
-    >>> x_adv = JSMA(theta=1.0, gamma=0.145)(model, x, target, targeted=True)  # doctest: +SKIP
+    >>> x_adv = JSMA(theta=1.0, gamma=0.145)(model, x, target, targeted=True)
     """
 
     theta: float = 1.0

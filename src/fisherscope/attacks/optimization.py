@@ -263,7 +263,7 @@ class CarliniWagnerL2(Attack):
     Examples
     --------
     >>> attack = CarliniWagnerL2(steps=100, binary_search_steps=1)  # "C&W-100"
-    >>> x_adv = attack(model, x, y)  # doctest: +SKIP
+    >>> x_adv = attack(model, x, y)
     """
 
     binary_search_steps: int = 9
@@ -365,7 +365,7 @@ class Opt(Attack):
 
     Examples
     --------
-    >>> x_adv = Opt(distance_weight=0.05, steps=200)(model, x, y)  # doctest: +SKIP
+    >>> x_adv = Opt(distance_weight=0.05, steps=200)(model, x, y)
     """
 
     distance_weight: float = 0.05

@@ -86,7 +86,7 @@ class OSSA(OneStepAttack):
 
     Examples
     --------
-    >>> x_adv = OSSA(eps=2.0)(model, x, y)  # doctest: +SKIP
+    >>> x_adv = OSSA(eps=2.0)(model, x, y)
     """
 
     eps: float

@@ -220,7 +220,7 @@ class AdversarialLoss(nn.Module):
     --------
     >>> from fisherscope.attacks import FGM
     >>> loss_fn = AdversarialLoss(FGM(eps=1.0), mix=0.5)
-    >>> terms = loss_fn.evaluate(model, x, y)  # doctest: +SKIP
+    >>> terms = loss_fn.evaluate(model, x, y)
     """
 
     def __init__(self, attack: Any, mix: float = 0.5) -> None:

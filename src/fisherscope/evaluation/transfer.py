@@ -195,8 +195,12 @@ def transfer_matrix(
 
     Examples
     --------
-    >>> tm = transfer_matrix(FGM(eps=2.0), {"lenet": a, "cnn": b}, {"lenet": a, "cnn": b}, x, y)  # doctest: +SKIP
-    >>> print(tm.to_table())  # doctest: +SKIP
+    >>> tm = transfer_matrix(FGM(eps=2.0), {"lenet": a, "cnn": b}, {"lenet": a, "cnn": b}, x, y)
+    >>> print(tm.to_table())  # doctest: +ELLIPSIS
+    | crafted on \\ evaluated on | lenet | cnn |
+    |---|---|---|
+    | lenet | 100.0% (.../...) | ...% (.../...) |
+    | cnn | ...% (.../...) | 100.0% (.../...) |
     """
     if not isinstance(attack, Attack):
         raise TypeError(f"attack must be a fisherscope Attack instance (e.g. FGM(eps=2.0)); got {type(attack).__name__}.")

@@ -601,7 +601,7 @@ def param_fisher_trace(
     Examples
     --------
     >>> import torch
-    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     >>> param_fisher_trace(net, torch.rand(2, 4)).shape
     torch.Size([2])
     """

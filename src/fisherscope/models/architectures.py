@@ -924,7 +924,7 @@ class AsLogits(nn.Module):
 
 
 def as_logits(model: nn.Module, output: Literal["probs", "log_probs"] = "probs") -> AsLogits:
-    """The explicit adapter for models whose outputs are not logits (DESIGN.md §3).
+    """The explicit adapter for models whose outputs are not logits (the README's "Model contract").
 
     Parameters
     ----------
