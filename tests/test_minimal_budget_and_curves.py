@@ -129,7 +129,7 @@ def test_fixed_seed_makes_the_same_draws_whatever_the_callers_generator():
 def test_fixed_seed_rejects_what_is_not_an_attack():
     with pytest.raises(TypeError, match="wraps an Attack instance"):
         FixedSeed(attack="pgd", seed=0)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="integer seed; got 0.5"):
+    with pytest.raises(TypeError, match="seed must be an integer; got 0.5"):
         FixedSeed(attack=PGD(eps=0.3), seed=0.5)  # type: ignore[arg-type]
 
 

@@ -126,8 +126,9 @@ class APGD(Attack):
 
     Examples
     --------
-    >>> APGD(eps=0.3, steps=100, loss="ce")  # AutoAttack's APGD-CE on MNIST, L∞
-    APGD(bounds=(0.0, 1.0), eps=0.3, steps=100, norm='linf', loss='ce', restarts=1, rho=0.75, momentum=0.75, eot_iter=1, random_start=True)
+    >>> atk = APGD(eps=0.3, steps=100, loss="ce")  # AutoAttack's APGD-CE on MNIST, L∞
+    >>> atk.norm, atk.eps, atk.steps, atk.loss
+    ('linf', 0.3, 100, 'ce')
     """
 
     eps: float
@@ -306,8 +307,9 @@ class APGDTargeted(APGD):
 
     Examples
     --------
-    >>> APGDTargeted(eps=8 / 255, n_target_classes=9)  # doctest: +ELLIPSIS
-    APGDTargeted(bounds=(0.0, 1.0), eps=0.031..., steps=100, norm='linf', loss='dlr', ...n_target_classes=9)
+    >>> atk = APGDTargeted(eps=8 / 255, n_target_classes=9)  # AutoAttack's APGD-T on CIFAR-10
+    >>> atk.loss, atk.n_target_classes, atk.supports_targeted
+    ('dlr', 9, False)
     """
 
     loss: Literal["ce", "dlr"] = "dlr"
