@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
-import torch
 
+from _rerender import assert_rerenders_from_the_store
 from fisherscope.experiments import Context, load_config, run_experiment
 from fisherscope.experiments import martin_elster as me
-from fisherscope.experiments.base import render_stored
 from fisherscope.experiments.runner import Results, cell_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,21 +38,8 @@ def runs(tmp_path_factory, digits_model):
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_report_re_renders_from_stored_results_alone(kind, runs, tmp_path, monkeypatch):
     run = runs[kind]
-    before = (run.dir / "report.md").read_text()
     assert sorted(p.name for p in run.figures_dir.iterdir()) == FIGURES[kind]
-    (run.dir / "report.md").unlink()
-    (run.dir / "report.html").unlink()
-    shutil.rmtree(run.figures_dir)
-    monkeypatch.setenv("FISHERSCOPE_CACHE", str(tmp_path / "empty-cache"))
-
-    def no_model(*a, **k):
-        raise AssertionError("a model was run while rendering a report")
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
-    render_stored(run.dir)
-    assert (run.dir / "report.md").read_text() == before
-    assert (run.dir / "report.html").stat().st_size > 0
-    assert sorted(p.name for p in run.figures_dir.iterdir()) == FIGURES[kind]
+    assert_rerenders_from_the_store(run.dir, tmp_path, monkeypatch)
 
 
 def test_fig1_cells_hold_the_attack_chunks_and_the_scores(runs):

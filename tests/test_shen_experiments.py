@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _rerender import assert_rerenders_from_the_store
 from fisherscope.experiments import Context, load_config, run_experiment
 from fisherscope.experiments.shen import paper_units
 
@@ -394,27 +395,7 @@ _TINY = {
 def test_report_renders_from_the_store_alone(kind, tmp_path, digits_model, monkeypatch):
     """Every kind's report is a pure function of the stored cells: with no model cache, no
     figures and every model call failing, ``render_stored`` writes the same report.md."""
-    import shutil
-
-    from fisherscope.experiments.base import render_stored
-
     cfg, run = _run(kind, tmp_path / "runs", **_TINY[kind])
-    before = (run.dir / "report.md").read_text()
     n_figures = len(list(run.figures_dir.glob("*.png")))
     assert n_figures >= (kind not in ("shen_table2", "zhao_table3"))  # the tables have no figure
-    for name in ("report.md", "report.html"):
-        (run.dir / name).unlink()
-    shutil.rmtree(run.figures_dir)
-    empty = tmp_path / "empty-cache"
-    empty.mkdir()
-    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
-
-    def no_model(*a, **k):
-        raise AssertionError("a model was run while rendering a report")
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
-    render_stored(run.dir)
-    assert (run.dir / "report.md").read_text() == before
-    assert (run.dir / "report.html").stat().st_size > 0
-    assert len(list(run.figures_dir.glob("*.png"))) == n_figures
-    assert not any(empty.iterdir())  # nothing trained or loaded into the (empty) model cache
+    assert_rerenders_from_the_store(run.dir, tmp_path, monkeypatch)

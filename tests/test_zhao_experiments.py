@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-import torch
 
+from _rerender import assert_rerenders_from_the_store
 from fisherscope.experiments import Context, load_config, run_experiment
-from fisherscope.experiments.base import render_stored
 
 BASE = {"arch": "digits_cnn", "dataset": "digits", "seed": 0, "n_samples": 40, "batch_size": 25}
 
@@ -47,19 +45,4 @@ def test_zhao_kind_runs_and_reports(tmp_path, digits_model, monkeypatch, kind, e
             assert len(it) == 4 and all(0.0 <= v <= 1.0 for v in it)
 
     # the report re-rendered from the stored cells alone (no model, no cache) is the same
-    before = (run.dir / "report.md").read_text()
-    figures = sorted(p.name for p in run.figures_dir.glob("*"))
-    (run.dir / "report.md").unlink()
-    (run.dir / "report.html").unlink()
-    shutil.rmtree(run.figures_dir)
-    empty = tmp_path / "empty-cache"
-    empty.mkdir()
-    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was run while rendering a report")
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
-    render_stored(run.dir)
-    assert (run.dir / "report.md").read_text() == before
-    assert sorted(p.name for p in run.figures_dir.glob("*")) == figures
+    assert_rerenders_from_the_store(run.dir, tmp_path, monkeypatch)

@@ -11,27 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..plotting import confusion_matrix_figure, image_grid
-from .kit import (
-    DEMO_SECTIONS,
-    Artifact,
-    Block,
-    Context,
-    DemoConfig,
-    DemoSection,
-    DemoState,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    add_demo_section,
-    load_split,
-    predict,
-    register,
-    save_figure,
-    trained_model,
-)
+from .base import Context, register
+from .common import load_split, predict, trained_model
+from .kit import DEMO_SECTIONS, DemoConfig, DemoSection, DemoState, add_demo_section
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 
 __all__ = ["DemoConfig", "DemoState", "DEMO_SECTIONS", "add_demo_section", "demo_cells", "demo_report"]
 

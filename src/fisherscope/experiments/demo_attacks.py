@@ -10,21 +10,9 @@ import torch
 
 from ..attacks import ATTACKS
 from ..plotting import to_display
-from .kit import (
-    Artifact,
-    Block,
-    DemoConfig,
-    DemoSection,
-    DemoState,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    add_demo_section,
-    save_figure,
-)
+from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 
 __all__ = ["attack_suite_cells", "attack_suite_report"]
 

@@ -14,21 +14,10 @@ import numpy as np
 
 from ..attacks import OSSA
 from ..evaluation import one_step_curve
-from .kit import (
-    Block,
-    DemoConfig,
-    DemoSection,
-    DemoState,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    add_demo_section,
-    save_figure,
-    trained_model,
-)
+from .common import trained_model
+from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Results, Run
 
 __all__ = ["MU", "defend_cells", "defend_report"]
 

@@ -22,19 +22,9 @@ from .detection_kit import (
     evaluation_spec,
     roc_figure_from,
 )
-from .kit import (
-    Block,
-    DemoConfig,
-    DemoSection,
-    DemoState,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    add_demo_section,
-    save_figure,
-)
+from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
+from .report import Block, Figure, Heading, Paragraph, save_figure
+from .runner import Results, Run
 
 __all__ = ["detect_cells", "detect_report"]
 

@@ -9,22 +9,10 @@ import torch
 
 from ..attacks import MIFGSM
 from ..plotting_maps import fis_figure, saliency_figure
-from .kit import (
-    Artifact,
-    Block,
-    DemoConfig,
-    DemoSection,
-    DemoState,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    add_demo_section,
-    inspect_maps,
-    saliency_rows,
-    save_figure,
-)
+from .common import inspect_maps, saliency_rows
+from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
+from .report import Block, Figure, Heading, Paragraph, save_figure
+from .runner import Artifact, Results, Run
 
 __all__ = ["inspect_cells", "inspect_report"]
 

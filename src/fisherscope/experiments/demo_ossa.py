@@ -10,21 +10,9 @@ import torch
 from ..attacks import FGM, OSSA
 from ..fisher import fisher_spectrum
 from ..plotting import to_display
-from .kit import (
-    Artifact,
-    Block,
-    DemoConfig,
-    DemoSection,
-    DemoState,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    add_demo_section,
-    save_figure,
-)
+from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 
 __all__ = ["ossa_cells", "ossa_report"]
 

@@ -33,25 +33,11 @@ from ..attacks import MIFGSM
 from ..evaluation import detection_metrics, fooling_ratio
 from ..fisher import fisher_sensitivity, param_fisher_form, param_fisher_trace
 from ..plotting_maps import fis_figure, roc_figure, saliency_figure, score_histogram
+from .base import Context, register
+from .common import inspect_maps, load_split, predict, saliency_rows, trained_model
 from .config import ExperimentConfig
-from .kit import (
-    Artifact,
-    Block,
-    Context,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    inspect_maps,
-    load_split,
-    predict,
-    register,
-    saliency_rows,
-    save_figure,
-    trained_model,
-)
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 
 __all__ = ["MartinElsterConfig", "fig1_cells", "fig1_report", "fig2_cells", "fig2_report", "fisher_scores"]
 

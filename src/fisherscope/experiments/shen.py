@@ -42,24 +42,11 @@ from torch import Tensor, nn
 from ..attacks import FGM, FGSM, OSSA, OTCM, Attack, OneStepAttack, perturbation_norms
 from ..evaluation import fooling_ratio, one_step_curve, transfer_from_examples
 from ..plotting import to_display
+from .base import Context, register
+from .common import in_batches, load_split, predict, select_samples
 from .config import ExperimentConfig, config_to_dict
-from .kit import (
-    Artifact,
-    Block,
-    Context,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    in_batches,
-    load_split,
-    predict,
-    register,
-    save_figure,
-    select_samples,
-)
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 from .specs import AttackSpec, ModelSpec, build_attack, crafted, model_record, train_spec
 
 __all__ = ["ShenConfig", "TABLE1_ATTACKS", "paper_units"]

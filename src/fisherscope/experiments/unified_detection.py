@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .base import Context, register
 from .detection_kit import (
     DETECTOR_LABELS,
     DetectionConfig,
@@ -31,18 +32,8 @@ from .detection_kit import (
     sources,
     table_rows,
 )
-from .kit import (
-    Block,
-    Context,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    register,
-    save_figure,
-)
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Results, Run
 
 __all__ = ["unified_cells", "unified_report"]
 

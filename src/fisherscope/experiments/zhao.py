@@ -22,22 +22,11 @@ from ..attacks import ATTACKS, BIM, FGM, OSSA, IterativeOSSA, IterativeOTCM
 from ..evaluation import least_perturbation
 from ..fisher import fisher_spectrum
 from ..plotting import image_grid
+from .base import Context, register
+from .common import in_batches, predict
 from .detection_kit import model_cell, record_model
-from .kit import (
-    Artifact,
-    Block,
-    Context,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    in_batches,
-    predict,
-    register,
-    save_figure,
-)
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 from .zhao_kit import ZhaoConfig, data_spec, model_blurb, zhao_sources
 
 __all__ = ["ZhaoConfig"]

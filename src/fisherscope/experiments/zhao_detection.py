@@ -26,36 +26,11 @@ import torch
 
 from ..attacks import ATTACKS, OSSA
 from ..fisher import fisher_spectrum
-from .detection_kit import (
-    DETECTOR_LABELS,
-    DetectionConfig,
-    attack_rows,
-    attack_table,
-    build_attacks,
-    cross_rows,
-    detection_tables,
-    errors_paragraph,
-    evaluate,
-    evaluation_spec,
-    model_cell,
-    pct,
-    record_model,
-    sources,
-    table_rows,
-)
-from .kit import (
-    Block,
-    Context,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    predict,
-    register,
-    save_figure,
-)
+from . import detection_kit as dk
+from .base import Context, register
+from .common import predict
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Results, Run
 from .zhao_kit import ZhaoConfig, data_spec, zhao_sources
 
 __all__ = ["figure4b_cells", "figure4b_report", "table4_cells", "table4_report"]
@@ -63,12 +38,12 @@ __all__ = ["figure4b_cells", "figure4b_report", "table4_cells", "table4_report"]
 ROC_POINTS = 150
 
 
-def _sweep_labels(cfg: DetectionConfig) -> list[tuple[str, str, float]]:
+def _sweep_labels(cfg: dk.DetectionConfig) -> list[tuple[str, str, float]]:
     """(label, attack name, budget) of every attack of the sweep, in order."""
     return [(f"{s.name}@{b:g}", s.name, float(b)) for s in cfg.sweep for b in s.budgets]
 
 
-def _sweep_attacks(cfg: DetectionConfig) -> dict[str, Any]:
+def _sweep_attacks(cfg: dk.DetectionConfig) -> dict[str, Any]:
     attacks = {}
     for s in cfg.sweep:
         if s.key not in ATTACKS:
@@ -78,43 +53,43 @@ def _sweep_attacks(cfg: DetectionConfig) -> dict[str, Any]:
     return attacks
 
 
-def _sweep_detectors(cfg: DetectionConfig) -> list[str]:
+def _sweep_detectors(cfg: dk.DetectionConfig) -> list[str]:
     return list(cfg.sweep_detectors) or list(cfg.detectors)
 
 
-def _table4_cells(cfg: DetectionConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+def _table4_cells(cfg: dk.DetectionConfig) -> dict[str, tuple[str, dict[str, Any]]]:
     """The evaluation cells (name, spec) of the kind, from the config alone."""
-    cells = {"table4": ("table4", evaluation_spec(cfg, attacks=cfg.attacks, detectors=cfg.detectors,
+    cells = {"table4": ("table4", dk.evaluation_spec(cfg, attacks=cfg.attacks, detectors=cfg.detectors,
                                                   cross_attack=cfg.cross_attack, roc_points=ROC_POINTS))}
     if cfg.sweep:
-        cells["sweep"] = ("sweep", evaluation_spec(cfg, attacks=[], detectors=_sweep_detectors(cfg),
+        cells["sweep"] = ("sweep", dk.evaluation_spec(cfg, attacks=[], detectors=_sweep_detectors(cfg),
                                                    cross_attack=False,
                                                    sweep=[dataclasses.asdict(s) for s in cfg.sweep]))
     return cells
 
 
-def table4_cells(run: Run, cfg: DetectionConfig, ctx: Context) -> None:
-    trained, x, y = sources(cfg, ctx)
-    record_model(run, cfg, trained, len(y))
+def table4_cells(run: Run, cfg: dk.DetectionConfig, ctx: Context) -> None:
+    trained, x, y = dk.sources(cfg, ctx)
+    dk.record_model(run, cfg, trained, len(y))
     cells = _table4_cells(cfg)
     cache: dict[Any, Any] = {}
-    evaluate(run, *cells["table4"], cfg, ctx, trained, x, y, build_attacks(cfg.attacks), list(cfg.detectors),
+    dk.evaluate(run, *cells["table4"], cfg, ctx, trained, x, y, dk.build_attacks(cfg.attacks), list(cfg.detectors),
              cross_attack=cfg.cross_attack, feature_cache=cache, roc_points=ROC_POINTS)
     if cfg.sweep:
-        evaluate(run, *cells["sweep"], cfg, ctx, trained, x, y, _sweep_attacks(cfg), _sweep_detectors(cfg),
+        dk.evaluate(run, *cells["sweep"], cfg, ctx, trained, x, y, _sweep_attacks(cfg), _sweep_detectors(cfg),
                  cross_attack=False, feature_cache=cache)
 
 
-def table4_report(cfg: DetectionConfig, results: Results) -> list[Block]:
+def table4_report(cfg: dk.DetectionConfig, results: Results) -> list[Block]:
     import matplotlib.pyplot as plt
 
-    facts = results.cell(*model_cell(cfg))
+    facts = results.cell(*dk.model_cell(cfg))
     cells = _table4_cells(cfg)
     main = results.cell(*cells["table4"])
     names = [s.name for s in cfg.attacks]
     dets = list(cfg.detectors)
     recs = main["records"]
-    tab = table_rows(recs)
+    tab = dk.table_rows(recs)
     paper4 = cfg.paper.get("table4", {})
     paper5 = cfg.paper.get("table5", {})
 
@@ -132,32 +107,32 @@ def table4_report(cfg: DetectionConfig, results: Results) -> list[Block]:
             f"dropout); KD+BU: logistic regression on both. 95% intervals: {cfg.n_bootstrap} bootstrap draws of "
             "test images."
         ),
-        attack_table(cfg.attacks, attack_rows(recs)),
+        dk.attack_table(cfg.attacks, dk.attack_rows(recs)),
     ]
     rows = []
     for d in dets:
-        ours = [pct(tab[(d, a)]["auroc"]) if (d, a) in tab else math.nan for a in names]
+        ours = [dk.pct(tab[(d, a)]["auroc"]) if (d, a) in tab else math.nan for a in names]
         paper = [paper4.get(d, {}).get(a, math.nan) for a in names]
-        rows.append([DETECTOR_LABELS.get(d, d), *[f"{o:.2f} ({p:.2f})" if not math.isnan(p) else f"{o:.2f}"
+        rows.append([dk.DETECTOR_LABELS.get(d, d), *[f"{o:.2f} ({p:.2f})" if not math.isnan(p) else f"{o:.2f}"
                                                     for o, p in zip(ours, paper, strict=True)]])
     blocks.append(Table(["detector", *names], rows, caption="AUROC % ours (paper's Table 4 in brackets)"))
-    blocks += detection_tables(recs, dets, names, "AUROC % [95% bootstrap interval over test images]")
-    blocks += errors_paragraph(recs)
+    blocks += dk.detection_tables(recs, dets, names, "AUROC % [95% bootstrap interval over test images]")
+    blocks += dk.errors_paragraph(recs)
 
-    cross = cross_rows(recs)
+    cross = dk.cross_rows(recs)
     if "fisher_spectrum" in cross:
         m = cross["fisher_spectrum"]
         blocks.append(Table(
             ["trained on \\ tested on", *names],
-            [[a, *[f"{pct(m.get((a, b))):.2f}" + (f" ({paper5[a][b]:.2f})" if a in paper5 and b in paper5[a] else "")
+            [[a, *[f"{dk.pct(m.get((a, b))):.2f}" + (f" ({paper5[a][b]:.2f})" if a in paper5 and b in paper5[a] else "")
                    for b in names]] for a in names],
             caption="Table 5: eigenvalue detector trained on one attack (fit split), tested on each (test "
                     "split); AUROC % (paper in brackets)"))
     for d, m in cross.items():
         if d != "fisher_spectrum":
             blocks.append(Table(["trained on \\ tested on", *names],
-                                [[a, *[pct(m.get((a, b))) for b in names]] for a in names],
-                                caption=f"{DETECTOR_LABELS.get(d, d)} trained on one attack, tested on each; AUROC %"))
+                                [[a, *[dk.pct(m.get((a, b))) for b in names]] for a in names],
+                                caption=f"{dk.DETECTOR_LABELS.get(d, d)} trained on one attack, tested on each; AUROC %"))
 
     # ROC curves per attack
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.3), squeeze=False)
@@ -166,7 +141,7 @@ def table4_report(cfg: DetectionConfig, results: Results) -> list[Block]:
             key = f"{d}|{a}"
             if key in main.get("roc", {}):
                 fpr, tpr = main["roc"][key]
-                ax.plot(fpr, tpr, lw=1.3, label=f"{DETECTOR_LABELS.get(d, d)} {pct(tab[(d, a)]['auroc']):.1f}")
+                ax.plot(fpr, tpr, lw=1.3, label=f"{dk.DETECTOR_LABELS.get(d, d)} {dk.pct(tab[(d, a)]['auroc']):.1f}")
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
         ax.set_title(a, fontsize=10)
         ax.set_xlabel("false positive rate")
@@ -181,14 +156,14 @@ def table4_report(cfg: DetectionConfig, results: Results) -> list[Block]:
         labels = _sweep_labels(cfg)
         sdets = _sweep_detectors(cfg)
         sw = results.cell(*cells["sweep"])
-        stab, satk = table_rows(sw["records"]), attack_rows(sw["records"])
+        stab, satk = dk.table_rows(sw["records"]), dk.attack_rows(sw["records"])
         srows = []
         for label, base, b in labels:
             a = satk[label]
-            srows.append([base, b, pct(a["success_rate"]), a["n_pos_test"],
-                          *[pct(stab[(d, label)]["auroc"]) if (d, label) in stab else math.nan for d in sdets]])
+            srows.append([base, b, dk.pct(a["success_rate"]), a["n_pos_test"],
+                          *[dk.pct(stab[(d, label)]["auroc"]) if (d, label) in stab else math.nan for d in sdets]])
         blocks.append(Table(["attack", "budget (L2, before clipping)", "success %", "test positives",
-                             *[DETECTOR_LABELS.get(d, d) for d in sdets]], srows,
+                             *[dk.DETECTOR_LABELS.get(d, d) for d in sdets]], srows,
                             caption="AUROC % against the attack budget (same images, splits and detectors)"))
         bases = list(dict.fromkeys(base for _, base, _ in labels))
         fig, axes = plt.subplots(1, len(bases), figsize=(4.6 * len(bases), 3.6), squeeze=False)
@@ -196,9 +171,9 @@ def table4_report(cfg: DetectionConfig, results: Results) -> list[Block]:
             pts = [(lab, b) for lab, bb, b in labels if bb == base]
             bs = [b for _, b in pts]
             for d in sdets:
-                ax.plot(bs, [pct(stab[(d, lab)]["auroc"]) if (d, lab) in stab else math.nan for lab, _ in pts],
-                        marker="o", ms=3, label=DETECTOR_LABELS.get(d, d))
-            ax.plot(bs, [pct(satk[lab]["success_rate"]) for lab, _ in pts], "k--", lw=1, label="attack success %")
+                ax.plot(bs, [dk.pct(stab[(d, lab)]["auroc"]) if (d, lab) in stab else math.nan for lab, _ in pts],
+                        marker="o", ms=3, label=dk.DETECTOR_LABELS.get(d, d))
+            ax.plot(bs, [dk.pct(satk[lab]["success_rate"]) for lab, _ in pts], "k--", lw=1, label="attack success %")
             ax.set_xlabel(f"{base} L2 budget (before clipping)")
             ax.set_ylabel("AUROC % / success %")
             ax.set_title(base, fontsize=10)
@@ -212,7 +187,7 @@ def table4_report(cfg: DetectionConfig, results: Results) -> list[Block]:
     return blocks
 
 
-register("zhao_table4", DetectionConfig,
+register("zhao_table4", dk.DetectionConfig,
          "Zhao Tables 4-5 (MNIST): KD, BU, KD+BU and the eigenvalue detector vs FGM, OTCM, Opt, BIM, OSSA; budget sweep.",
          report=table4_report)(table4_cells)
 
@@ -230,7 +205,7 @@ def _figure4b_cell(cfg: ZhaoConfig) -> tuple[str, dict[str, Any]]:
 
 def figure4b_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
     trained, x, y, _ = zhao_sources(cfg, ctx)
-    record_model(run, cfg, trained, len(y))
+    dk.record_model(run, cfg, trained, len(y))
     model = trained.model
     ok = torch.as_tensor(predict(model, x)) == y
     xs, ys = x[ok][: cfg.n_examples], y[ok][: cfg.n_examples]
@@ -260,7 +235,7 @@ def figure4b_cells(run: Run, cfg: ZhaoConfig, ctx: Context) -> None:
 def figure4b_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
     import matplotlib.pyplot as plt
 
-    facts = results.cell(*model_cell(cfg))
+    facts = results.cell(*dk.model_cell(cfg))
     r = results.cell(*_figure4b_cell(cfg))
     lam_o, lam_r = np.array(r["ossa_lambda"]), np.array(r["random_lambda"])
     flip = np.array(r["ossa_flipped"])

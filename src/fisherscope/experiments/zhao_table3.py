@@ -28,20 +28,11 @@ import torch
 
 from ..attacks import OSSA
 from ..evaluation import transfer_matrix
+from .base import Context, register
+from .common import load_split, predict, select_samples
 from .config import ExperimentConfig, config_to_dict
-from .kit import (
-    Block,
-    Context,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    load_split,
-    predict,
-    register,
-    select_samples,
-)
+from .report import Block, Heading, Paragraph, Table
+from .runner import Results, Run
 from .specs import ModelSpec, model_record, train_spec
 
 __all__ = ["ZhaoTable3Config"]
