@@ -6,6 +6,7 @@ tests are driven by it.
 
 from __future__ import annotations
 
+from .apgd import APGD, APGDTargeted, dlr_loss
 from .base import Attack, AttackResult, OneStepAttack, input_gradient, perturbation_norms, project
 from .deepfool import DeepFool, DeepFoolLinf
 from .gradient import FGM, FGSM, OTCM
@@ -14,6 +15,7 @@ from .iterative import BIM, MIFGSM, PGD, IterativeOTCM
 from .jsma import JSMA
 from .optimization import CarliniWagnerL2, Opt
 from .spectral import OSSA, IterativeOSSA
+from .square import Square
 
 ATTACKS: dict[str, type[Attack]] = {
     "bim": BIM,
@@ -35,6 +37,8 @@ ATTACKS: dict[str, type[Attack]] = {
 }
 
 __all__ = [
+    "APGD",
+    "APGDTargeted",
     "ATTACKS",
     "BIM",
     "CarliniWagnerL2",
@@ -58,4 +62,6 @@ __all__ = [
     "input_gradient",
     "perturbation_norms",
     "project",
+    "Square",
+    "dlr_loss",
 ]
