@@ -1,4 +1,5 @@
-"""Metrics and protocols: least perturbation, fooling ratio, success rate, distances, transfer, detector evaluation."""
+"""Metrics and protocols: least perturbation, fooling ratio, success rate, distances, transfer, detector evaluation,
+worst-case robust accuracy with gradient-masking checks."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ from .metrics import (
     distance_summary,
     fooling_ratio,
 )
+from .robust import (
+    MaskingFlag,
+    RobustAccuracy,
+    RobustAccuracyCurve,
+    robust_accuracy,
+    robust_accuracy_curve,
+    standard_attacks,
+)
 from .transfer import COUNT_RULES, TransferMatrix, transfer_from_examples, transfer_matrix
 
 __all__ = [
@@ -32,6 +41,9 @@ __all__ = [
     "Feature",
     "FoolingRatio",
     "LeastPerturbation",
+    "MaskingFlag",
+    "RobustAccuracy",
+    "RobustAccuracyCurve",
     "SuccessRate",
     "TransferMatrix",
     "attack_success_rate",
@@ -41,7 +53,10 @@ __all__ = [
     "fooling_ratio",
     "least_perturbation",
     "matched_noise",
+    "robust_accuracy",
+    "robust_accuracy_curve",
     "source_splits",
+    "standard_attacks",
     "transfer_from_examples",
     "transfer_matrix",
 ]
