@@ -128,11 +128,12 @@ def bench_model(name: str, args, ta) -> dict:
     # Square vs its forwards vs torchattacks
     rec = Recorder(model).eval()
     sq = Square(eps=eps, n_queries=queries)
-    t0 = time.perf_counter()
-    x_sq = sq(rec, x, y, generator=torch.Generator().manual_seed(0))
-    t_sq = time.perf_counter() - t0
+    x_sq = sq(rec, x, y, generator=torch.Generator().manual_seed(0))  # records the forwards' batch sizes
     sizes = list(rec.sizes)
-    t_floor = med(interleaved({"floor": replay_forwards(model, x, sizes)}, repeats=repeats, warmup=0)["floor"])
+    # the same seed gives the same queries: ours and the replay of its forwards, interleaved
+    ts = interleaved({"ours": lambda: sq(model, x, y, generator=torch.Generator().manual_seed(0)),
+                      "floor": replay_forwards(model, x, sizes)}, repeats=repeats, warmup=0)
+    t_sq, t_floor = med(ts["ours"]), med(ts["floor"])
     out["square"] = {"queries": queries, "ours": t_sq, "floor": t_floor, "forwards": len(sizes),
                      "images_forwarded": sum(sizes), "robust_ours": robust_frac(model, x_sq, y, clean)}
     line = (f"Square-{queries}: ours {t_sq:.2f}s, its {len(sizes)} forwards ({sum(sizes)} images) replayed {t_floor:.2f}s, "
