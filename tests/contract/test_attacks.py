@@ -32,6 +32,9 @@ DETERMINISTIC: dict[str, dict] = {
     "hg_fast": dict(target="most_likely"),
     "jsma": dict(target="most_likely"),
 }
+#: attacks whose random draws (from the one generator) depend on the batch they run in, so a
+#: sample attacked alone sees other draws than inside the batch; they are still deterministic
+BATCH_DEPENDENT_DRAWS = {"square": "window positions and signs are drawn for the whole batch"}
 #: where the standard setting is too weak to show that the attack works: HGFast's 10/255
 #: sign step (the paper's) rarely reaches p_target > 0.5 on 8×8 digits
 STRONGER: dict[str, dict] = {"hg_fast": dict(eps=0.3)}
@@ -113,6 +116,8 @@ def test_deterministic_and_batch_equals_per_sample(setup, key):
     a = atk(model, x, y, generator=torch.Generator().manual_seed(3))
     b = atk(model, x, y, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+    if key in BATCH_DEPENDENT_DRAWS:
+        return
     for i in range(x.shape[0]):
         one = atk(model, x[i : i + 1], y[i : i + 1], generator=torch.Generator().manual_seed(3))
         torch.testing.assert_close(one[0], a[i], rtol=1e-4, atol=1e-5)

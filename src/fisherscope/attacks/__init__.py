@@ -34,6 +34,7 @@ from .iterative import BIM, MIFGSM, PGD, IterativeOTCM
 from .jsma import JSMA
 from .optimization import CarliniWagnerL2, Opt
 from .spectral import OSSA, IterativeOSSA
+from .square import Square
 from .wrappers import FixedSeed
 
 
@@ -110,6 +111,7 @@ for _key, _cls in {
     "pgd": PGD,
     "apgd": APGD,
     "apgd_t": APGDTargeted,
+    "square": Square,
     "otcm_iterative": IterativeOTCM,
     "ossa_iterative": IterativeOSSA,
     "deepfool": DeepFool,
@@ -152,4 +154,5 @@ __all__ = [
     "perturbation_norms",
     "project",
     "register_attack",
+    "Square",
 ]

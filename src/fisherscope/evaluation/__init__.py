@@ -1,5 +1,6 @@
 """Metrics and protocols: least perturbation (and the minimal-budget attack), fooling ratio and its curve
-against the budget, success rate, distances, transfer, detector evaluation."""
+against the budget, success rate, distances, transfer, detector evaluation, worst-case robust accuracy
+with gradient-masking checks."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ from .metrics import (
     distance_summary,
     fooling_ratio,
 )
+from .robust import (
+    MaskingFlag,
+    RobustAccuracy,
+    RobustAccuracyCurve,
+    robust_accuracy,
+    robust_accuracy_curve,
+    standard_attacks,
+)
 from .transfer import COUNT_RULES, TransferMatrix, transfer_from_examples, transfer_matrix
 
 __all__ = [
@@ -36,6 +45,9 @@ __all__ = [
     "FoolingRatio",
     "LeastPerturbation",
     "MinimalBudget",
+    "MaskingFlag",
+    "RobustAccuracy",
+    "RobustAccuracyCurve",
     "SuccessRate",
     "TransferMatrix",
     "attack_success_rate",
@@ -46,7 +58,10 @@ __all__ = [
     "least_perturbation",
     "matched_noise",
     "one_step_curve",
+    "robust_accuracy",
+    "robust_accuracy_curve",
     "source_splits",
+    "standard_attacks",
     "transfer_from_examples",
     "transfer_matrix",
 ]

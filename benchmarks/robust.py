@@ -1,0 +1,222 @@
+"""Robust-accuracy evaluation speed: APGD, Square and the AutoAttack ensemble, ours against floors and torchattacks.
+
+Run: ``python benchmarks/robust.py [--quick] [--models digits_cnn,vgg_small] [--threads 1] [--json out.json]``.
+``--quick`` is a smoke run (batch 16, few steps and queries): its timings mean nothing.
+
+What is timed, per model, on CPU, batch 256, the same ``nn.Module`` for every library:
+
+- **APGD-T steps** (T = 100 on digits_cnn): ours ``APGD(loss="ce")`` and torchattacks'
+  ``APGD(steps=T)``, next to the floor T × (one forward + one input-gradient backward) of
+  the same batch; ratio ours / floor (APGD spends one more forward-backward on its start)
+  and ours / torchattacks. Interleaved repeats, median.
+- **Square-Q** (Q = 1000 on digits_cnn): ours and torchattacks' Square; the floor is the
+  forward passes ours actually made, replayed with the same batch sizes (Square queries
+  only the samples not fooled yet, so its cost depends on the model): ratio ours / floor
+  is the overhead of the window bookkeeping.
+- **Ensemble**: ``robust_accuracy(..., attacks="standard", checks=None)`` (APGD-CE-100,
+  APGD-T-100 over 9 targets, Square-5000) against torchattacks'
+  ``MultiAttack([APGD(steps=100), APGDT(steps=100), Square(n_queries=5000)])`` — the same
+  attacks and iterations (torchattacks' own ``AutoAttack`` uses 10 APGD steps and adds
+  FAB-T, so it is not the like-for-like reference): images/second and robust accuracy of
+  each (recomputed here from the returned images); plus the cost of ``checks="standard"``.
+
+Models: ``digits_cnn`` trained (checkpoint cache; 256 digits test images, L∞ ε = 0.1) and
+``vgg_small`` with random weights at 3 × 32 × 32 (uniform images, labels = its
+predictions, ε = 8/255). vgg_small costs ~2 s per forward-backward of 256 images on one
+CPU thread, so it runs reduced: APGD-10, Square-20, and the ensemble with APGD-10,
+APGD-T-10 and Square-100 on 32 images (``--vgg-ensemble-n``; 0 skips it); one repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import header, interleaved, med  # noqa: E402
+
+from fisherscope.attacks import APGD, APGDTargeted, Square  # noqa: E402
+from fisherscope.evaluation import robust_accuracy  # noqa: E402
+from fisherscope.models import MODELS, build_model  # noqa: E402
+
+
+class Recorder(nn.Module):
+    """Passes through and records the batch size of every forward."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+def floor_fwd_bwd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int):
+    def run():
+        for _ in range(steps):
+            xr = x.detach().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(xr), y, reduction="sum")
+            torch.autograd.grad(loss, xr)
+    return run
+
+
+def replay_forwards(model: nn.Module, x: torch.Tensor, sizes: list[int]):
+    def run():
+        with torch.no_grad():
+            for b in sizes:
+                model(x[:b])
+    return run
+
+
+def robust_frac(model, x_adv, y, clean):
+    with torch.no_grad():
+        return float((clean & (model(x_adv).argmax(1) == y)).float().mean())
+
+
+def setup(name: str, n: int):
+    if name == "digits_cnn":
+        from fisherscope.data import load_dataset
+        from fisherscope.models import train_model
+
+        model = train_model("digits_cnn", "digits", progress=False).model.eval()
+        test = load_dataset("digits", "test")
+        return model, test.x[:n].clone(), test.y[:n].clone(), 0.1, "trained digits_cnn, digits test images, labels = truth"
+    torch.manual_seed(0)
+    model = build_model("vgg_small", in_channels=3, input_size=32).eval()
+    x = torch.rand(n, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y, 8 / 255, "random-weight vgg_small 3x32x32, uniform images, labels = predictions"
+
+
+def bench_model(name: str, args, ta) -> dict:
+    quick = args.quick
+    n = 16 if quick else args.batch
+    model, x, y, eps, desc = setup(name, n)
+    vgg = name == "vgg_small"
+    steps = 3 if quick else (10 if vgg else 100)
+    queries = 10 if quick else (20 if vgg else 1000)
+    repeats = 1 if (quick or vgg) else 3
+    warmup = 0 if (quick or vgg) else 1
+    out: dict = {"model": name, "description": desc, "n": n, "eps": eps}
+    print(f"\n== {name}: {desc}; batch {n}, eps {eps:.4g}")
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+
+    # APGD vs floor vs torchattacks
+    ours_apgd = APGD(eps=eps, steps=steps, loss="ce")
+    g = torch.Generator().manual_seed(0)
+    fns = {"ours": lambda: ours_apgd(model, x, y, generator=g), "floor": floor_fwd_bwd(model, x, y, steps)}
+    if ta is not None:
+        ta_apgd = ta.APGD(model, eps=eps, steps=steps, loss="ce", seed=0)
+        fns["torchattacks"] = lambda: ta_apgd(x, y)
+    t = {k: med(v) for k, v in interleaved(fns, repeats=repeats, warmup=warmup).items()}
+    out["apgd"] = {"steps": steps, **t}
+    line = f"APGD-{steps}: ours {t['ours']:.2f}s, floor {steps}x(fwd+bwd) {t['floor']:.2f}s, ours/floor {t['ours'] / t['floor']:.2f}"
+    if "torchattacks" in t:
+        line += f", torchattacks {t['torchattacks']:.2f}s, ours/torchattacks {t['ours'] / t['torchattacks']:.2f}"
+    print(line)
+
+    # Square vs its forwards vs torchattacks
+    rec = Recorder(model).eval()
+    sq = Square(eps=eps, n_queries=queries)
+    x_sq = sq(rec, x, y, generator=torch.Generator().manual_seed(0))  # records the forwards' batch sizes
+    sizes = list(rec.sizes)
+    # the same seed gives the same queries: ours and the replay of its forwards, interleaved
+    ts = interleaved({"ours": lambda: sq(model, x, y, generator=torch.Generator().manual_seed(0)),
+                      "floor": replay_forwards(model, x, sizes)}, repeats=repeats, warmup=0)
+    t_sq, t_floor = med(ts["ours"]), med(ts["floor"])
+    out["square"] = {"queries": queries, "ours": t_sq, "floor": t_floor, "forwards": len(sizes),
+                     "images_forwarded": sum(sizes), "robust_ours": robust_frac(model, x_sq, y, clean)}
+    line = (f"Square-{queries}: ours {t_sq:.2f}s, its {len(sizes)} forwards ({sum(sizes)} images) replayed {t_floor:.2f}s, "
+            f"ours/floor {t_sq / t_floor:.2f}, robust acc {out['square']['robust_ours']:.3f}")
+    if ta is not None:
+        ta_sq = ta.Square(model, eps=eps, n_queries=queries, seed=0)
+        with torch.random.fork_rng():
+            t0 = time.perf_counter()
+            x_ta = ta_sq(x, y)
+            t_ta = time.perf_counter() - t0
+        out["square"].update(torchattacks=t_ta, robust_torchattacks=robust_frac(model, x_ta, y, clean))
+        line += (f"; torchattacks {t_ta:.2f}s (robust acc {out['square']['robust_torchattacks']:.3f}), "
+                 f"ours/torchattacks {t_sq / t_ta:.2f}")
+    print(line)
+
+    # the ensemble
+    if vgg:
+        ne = min(args.vgg_ensemble_n, n)
+        e_steps, e_queries = (3, 10) if quick else (10, 100)
+    else:
+        ne, e_steps, e_queries = n, (3 if quick else 100), (10 if quick else 5000)
+    if ne == 0:
+        return out
+    xe, ye, ce = x[:ne], y[:ne], clean[:ne]
+    k = model(xe[:1]).shape[1]
+    attacks = [("apgd-ce", APGD(eps=eps, steps=e_steps, loss="ce")),
+               ("apgd-t", APGDTargeted(eps=eps, steps=e_steps, n_target_classes=min(9, k - 1))),
+               ("square", Square(eps=eps, n_queries=e_queries))]
+    is_standard = e_steps == 100 and e_queries == 5000
+    t0 = time.perf_counter()
+    res = robust_accuracy(model, xe, ye, norm="linf", eps=eps, attacks="standard" if is_standard else attacks,
+                          generator=torch.Generator().manual_seed(0), checks=None)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res_c = robust_accuracy(model, xe, ye, norm="linf", eps=eps, attacks="standard" if is_standard else attacks,
+                            generator=torch.Generator().manual_seed(0), checks="standard")
+    t_checks = time.perf_counter() - t0
+    ens = {"n": ne, "apgd_steps": e_steps, "square_queries": e_queries, "ours": t_ours, "ours_with_checks": t_checks,
+           "robust_ours": res.robust_accuracy, "per_attack": res.per_attack, "flags": res_c.flag_codes}
+    line = (f"ensemble (APGD-CE-{e_steps}, APGD-T-{e_steps}, Square-{e_queries}) on {ne}: ours {t_ours:.1f}s "
+            f"= {ne / t_ours:.2f} img/s (robust {res.robust_accuracy:.3f}); with checks='standard' {t_checks:.1f}s "
+            f"(flags {res_c.flag_codes})")
+    if ta is not None:
+        multi = ta.MultiAttack([ta.APGD(model, eps=eps, steps=e_steps, loss="ce", n_restarts=1, seed=0),
+                                ta.APGDT(model, eps=eps, steps=e_steps, n_classes=k, n_restarts=1, seed=0),
+                                ta.Square(model, eps=eps, n_queries=e_queries, n_restarts=1, seed=0)])
+        with torch.random.fork_rng():
+            t0 = time.perf_counter()
+            x_ta = multi(xe, ye)
+            t_ta = time.perf_counter() - t0
+        ens.update(torchattacks=t_ta, robust_torchattacks=robust_frac(model, x_ta, ye, ce))
+        line += (f"; torchattacks MultiAttack {t_ta:.1f}s = {ne / t_ta:.2f} img/s (robust "
+                 f"{ens['robust_torchattacks']:.3f}); ours/torchattacks images/s {t_ta / t_ours:.2f}")
+    out["ensemble"] = ens
+    print(line)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", default="digits_cnn,vgg_small")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--vgg-ensemble-n", type=int, default=32)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        import torchattacks as ta
+    except ImportError:
+        ta = None
+        print("(torchattacks not installed: its rows are skipped)")
+    print(header())
+    results = []
+    for name in args.models.split(","):
+        if name not in MODELS:
+            print(f"(skipping {name}: not in fisherscope.models.MODELS)")
+            continue
+        results.append(bench_model(name, args, ta))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
