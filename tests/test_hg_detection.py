@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from fisherscope.attacks.detector_aware import (  # noqa: E402
     band_around,
 )
 from fisherscope.detectors import PCAWhiteningDetector  # noqa: E402
+from fisherscope.evaluation import detection_metrics  # noqa: E402
 from fisherscope.exceptions import NotFittedError  # noqa: E402
 from fisherscope.experiments import Context, load_config, run_experiment  # noqa: E402
+from fisherscope.experiments.base import render_stored  # noqa: E402
 from fisherscope.experiments.hendrycks_gimpel_detection import paired_detection_metrics  # noqa: E402
 from fisherscope.features import TrailingVarianceScore, fit_pca_whitening, softmax_stats  # noqa: E402
 
@@ -252,6 +255,13 @@ def test_paired_metrics_against_pair_counting():
     prec = np.cumsum(lab) / np.arange(1, 81)
     assert m["aupr"] == pytest.approx(prec[lab == 1].mean(), abs=0.02)
     assert math.isnan(paired_detection_metrics(np.array([]), np.array([]))["auroc"])
+    # the numbers are the library's, the interval its paired bootstrap (each (clean_i, adv_i) one group)
+    pairs = np.arange(40)
+    lib = detection_metrics(clean, adv, 0.5, neg_groups=pairs, pos_groups=pairs, n_bootstrap=50, seed=1)
+    assert (m["auroc"], m["aupr"], m["tpr"], m["fpr"]) == (lib.auroc, lib.aupr, lib.tpr, lib.fpr)
+    assert (m["auroc_lo"], m["auroc_hi"]) == lib.ci["auroc"]
+    one = paired_detection_metrics(np.array([0.1]), np.array([0.2]), threshold=0.15, n_bootstrap=50)
+    assert (one["auroc"], one["tpr"], one["fpr"]) == (1.0, 1.0, 0.0) and math.isnan(one["auroc_lo"])
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -264,12 +274,27 @@ ADA = {"name": "hga", "kind": "hg_adaptive", "arch": "hg_mlp", "dataset": "digit
        "whitening_eps": [1e-11, 1e-2], "kl_radii": [1.0, 64.0], "n_trace": 3, "trace_steps": 20}
 
 
-def test_hg_detection_runs_reports_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def finished(one_thread, tmp_path_factory):
+    """The tiny detection and adaptive configs, each run once for the module: {kind: (out dir, run)}."""
+    out = {}
+    for raw in (DET, ADA):
+        where = tmp_path_factory.mktemp(raw["kind"])
+        out[raw["kind"]] = where, run_experiment(load_config(raw), where, context=Context(progress=False))
+    return out
+
+
+def by_name(run):
+    """The stored cells keyed by their names (without the spec digest)."""
+    return {cell.split("#")[0]: v for cell, v in run.results().items()}
+
+
+def test_hg_detection_runs_reports_and_resumes(finished):
     cfg = load_config(DET)
-    run = run_experiment(cfg, tmp_path, context=Context(progress=False))
+    out, run = finished["hg_detection"]
     records = [json.loads(line) for line in run.results_path.read_text().splitlines()]
     assert records and all(r["config_hash"] == run.config_hash for r in records)
-    res = run.results()
+    res = by_name(run)
     info, clean, m = res["setup"], res["clean"], res["metrics"]
     assert info["start"] == round(64 * 700 / 784) and info["rank"] <= 64
     for a in ("fast", "iterative", "iterative_recon"):
@@ -305,14 +330,13 @@ def test_hg_detection_runs_reports_and_resumes(tmp_path):
     html = (run.dir / "report.html").read_text()
     assert "Hendrycks" in html and "evaluate_detectors" in html and html.count("data:image/png;base64,") == 5
     before = run.results_path.read_text()
-    again = run_experiment(cfg, tmp_path, resume=True, context=Context(progress=False))
+    again = run_experiment(cfg, out, resume=True, context=Context(progress=False))
     assert again.dir == run.dir and again.results_path.read_text() == before
 
 
-def test_hg_adaptive_runs_and_keeps_its_bands(tmp_path):
-    cfg = load_config(ADA)
-    run = run_experiment(cfg, tmp_path, context=Context(progress=False))
-    res = run.results()
+def test_hg_adaptive_runs_and_keeps_its_bands(finished):
+    _, run = finished["hg_adaptive"]
+    res = by_name(run)
     un = res["attack/unconstrained"]
     assert np.mean(un["success"]) > 0.8
     keys = [k for k in res if k.startswith("attack/") and k != "attack/unconstrained"]
@@ -331,3 +355,43 @@ def test_hg_adaptive_runs_and_keeps_its_bands(tmp_path):
     assert np.asarray(tr["kl"]).shape == (21, 3) and np.asarray(tr["p_target"]).shape == (21, 3)
     html = (run.dir / "report.html").read_text()
     assert "log-barrier" in html and html.count("data:image/png;base64,") == 1
+
+
+@pytest.mark.parametrize("kind", ["hg_detection", "hg_adaptive"])
+def test_report_renders_from_the_stored_cells_alone(finished, kind, tmp_path, monkeypatch):
+    run_dir = shutil.copytree(finished[kind][1].dir, tmp_path / "run")
+    before = (run_dir / "report.md").read_text()
+    figures = sorted(p.name for p in (run_dir / "figures").glob("*"))
+    (run_dir / "report.md").unlink()
+    (run_dir / "report.html").unlink()
+    shutil.rmtree(run_dir / "figures")
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was run while rendering a report")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    render_stored(run_dir)
+    assert (run_dir / "report.md").read_text() == before
+    assert sorted(p.name for p in (run_dir / "figures").glob("*")) == figures
+
+
+def test_report_marks_protocol_metrics_left_undefined(finished, tmp_path):
+    """With no kept adversarial in the protocol's test split (the full MNIST config's fast attack),
+    evaluate_detectors stores None for the AUROC, TPR, ...: the table says so instead of failing."""
+    run_dir = shutil.copytree(finished["hg_detection"][1].dir, tmp_path / "run")
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        if rec["cell"].split("#")[0] == "protocol":
+            for r in rec["values"]["records"]:
+                if r["kind"] == "table" and r["attack"] == "fast" and r["detector"] == "max_prob":
+                    r.update(dict.fromkeys(("auroc", "auroc_lo", "auroc_hi", "tpr", "fpr"), None), n_pos=0)
+            lines[i] = json.dumps(rec, sort_keys=True)
+    (run_dir / "results.jsonl").write_text("\n".join(lines) + "\n")
+    render_stored(run_dir)
+    row = next(line for line in (run_dir / "report.md").read_text().splitlines()
+               if line.startswith("| softmax: −max probability") and "TPR" in line)
+    assert "– [–, –]; TPR – (FPR –); 0/" in row

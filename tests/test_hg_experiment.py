@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+
+import torch
 
 from fisherscope.experiments import Context, load_config, run_experiment
+from fisherscope.experiments.base import render_stored
 
 CFG = {"name": "hg", "kind": "hg_attack", "arch": "digits_cnn", "dataset": "digits", "seed": 0,
        "n_samples": 30, "batch_size": 20, "step_size": 0.02, "max_steps": 150, "fast_eps": 0.3, "n_examples": 6}
@@ -15,7 +19,7 @@ def test_hg_attack_runs_reports_and_resumes(tmp_path, digits_model):
     run = run_experiment(cfg, tmp_path, context=Context(progress=False))
     records = [json.loads(line) for line in run.results_path.read_text().splitlines()]
     assert records and all(r["config_hash"] == run.config_hash for r in records)
-    res = run.results()
+    res = {cell.split("#")[0]: v for cell, v in run.results().items()}  # keys without the spec digest
     it, fast = res["attack/iterative"], res["attack/fast"]
     assert it["n"] == fast["n"] == 30
     # the keep rule implies misclassification (the target is never the true label), so success <= fooling
@@ -34,3 +38,29 @@ def test_hg_attack_runs_reports_and_resumes(tmp_path, digits_model):
     before = run.results_path.read_text()
     again = run_experiment(cfg, tmp_path, resume=True, context=Context(progress=False))
     assert again.dir == run.dir and again.results_path.read_text() == before
+
+
+def test_hg_attack_report_renders_from_the_stored_cells_alone(tmp_path, monkeypatch, digits_model):
+    run = run_experiment(load_config(CFG), tmp_path, context=Context(progress=False))
+    res = {cell.split("#")[0]: v for cell, v in run.results().items()}
+    ex = res["figure/examples"]
+    # the figure's images are the examples cell's own attack run: its stored L2 is theirs
+    l2 = torch.as_tensor(ex["x_adv/iterative"] - ex["x"]).flatten(1).norm(dim=1)
+    torch.testing.assert_close(l2, torch.tensor(ex["iterative"]["l2"]), rtol=0, atol=1e-6)
+    assert res["model"]["n"] == 30 and len(res["model"]["classes"]) == 10
+    before = (run.dir / "report.md").read_text()
+    figures = sorted(p.name for p in run.figures_dir.glob("*"))
+    (run.dir / "report.md").unlink()
+    (run.dir / "report.html").unlink()
+    shutil.rmtree(run.figures_dir)
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was run while rendering a report")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
+    render_stored(run.dir)
+    assert (run.dir / "report.md").read_text() == before
+    assert sorted(p.name for p in run.figures_dir.glob("*")) == figures

@@ -15,6 +15,10 @@ Protocol (also in docs/RESULTS.md):
   successful samples: L2 (and the squared L2 the authors' code prints), L1, L∞, L0.
 - Figures draw the images exactly as the model received them (fixed [0, 1] range, no
   rescaling: the paper's §2 point), and the perturbations as signed maps.
+
+The kit's shape: :func:`hg_attack_cells` stores the model facts, each attack's numbers and
+the ``figure/examples`` cell (the first ``n_examples`` sources and their adversarials as
+artifacts); :func:`hg_attack_report` draws the tables and figures from those cells only.
 """
 
 from __future__ import annotations
@@ -29,25 +33,32 @@ import torch
 from ..attacks import HGFast, HGTargeted
 from ..evaluation import distance_summary, fooling_ratio
 from ..plotting import image_grid
-from .base import Context, register
-from .common import correct_draw, in_batches, load_split, predict, trained_model
-from .config import ExperimentConfig
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .hendrycks_kit import (
+    HGConfig,
+    data_spec,
+    fast_spec,
+    hg_sources,
+    iterative_spec,
+    model_cell,
+    record_model,
+    run_attack,
+)
+from .kit import (
+    Artifact,
+    Block,
+    Context,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    predict,
+    register,
+    save_figure,
+)
 
 __all__ = ["HGAttackConfig", "HGConfig"]
-
-
-@dataclass(frozen=True)
-class HGConfig(ExperimentConfig):
-    """What every Hendrycks & Gimpel config shares: the iterative targeted attack (§2)."""
-
-    n_samples: int = 500  # correctly classified test images attacked
-    batch_size: int = 500
-    step_size: float = 1 / 255
-    l2_reg: float = 1e-3
-    threshold: float = 0.5
-    max_steps: int = 1000
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,9 @@ class HGAttackConfig(HGConfig):
     paper: dict[str, Any] = field(default_factory=dict)
 
 
+ATTACK_NAMES = ("iterative", "fast")
+
+
 def _attacks(cfg: HGAttackConfig) -> dict[str, Any]:
     return {
         "iterative": HGTargeted(step_size=cfg.step_size, l2_reg=cfg.l2_reg, threshold=cfg.threshold,
@@ -67,34 +81,23 @@ def _attacks(cfg: HGAttackConfig) -> dict[str, Any]:
     }
 
 
-def _sources(cfg: Any, ctx: Context) -> tuple[Any, torch.Tensor, torch.Tensor, Any, int]:
-    """The model and ``n_samples`` correctly classified test images (seeded draw, in test order).
-
-    Shared by the detection configs, whose optional ``epochs`` overrides the preset's.
-    """
-    epochs = getattr(cfg, "epochs", None)
-    trained = trained_model(cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset,
-                            overrides=None if epochs is None else {"epochs": epochs})
-    test = load_split(cfg.dataset, "test", ctx)
-    idx, n_correct = correct_draw(trained.model, test, cfg.n_samples, cfg.seed)
-    return trained, test.x[idx], test.y[idx], test, n_correct
+def _attack_specs(cfg: HGAttackConfig) -> dict[str, dict[str, Any]]:
+    """The settings that decide each attack's numbers (the same as :func:`_attacks` builds)."""
+    return {"iterative": iterative_spec(cfg), "fast": fast_spec(cfg)}
 
 
-def _run_attack(attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, seed: int,
-                batch_size: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+def _attack_cell(cfg: HGAttackConfig, name: str) -> tuple[str, dict[str, Any]]:
+    return f"attack/{name}", {**data_spec(cfg), "batch_size": cfg.batch_size, **_attack_specs(cfg)[name]}
 
-    def one(xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
-        res = attack.run(model, xb, yb, generator=g)
-        out = {"x_adv": res.x_adv, "success": res.success, "pred": res.logits_adv.argmax(1), **res.extras}
-        return out
 
-    return in_batches(one, x, y, batch_size=batch_size)
+def _examples_cell(cfg: HGAttackConfig) -> tuple[str, dict[str, Any]]:
+    return "figure/examples", {**data_spec(cfg), "batch_size": cfg.batch_size, "n_examples": cfg.n_examples,
+                               "attacks": _attack_specs(cfg)}
 
 
 def _measure(attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, cfg: HGAttackConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out = _run_attack(attack, model, x, y, cfg.seed, cfg.batch_size)
+    out = run_attack(attack, model, x, y, cfg.seed, cfg.batch_size)
     seconds = time.perf_counter() - t0
     success = out["success"]
     fr = fooling_ratio(model, x, out["x_adv"], y)
@@ -127,15 +130,15 @@ def _measure(attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, cfg: HGA
     return values
 
 
-def _blurb(cfg: HGAttackConfig, trained: Any, n: int, n_correct: int) -> Paragraph:
+def _blurb(cfg: HGAttackConfig, facts: dict[str, Any]) -> Paragraph:
     return Paragraph(
-        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {trained.metrics['test_accuracy']:.4f}, "
-        f"checkpoint `{trained.key[:12]}`); {n} of the {n_correct} correctly classified test images "
-        f"(seeded draw, seed {cfg.seed}); random wrong-class targets drawn with seed {cfg.seed}."
+        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {facts['test_accuracy']:.4f}, "
+        f"checkpoint `{facts['checkpoint_key'][:12]}`); {facts['n']} of the {facts['n_correct']} correctly classified "
+        f"test images (seeded draw, seed {cfg.seed}); random wrong-class targets drawn with seed {cfg.seed}."
     )
 
 
-def _signed_maps(deltas: dict[str, torch.Tensor], titles: dict[str, list[str]], cell: float = 1.3) -> Any:
+def _signed_maps(deltas: dict[str, np.ndarray], titles: dict[str, list[str]], cell: float = 1.3) -> Any:
     """Rows of signed perturbation maps (red +, blue −), one symmetric colour scale per row."""
     import matplotlib.pyplot as plt
 
@@ -143,7 +146,7 @@ def _signed_maps(deltas: dict[str, torch.Tensor], titles: dict[str, list[str]], 
     n = deltas[rows[0]].shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 0.9, cell * len(rows) + 0.4), squeeze=False)
     for r, name in enumerate(rows):
-        d = deltas[name].detach().cpu().numpy().sum(1)  # (N, H, W): channels summed
+        d = np.asarray(deltas[name]).sum(1)  # (N, H, W): channels summed
         top = float(np.abs(d).max()) or 1.0
         im = None
         for i in range(n):
@@ -155,62 +158,74 @@ def _signed_maps(deltas: dict[str, torch.Tensor], titles: dict[str, list[str]], 
     return fig
 
 
-@register("hg_attack", HGAttackConfig,
-          "Hendrycks & Gimpel §2–3: iterative and fast targeted attacks on correctly classified MNIST images.")
-def run_hg_attack(run: Run, cfg: HGAttackConfig, ctx: Context) -> list[Block]:
-    import matplotlib.pyplot as plt
-
-    trained, x, y, test, n_correct = _sources(cfg, ctx)
+def hg_attack_cells(run: Run, cfg: HGAttackConfig, ctx: Context) -> None:
+    """The model facts, both attacks on the sources, and the examples the figures draw."""
+    trained, x, y, test, n_correct = hg_sources(cfg, ctx)
+    record_model(run, cfg, trained, test, len(y), n_correct)
     model = trained.model.eval()
     attacks = _attacks(cfg)
-    results = {name: run.cell(f"attack/{name}", lambda a=atk: _measure(a, model, x, y, cfg))
-               for name, atk in attacks.items()}
+    for name, atk in attacks.items():
+        cell, spec = _attack_cell(cfg, name)
+        run.cell(cell, lambda a=atk: _measure(a, model, x, y, cfg), spec=spec)
 
-    # ------------------------------------------------------------- examples figure
     xe, ye = x[: cfg.n_examples], y[: cfg.n_examples]
 
     def examples() -> dict[str, Any]:
-        out: dict[str, Any] = {"clean_pred": predict(model, xe).tolist()}
+        out: dict[str, Any] = {"clean_pred": predict(model, xe).tolist(), "x": Artifact(xe)}
         for name, atk in attacks.items():
-            o = _run_attack(atk, model, xe, ye, cfg.seed, cfg.batch_size)
+            o = run_attack(atk, model, xe, ye, cfg.seed, cfg.batch_size)
             out[name] = {"pred": o["pred"].tolist(), "target": o["target"].tolist(),
                          "p_target": o["p_target"].tolist(), "success": o["success"].tolist(),
                          "l2": (o["x_adv"] - xe).flatten(1).norm(dim=1).tolist()}
+            out[f"x_adv/{name}"] = Artifact(o["x_adv"])  # the images the figures draw
         return out
 
-    ex = run.cell("figure/examples", examples)
-    # deterministic (same seed, same batch): redraw the images the cell measured
-    adv = {name: _run_attack(atk, model, xe, ye, cfg.seed, cfg.batch_size)["x_adv"] for name, atk in attacks.items()}
-    classes = test.classes
+    name, spec = _examples_cell(cfg)
+    run.cell(name, examples, spec=spec)
+
+
+def hg_attack_report(cfg: HGAttackConfig, results: Results) -> list[Block]:
+    """Tables and figures of ``hg_attack`` from the stored cells alone."""
+    import matplotlib.pyplot as plt
+
+    facts = results.cell(*model_cell(cfg))
+    res = {name: results.cell(*_attack_cell(cfg, name)) for name in ATTACK_NAMES}
+    ex = results.cell(*_examples_cell(cfg))
+
+    # ------------------------------------------------------------- examples figure
+    xe = np.asarray(ex["x"])
+    adv = {name: np.asarray(ex[f"x_adv/{name}"]) for name in ATTACK_NAMES}
+    classes = facts["classes"]
     titles = [f"{classes[p]}" for p in ex["clean_pred"]]
     colors = ["black"] * len(xe)
-    for name in attacks:
+    for name in ATTACK_NAMES:
         e = ex[name]
         titles += [f"{classes[p]} (t={classes[t]}, {pt:.2f})" for p, t, pt in zip(e["pred"], e["target"], e["p_target"],
                                                                                    strict=True)]
         colors += ["red" if s else "black" for s in e["success"]]
     fig = image_grid(
-        torch.cat([xe, adv["iterative"], adv["fast"]]), titles, title_colors=colors, ncols=len(xe),
+        torch.as_tensor(np.concatenate([xe, adv["iterative"], adv["fast"]])), titles, title_colors=colors,
+        ncols=len(xe),
         suptitle=(f"Rows: clean (prediction); iterative attack ({cfg.step_size * 255:g}/255 steps, λ={cfg.l2_reg:g}); "
                   f"fast sign step {cfg.fast_eps * 255:g}/255.\nTitles: prediction (t=target, p_target); red: kept "
                   f"(p_target > {cfg.threshold:g}). Drawn on the fixed [0, 1] range, no rescaling."),
     )
-    path_ex = save_figure(fig, run.figures_dir / "hg_examples.png")
+    path_ex = save_figure(fig, results.figures_dir / "hg_examples.png")
     fig = _signed_maps(
-        {name: adv[name] - xe for name in attacks},
-        {name: [f"{name} L2 {v:.2f}" for v in ex[name]["l2"]] for name in attacks},
+        {name: adv[name] - xe for name in ATTACK_NAMES},
+        {name: [f"{name} L2 {v:.2f}" for v in ex[name]["l2"]] for name in ATTACK_NAMES},
     )
     fig.suptitle("x_adv − x (red +, blue −), one symmetric scale per row", fontsize=9)
-    path_delta = save_figure(fig, run.figures_dir / "hg_perturbations.png")
+    path_delta = save_figure(fig, results.figures_dir / "hg_perturbations.png")
 
     # ------------------------------------------------------------- distance / steps figure
-    it = results["iterative"]
+    it = res["iterative"]
     succ = np.asarray(it["success"], dtype=bool)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.hist(np.asarray(it["l2"])[succ], bins=40, alpha=0.7, label="iterative (kept)")
-    fs = np.asarray(results["fast"]["success"], dtype=bool)
+    fs = np.asarray(res["fast"]["success"], dtype=bool)
     if fs.any():
-        ax1.hist(np.asarray(results["fast"]["l2"])[fs], bins=40, alpha=0.7, label="fast (kept)")
+        ax1.hist(np.asarray(res["fast"]["l2"])[fs], bins=40, alpha=0.7, label="fast (kept)")
     ax1.set_xlabel("L2 of x_adv − x")
     ax1.set_ylabel("count")
     ax1.legend()
@@ -220,19 +235,19 @@ def run_hg_attack(run: Run, cfg: HGAttackConfig, ctx: Context) -> list[Block]:
     ax2.set_ylabel("count")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    path_hist = save_figure(fig, run.figures_dir / "hg_distances.png")
+    path_hist = save_figure(fig, results.figures_dir / "hg_distances.png")
 
     rows = []
     for name, label in (("iterative", f"iterative, α = {cfg.step_size * 255:g}/255, λ = {cfg.l2_reg:g}"),
                         ("fast", f"fast sign step {cfg.fast_eps * 255:g}/255")):
-        r = results[name]
+        r = res[name]
         rows.append([label, 100 * r["success_rate"], 100 * r["fooling_ratio"], r["mean_l2_success"],
                      r["median_l2_success"], r["mean_sq_l2_success"], r["mean_l1_success"], r["mean_linf_success"],
                      r["mean_l0_success"], r.get("mean_steps_success", float("nan")), r["seconds"]])
     paper = cfg.paper.get("note", "")
     return [
         Heading(f"Hendrycks & Gimpel §2–3: targeted attacks on {cfg.dataset}"),
-        _blurb(cfg, trained, len(y), n_correct),
+        _blurb(cfg, facts),
         Paragraph(
             f"Success = the paper's keep rule, p_target > {cfg.threshold:g} at the returned image (the iterative "
             f"attack stops there, at most {cfg.max_steps} steps); fooling ratio = misclassified after the attack "
@@ -244,9 +259,14 @@ def run_hg_attack(run: Run, cfg: HGAttackConfig, ctx: Context) -> list[Block]:
         Paragraph(
             f"Iterative: {it.get('n_max_steps', 0)} of {it['n']} samples ran out of steps; median steps "
             f"{it.get('median_steps_success', float('nan')):g} for the kept ones. Fast: the prediction is the "
-            f"target for {100 * results['fast']['pred_is_target']:.1f}% of the images. {paper}"
+            f"target for {100 * res['fast']['pred_is_target']:.1f}% of the images. {paper}"
         ),
         Figure(path_ex, "Clean images and their adversarial versions, drawn exactly as the model saw them."),
         Figure(path_delta, "The perturbations x_adv − x as signed maps."),
         Figure(path_hist, "L2 distance of the kept adversarial images, and the iterative attack's steps."),
     ]
+
+
+register("hg_attack", HGAttackConfig,
+         "Hendrycks & Gimpel §2–3: iterative and fast targeted attacks on correctly classified MNIST images.",
+         report=hg_attack_report)(hg_attack_cells)

@@ -11,9 +11,10 @@ Protocol of ``hg_detection`` (the paper's, §3.1; also in docs/RESULTS.md):
   wrong-class target per image (the same targets for both iterative runs).
 - Positives: the adversarial images kept by the paper's rule (p_target > 0.5);
   negatives: their clean sources (each adversarial paired with its source, as in the
-  authors' notebook). AUROC and AUPR with ``sklearn.metrics`` (``roc_auc_score``,
-  ``average_precision_score``), adversarial = positive, plus a paired bootstrap 95%
-  interval of the AUROC.
+  authors' notebook). AUROC and AUPR as ``sklearn.metrics`` defines them
+  (``roc_auc_score``, ``average_precision_score``; computed by
+  :func:`fisherscope.evaluation.detection_metrics`), adversarial = positive, plus a
+  paired bootstrap 95% interval of the AUROC (pairs resampled).
 - Everything fitted is fitted on training images only: the PCA whitening on all
   training images, the clean reference statistics (mean, standard deviation) and every
   detector's threshold (at ``target_fpr``) on ``n_fit`` correctly classified training
@@ -28,6 +29,12 @@ Protocol of ``hg_detection`` (the paper's, §3.1; also in docs/RESULTS.md):
 (log barriers keeping the whitened-coefficient variance, or the KL statistic, inside a
 band around its clean mean) and reports how often it can create an adversarial image
 that is both kept (p_target > 0.5) and inside the band, and at what distance.
+
+Both kinds have the kit's shape: their cells (named and keyed by :func:`_detection_cells`
+/ :func:`_adaptive_cells` from the config alone) compute everything, the figures' arrays
+included (the ``figures`` cell of ``hg_detection``: whitened images and coefficients,
+reconstructions); the reports draw from the stored cells only. The paired metrics are
+:func:`fisherscope.evaluation.detection_metrics` (:func:`paired_detection_metrics`).
 """
 
 from __future__ import annotations
@@ -46,13 +53,34 @@ from ..attacks import HGFast, HGTargeted
 from ..attacks.base import perturbation_norms
 from ..attacks.detector_aware import BarrierHGTargeted, ImageScore, SoftmaxKL
 from ..detectors import PCAWhiteningDetector, ReconstructionDetector, SoftmaxDetector
+from ..evaluation import detection_metrics
 from ..features import fit_pca_whitening, pixels, reconstruction_error, softmax_stats
 from ..plotting import image_grid
-from .base import Context, register
-from .common import correct_draw, load_split
-from .hendrycks_gimpel import HGConfig, _run_attack, _sources
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
-from .runner import Run
+from .hendrycks_kit import (
+    HGConfig,
+    data_spec,
+    fast_spec,
+    hg_sources,
+    iterative_spec,
+    model_cell,
+    record_model,
+    run_attack,
+)
+from .kit import (
+    Artifact,
+    Block,
+    Context,
+    Figure,
+    Heading,
+    Paragraph,
+    Results,
+    Run,
+    Table,
+    correct_draw,
+    load_split,
+    register,
+    save_figure,
+)
 
 __all__ = ["HGAdaptiveConfig", "HGDetectionConfig", "paired_detection_metrics"]
 
@@ -89,50 +117,40 @@ def _mean_over(values: Any, mask: np.ndarray) -> float:
 
 def paired_detection_metrics(clean: np.ndarray, adv: np.ndarray, *, threshold: float | None = None,
                              n_bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
-    """The paper's protocol on paired scores (higher = more adversarial).
+    """The paper's protocol on paired scores (higher = more adversarial), as one flat dict.
 
-    AUROC (``roc_auc_score``) and AUPR (``average_precision_score``) with the
-    adversarial scores as positives and the clean scores as negatives; with
-    ``threshold``, the TPR on the adversarial and the FPR on the clean scores; with
-    ``n_bootstrap`` > 0, a percentile 95% interval of the AUROC from resampling the
-    pairs (clean_i, adv_i) with replacement.
+    :func:`fisherscope.evaluation.detection_metrics` with the adversarial scores as
+    positives and the clean scores as negatives: AUROC and AUPR (equal to
+    ``roc_auc_score`` / ``average_precision_score``); with ``threshold``, the TPR on the
+    adversarial and the FPR on the clean scores (scores strictly above it); with
+    ``n_bootstrap`` > 0 and at least two pairs, a percentile 95% interval of the AUROC from
+    resampling the pairs (clean_i, adv_i) with replacement (each pair is one group).
 
     Shapes
     ------
-    clean, adv: (n,) (the same n: clean_i is adv_i's source) -> dict of floats.
+    clean, adv: (n,) (the same n: clean_i is adv_i's source) -> dict of floats
+    (``n``, ``auroc``, ``aupr``, ``auroc_lo``, ``auroc_hi``, ``tpr``, ``fpr``; NaN where
+    undefined).
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     clean, adv = np.asarray(clean, dtype=float), np.asarray(adv, dtype=float)
     if clean.shape != adv.shape or clean.ndim != 1:
         raise ValueError(f"clean and adv must be paired 1-D arrays; got shapes {clean.shape} and {adv.shape}.")
     n = clean.size
-    out: dict[str, Any] = {"n": int(n), "auroc": math.nan, "aupr": math.nan, "auroc_lo": math.nan,
-                           "auroc_hi": math.nan, "tpr": math.nan, "fpr": math.nan}
-    if n == 0:
-        return out
-    labels = np.r_[np.zeros(n), np.ones(n)]
-    scores = np.r_[clean, adv]
-    out["auroc"] = float(roc_auc_score(labels, scores))
-    out["aupr"] = float(average_precision_score(labels, scores))
-    if threshold is not None:
-        out["tpr"] = float((adv > threshold).mean())
-        out["fpr"] = float((clean > threshold).mean())
-    if n_bootstrap and n > 1:
-        from scipy.stats import rankdata
-
-        # AUROC = Mann-Whitney U / n²: mean rank of the positives (ties averaged), all replicates at once
-        i = np.random.default_rng(seed).integers(0, n, (n_bootstrap, n))
-        ranks = rankdata(np.concatenate([clean[i], adv[i]], axis=1), axis=1)
-        boots = (ranks[:, n:].sum(1) - n * (n + 1) / 2) / (n * n)
-        out["auroc_lo"], out["auroc_hi"] = (float(q) for q in np.quantile(boots, [0.025, 0.975]))
+    pairs = np.arange(n)
+    m = detection_metrics(clean, adv, math.inf if threshold is None else threshold, neg_groups=pairs,
+                          pos_groups=pairs, n_bootstrap=n_bootstrap if n > 1 else 0, seed=seed)
+    lo, hi = m.ci["auroc"]
+    out: dict[str, Any] = {"n": int(n), "auroc": m.auroc, "aupr": m.aupr, "auroc_lo": lo, "auroc_hi": hi,
+                           "tpr": m.tpr if threshold is not None else math.nan,
+                           "fpr": m.fpr if threshold is not None else math.nan}
     return out
 
 
-def _model_blurb(cfg: Any, trained: Any, n: int, n_correct: int, n_fit: int, n_train: int) -> Paragraph:
+def _model_blurb(cfg: Any, facts: dict[str, Any], n_fit: int, n_train: int) -> Paragraph:
+    n, n_correct = facts["n"], facts["n_correct"]
     return Paragraph(
-        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {trained.metrics['test_accuracy']:.4f}, checkpoint "
-        f"`{trained.key[:12]}`). Sources: {n} of the {n_correct} correctly classified test images (seeded draw, "
+        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
+        f"`{facts['checkpoint_key'][:12]}`). Sources: {n} of the {n_correct} correctly classified test images (seeded draw, "
         f"seed {cfg.seed}), one random wrong-class target each. Fitted on training images only: the whitening on "
         f"all {n_train}, clean reference statistics and thresholds on {n_fit} correctly classified ones."
     )
@@ -239,10 +257,46 @@ def _det_label(name: str) -> str:
     return _DET_LABELS[name]
 
 
-@register("hg_detection", HGDetectionConfig,
-          "Hendrycks & Gimpel §3: PCA-whitening, softmax and reconstruction detectors on MNIST (hg_mlp).")
-def run_hg_detection(run: Run, cfg: HGDetectionConfig, ctx: Context) -> list[Block]:
-    trained, x, y, test, n_correct = _sources(cfg, ctx)
+def _detector_names(cfg: HGDetectionConfig) -> list[str]:
+    """The scores of ``hg_detection`` in table order (the keys :func:`_detectors` builds)."""
+    return [*(_eps_key(eps) for eps in cfg.whitening_eps), "max_prob", "kl_uniform", "recon_signed", "recon_squared"]
+
+
+def _detection_attack_specs(cfg: HGDetectionConfig) -> dict[str, dict[str, Any]]:
+    """The settings that decide each attack's numbers (the same as :func:`_detection_attacks`)."""
+    return {"fast": fast_spec(cfg), "iterative": iterative_spec(cfg),
+            "iterative_recon": iterative_spec(cfg, l2_reg=cfg.recon_l2_reg)}
+
+
+def _detection_cells(cfg: HGDetectionConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every cell of ``hg_detection`` (name, spec) by role, from the config alone."""
+    fit = {**data_spec(cfg), "n_fit": cfg.n_fit, "paper_eps": cfg.paper_eps,
+           "whitening_eps": list(cfg.whitening_eps), "whitening_start": cfg.whitening_start,
+           "target_fpr": cfg.target_fpr}
+    attacks = _detection_attack_specs(cfg)
+    cells = {"setup": ("setup", fit), "clean": ("clean", fit)}
+    for name, atk in attacks.items():
+        cells[f"attack/{name}"] = (f"attack/{name}", {**fit, "batch_size": cfg.batch_size,
+                                                       "n_examples": cfg.n_examples, **atk})
+    every = {**fit, "batch_size": cfg.batch_size, "attacks": attacks}
+    cells["metrics"] = ("metrics", {**every, "n_bootstrap": cfg.n_bootstrap})
+    cells["protocol"] = ("protocol", {**every, "n_bootstrap": cfg.n_bootstrap, "n_protocol": cfg.n_protocol})
+    cells["figures"] = ("figures", {**every, "n_examples": cfg.n_examples})
+    return cells
+
+
+def _figure_eps(cfg: HGDetectionConfig) -> tuple[list[float], list[float]]:
+    """The regularisers Figure 2 (ZCA images) and Figure 3 (coefficients) show."""
+    eps_show = sorted({cfg.paper_eps, max(cfg.whitening_eps)})
+    eps_coef = sorted({cfg.paper_eps, sorted(cfg.whitening_eps)[len(cfg.whitening_eps) // 2]})
+    return eps_show, eps_coef
+
+
+def hg_detection_cells(run: Run, cfg: HGDetectionConfig, ctx: Context) -> None:
+    """Fit on training images, score the clean and attacked sources, and store the metrics,
+    the general protocol's records and the arrays the figures draw."""
+    trained, x, y, test, n_correct = hg_sources(cfg, ctx)
+    record_model(run, cfg, trained, test, len(y), n_correct)
     model = trained.model.eval()
     train, fit_x = _fit_images(cfg, ctx, model)
     pca = fit_pca_whitening(train.x, eps=cfg.paper_eps)
@@ -251,7 +305,7 @@ def run_hg_detection(run: Run, cfg: HGDetectionConfig, ctx: Context) -> list[Blo
     for det in dets.values():
         det.fit(fit_feats[det.feature])
     start = dets[_eps_key(cfg.whitening_eps[0])].start_
-    side = int(round(math.sqrt(pca.n_features / x.shape[1])))
+    cells = _detection_cells(cfg)
 
     def setup() -> dict[str, Any]:
         lam = pca.eigenvalues
@@ -266,14 +320,15 @@ def run_hg_detection(run: Run, cfg: HGDetectionConfig, ctx: Context) -> list[Blo
                                   "median": float(np.median(d)), "q99": float(np.quantile(d, 0.99))}
         return out
 
-    info = run.cell("setup", setup)
-    clean = run.cell("clean", lambda: {"y": y.tolist(), **_decisions(dets, _features(model, x))})
+    info = run.cell(cells["setup"][0], setup, spec=cells["setup"][1])
+    clean = run.cell(cells["clean"][0], lambda: {"y": y.tolist(), **_decisions(dets, _features(model, x))},
+                     spec=cells["clean"][1])
     attacks = _detection_attacks(cfg)
     ne = min(cfg.n_examples, len(y))
 
     def measure(name: str) -> dict[str, Any]:
         t0 = time.perf_counter()
-        o = _run_attack(attacks[name], model, x, y, cfg.seed, cfg.batch_size)
+        o = run_attack(attacks[name], model, x, y, cfg.seed, cfg.batch_size)
         seconds = time.perf_counter() - t0
         out: dict[str, Any] = {"success": o["success"].tolist(), "target": o["target"].tolist(),
                                "p_target": o["p_target"].tolist(), "pred": o["pred"].tolist(),
@@ -284,41 +339,64 @@ def run_hg_detection(run: Run, cfg: HGDetectionConfig, ctx: Context) -> list[Blo
         out.update({f"score/{k}": v for k, v in _decisions(dets, _features(model, o["x_adv"])).items()})
         return out
 
-    res = {name: run.cell(f"attack/{name}", lambda n=name: measure(n)) for name in attacks}
+    res = {}
+    for name in attacks:
+        cell, spec = cells[f"attack/{name}"]
+        res[name] = run.cell(cell, lambda n=name: measure(n), spec=spec)
+    run.cell(cells["metrics"][0], lambda: _metrics(cfg, info, clean, res), spec=cells["metrics"][1])
+    if cfg.n_protocol:
+        run.cell(cells["protocol"][0], lambda: _protocol(cfg, model, test, attacks, dets), spec=cells["protocol"][1])
+    run.cell(cells["figures"][0], lambda: _figure_arrays(cfg, model, pca, x, res, ne), spec=cells["figures"][1])
 
-    def metrics() -> dict[str, Any]:
-        out: dict[str, Any] = {}
+
+def _metrics(cfg: HGDetectionConfig, info: dict[str, Any], clean: dict[str, Any],
+             res: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The paper's paired metrics of every score against every attack, and §3.2's σ counts."""
+    out: dict[str, Any] = {}
+    for a, r in res.items():
+        kept = np.asarray(r["success"], dtype=bool)
+        for d in _detector_names(cfg):
+            c, v = np.asarray(clean[d]), np.asarray(r[f"score/{d}"])
+            thr = info[f"fit/{d}"]["threshold"]
+            out[f"{a}/{d}"] = paired_detection_metrics(c[kept], v[kept], threshold=thr,
+                                                       n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+            out[f"{a}/{d}/all"] = paired_detection_metrics(c, v, threshold=thr)
+    # §3.2: how many standard deviations of the clean mean the whitened variance lies
+    for eps in cfg.whitening_eps:
+        d = _eps_key(eps)
+        refs = {"train": (info[f"fit/{d}"]["mean"], info[f"fit/{d}"]["std"]),
+                "test": (float(np.mean(clean[d])), float(np.std(clean[d])))}
         for a, r in res.items():
+            v = np.asarray(r[f"score/{d}"])
             kept = np.asarray(r["success"], dtype=bool)
-            for d in dets:
-                c, v = np.asarray(clean[d]), np.asarray(r[f"score/{d}"])
-                thr = info[f"fit/{d}"]["threshold"]
-                out[f"{a}/{d}"] = paired_detection_metrics(c[kept], v[kept], threshold=thr,
-                                                           n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
-                out[f"{a}/{d}/all"] = paired_detection_metrics(c, v, threshold=thr)
-        # §3.2: how many standard deviations of the clean mean the whitened variance lies
-        for eps in cfg.whitening_eps:
-            d = _eps_key(eps)
-            refs = {"train": (info[f"fit/{d}"]["mean"], info[f"fit/{d}"]["std"]),
-                    "test": (float(np.mean(clean[d])), float(np.std(clean[d])))}
-            for a, r in res.items():
-                v = np.asarray(r[f"score/{d}"])
-                kept = np.asarray(r["success"], dtype=bool)
-                for ref, (mu, sd) in refs.items():
-                    z = (v - mu) / sd
-                    out[f"sigmas/{a}/{d}/{ref}"] = {
-                        "mu": mu, "sd": sd, "n_kept": int(kept.sum()), "n_all": int(v.size),
-                        "beyond10_kept": _mean_over(z > 10, kept), "beyond1e10_kept": _mean_over(z > 1e10, kept),
-                        "beyond10_all": float((z > 10).mean()), "beyond1e10_all": float((z > 1e10).mean()),
-                        "median_z_all": float(np.median(z)), "max_z_all": float(z.max()),
-                        "min_z_kept": float(z[kept].min()) if kept.any() else math.nan,
-                    }
-        return out
+            for ref, (mu, sd) in refs.items():
+                z = (v - mu) / sd
+                out[f"sigmas/{a}/{d}/{ref}"] = {
+                    "mu": mu, "sd": sd, "n_kept": int(kept.sum()), "n_all": int(v.size),
+                    "beyond10_kept": _mean_over(z > 10, kept), "beyond1e10_kept": _mean_over(z > 1e10, kept),
+                    "beyond10_all": float((z > 10).mean()), "beyond1e10_all": float((z > 1e10).mean()),
+                    "median_z_all": float(np.median(z)), "max_z_all": float(z.max()),
+                    "min_z_kept": float(z[kept].min()) if kept.any() else math.nan,
+                }
+    return out
 
-    m = run.cell("metrics", metrics)
-    proto = run.cell("protocol", lambda: _protocol(cfg, model, test, attacks, dets)) if cfg.n_protocol else None
-    figures = _detection_figures(run, cfg, model, pca, dets, x, res, clean, info, ne, side)
-    return _detection_blocks(cfg, trained, info, res, m, figures, len(y), n_correct, proto)
+
+def hg_detection_report(cfg: HGDetectionConfig, results: Results) -> list[Block]:
+    """Tables and figures of ``hg_detection`` from the stored cells alone."""
+    cells = _detection_cells(cfg)
+    facts = results.cell(*model_cell(cfg))
+    info = results.cell(*cells["setup"])
+    clean = results.cell(*cells["clean"])
+    res = {a: results.cell(*cells[f"attack/{a}"]) for a in _detection_attack_specs(cfg)}
+    m = results.cell(*cells["metrics"])
+    proto = results.cell(*cells["protocol"]) if cfg.n_protocol else None
+    figures = _detection_figures(results, cfg, results.cell(*cells["figures"]), res, clean, info)
+    return _detection_blocks(cfg, facts, info, res, m, figures, proto)
+
+
+register("hg_detection", HGDetectionConfig,
+         "Hendrycks & Gimpel §3: PCA-whitening, softmax and reconstruction detectors on MNIST (hg_mlp).",
+         report=hg_detection_report)(hg_detection_cells)
 
 
 def _protocol(cfg: HGDetectionConfig, model: torch.nn.Module, test: Any, attacks: dict[str, Any],
@@ -338,7 +416,7 @@ def _protocol(cfg: HGDetectionConfig, model: torch.nn.Module, test: Any, attacks
     xp, yp = test.x[idx], test.y[idx]
     advs = {}
     for name, atk in attacks.items():
-        o = _run_attack(atk, model, xp, yp, cfg.seed, cfg.batch_size)
+        o = run_attack(atk, model, xp, yp, cfg.seed, cfg.batch_size)
         advs[name] = torch.where(o["success"].reshape(-1, *([1] * (xp.ndim - 1))), o["x_adv"], xp)
     specs: dict[str, Any] = {}
     for name, det in dets.items():
@@ -353,30 +431,55 @@ def _protocol(cfg: HGDetectionConfig, model: torch.nn.Module, test: Any, attacks
     return {"n_images": int(len(yp)), "records": result.to_records()}
 
 
-def _detection_figures(run: Run, cfg: HGDetectionConfig, model: torch.nn.Module, pca: Any, dets: dict[str, Any],
-                       x: torch.Tensor, res: dict[str, Any], clean: dict[str, Any], info: dict[str, Any],
-                       ne: int, side: int) -> dict[str, Any]:
+def _figure_arrays(cfg: HGDetectionConfig, model: torch.nn.Module, pca: Any, x: torch.Tensor,
+                   res: dict[str, dict[str, Any]], ne: int) -> dict[str, Any]:
+    """What Figures 2-4 draw, computed once: the first ``ne`` sources and their stored
+    adversarials whitened (ZCA, and the whitened coefficients of the first three), and the
+    reconstructions of the clean and the λ = ``recon_l2_reg`` adversarial images."""
+    xe = x[:ne]
+    adv = {a: torch.tensor(r["examples_x_adv"], dtype=x.dtype).reshape(xe.shape) for a, r in res.items()}
+    out: dict[str, Any] = {"x": Artifact(xe), "side": int(round(math.sqrt(pca.n_features / x.shape[1])))}
+    eps_show, eps_coef = _figure_eps(cfg)
+    ref_rows = pixels(x[: min(len(x), 200)])
+    for eps in eps_show:  # Figure 2: one fixed symmetric range per eps (99th percentile of |ZCA| of clean images)
+        w = dataclasses.replace(pca, eps=eps)
+        out[f"zca/{eps!r}/range"] = float(np.quantile(np.abs(w.zca(ref_rows)), 0.99))
+        out[f"zca/{eps!r}/clean"] = Artifact(w.zca(xe))
+        out[f"zca/{eps!r}/adv"] = Artifact(w.zca(adv["iterative"]))
+    n_show = min(3, ne)
+    for eps in eps_coef:  # Figure 3: whitened coefficients by index
+        w = dataclasses.replace(pca, eps=eps)
+        for tag, imgs in (("clean", xe), ("iterative", adv["iterative"]), ("fast", adv["fast"])):
+            out[f"coef/{eps!r}/{tag}"] = Artifact(w.transform(imgs)[:n_show])
+    xr = adv["iterative_recon"]  # Figure 4
+    with torch.no_grad():
+        out["recon/clean"], out["recon/adv"] = Artifact(model.reconstruct(xe)), Artifact(model.reconstruct(xr))
+    out["recon/clean_signed"] = reconstruction_error(model, xe, kind="signed_mean")[:, 0].tolist()
+    out["recon/adv_signed"] = reconstruction_error(model, xr, kind="signed_mean")[:, 0].tolist()
+    return out
+
+
+def _detection_figures(results: Results, cfg: HGDetectionConfig, arr: dict[str, Any], res: dict[str, Any],
+                       clean: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
     from sklearn.metrics import auc, roc_curve
 
     paths: dict[str, Any] = {}
-    xe = x[:ne]
-    shape = xe.shape
-    adv = {a: torch.tensor(r["examples_x_adv"], dtype=x.dtype).reshape(shape) for a, r in res.items()}
+    xe = np.asarray(arr["x"])
+    ne, side = xe.shape[0], arr["side"]
+    adv = {a: np.asarray(r["examples_x_adv"], dtype=xe.dtype).reshape(xe.shape) for a, r in res.items()}
     start, rank = info["start"], info["rank"]
+    eps_show, eps_coef = _figure_eps(cfg)
 
     # Figure 2: ZCA-whitened clean and adversarial images, one fixed symmetric range per eps
-    eps_show = sorted({cfg.paper_eps, max(cfg.whitening_eps)})
     rows: dict[str, np.ndarray] = {"clean x": pixels(xe), "iterative x_adv": pixels(adv["iterative"])}
     ranges: dict[str, float] = {}
     titles: dict[str, list[str]] = {"clean x": ["" for _ in range(ne)],
                                     "iterative x_adv": [f"p_t {p:.2f}" for p in res["iterative"]["p_target"][:ne]]}
-    ref_rows = pixels(x[: min(len(x), 200)])
     for eps in eps_show:
-        w = dataclasses.replace(pca, eps=eps)
-        r_ = float(np.quantile(np.abs(w.zca(ref_rows)), 0.99))
-        for tag, imgs in (("clean", xe), ("adv", adv["iterative"])):
-            z = w.zca(imgs)
+        r_ = arr[f"zca/{eps!r}/range"]
+        for tag in ("clean", "adv"):
+            z = np.asarray(arr[f"zca/{eps!r}/{tag}"])
             key = f"ZCA {tag}, eps {eps:g}\n±{r_:.3g}"
             rows[key], ranges[key] = z, r_
             titles[key] = [f"max |·| {a:.2g}" for a in np.abs(z).max(1)]
@@ -385,15 +488,13 @@ def _detection_figures(run: Run, cfg: HGDetectionConfig, model: torch.nn.Module,
         "ZCA whitening U diag(1/sqrt(λ+eps)) Uᵀ(x − mean) of clean and iterative adversarial images. Images: fixed "
         "[0, 1] gray; ZCA rows: one fixed symmetric range ±R per eps (row label: the 99th percentile of |ZCA| over "
         "200 clean test images), values beyond ±R saturate. Under each map: its largest |value|.", 110), fontsize=7)
-    paths["zca"] = save_figure(fig, run.figures_dir / "hg_zca.png")
+    paths["zca"] = save_figure(fig, results.figures_dir / "hg_zca.png")
 
     # Figure 3: whitened coefficients by index
-    eps_coef = sorted({cfg.paper_eps, sorted(cfg.whitening_eps)[len(cfg.whitening_eps) // 2]})
     n_show = min(3, ne)
     fig, axes = plt.subplots(len(eps_coef), n_show, figsize=(4.2 * n_show, 3.0 * len(eps_coef)), squeeze=False)
     for r, eps in enumerate(eps_coef):
-        w = dataclasses.replace(pca, eps=eps)
-        cc, ca, cf = w.transform(xe), w.transform(adv["iterative"]), w.transform(adv["fast"])
+        cc, ca, cf = (np.asarray(arr[f"coef/{eps!r}/{tag}"]) for tag in ("clean", "iterative", "fast"))
         for i in range(n_show):
             ax = axes[r, i]
             idx = np.arange(cc.shape[1])
@@ -414,23 +515,21 @@ def _detection_figures(run: Run, cfg: HGDetectionConfig, model: torch.nn.Module,
                  f"dotted: covariance rank ({rank}). Values below 1e-3 (clean images: round-off in the covariance's "
                  "null space, ~1e-8 and less) are off the scale.", fontsize=8)
     fig.tight_layout()
-    paths["coefficients"] = save_figure(fig, run.figures_dir / "hg_coefficients.png")
+    paths["coefficients"] = save_figure(fig, results.figures_dir / "hg_coefficients.png")
 
     # Figure 4: reconstructions of clean and λ = recon_l2_reg adversarial images
     xr = adv["iterative_recon"]
-    with torch.no_grad():
-        rc, ra = model.reconstruct(xe), model.reconstruct(xr)
-    sc = reconstruction_error(model, xe, kind="signed_mean")[:, 0]
-    sa = reconstruction_error(model, xr, kind="signed_mean")[:, 0]
+    rc, ra = np.asarray(arr["recon/clean"]), np.asarray(arr["recon/adv"])
+    sc, sa = arr["recon/clean_signed"], arr["recon/adv_signed"]
     kept = res["iterative_recon"]["success"][:ne]
     tt = ([f"clean {i}" for i in range(ne)] + [f"mean(x−r) {v:+.3f}" for v in sc]
           + [f"p_t {p:.2f}{'' if k else ' (not kept)'}" for p, k in zip(res["iterative_recon"]["p_target"][:ne], kept,
                                                                      strict=True)]
           + [f"mean(x−r) {v:+.3f}" for v in sa])
-    fig = image_grid(torch.cat([xe, rc, xr, ra]), tt, ncols=ne,
+    fig = image_grid(torch.as_tensor(np.concatenate([xe, rc, xr, ra])), tt, ncols=ne,
                      suptitle=f"Rows: clean; its reconstruction; iterative adversarial (λ = {cfg.recon_l2_reg:g}); its "
                               "reconstruction. Fixed [0, 1] range, no rescaling.")
-    paths["reconstructions"] = save_figure(fig, run.figures_dir / "hg_reconstructions.png")
+    paths["reconstructions"] = save_figure(fig, results.figures_dir / "hg_reconstructions.png")
 
     # score histograms of the whitening variance for each eps
     fig, axes = plt.subplots(1, len(cfg.whitening_eps), figsize=(3.6 * len(cfg.whitening_eps), 3.0), squeeze=False)
@@ -452,13 +551,13 @@ def _detection_figures(run: Run, cfg: HGDetectionConfig, model: torch.nn.Module,
     axes[0, 0].set_ylabel("count (all attacked images)")
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
-    paths["scores"] = save_figure(fig, run.figures_dir / "hg_whitening_scores.png")
+    paths["scores"] = save_figure(fig, results.figures_dir / "hg_whitening_scores.png")
 
     # ROC curves of every detector against the two iterative attacks (kept pairs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, a in zip(axes, ("iterative", "iterative_recon"), strict=True):
         kept = np.asarray(res[a]["success"], dtype=bool)
-        for d in dets:
+        for d in _detector_names(cfg):
             c, v = np.asarray(clean[d])[kept], np.asarray(res[a][f"score/{d}"])[kept]
             if not kept.any():
                 continue
@@ -471,8 +570,14 @@ def _detection_figures(run: Run, cfg: HGDetectionConfig, model: torch.nn.Module,
         ax.legend(fontsize=6, loc="lower right")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    paths["roc"] = save_figure(fig, run.figures_dir / "hg_roc.png")
+    paths["roc"] = save_figure(fig, results.figures_dir / "hg_roc.png")
     return paths
+
+
+def _pct(v: float | None, digits: int) -> str:
+    """``100 v`` with ``digits`` decimals; "–" for a metric the protocol could not define
+    (stored as None, e.g. an AUROC without test positives: no kept adversarial in the split)."""
+    return "–" if v is None else f"{100 * v:.{digits}f}"
 
 
 def _protocol_blocks(cfg: HGDetectionConfig, proto: dict[str, Any], labels: dict[str, str]) -> list[Block]:
@@ -489,8 +594,8 @@ def _protocol_blocks(cfg: HGDetectionConfig, proto: dict[str, Any], labels: dict
             if r.get("error") or not r:
                 row.append("error" if r.get("error") else "–")
                 continue
-            row.append(f"{100 * r['auroc']:.2f} [{100 * r['auroc_lo']:.1f}, {100 * r['auroc_hi']:.1f}]; "
-                       f"TPR {100 * r['tpr']:.1f} (FPR {100 * r['fpr']:.1f}); {r['n_pos']}/{r['n_neg']}")
+            row.append(f"{_pct(r['auroc'], 2)} [{_pct(r['auroc_lo'], 1)}, {_pct(r['auroc_hi'], 1)}]; "
+                       f"TPR {_pct(r['tpr'], 1)} (FPR {_pct(r['fpr'], 1)}); {r['n_pos']}/{r['n_neg']}")
         rows.append(row)
     return [
         Table(["score", *[f"{labels[a]}: AUROC [CI]; TPR (test FPR); test positives/negatives" for a in attacks]],
@@ -503,9 +608,9 @@ def _protocol_blocks(cfg: HGDetectionConfig, proto: dict[str, Any], labels: dict
     ]
 
 
-def _detection_blocks(cfg: HGDetectionConfig, trained: Any, info: dict[str, Any], res: dict[str, Any],
-                      m: dict[str, Any], figs: dict[str, Any], n: int, n_correct: int,
-                      proto: dict[str, Any] | None = None) -> list[Block]:
+def _detection_blocks(cfg: HGDetectionConfig, facts: dict[str, Any], info: dict[str, Any], res: dict[str, Any],
+                      m: dict[str, Any], figs: dict[str, Any], proto: dict[str, Any] | None = None) -> list[Block]:
+    n = facts["n"]
     labels = {a: _ATTACK_LABELS[a].format(**dataclasses.asdict(cfg)) for a in res}
     labels["fast"] = f"fast sign step {cfg.fast_eps * 255:g}/255"
     att_rows = []
@@ -557,7 +662,7 @@ def _detection_blocks(cfg: HGDetectionConfig, trained: Any, info: dict[str, Any]
                              s["max_z_all"], 100 * si["beyond10_all"]])
     return [
         Heading(f"Hendrycks & Gimpel §3: detecting adversarial images on {cfg.dataset} (`{cfg.arch}`)"),
-        _model_blurb(cfg, trained, n, n_correct, info["n_fit"], info["n_train"]),
+        _model_blurb(cfg, facts, info["n_fit"], info["n_train"]),
         Paragraph(
             f"Training covariance: rank {info['rank']} of {info['n_features']}; λ_max {info['eig_max']:.3g}, "
             f"λ at the window start ({info['start']}) {info['eig_start']:.3g}, smallest non-zero "
@@ -634,10 +739,37 @@ def _trace(attack: HGTargeted, model: torch.nn.Module, x: torch.Tensor, target: 
     return rec
 
 
-@register("hg_adaptive", HGAdaptiveConfig,
-          "Hendrycks & Gimpel §3.2-3.3: log-barrier attacks keeping the whitening variance or the softmax KL typical.")
-def run_hg_adaptive(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> list[Block]:
-    trained, x, y, test, n_correct = _sources(cfg, ctx)
+def _adaptive_cells(cfg: HGAdaptiveConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every cell of ``hg_adaptive`` (name, spec) by role, from the config alone; the
+    attacks' roles are the row keys of the report (``unconstrained``, ``whitening/...``,
+    ``kl/...``)."""
+    fit = {**data_spec(cfg), "n_fit": cfg.n_fit, "whitening_eps": list(cfg.whitening_eps),
+           "whitening_start": cfg.whitening_start}
+    it = iterative_spec(cfg)
+    bar = {**it, "attack": "barrier_hg_targeted", "max_backtracks": cfg.max_backtracks,
+           "barrier_weight": cfg.barrier_weight}
+    cells = {"reference": ("reference", fit),
+             "unconstrained": ("attack/unconstrained", {**fit, "batch_size": cfg.batch_size, **it})}
+    for eps in cfg.whitening_eps:
+        for src in ("train", "test"):
+            key = f"whitening/{eps:g}/{src}"
+            band = {"statistic": "whitening", "eps": eps, "band": src, "radius": cfg.whitening_radius}
+            cells[key] = (f"attack/{key}", {**fit, "batch_size": cfg.batch_size, **bar, **band, "projected": False})
+            if cfg.projected:
+                cells[f"{key}/projected"] = (f"attack/{key}/projected",
+                                             {**fit, "batch_size": cfg.batch_size, **bar, **band, "projected": True})
+    for r in cfg.kl_radii:
+        cells[f"kl/{r:g}"] = (f"attack/kl/{r:g}", {**fit, "batch_size": cfg.batch_size, **bar, "statistic": "kl",
+                                                   "band": "train", "radius": r})
+    cells["trace"] = ("trace", {**cells["unconstrained"][1], "n_trace": cfg.n_trace, "trace_steps": cfg.trace_steps})
+    return cells
+
+
+def hg_adaptive_cells(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> None:
+    """The clean reference statistics, the unconstrained and every barrier search, and the
+    statistics along the unconstrained path."""
+    trained, x, y, test, n_correct = hg_sources(cfg, ctx)
+    record_model(run, cfg, trained, test, len(y), n_correct)
     model = trained.model.eval()
     train, fit_x = _fit_images(cfg, ctx, model)
     pca = fit_pca_whitening(train.x, eps=cfg.whitening_eps[0])
@@ -648,6 +780,7 @@ def run_hg_adaptive(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> list[Block
         wstats[eps] = ImageScore(det.fit(fit_pixels).torch_score())
     start = wstats[cfg.whitening_eps[0]].score.start
     kl = SoftmaxKL()
+    cells = _adaptive_cells(cfg)
 
     def reference() -> dict[str, Any]:
         with torch.no_grad():
@@ -661,54 +794,71 @@ def run_hg_adaptive(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> list[Block
             out[f"{_eps_key(eps)}/test"] = [float(vt.mean()), float(vt.std(unbiased=False))]
         return out
 
-    ref = run.cell("reference", reference)
+    ref = run.cell(cells["reference"][0], reference, spec=cells["reference"][1])
     it = dict(step_size=cfg.step_size, l2_reg=cfg.l2_reg, threshold=cfg.threshold, max_steps=cfg.max_steps)
     plain = HGTargeted(**it)
 
     def unconstrained() -> dict[str, Any]:
         t0 = time.perf_counter()
-        o = _run_attack(plain, model, x, y, cfg.seed, cfg.batch_size)
+        o = run_attack(plain, model, x, y, cfg.seed, cfg.batch_size)
         seconds = time.perf_counter() - t0
         with torch.no_grad():
             k = kl(None, model(o["x_adv"]))
         extra = {"kl": k.tolist(), **{f"v/{_eps_key(e)}": s(o["x_adv"]).tolist() for e, s in wstats.items()}}
         return _summary(x, o, cfg.threshold, seconds, extra)
 
-    results: dict[str, Any] = {"unconstrained": run.cell("attack/unconstrained", unconstrained)}
+    un = run.cell(cells["unconstrained"][0], unconstrained, spec=cells["unconstrained"][1])
     bar = dict(max_backtracks=cfg.max_backtracks, barrier_weight=cfg.barrier_weight, **it)
 
     def barrier(attack: BarrierHGTargeted) -> dict[str, Any]:
         t0 = time.perf_counter()
-        o = _run_attack(attack, model, x, y, cfg.seed, cfg.batch_size)
+        o = run_attack(attack, model, x, y, cfg.seed, cfg.batch_size)
         return _summary(x, o, cfg.threshold, time.perf_counter() - t0, {"low": attack.low, "high": attack.high})
+
+    def search(key: str, attack: BarrierHGTargeted) -> None:
+        name, spec = cells[key]
+        run.cell(name, lambda: barrier(attack), spec=spec)
 
     for eps, s in wstats.items():
         for src in ("train", "test"):
             mu, sd = ref[f"{_eps_key(eps)}/{src}"]
             band = dict(low=mu - cfg.whitening_radius * sd, high=mu + cfg.whitening_radius * sd)
             key = f"whitening/{eps:g}/{src}"
-            a = BarrierHGTargeted(statistic=s, **band, **bar)
-            results[key] = run.cell(f"attack/{key}", lambda a=a: barrier(a))
+            search(key, BarrierHGTargeted(statistic=s, **band, **bar))
             if cfg.projected:  # a stronger attacker: steps that do not move the whitened window
-                a = BarrierHGTargeted(statistic=s, step_transform=s.score.project_off_window, **band, **bar)
-                results[f"{key}/projected"] = run.cell(f"attack/{key}/projected", lambda a=a: barrier(a))
+                search(f"{key}/projected",
+                       BarrierHGTargeted(statistic=s, step_transform=s.score.project_off_window, **band, **bar))
     for r in cfg.kl_radii:
         mu, sd = ref["kl/train"]
-        a = BarrierHGTargeted(statistic=kl, low=mu - r * sd, high=mu + r * sd, **bar)
-        results[f"kl/{r:g}"] = run.cell(f"attack/kl/{r:g}", lambda a=a: barrier(a))
+        search(f"kl/{r:g}", BarrierHGTargeted(statistic=kl, low=mu - r * sd, high=mu + r * sd, **bar))
 
     def trace() -> dict[str, Any]:
         nt = min(cfg.n_trace, len(y))
-        target = torch.tensor(results["unconstrained"]["target"][:nt], dtype=torch.int64)  # the attack's targets
+        target = torch.tensor(un["target"][:nt], dtype=torch.int64)  # the attack's targets
         stats = {"kl": kl, **{f"v/{_eps_key(e)}": s for e, s in wstats.items()}}
         return _trace(plain, model, x[:nt], target, cfg.trace_steps, stats)
 
-    tr = run.cell("trace", trace)
-    path = _adaptive_figure(run, cfg, ref, tr, len(test.classes))
-    return _adaptive_blocks(cfg, trained, ref, results, path, len(y), n_correct)
+    run.cell(cells["trace"][0], trace, spec=cells["trace"][1])
 
 
-def _adaptive_figure(run: Run, cfg: HGAdaptiveConfig, ref: dict[str, Any], tr: dict[str, Any], n_classes: int) -> Any:
+def hg_adaptive_report(cfg: HGAdaptiveConfig, results: Results) -> list[Block]:
+    """Tables and the path figure of ``hg_adaptive`` from the stored cells alone."""
+    cells = _adaptive_cells(cfg)
+    facts = results.cell(*model_cell(cfg))
+    ref = results.cell(*cells["reference"])
+    tr = results.cell(*cells["trace"])
+    rows = {key: results.cell(*cell) for key, cell in cells.items() if key not in ("reference", "trace")}
+    path = _adaptive_figure(results, cfg, ref, tr, len(facts["classes"]))
+    return _adaptive_blocks(cfg, facts, ref, rows, path)
+
+
+register("hg_adaptive", HGAdaptiveConfig,
+         "Hendrycks & Gimpel §3.2-3.3: log-barrier attacks keeping the whitening variance or the softmax KL typical.",
+         report=hg_adaptive_report)(hg_adaptive_cells)
+
+
+def _adaptive_figure(results: Results, cfg: HGAdaptiveConfig, ref: dict[str, Any], tr: dict[str, Any],
+                     n_classes: int) -> Any:
     import matplotlib.pyplot as plt
 
     pt = np.asarray(tr["p_target"])  # (steps + 1, n)
@@ -750,11 +900,13 @@ def _adaptive_figure(run: Run, cfg: HGAdaptiveConfig, ref: dict[str, Any], tr: d
     ax.set_title("whitened-coefficient variance along the path", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return save_figure(fig, run.figures_dir / "hg_barrier_paths.png")
+    return save_figure(fig, results.figures_dir / "hg_barrier_paths.png")
 
 
-def _adaptive_blocks(cfg: HGAdaptiveConfig, trained: Any, ref: dict[str, Any], results: dict[str, Any], path: Any,
-                     n: int, n_correct: int) -> list[Block]:
+def _adaptive_blocks(cfg: HGAdaptiveConfig, facts: dict[str, Any], ref: dict[str, Any], results: dict[str, Any],
+                     path: Any) -> list[Block]:
+    n = facts["n"]
+
     def row(label: str, r: dict[str, Any], band: str) -> list[Any]:
         succ = np.asarray(r["success"], dtype=bool)
         started = np.asarray(r.get("started_inside", [True] * n), dtype=bool)
@@ -787,7 +939,7 @@ def _adaptive_blocks(cfg: HGAdaptiveConfig, trained: Any, ref: dict[str, Any], r
     paper = cfg.paper
     return [
         Heading(f"Hendrycks & Gimpel §3.2–3.3: detector-aware (log-barrier) attacks on {cfg.dataset} (`{cfg.arch}`)"),
-        _model_blurb(cfg, trained, n, n_correct, ref["n_fit"], ref["n_train"]),
+        _model_blurb(cfg, facts, ref["n_fit"], ref["n_train"]),
         Paragraph(
             f"Iterative attack (step {cfg.step_size * 255:g}/255, λ = {cfg.l2_reg:g}, ≤ {cfg.max_steps} steps) with "
             f"log barriers −log(high − s) − log(s − low) (weight {cfg.barrier_weight:g}) added to the loss; every step "
