@@ -27,6 +27,14 @@ expectation over transformation, Athalye et al. 2018); the initial point costs o
 Samples fooled at some iterate return the first such iterate; the others return the
 iterate of highest loss.
 
+Condition 1 counts, as in the paper, the steps since the last checkpoint whose loss rose
+over the previous iterate's (the first compares with the starting point). The authors'
+implementation compares the first step with an unfilled buffer of zeros instead, so with
+the DLR losses (negative until the sample is fooled) it halves the step size more often at
+the first checkpoint. That only matters for very short runs: with 10 steps on a
+random-weight ``vgg_small`` (32 images, L∞ 8/255) their APGD-T fooled 14 images and ours 8;
+with 30 steps both fooled 27; on the digits net at 100 steps the two agree on all 450 images.
+
 References
 ----------
 Croce, Hein. "Reliable evaluation of adversarial robustness with an ensemble of diverse
