@@ -126,7 +126,7 @@ def test_square_targeted(setup):
 def test_bad_hyperparameters_and_inputs_rejected(setup):
     model, x, y = setup
     for kwargs, match in [
-        (dict(eps=0.1, n_queries=0), "'n_queries' parameter of Square must be an integer >= 1"),
+        (dict(eps=0.1, n_queries=0), "Square: n_queries must be an integer >= 1"),
         (dict(eps=0.1, restarts=0), "'restarts' parameter of Square must be an integer >= 1"),
         (dict(eps=0.1, p_init=0.0), r"'p_init' parameter of Square must be a number in \(0, 1\]"),
         (dict(eps=0.1, p_init=1.5), r"'p_init' parameter of Square must be a number in \(0, 1\]"),
