@@ -33,6 +33,8 @@ import torch
 from ..attacks import HGFast, HGTargeted
 from ..evaluation import distance_summary, fooling_ratio
 from ..plotting import image_grid
+from .base import Context, register
+from .common import predict
 from .hendrycks_kit import (
     HGConfig,
     data_spec,
@@ -43,20 +45,8 @@ from .hendrycks_kit import (
     record_model,
     run_attack,
 )
-from .kit import (
-    Artifact,
-    Block,
-    Context,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    predict,
-    register,
-    save_figure,
-)
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 
 __all__ = ["HGAttackConfig", "HGConfig"]
 

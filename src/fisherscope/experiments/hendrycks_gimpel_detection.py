@@ -56,6 +56,8 @@ from ..detectors import PCAWhiteningDetector, ReconstructionDetector, SoftmaxDet
 from ..evaluation import detection_metrics
 from ..features import fit_pca_whitening, pixels, reconstruction_error, softmax_stats
 from ..plotting import image_grid
+from .base import Context, register
+from .common import correct_draw, load_split
 from .hendrycks_kit import (
     HGConfig,
     data_spec,
@@ -66,21 +68,8 @@ from .hendrycks_kit import (
     record_model,
     run_attack,
 )
-from .kit import (
-    Artifact,
-    Block,
-    Context,
-    Figure,
-    Heading,
-    Paragraph,
-    Results,
-    Run,
-    Table,
-    correct_draw,
-    load_split,
-    register,
-    save_figure,
-)
+from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .runner import Artifact, Results, Run
 
 __all__ = ["HGAdaptiveConfig", "HGDetectionConfig", "paired_detection_metrics"]
 
