@@ -35,7 +35,10 @@ FAIL_AT: set[int] = set()  # cells that raise, to simulate a run killed mid-way
 
 if "_test_counter" not in EXPERIMENTS:
 
-    @register("_test_counter", _Cfg, "test-only experiment counting its cells")
+    def _counter_report(cfg, results):
+        return [Heading("Counter"), Table(["cell", "value"], [[c, v["value"]] for c, v in results.all().items()])]
+
+    @register("_test_counter", _Cfg, "test-only experiment counting its cells", report=_counter_report)
     def _counter(run, cfg, ctx):
         for i in range(cfg.steps):
             def work(i=i):
@@ -44,7 +47,6 @@ if "_test_counter" not in EXPERIMENTS:
                     raise RuntimeError("killed")
                 return {"value": i * i, "twice": 2 * i}
             run.cell(f"step{i}", work)
-        return [Heading("Counter"), Table(["cell", "value"], [[c, v["value"]] for c, v in run.results().items()])]
 
 
 def test_unknown_keys_rejected_with_valid_list():
