@@ -141,7 +141,7 @@ def in_batches(fn: Callable[..., Any], *tensors: Tensor, batch_size: int | None 
 
 
 def _model_device(model: nn.Module, default: torch.device) -> torch.device:
-    first = next(model.parameters(), None)
+    first: torch.Tensor | None = next(model.parameters(), None)
     if first is None:
         first = next(model.buffers(), None)
     return default if first is None else first.device

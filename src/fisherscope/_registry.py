@@ -145,12 +145,12 @@ class Registry(dict[str, V], Generic[V]):
         super().__delitem__(key)
         self._descriptions.pop(key, None)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Assign every item through :meth:`__setitem__` (validated)."""
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def setdefault(self, key: str, default: V) -> V:  # type: ignore[override]
+    def setdefault(self, key: str, default: V) -> V:
         if key not in self:
             self[key] = default
         return self[key]
@@ -182,7 +182,7 @@ class Registry(dict[str, V], Generic[V]):
             yield key, self.describe(key)
 
     # ------------------------------------------------------------------ plumbing
-    def copy(self) -> Registry[V]:  # type: ignore[override]
+    def copy(self) -> Registry[V]:
         out: Registry[V] = Registry(self.name, validate=self._validate, describe=self._describe)
         dict.update(out, self)
         out._descriptions = dict(self._descriptions)

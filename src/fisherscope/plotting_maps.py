@@ -143,7 +143,7 @@ def fis_figure(
         for ax, im in ((axes[i, 1], im_a), (axes[i, 2], im_c)):
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
             cb.ax.tick_params(labelsize=6)
-            cb.formatter.set_powerlimits((-2, 2))
+            cb.formatter.set_powerlimits((-2, 2))  # type: ignore[attr-defined]  # a ScalarFormatter
             cb.ax.yaxis.get_offset_text().set_fontsize(6)
         diff = _map2d(xa[i] - xc[i])
         dm = float(np.abs(diff).max()) or 1.0
@@ -237,8 +237,8 @@ def score_histogram(clean: ArrayLike, adversarial: ArrayLike, *, xlabel: str, ti
     lo, hi = float(min(c.min(), a.min())), float(max(c.max(), a.max()))
     edges = np.linspace(lo, hi, bins + 1)
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    ax.hist(c, bins=edges, color="green", alpha=0.55, label=f"clean (n={len(c)})")
-    ax.hist(a, bins=edges, color="red", alpha=0.55, label=f"adversarial (n={len(a)})")
+    ax.hist(c, bins=list(edges), color="green", alpha=0.55, label=f"clean (n={len(c)})")
+    ax.hist(a, bins=list(edges), color="red", alpha=0.55, label=f"adversarial (n={len(a)})")
     ax.set_xlabel(f"log10 {xlabel}" if log else xlabel)
     ax.set_ylabel("images")
     ax.legend(fontsize=8)

@@ -101,7 +101,7 @@ def register_attack(key: str, cls: type[Attack]) -> type[Attack]:
     return ATTACKS.register(key, cls)
 
 
-for _key, _cls in {
+_BUILTIN: dict[str, type[Attack]] = {
     "fgsm": FGSM,
     "fgm": FGM,
     "otcm": OTCM,
@@ -121,9 +121,10 @@ for _key, _cls in {
     "jsma": JSMA,
     "hg_targeted": HGTargeted,
     "hg_fast": HGFast,
-}.items():
+}
+for _key, _cls in _BUILTIN.items():
     register_attack(_key, _cls)
-del _key, _cls
+del _key, _cls, _BUILTIN
 
 __all__ = [
     "APGD",

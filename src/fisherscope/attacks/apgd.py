@@ -322,7 +322,7 @@ class APGDTargeted(APGD):
 
     loss: Literal["ce", "dlr"] = "dlr"
     n_target_classes: int = 9
-    supports_targeted = False  # type: ignore[misc]  # it picks its own targets
+    supports_targeted = False  # it picks its own targets
     standard = {"eps": 0.1, "steps": 20, "n_target_classes": 3}
     standard_description = "L∞ ε = 0.1, 20 steps of targeted DLR towards each of the top 3 other classes"
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
 from .._validation import NON_NEGATIVE, check_params, integer
-from .base import Attack
+from .base import Attack, Norm
 
 __all__ = ["DeepFool", "DeepFoolLinf"]
 
@@ -103,7 +103,7 @@ class DeepFool(Attack):
     candidates: int | None = 10
     overshoot: float = 0.02
     step_margin: float = 1e-4
-    norms = ("l2",)
+    norms: ClassVar[tuple[Norm, ...]] = ("l2",)
     budget = "none"
     supports_targeted = False
     standard = {"steps": 20}

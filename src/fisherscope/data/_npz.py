@@ -95,7 +95,7 @@ def content_sha256(
             a = np.ascontiguousarray(a, dtype="<i8")
         shape = "x".join(str(s) for s in a.shape)
         h.update(f"{key} {a.dtype.str} {shape}\n".encode("ascii"))
-        h.update(a.reshape(-1).view(np.uint8))
+        h.update(a.reshape(-1).view(np.uint8).tobytes())
     return h.hexdigest()
 
 

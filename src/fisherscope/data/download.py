@@ -57,7 +57,7 @@ ProgressCallback = Callable[[str, int, "int | None"], None]
 # ----------------------------------------------------------------------------- idx
 
 # idx type codes (third byte of the magic number) -> big-endian numpy dtype
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -646,7 +646,7 @@ def download_dataset(
             )
 
         def write_npz(f: Any) -> None:
-            np.savez_compressed(f, **arrays, classes=np.array(classes, dtype=str))
+            np.savez_compressed(f, **arrays, classes=np.array(classes, dtype=str))  # type: ignore[arg-type]  # numpy stubs type **kwds by allow_pickle
 
         npz_tmp = _write_temp(tmp_dir, target.name, write_npz, "wb")
         npz_sha = file_sha256(npz_tmp)

@@ -51,7 +51,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -399,7 +399,7 @@ def detection_metrics(
         q = 100 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicate columns
-            ci = {k: tuple(float(v) for v in np.nanpercentile(reps[k], q)) for k in _METRICS}
+            ci = {k: (float(lo), float(hi)) for k in _METRICS for lo, hi in [np.nanpercentile(reps[k], q)]}
     return DetectionMetrics(
         auroc=float(point["auroc"][0]), aupr=float(point["aupr"][0]), tpr=float(point["tpr"][0]),
         fpr=float(point["fpr"][0]), threshold=float(threshold), ci=ci, n_neg=int(neg.size),
@@ -458,7 +458,7 @@ class Feature:
         fn = self.resolve()
         kwargs = dict(self.kwargs)
         try:
-            params = inspect.signature(fn).parameters
+            params: Mapping[str, inspect.Parameter] = inspect.signature(fn).parameters
         except (TypeError, ValueError):  # pragma: no cover - builtins
             params = {}
         if "generator" in params and "generator" not in kwargs:
@@ -513,7 +513,7 @@ class DetectorSpec:
             if not name:
                 raise ValueError(f"{type(self.detector).__name__} names no feature; pass features=.")
             return [Feature(name)]
-        items = list(f) if isinstance(f, list | tuple) else [f]
+        items: list[FeatureLike] = list(f) if isinstance(f, list | tuple) else [cast(FeatureLike, f)]
         return [p if isinstance(p, Feature) else Feature(p) for p in items]
 
 

@@ -46,7 +46,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -363,7 +363,9 @@ def _check_randomised(model: nn.Module, xs: Tensor, batch_size: int) -> MaskingF
 
 def _gradients(model: nn.Module, xs: Tensor, ys: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """(‖∇ margin‖₂, ‖∇ CE‖₂, max softmax) per sample, non-finite gradients reported as NaN norms."""
-    gm, gc, pm = [], [], []
+    gm: list[Tensor] = []
+    gc: list[Tensor] = []
+    pm: list[Tensor] = []
     with eval_mode(model):
         for i in range(0, xs.shape[0], batch_size):
             xb = xs[i:i + batch_size].detach().requires_grad_(True)
@@ -627,7 +629,7 @@ def robust_accuracy(
         x_adv=x_adv,
         norm=norm,
         eps=eps,
-        attacks=[(name, repr(dataclasses.replace(a, eps=eps) if hasattr(a, "eps") else a)) for name, a in named],
+        attacks=[(name, repr(dataclasses.replace(cast(Any, a), eps=eps) if hasattr(a, "eps") else a)) for name, a in named],
         checks=checks,
     )
 
@@ -678,7 +680,7 @@ def robust_accuracy_curve(
             robust_accuracy=float(robust.float().mean()), clean_accuracy=float(clean_correct.float().mean()),
             robust=robust, clean_correct=clean_correct, per_attack=per_attack, fooled_by=fooled_by, flags=[],
             x_adv=x_adv, norm=norm, eps=e,
-            attacks=[(name, repr(dataclasses.replace(a, eps=e) if hasattr(a, "eps") else a)) for name, a in named],
+            attacks=[(name, repr(dataclasses.replace(cast(Any, a), eps=e) if hasattr(a, "eps") else a)) for name, a in named],
             checks=None,
         ))
     accs = [r.robust_accuracy for r in results]

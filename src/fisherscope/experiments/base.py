@@ -136,7 +136,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = 
     for key, value in parse_overrides(overrides).items():
         _apply_override(data, key, value)
     kind = data.get("kind")
-    if kind not in EXPERIMENTS:
+    if not isinstance(kind, str) or kind not in EXPERIMENTS:
         raise ValueError(
             f"{where}: 'kind' must be one of {sorted(EXPERIMENTS)}; got {kind!r}."
         )

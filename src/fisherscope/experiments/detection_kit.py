@@ -374,7 +374,7 @@ def evaluation_spec(cfg: Any, *, attacks: Sequence[Any], detectors: Sequence[str
         if hasattr(cfg, f):
             spec[f] = getattr(cfg, f)
     spec.update(
-        attacks=[dataclasses.asdict(a) if dataclasses.is_dataclass(a) else dict(a) for a in attacks],
+        attacks=[dataclasses.asdict(a) if dataclasses.is_dataclass(a) and not isinstance(a, type) else dict(a) for a in attacks],
         detectors=list(detectors), cross_attack=bool(cross_attack), roc_points=int(roc_points), **extra)
     return spec
 

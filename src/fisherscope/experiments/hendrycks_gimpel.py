@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -138,7 +139,7 @@ def _signed_maps(deltas: dict[str, np.ndarray], titles: dict[str, list[str]], ce
     for r, name in enumerate(rows):
         d = np.asarray(deltas[name]).sum(1)  # (N, H, W): channels summed
         top = float(np.abs(d).max()) or 1.0
-        im = None
+        im: Any = None
         for i in range(n):
             ax = axes[r, i]
             im = ax.imshow(d[i], cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest")
@@ -156,7 +157,7 @@ def hg_attack_cells(run: Run, cfg: HGAttackConfig, ctx: Context) -> None:
     attacks = _attacks(cfg)
     for name, atk in attacks.items():
         cell, spec = _attack_cell(cfg, name)
-        run.cell(cell, lambda a=atk: _measure(a, model, x, y, cfg), spec=spec)
+        run.cell(cell, partial(_measure, atk, model, x, y, cfg), spec=spec)
 
     xe, ye = x[: cfg.n_examples], y[: cfg.n_examples]
 

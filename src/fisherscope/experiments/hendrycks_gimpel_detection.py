@@ -44,6 +44,7 @@ import math
 import textwrap
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -156,7 +157,7 @@ def _sym_rows(rows: dict[str, np.ndarray], ranges: dict[str, float], side: int, 
     for r, name in enumerate(names):
         arr = rows[name]
         rng = ranges.get(name)
-        im = None
+        im: Any = None
         for i in range(n):
             ax = axes[r, i]
             img = arr[i].reshape(side, side)
@@ -202,7 +203,7 @@ class HGDetectionConfig(_HGDetectorConfig):
 
 
 def _detection_attacks(cfg: HGDetectionConfig) -> dict[str, Any]:
-    it = dict(step_size=cfg.step_size, threshold=cfg.threshold, max_steps=cfg.max_steps)
+    it: dict[str, Any] = dict(step_size=cfg.step_size, threshold=cfg.threshold, max_steps=cfg.max_steps)
     return {
         "fast": HGFast(eps=cfg.fast_eps, threshold=cfg.threshold),
         "iterative": HGTargeted(l2_reg=cfg.l2_reg, **it),
@@ -331,7 +332,7 @@ def hg_detection_cells(run: Run, cfg: HGDetectionConfig, ctx: Context) -> None:
     res = {}
     for name in attacks:
         cell, spec = cells[f"attack/{name}"]
-        res[name] = run.cell(cell, lambda n=name: measure(n), spec=spec)
+        res[name] = run.cell(cell, partial(measure, name), spec=spec)
     run.cell(cells["metrics"][0], lambda: _metrics(cfg, info, clean, res), spec=cells["metrics"][1])
     if cfg.n_protocol:
         run.cell(cells["protocol"][0], lambda: _protocol(cfg, model, test, attacks, dets), spec=cells["protocol"][1])
@@ -420,7 +421,7 @@ def _protocol(cfg: HGDetectionConfig, model: torch.nn.Module, test: Any, attacks
     return {"n_images": int(len(yp)), "records": result.to_records()}
 
 
-def _figure_arrays(cfg: HGDetectionConfig, model: torch.nn.Module, pca: Any, x: torch.Tensor,
+def _figure_arrays(cfg: HGDetectionConfig, model: Any, pca: Any, x: torch.Tensor,
                    res: dict[str, dict[str, Any]], ne: int) -> dict[str, Any]:
     """What Figures 2-4 draw, computed once: the first ``ne`` sources and their stored
     adversarials whitened (ZCA, and the whitened coefficients of the first three), and the
@@ -763,11 +764,12 @@ def hg_adaptive_cells(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> None:
     train, fit_x = _fit_images(cfg, ctx, model)
     pca = fit_pca_whitening(train.x, eps=cfg.whitening_eps[0])
     fit_pixels = pixels(fit_x)
-    wstats = {}  # the detector's score as a torch function, from a fitted detector per eps
+    scores = {}  # the detector's score as a torch function, from a fitted detector per eps
     for eps in cfg.whitening_eps:
         det = PCAWhiteningDetector(start=cfg.whitening_start, eps=eps, whitening=dataclasses.replace(pca, eps=eps))
-        wstats[eps] = ImageScore(det.fit(fit_pixels).torch_score())
-    start = wstats[cfg.whitening_eps[0]].score.start
+        scores[eps] = det.fit(fit_pixels).torch_score()
+    wstats = {eps: ImageScore(score) for eps, score in scores.items()}
+    start = scores[cfg.whitening_eps[0]].start
     kl = SoftmaxKL()
     cells = _adaptive_cells(cfg)
 
@@ -784,7 +786,7 @@ def hg_adaptive_cells(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> None:
         return out
 
     ref = run.cell(cells["reference"][0], reference, spec=cells["reference"][1])
-    it = dict(step_size=cfg.step_size, l2_reg=cfg.l2_reg, threshold=cfg.threshold, max_steps=cfg.max_steps)
+    it: dict[str, Any] = dict(step_size=cfg.step_size, l2_reg=cfg.l2_reg, threshold=cfg.threshold, max_steps=cfg.max_steps)
     plain = HGTargeted(**it)
 
     def unconstrained() -> dict[str, Any]:
@@ -797,7 +799,7 @@ def hg_adaptive_cells(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> None:
         return _summary(x, o, cfg.threshold, seconds, extra)
 
     un = run.cell(cells["unconstrained"][0], unconstrained, spec=cells["unconstrained"][1])
-    bar = dict(max_backtracks=cfg.max_backtracks, barrier_weight=cfg.barrier_weight, **it)
+    bar: dict[str, Any] = dict(max_backtracks=cfg.max_backtracks, barrier_weight=cfg.barrier_weight, **it)
 
     def barrier(attack: BarrierHGTargeted) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -811,12 +813,12 @@ def hg_adaptive_cells(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> None:
     for eps, s in wstats.items():
         for src in ("train", "test"):
             mu, sd = ref[f"{_eps_key(eps)}/{src}"]
-            band = dict(low=mu - cfg.whitening_radius * sd, high=mu + cfg.whitening_radius * sd)
+            band: dict[str, Any] = dict(low=mu - cfg.whitening_radius * sd, high=mu + cfg.whitening_radius * sd)
             key = f"whitening/{eps:g}/{src}"
             search(key, BarrierHGTargeted(statistic=s, **band, **bar))
             if cfg.projected:  # a stronger attacker: steps that do not move the whitened window
                 search(f"{key}/projected",
-                       BarrierHGTargeted(statistic=s, step_transform=s.score.project_off_window, **band, **bar))
+                       BarrierHGTargeted(statistic=s, step_transform=scores[eps].project_off_window, **band, **bar))
     for r in cfg.kl_radii:
         mu, sd = ref["kl/train"]
         search(f"kl/{r:g}", BarrierHGTargeted(statistic=kl, low=mu - r * sd, high=mu + r * sd, **bar))

@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -394,10 +395,10 @@ def figure2_3_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
 
     for mu in cfg.mus:
         name, spec = _mu_cell(cfg, mu)
-        run.cell(name, lambda mu=mu: measure(mu, cfg.seed), spec=spec)
+        run.cell(name, partial(measure, mu, cfg.seed), spec=spec)
     for s in cfg.baseline_seeds:
         name, spec = _baseline_cell(cfg, s)
-        run.cell(name, lambda s=s: measure(0.0, s), spec=spec)
+        run.cell(name, partial(measure, 0.0, s), spec=spec)
 
 
 def figure2_3_report(cfg: ShenConfig, results: Results) -> list[Block]:
@@ -480,6 +481,11 @@ def _figure5_specs(cfg: ShenConfig) -> list[ModelSpec]:
     return [ModelSpec(name="original"), ModelSpec(name=f"mu={cfg.mu:g}", defense=_fisher(cfg, cfg.mu))]
 
 
+def _curve_record(make: Callable[[], Any], tm: Any, x: Tensor, y: Tensor, budgets: list[float], seed: int,
+                  batch_size: int) -> dict[str, Any]:
+    return one_step_curve(make(), tm.model, x, y, budgets, seed=seed, batch_size=batch_size).as_dict()
+
+
 def _figure5_attacks(cfg: ShenConfig) -> dict[str, tuple[Callable[[], OneStepAttack], list[float]]]:
     return {
         "fgm": (lambda: FGM(eps=1.0), list(cfg.budgets)),
@@ -499,11 +505,10 @@ def figure5_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
     for spec in specs:
         tm = _train(cfg, ctx, spec)
         name, cell_spec = _model_cell(cfg, spec)
-        run.cell(name, lambda tm=tm: model_record(tm, x, y), spec=cell_spec)
+        run.cell(name, partial(model_record, tm, x, y), spec=cell_spec)
         for key, (make, budgets) in _figure5_attacks(cfg).items():
             name, cell_spec = _figure5_cell(cfg, spec, key)
-            run.cell(name, lambda make=make, budgets=budgets, tm=tm: one_step_curve(
-                make(), tm.model, x, y, budgets, seed=cfg.seed, batch_size=cfg.batch_size).as_dict(), spec=cell_spec)
+            run.cell(name, partial(_curve_record, make, tm, x, y, budgets, cfg.seed, cfg.batch_size), spec=cell_spec)
 
 
 def figure5_report(cfg: ShenConfig, results: Results) -> list[Block]:
@@ -620,11 +625,11 @@ def table1_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
     for mspec in cfg.models:
         tm = _train(cfg, ctx, mspec)
         name, cell_spec = _model_cell(cfg, mspec)
-        run.cell(name, lambda tm=tm: model_record(tm, x, y), spec=cell_spec)
+        run.cell(name, partial(model_record, tm, x, y), spec=cell_spec)
         for spec, atk in attacks:
             name, cell_spec = _table1_cell(cfg, mspec, spec)
-            run.cell(name, lambda spec=spec, atk=atk, tm=tm: _distances(
-                run, spec, atk, tm, x, y, seed=cfg.seed, batch_size=cfg.batch_size), spec=cell_spec)
+            run.cell(name, partial(_distances, run, spec, atk, tm, x, y, seed=cfg.seed, batch_size=cfg.batch_size),
+                     spec=cell_spec)
 
 
 def table1_report(cfg: ShenConfig, results: Results) -> list[Block]:
@@ -726,7 +731,7 @@ def table2_cells(run: Run, cfg: ShenConfig, ctx: Context) -> None:
     trained = {str(m.name): _train(cfg, ctx, m) for m in cfg.models}
     for m in cfg.models:
         name, cell_spec = _model_cell(cfg, m)
-        run.cell(name, lambda tm=trained[str(m.name)]: model_record(tm, x, y), spec=cell_spec)
+        run.cell(name, partial(model_record, trained[str(m.name)], x, y), spec=cell_spec)
     nets = {n: tm.model for n, tm in trained.items()}
     dev = _device(next(iter(nets.values())))
     xd, yd = x.to(dev), y.to(dev)

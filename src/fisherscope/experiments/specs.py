@@ -216,8 +216,9 @@ def build_attack(spec: AttackSpec) -> Attack:
         raise ValueError(f"attack row {spec.title!r}: {key!r} has no budget to search; set search=false.")
     if spec.search and "eps" in params:
         raise ValueError(f"attack row {spec.title!r}: drop 'eps' from params; search=true searches it in [0, hi].")
+    cls_any: Any = cls
     try:
-        inner = cls(**params) if not spec.search else cls(eps=spec.hi, **params)
+        inner = cls_any(**params) if not spec.search else cls_any(eps=spec.hi, **params)
     except TypeError as exc:
         raise ValueError(f"attack row {spec.title!r} ({key}): bad parameters {spec.params!r}: {exc}") from exc
     if not spec.search:

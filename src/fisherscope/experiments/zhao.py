@@ -33,7 +33,7 @@ __all__ = ["ZhaoConfig"]
 
 
 def _one_step(key: str, eps: float = 1.0) -> Any:
-    cls = ATTACKS[key]
+    cls: Any = ATTACKS[key]
     return cls(eps=eps)
 
 
@@ -267,7 +267,7 @@ def figure2_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
     path = save_figure(fig, results.figures_dir / "zhao_figure2.png")
     rows = []
     for target in (0.5, 0.9):
-        row = [f"budget for {int(100 * target)}% fooled"]
+        row: list[Any] = [f"budget for {int(100 * target)}% fooled"]
         for key in keys:
             rates = curves[key]["fooling_rate"]
             hit = next((b for b, r in zip(curves[key]["budgets"], rates, strict=True) if r >= target), math.nan)
@@ -391,8 +391,8 @@ def figure4a_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
     clean = np.log10(np.clip(r["clean"], 1e-30, None))
     adv = np.log10(np.clip(r["adv"], 1e-30, None))
     bins = np.linspace(min(clean.min(), adv.min()), max(clean.max(), adv.max()), 60)
-    ax.hist(clean, bins=bins, alpha=0.6, label="clean")
-    ax.hist(adv, bins=bins, alpha=0.6, label=f"FGM (L2 {cfg.eps})")
+    ax.hist(clean, bins=list(bins), alpha=0.6, label="clean")
+    ax.hist(adv, bins=list(bins), alpha=0.6, label=f"FGM (L2 {cfg.eps})")
     ax.set_xlabel("log10 λ_max")
     ax.set_ylabel("count")
     ax.legend()

@@ -159,8 +159,8 @@ def table4_report(cfg: dk.DetectionConfig, results: Results) -> list[Block]:
         stab, satk = dk.table_rows(sw["records"]), dk.attack_rows(sw["records"])
         srows = []
         for label, base, b in labels:
-            a = satk[label]
-            srows.append([base, b, dk.pct(a["success_rate"]), a["n_pos_test"],
+            row = satk[label]
+            srows.append([base, b, dk.pct(row["success_rate"]), row["n_pos_test"],
                           *[dk.pct(stab[(d, label)]["auroc"]) if (d, label) in stab else math.nan for d in sdets]])
         blocks.append(Table(["attack", "budget (L2, before clipping)", "success %", "test positives",
                              *[dk.DETECTOR_LABELS.get(d, d) for d in sdets]], srows,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,7 @@ def table3_cells(run: Run, cfg: ZhaoTable3Config, ctx: Context) -> None:
         tm = train_spec(mspec, cfg.arch, cfg.dataset, ctx, seed=cfg.seed, preset=cfg.preset, training=cfg.training)
         trained[str(mspec.name)] = tm
         name, spec = _model_cell(cfg, mspec)
-        run.cell(name, lambda tm=tm: model_record(tm, x, y), spec=spec)
+        run.cell(name, partial(model_record, tm, x, y), spec=spec)
     nets = {n: tm.model for n, tm in trained.items()}
     dev = next(nets[names[0]].parameters()).device
     xd, yd = x.to(dev), y.to(dev)

@@ -120,6 +120,7 @@ def penultimate(
     check_inputs(x, bounds=bounds)
     check_batch_size(batch_size, "penultimate")
     check_param("penultimate", "with_prediction", with_prediction, BOOL)
+    module: nn.Module
     if layer is None:
         name, module = _last_linear(model)
         where = f"the input of the last nn.Linear ({name!r})"
@@ -161,7 +162,7 @@ def penultimate(
 # --------------------------------------------------------------------------- MC dropout
 
 
-def dropout_modules(model: nn.Module) -> list[nn.Module]:
+def dropout_modules(model: nn.Module) -> list[_DropoutNd]:
     """The dropout modules of ``model`` (every ``torch.nn`` dropout type, whatever its rate)."""
     return [m for m in model.modules() if isinstance(m, _DropoutNd)]
 

@@ -9,6 +9,8 @@ add the reconstruction loss to the cross-entropy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,7 @@ from .architectures import (
 
 __all__ = ["DecoderActivation", "HGMLP", "LogitFedDecoder"]
 
-_FUNCTIONAL = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu}
+_FUNCTIONAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu}
 
 
 class DecoderActivation(nn.Module):

@@ -176,6 +176,7 @@ def _targets(y: Tensor | int | None, logits: Tensor, owner: str) -> Tensor:
         check_param(owner, "y", y, integer(ge=0, lt=k).but(
             expected=f"a class index in [0, {k}) for this {k}-class model, a (N,) label tensor or None"))
         return torch.full((n,), y, dtype=torch.int64, device=logits.device)
+    assert isinstance(y, Tensor)  # an int was handled above; check_labels names any other type
     return check_labels(y, n, k).to(logits.device)
 
 

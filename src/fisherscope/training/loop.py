@@ -633,6 +633,7 @@ def _fit(
                         logits = model(xb)
                         loss = F.cross_entropy(logits, yb)
                     elif objective is None:
+                        assert joint is not None
                         logits, aux = joint(xb)
                         loss = F.cross_entropy(logits, yb) + aux
                         aux_sum += aux.detach() * idx.numel()
