@@ -46,3 +46,41 @@ def tiny_cnn(c: int = 1, side: int = 8, k: int = 6, seed: int = 0, dtype: torch.
                 m.running_mean.copy_(torch.randn(4, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(4, generator=g) + 0.5)
     return net.to(dtype).eval()
+
+
+def tiny_cnn_batch(n: int = 6, k: int = 5) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A float32 tiny CNN (BatchNorm, 8×8 grey images), ``n`` uniform images and its own predictions."""
+    model = tiny_cnn(c=1, side=8, k=k, dtype=torch.float32, batchnorm=True)
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def assert_leaves_state_untouched(call, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """``call(model, x, y)`` on a model in training mode with sentinel parameter gradients.
+
+    It must warn (ModelModeWarning), restore every module's mode, leave ``x``, ``y`` and the
+    parameters' ``.grad`` exactly as they were and give ``x`` no gradient.
+    """
+    import pytest
+
+    from fisherscope import ModelModeWarning
+
+    x0, y0 = x.clone(), y.clone()
+    model.train()
+    modes = [m.training for m in model.modules()]
+    sentinel = {n: torch.full_like(p, 7.0) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = sentinel[n].clone()
+    try:
+        with pytest.warns(ModelModeWarning):
+            call(model, x, y)
+        assert [m.training for m in model.modules()] == modes
+        assert torch.equal(x, x0) and torch.equal(y, y0) and x.grad is None and not x.requires_grad
+        for n, p in model.named_parameters():
+            assert torch.equal(p.grad, sentinel[n])
+    finally:
+        model.eval()
+        for p in model.parameters():
+            p.grad = None

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import tiny_cnn  # noqa: E402
+from _models import assert_leaves_state_untouched, tiny_cnn, tiny_cnn_batch  # noqa: E402
 from fisherscope import ModelModeWarning  # noqa: E402
 from fisherscope.attacks import APGD, APGDTargeted, Square, dlr_loss  # noqa: E402
 from fisherscope.attacks.square import pseudo_gaussian_window, square_p_schedule  # noqa: E402
@@ -39,11 +39,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def setup():
-    model = tiny_cnn(c=1, side=8, k=5, dtype=torch.float32, batchnorm=True)
-    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+    return tiny_cnn_batch()
 
 
 def test_exported_from_attacks():
@@ -71,23 +67,8 @@ def test_bounds_budget_shape(setup, case):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_inputs_untouched_mode_restored_param_grads_untouched(setup, case):
     model, x, y = setup
-    x0, y0 = x.clone(), y.clone()
-    model.train()
-    modes = [m.training for m in model.modules()]
-    sentinel = {n: torch.full_like(p, 7.0) for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
-        p.grad = sentinel[n].clone()
-    try:
-        with pytest.warns(ModelModeWarning):
-            CASES[case]()(model, x, y, generator=torch.Generator().manual_seed(0))
-        assert [m.training for m in model.modules()] == modes
-        assert torch.equal(x, x0) and torch.equal(y, y0) and x.grad is None and not x.requires_grad
-        for n, p in model.named_parameters():
-            assert torch.equal(p.grad, sentinel[n])
-    finally:
-        model.eval()
-        for p in model.parameters():
-            p.grad = None
+    assert_leaves_state_untouched(
+        lambda m, xx, yy: CASES[case]()(m, xx, yy, generator=torch.Generator().manual_seed(0)), model, x, y)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

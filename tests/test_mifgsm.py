@@ -10,8 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import tiny_cnn  # noqa: E402
-from fisherscope import ModelModeWarning  # noqa: E402
+from _models import assert_leaves_state_untouched, tiny_cnn  # noqa: E402
 from fisherscope.attacks import ATTACKS, MIFGSM  # noqa: E402
 
 
@@ -97,22 +96,7 @@ def test_deterministic_and_batch_equals_per_sample(setup):
 
 def test_inputs_modes_and_param_grads_untouched(setup):
     model, x, y = setup
-    x0 = x.clone()
-    model.train()
-    sentinel = {n: torch.full_like(p, 2.0) for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
-        p.grad = sentinel[n].clone()
-    try:
-        with pytest.warns(ModelModeWarning):
-            MIFGSM(eps=0.1, steps=2)(model, x, y)
-        assert all(m.training for m in model.modules())
-        assert torch.equal(x, x0) and x.grad is None and not x.requires_grad
-        for n, p in model.named_parameters():
-            assert torch.equal(p.grad, sentinel[n])
-    finally:
-        model.eval()
-        for p in model.parameters():
-            p.grad = None
+    assert_leaves_state_untouched(MIFGSM(eps=0.1, steps=2), model, x, y)
 
 
 def test_attack_lowers_accuracy(setup):

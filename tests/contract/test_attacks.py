@@ -16,7 +16,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _models import tiny_cnn  # noqa: E402
+from _models import assert_leaves_state_untouched, tiny_cnn_batch  # noqa: E402
 from fisherscope import ModelModeWarning  # noqa: E402
 from fisherscope.attacks import ATTACKS, Attack, OneStepAttack  # noqa: E402
 
@@ -50,11 +50,7 @@ def make(key: str, deterministic: bool = False, **over) -> Attack:
 
 @pytest.fixture(scope="module")
 def setup():
-    model = tiny_cnn(c=1, side=8, k=5, dtype=torch.float32, batchnorm=True)
-    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
+    return tiny_cnn_batch()
 
 
 KEYS = sorted(ATTACKS)
@@ -80,23 +76,8 @@ def test_shape_dtype_bounds_budget(setup, key):
 @pytest.mark.parametrize("key", KEYS)
 def test_input_untouched_mode_restored_param_grads_untouched(setup, key):
     model, x, y = setup
-    x0 = x.clone()
-    model.train()
-    modes = [m.training for m in model.modules()]
-    sentinel = {n: torch.full_like(p, 7.0) for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
-        p.grad = sentinel[n].clone()
-    try:
-        with pytest.warns(ModelModeWarning):
-            make(key)(model, x, y, generator=torch.Generator().manual_seed(0))
-        assert [m.training for m in model.modules()] == modes
-        assert torch.equal(x, x0) and x.grad is None and not x.requires_grad
-        for n, p in model.named_parameters():
-            assert torch.equal(p.grad, sentinel[n])
-    finally:
-        model.eval()
-        for p in model.parameters():
-            p.grad = None
+    assert_leaves_state_untouched(
+        lambda m, xx, yy: make(key)(m, xx, yy, generator=torch.Generator().manual_seed(0)), model, x, y)
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -15,30 +15,8 @@ which never import it) and :mod:`fisherscope.defenses` (the objectives it trains
 from __future__ import annotations
 
 from ..models import TrainedModel
+from . import presets
 from .loop import evaluate_accuracy, train_model
-from .presets import (
-    AUGMENTATIONS,
-    DEFAULT_TRAINING,
-    GENERIC_TRAINING,
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    PRESETS,
-    TRAINING_KEYS,
-    resolve_preset,
-    resolve_training,
-)
+from .presets import *  # noqa: F403  (the names in presets.__all__)
 
-__all__ = [
-    "AUGMENTATIONS",
-    "DEFAULT_TRAINING",
-    "GENERIC_TRAINING",
-    "LR_SCHEDULES",
-    "OPTIMIZERS",
-    "PRESETS",
-    "TRAINING_KEYS",
-    "TrainedModel",
-    "evaluate_accuracy",
-    "resolve_preset",
-    "resolve_training",
-    "train_model",
-]
+__all__ = ["TrainedModel", "evaluate_accuracy", "train_model", *presets.__all__]

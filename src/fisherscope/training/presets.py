@@ -55,6 +55,13 @@ GENERIC_TRAINING: dict[str, Any] = {
 #: The hyperparameter names of a training configuration (the keys of :data:`GENERIC_TRAINING`).
 TRAINING_KEYS = tuple(GENERIC_TRAINING)
 
+# The CIFAR-10 recipe of the VGG and ResNet presets (SGD with momentum, cosine, crop + flip).
+_CIFAR_SGD: dict[str, Any] = {
+    "dataset": "cifar10", "epochs": 30, "lr": 0.05, "batch_size": 128,
+    "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+    "lr_schedule": "cosine", "augment": "crop_flip",
+}
+
 #: Named training presets: ``"<arch>"`` (the default for that architecture) and
 #: ``"<arch>@<variant>"``. Each may name a ``dataset`` and ``model_kwargs``; the other keys
 #: are :data:`GENERIC_TRAINING` keys. A variant inherits from its architecture's entry.
@@ -81,31 +88,15 @@ DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
         "optimizer": "adam", "lr_schedule": "cosine",
     },
     # Zhao's shallow VGG: CIFAR-10 by default, and its MNIST variant.
-    "vgg_small": {
-        "dataset": "cifar10", "epochs": 30, "lr": 0.05, "batch_size": 128,
-        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
-        "lr_schedule": "cosine", "augment": "crop_flip",
-    },
+    "vgg_small": dict(_CIFAR_SGD),
     "vgg_small@mnist": {
         "dataset": "mnist", "epochs": 2, "lr": 0.05, "augment": "none",
         "model_kwargs": {"in_channels": 1, "input_size": 28},
     },
-    "vgg11": {
-        "dataset": "cifar10", "epochs": 30, "lr": 0.05, "batch_size": 128,
-        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
-        "lr_schedule": "cosine", "augment": "crop_flip",
-    },
+    "vgg11": dict(_CIFAR_SGD),
     # GTSRB (traffic signs must not be mirrored: crop only).
-    "resnet14": {
-        "dataset": "gtsrb", "epochs": 20, "lr": 0.1, "batch_size": 128,
-        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
-        "lr_schedule": "cosine", "augment": "crop",
-    },
-    "resnet18": {
-        "dataset": "cifar10", "epochs": 30, "lr": 0.1, "batch_size": 128,
-        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
-        "lr_schedule": "cosine", "augment": "crop_flip",
-    },
+    "resnet14": {**_CIFAR_SGD, "dataset": "gtsrb", "epochs": 20, "lr": 0.1, "augment": "crop"},
+    "resnet18": {**_CIFAR_SGD, "lr": 0.1},
     # Hendrycks & Gimpel §3.4: GELU MLP + logit-fed decoder, CE + MSE, Adam 1e-3 (default,
     # constant), 20 epochs; the batch size is not stated (128 here).
     "hg_mlp": {
