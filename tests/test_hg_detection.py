@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import tiny_mlp  # noqa: E402
+from _rerender import assert_rerenders_from_the_store  # noqa: E402
 from fisherscope.attacks import ATTACKS, HGTargeted  # noqa: E402
 from fisherscope.attacks.detector_aware import (  # noqa: E402
     BarrierHGTargeted,
@@ -360,22 +361,7 @@ def test_hg_adaptive_runs_and_keeps_its_bands(finished):
 @pytest.mark.parametrize("kind", ["hg_detection", "hg_adaptive"])
 def test_report_renders_from_the_stored_cells_alone(finished, kind, tmp_path, monkeypatch):
     run_dir = shutil.copytree(finished[kind][1].dir, tmp_path / "run")
-    before = (run_dir / "report.md").read_text()
-    figures = sorted(p.name for p in (run_dir / "figures").glob("*"))
-    (run_dir / "report.md").unlink()
-    (run_dir / "report.html").unlink()
-    shutil.rmtree(run_dir / "figures")
-    empty = tmp_path / "empty-cache"
-    empty.mkdir()
-    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was run while rendering a report")
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
-    render_stored(run_dir)
-    assert (run_dir / "report.md").read_text() == before
-    assert sorted(p.name for p in (run_dir / "figures").glob("*")) == figures
+    assert_rerenders_from_the_store(run_dir, tmp_path, monkeypatch)
 
 
 def test_report_marks_protocol_metrics_left_undefined(finished, tmp_path):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import torch
 
+from _rerender import assert_rerenders_from_the_store
 from fisherscope.experiments import Context, load_config, run_experiment
-from fisherscope.experiments.base import render_stored
 
 CFG = {"name": "hg", "kind": "hg_attack", "arch": "digits_cnn", "dataset": "digits", "seed": 0,
        "n_samples": 30, "batch_size": 20, "step_size": 0.02, "max_steps": 150, "fast_eps": 0.3, "n_examples": 6}
@@ -48,19 +47,4 @@ def test_hg_attack_report_renders_from_the_stored_cells_alone(tmp_path, monkeypa
     l2 = torch.as_tensor(ex["x_adv/iterative"] - ex["x"]).flatten(1).norm(dim=1)
     torch.testing.assert_close(l2, torch.tensor(ex["iterative"]["l2"]), rtol=0, atol=1e-6)
     assert res["model"]["n"] == 30 and len(res["model"]["classes"]) == 10
-    before = (run.dir / "report.md").read_text()
-    figures = sorted(p.name for p in run.figures_dir.glob("*"))
-    (run.dir / "report.md").unlink()
-    (run.dir / "report.html").unlink()
-    shutil.rmtree(run.figures_dir)
-    empty = tmp_path / "empty-cache"
-    empty.mkdir()
-    monkeypatch.setenv("FISHERSCOPE_CACHE", str(empty))
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was run while rendering a report")
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", no_model)
-    render_stored(run.dir)
-    assert (run.dir / "report.md").read_text() == before
-    assert sorted(p.name for p in run.figures_dir.glob("*")) == figures
+    assert_rerenders_from_the_store(run.dir, tmp_path, monkeypatch)

@@ -69,22 +69,21 @@ def _run_theirs(atk, x, y):
         return atk(x, y)
 
 
-def test_apgd_ce(data):
-    model, x, y, clean = data
-    ours = _ours(model, x, y, [("apgd-ce", APGD(eps=EPS, steps=100, loss="ce"))]).robust
-    theirs = _robust(model, _run_theirs(torchattacks.APGD(model, eps=EPS, steps=100, loss="ce", seed=0), x, y), y, clean)
-    a, b, msg = _report("APGD-CE", ours, theirs)
-    assert abs(a - b) <= TOL, msg
-    assert float((ours == theirs).float().mean()) >= 0.97, msg
+GRADIENT_PAIRS = {  # ours, theirs: the same attack at the same budget and iterations
+    "APGD-CE": (lambda: APGD(eps=EPS, steps=100, loss="ce"),
+                lambda model: torchattacks.APGD(model, eps=EPS, steps=100, loss="ce", seed=0)),
+    "APGD-T": (lambda: APGDTargeted(eps=EPS, steps=100, n_target_classes=9),
+               lambda model: torchattacks.APGDT(model, eps=EPS, steps=100, n_classes=10, seed=0)),
+}
 
 
-@pytest.mark.slow
-def test_apgd_t(data):
+@pytest.mark.parametrize("name", ["APGD-CE", pytest.param("APGD-T", marks=pytest.mark.slow)])  # APGD-T: 9 targets
+def test_apgd_agrees_per_sample(data, name):
     model, x, y, clean = data
-    ours = _ours(model, x, y, [("apgd-t", APGDTargeted(eps=EPS, steps=100, n_target_classes=9))]).robust
-    theirs = _robust(model, _run_theirs(torchattacks.APGDT(model, eps=EPS, steps=100, n_classes=10, seed=0), x, y),
-                     y, clean)
-    a, b, msg = _report("APGD-T", ours, theirs)
+    make_ours, make_theirs = GRADIENT_PAIRS[name]
+    ours = _ours(model, x, y, [(name.lower(), make_ours())]).robust
+    theirs = _robust(model, _run_theirs(make_theirs(model), x, y), y, clean)
+    a, b, msg = _report(name, ours, theirs)
     assert abs(a - b) <= TOL, msg
     assert float((ours == theirs).float().mean()) >= 0.97, msg
 
