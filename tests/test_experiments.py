@@ -178,3 +178,51 @@ def test_unknown_training_override_names_the_valid_keys():
     with pytest.raises(ValueError, match=r"lenet5@mnist overrides: unknown training setting\(s\) "
                                          r"\['learning_rate'\]; valid keys: \[.*'lr'"):
         check_overrides({"learning_rate": 1e-3}, where="lenet5@mnist overrides")
+
+
+def test_report_html_is_rendered_from_the_markdown_with_contents_and_provenance(tmp_path):
+    """The HTML page is the Markdown rendered by a Markdown library: raw HTML escaped, every
+    heading anchored, a table of contents whose links all resolve, tables that scroll, text
+    columns left-aligned and numbers right-aligned, and the provenance panel."""
+    import re
+
+    blocks = [Heading("Results"), Paragraph("<script>alert(1)</script> *em*"), Heading("Results"),
+              Heading("Detail", 3), Table(["detector", "AUROC"], [["KD", 0.91], ["LID", None]])]
+    _, html = render_report(blocks, tmp_path, title="T", provenance={"git commit": "abc123", "seed": "0"})
+    page = html.read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<em>em</em>" in page
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    links = re.findall(r"href='#([^']+)'", page)
+    assert links == ["results", "results-1", "detail"] and set(links) <= ids
+    assert "<div class='table-wrap'><table>" in page
+    assert '<td style="text-align:left">KD</td>' in page and '<td style="text-align:right">0.91</td>' in page
+    assert "<details class='provenance'>" in page and "abc123" in page
+
+
+def test_report_figures_must_live_in_the_run_directory(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fisherscope.experiments.report import _html
+
+    with pytest.raises(ValueError, match=r"not a file inside"):
+        _html("![x](../outside.png)", "T", tmp_path)
+    fig, ax = plt.subplots()
+    png = tmp_path / "figures" / "f.png"
+    png.parent.mkdir()
+    fig.savefig(png)
+    plt.close(fig)
+    assert "data:image/png;base64," in _html("![x](figures/f.png)", "T", tmp_path)
+
+
+def test_provenance_lists_what_the_cells_were_computed_with(tmp_path):
+    from fisherscope.experiments import run_experiment
+
+    cfg = _Cfg(name="prov", steps=2)
+    run = run_experiment(cfg, tmp_path)
+    prov = run.view().provenance()
+    assert prov["cells"] == "2" and prov["config hash"] == run.config_hash and prov["seed"] == "0"
+    assert "version: torch" in prov and "git commit" in prov and "device" in prov
+    assert run.config_hash in (run.dir / "report.html").read_text()

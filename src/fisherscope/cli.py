@@ -142,24 +142,14 @@ def reproduce(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<timestamp>-<name>).")],
-    data_dir: DataDirOpt = None,
-    cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Re-render a run's report from its stored results alone (no model is loaded or run).
-
-    Runs of an experiment kind that has no pure report yet are resumed instead (only
-    missing cells are computed)."""
-    from .experiments import EXPERIMENTS
-    from .experiments.base import render_stored, stored_config
+    """Re-render a run's report from its stored results alone (no model is loaded or run)."""
+    from .experiments.base import render_stored
 
     try:
-        config = stored_config(run_dir)
-        if EXPERIMENTS[config.kind].pure_report:
-            html_path = render_stored(run_dir)
-            console.print(f"[green]report:[/]  {html_path}")
-            console.print(f"          {run_dir / 'report.md'}")
-        else:
-            _run_and_report(config, run_dir.parent, run_dir, _context(data_dir, cache_dir, True))
+        html_path = render_stored(run_dir)
+        console.print(f"[green]report:[/]  {html_path}")
+        console.print(f"          {run_dir / 'report.md'}")
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         _fail(exc)
 

@@ -36,27 +36,20 @@ class Experiment:
     builds the report blocks from the stored :class:`~fisherscope.experiments.runner.Results`
     only: it never loads a model or a dataset and never runs an attack, so a report can be
     re-rendered from a run directory alone (``fisherscope report RUN``).
-
-    Experiments registered without ``report`` (the older shape) compute and report in
-    one ``cells`` function that returns the blocks; re-rendering them resumes the run.
     """
 
     kind: str
     spec: type
     cells: Callable[..., Any]
     description: str
-    report: Callable[[Any, Results], list[Block]] | None = None
-
-    @property
-    def pure_report(self) -> bool:
-        return self.report is not None
+    report: Callable[[Any, Results], list[Block]]
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("EXPERIMENTS")
 
 
 def register(
-    kind: str, spec: type, description: str, *, report: Callable[[Any, Results], list[Block]] | None = None,
+    kind: str, spec: type, description: str, *, report: Callable[[Any, Results], list[Block]],
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator adding an experiment's cells function to :data:`EXPERIMENTS`.
 
@@ -150,12 +143,10 @@ def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | 
 
     exp = EXPERIMENTS[config.kind]
     run = Run(config, out_dir, resume=resume)
-    out = exp.cells(run, config, context or Context())
-    if exp.report is not None:
-        blocks = exp.report(config, run.view())
-    else:
-        blocks = out
-    render_report(blocks, run.dir, title=f"fisherscope — {config.name}")
+    exp.cells(run, config, context or Context())
+    results = run.view()
+    render_report(exp.report(config, results), run.dir, title=f"fisherscope — {config.name}",
+                  provenance=results.provenance())
     return run
 
 
@@ -185,8 +176,6 @@ def render_stored(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     config = stored_config(run_dir)
     exp = EXPERIMENTS[config.kind]
-    if exp.report is None:
-        raise TypeError(f"experiment kind {config.kind!r} has no pure report; resume the run instead.")
     results = Results.open(run_dir)
     foreign = results.store.hashes() - {config_hash(config)}
     if foreign:
@@ -196,7 +185,8 @@ def render_stored(run_dir: str | Path) -> Path:
             f"{run_dir}/results.jsonl holds records of other configs (hashes {sorted(foreign)}); "
             "it was mixed with another run's results and cannot be rendered as one report."
         )
-    render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}")
+    render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}",
+                  provenance=results.provenance())
     return run_dir / "report.html"
 
 

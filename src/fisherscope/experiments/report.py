@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,20 @@ def _cell(v: Any) -> str:
     return _fmt(v).replace("|", "\\|")
 
 
+def _numeric(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _align(table: Table) -> str:
+    """The separator row: numeric columns right-aligned, text columns left-aligned."""
+    cols = []
+    for j in range(len(table.columns)):
+        values = [row[j] for row in table.rows if j < len(row)]
+        numeric = bool(values) and all(_numeric(v) or v is None for v in values)
+        cols.append("---:" if numeric else ":---")
+    return "|" + "|".join(cols) + "|"
+
+
 def _markdown(blocks: Sequence[Block], run_dir: Path) -> str:
     out: list[str] = []
     for b in blocks:
@@ -84,7 +98,7 @@ def _markdown(blocks: Sequence[Block], run_dir: Path) -> str:
                 out.append(f"*{b.caption}*")
                 out.append("")
             out.append("| " + " | ".join(_cell(c) for c in b.columns) + " |")
-            out.append("|" + "---|" * len(b.columns))
+            out.append(_align(b))
             for row in b.rows:
                 out.append("| " + " | ".join(_cell(v) for v in row) + " |")
         elif isinstance(b, Figure):
@@ -101,58 +115,93 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:980px;margin:2em auto;
 padding:0 1em;color:#1b1f23;line-height:1.5}
 h1{border-bottom:2px solid #ddd;padding-bottom:.2em}h2{border-bottom:1px solid #eee;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
-text-align:right}th{background:#f3f4f6}td:first-child,th:first-child{text-align:left}
-figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption,.caption{color:#555;font-size:.92em}
+.table-wrap{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em}
+th{background:#f3f4f6}
+img{max-width:100%;border:1px solid #eee}em{color:#555}
 code{background:#f3f4f6;padding:0 .2em}
+nav.toc{background:#f8f9fa;border:1px solid #e5e7eb;padding:.4em 1em;margin:1em 0}
+nav.toc ul{margin:.2em 0;padding-left:1.2em}
+details.provenance{background:#f8f9fa;border:1px solid #e5e7eb;padding:.4em 1em;margin:1em 0}
+details.provenance td{text-align:left;font-family:ui-monospace,monospace;font-size:.88em}
 """
 
 
-def _inline(text: str) -> str:
-    """Minimal inline markdown for paragraphs: escape, then `code` and **bold**."""
+def _slug(text: str, taken: dict[str, int]) -> str:
+    """A GitHub-style anchor: lower case, punctuation dropped, spaces to hyphens, made unique."""
     import re
 
-    t = html.escape(text)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
-    return t.replace("\n", "<br>")
+    base = re.sub(r"[^\w\- ]", "", text.strip().lower(), flags=re.UNICODE).replace(" ", "-") or "section"
+    n = taken.get(base, 0)
+    taken[base] = n + 1
+    return base if n == 0 else f"{base}-{n}"
 
 
-def _html(blocks: Sequence[Block], title: str) -> str:
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-    ]
-    for b in blocks:
-        if isinstance(b, Heading):
-            lvl = min(max(b.level, 1), 6)
-            parts.append(f"<h{lvl}>{html.escape(b.text)}</h{lvl}>")
-        elif isinstance(b, Paragraph):
-            parts.append(f"<p>{_inline(b.text)}</p>")
-        elif isinstance(b, Table):
-            parts.append("<table>")
-            if b.caption:
-                parts.append(f"<caption class='caption'>{html.escape(b.caption)}</caption>")
-            parts.append("<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in b.columns) + "</tr>")
-            for row in b.rows:
-                parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>")
-            parts.append("</table>")
-        elif isinstance(b, Figure):
-            data = base64.b64encode(Path(b.path).read_bytes()).decode("ascii")
-            alt = html.escape(b.alt or b.caption)
-            parts.append(f"<figure><img alt='{alt}' src='data:image/png;base64,{data}'>")
-            if b.caption:
-                parts.append(f"<figcaption>{html.escape(b.caption)}</figcaption>")
-            parts.append("</figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def _data_uri(src: str, run_dir: Path) -> str:
+    """A figure of the run directory as a data: URI (the HTML report is self-contained)."""
+    path = (run_dir / src).resolve()
+    if not path.is_relative_to(run_dir.resolve()) or not path.is_file():
+        raise ValueError(f"report figure {src!r} is not a file inside {run_dir}; figures must be saved "
+                         "under the run directory (results.figures_dir).")
+    kind = "svg+xml" if path.suffix.lower() == ".svg" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def render_report(blocks: Sequence[Block], run_dir: Path, *, title: str) -> tuple[Path, Path]:
-    """Write ``report.md`` and a self-contained ``report.html`` (figures embedded)."""
+def _provenance_table(provenance: Mapping[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in provenance.items())
+    return ("<details class='provenance'><summary>Provenance (versions, git commit, device, seed, "
+            f"config hash)</summary><table>{rows}</table></details>")
+
+
+def _html(markdown: str, title: str, run_dir: Path, provenance: Mapping[str, Any] | None = None) -> str:
+    """The Markdown report as one self-contained HTML page: rendered by markdown-it-py (raw HTML
+    escaped), headings anchored, a table of contents, tables that scroll on narrow screens and
+    figures embedded."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(markdown)
+    taken: dict[str, int] = {}
+    toc: list[tuple[int, str, str]] = []
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open":
+            text = tokens[i + 1].content
+            anchor = _slug(text, taken)
+            tok.attrSet("id", anchor)
+            if tok.tag in ("h2", "h3"):
+                toc.append((int(tok.tag[1]), text, anchor))
+        elif tok.type == "inline":
+            for child in tok.children or []:
+                if child.type == "image":
+                    child.attrSet("src", _data_uri(str(child.attrGet("src")), run_dir))
+    body = md.renderer.render(tokens, md.options, {})
+    body = body.replace("<table>", "<div class='table-wrap'><table>").replace("</table>", "</table></div>")
+    nav = ""
+    if len(toc) > 1:
+        items = "".join(
+            f"<li style='margin-left:{(lvl - 2) * 1.2}em'><a href='#{a}'>{html.escape(t)}</a></li>"
+            for lvl, t, a in toc)
+        nav = f"<nav class='toc'><strong>Contents</strong><ul>{items}</ul></nav>"
+    head, sep, rest = body.partition("</h1>")  # the table of contents and provenance go under the title
+    if sep:
+        body = head + sep + nav + (_provenance_table(provenance) if provenance else "") + rest
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n{body}</body></html>\n")
+
+
+def render_report(blocks: Sequence[Block], run_dir: Path, *, title: str,
+                  provenance: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and a self-contained ``report.html`` (figures embedded).
+
+    ``provenance`` (what the results were computed with: versions, git commit, device, seed,
+    config hash) is shown as a panel under the title of the HTML page.
+    """
     blocks = [Heading(title, 1), *blocks]
     md_path = run_dir / "report.md"
     html_path = run_dir / "report.html"
-    atomic_write_text(md_path, _markdown(blocks, run_dir))
-    atomic_write_text(html_path, _html(blocks, title))
+    text = _markdown(blocks, run_dir)
+    atomic_write_text(md_path, text)
+    atomic_write_text(html_path, _html(text, title, run_dir, provenance))
     return md_path, html_path

@@ -214,6 +214,31 @@ class Results:
     def keys(self, prefix: str = "") -> list[str]:
         return [k for k in self.store.keys() if k.startswith(prefix)]
 
+    def provenance(self) -> dict[str, str]:
+        """What the stored cells were computed with, for the report's provenance panel.
+
+        One entry per recorded field (config hash, seed, git commit, device, thread count,
+        package versions); where cells differ (a run resumed after an upgrade), every value
+        is listed with the number of cells it holds for.
+        """
+        from collections import Counter
+
+        counts: dict[str, Counter[str]] = {}
+        for key in self.store.keys():
+            rec = self.store.record(key)
+            fields = {"config hash": rec.get("config_hash"), "seed": rec.get("seed"),
+                      "git commit": rec.get("git_sha"), "device": rec.get("device"),
+                      "threads": rec.get("threads")}
+            fields.update({f"version: {k}": v for k, v in sorted((rec.get("versions") or {}).items())})
+            for name, value in fields.items():
+                if value is not None:
+                    counts.setdefault(name, Counter())[str(value)] += 1
+        out = {"cells": str(len(self.store.keys()))}
+        for name, c in counts.items():
+            out[name] = (next(iter(c)) if len(c) == 1
+                         else "; ".join(f"{v} ({n} cells)" for v, n in sorted(c.items())))
+        return out
+
     def all(self) -> dict[str, dict[str, Any]]:
         """``{cell: values}`` of every stored cell (artifacts loaded)."""
         return {k: self.store.values(k) for k in self.store.keys()}
