@@ -151,7 +151,7 @@ def _provenance_table(provenance: Mapping[str, Any]) -> str:
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in provenance.items())
     return ("<details class='provenance'><summary>Provenance (versions, git commit, device, seed, "
-            f"config hash)</summary><table>{rows}</table></details>")
+            f"config hash)</summary><div class='table-wrap'><table>{rows}</table></div></details>")
 
 
 def _html(markdown: str, title: str, run_dir: Path, provenance: Mapping[str, Any] | None = None) -> str:
