@@ -207,3 +207,40 @@ def test_python_dash_m_matches_console_script():
     out = subprocess.run([sys.executable, "-m", "fisherscope", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("demo", "reproduce", "train", "models", "data", "env", "list"):
         assert cmd in out.stdout
+
+
+def test_help_and_version_import_neither_torch_nor_sklearn():
+    """``--help`` answers at once: the package's top-level names are lazy and the commands
+    import the heavy libraries inside their bodies."""
+    code = ("import sys; from fisherscope.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['--version']); assert r.exit_code == 0 and 'fisherscope 0.' in r.output; "
+            "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules); "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--log-level", "loud", "list"], "--log-level"),
+    (["demo", "--device", "tpu"], "--device"),
+    (["demo", "--resume", "true"], "Got unexpected extra argument"),
+])
+def test_usage_errors_exit_2_and_name_the_option(args, hint):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert hint in res.output
+
+
+def test_boolean_flags_have_a_negative_form(iso):
+    res = _invoke("reproduce", "nope-config", "--no-resume")
+    assert res.exit_code == 1 and "--no-resume" not in res.output  # the flag parsed; the config name failed
+
+
+def test_log_level_shows_the_per_stage_lines(iso, caplog):
+    import logging
+
+    res = runner.invoke(app, ["--log-level", "debug", "list"])
+    assert res.exit_code == 0
+    assert logging.getLogger("fisherscope").level == logging.DEBUG
+    logging.getLogger("fisherscope").setLevel(logging.WARNING)

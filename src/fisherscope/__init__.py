@@ -2,15 +2,28 @@
 
 Attack with it, detect with it, defend with it and look through it, for any PyTorch
 image classifier that maps inputs in [0, 1] to logits.
+
+The top-level names are imported on first use (PEP 562), so ``import fisherscope`` — and
+``fisherscope --help`` — does not pay for torch and scikit-learn until they are needed.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from . import exceptions
-from ._validation import check_inputs, check_labels, check_logits, eval_mode
-from .exceptions import ConvergenceWarning, ModelModeWarning, NotFittedError
+# name -> submodule that defines it
+_LAZY = {
+    "check_inputs": "._validation",
+    "check_labels": "._validation",
+    "check_logits": "._validation",
+    "eval_mode": "._validation",
+    "ConvergenceWarning": ".exceptions",
+    "ModelModeWarning": ".exceptions",
+    "NotFittedError": ".exceptions",
+}
 
 __all__ = [
     "ConvergenceWarning",
@@ -23,3 +36,22 @@ __all__ = [
     "eval_mode",
     "exceptions",
 ]
+
+if TYPE_CHECKING:
+    from . import exceptions
+    from ._validation import check_inputs, check_labels, check_logits, eval_mode
+    from .exceptions import ConvergenceWarning, ModelModeWarning, NotFittedError
+
+
+def __getattr__(name: str) -> Any:
+    if name == "exceptions":
+        return importlib.import_module(".exceptions", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fisherscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,7 +1,12 @@
 """The ``fisherscope`` command line (typer + rich).
 
 Subcommands: ``demo`` (the main job), ``reproduce``, ``report``, ``train``, ``models``,
-``data list|download``, ``list``, ``env``.
+``data list|download``, ``list``, ``env``, ``results``.
+
+Global options: ``--version``, ``--log-level``. Exit codes: 0 success, 1 a failure the
+message explains (bad config, missing data, a write that failed), 2 a usage error (unknown
+option or command, a malformed value). Heavy libraries (torch, scikit-learn) are imported
+inside the commands, so ``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -40,6 +45,57 @@ CacheDirOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", help="Parent folder of run directories.")]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"fisherscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", help="Logging level of fisherscope's per-stage log lines: DEBUG, INFO, WARNING or ERROR "
+        "(default: $FISHERSCOPE_LOGLEVEL, then WARNING).")] = "",
+) -> None:
+    """The Fisher information as a working instrument for adversarial robustness."""
+    level = (log_level or os.environ.get("FISHERSCOPE_LOGLEVEL", "WARNING")).upper()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"must be one of {', '.join(LOG_LEVELS)}; got {level!r}.", param_hint="--log-level")
+    logging.getLogger("fisherscope").setLevel(level)
+
+
+def _device(value: str) -> str | None:
+    """``--device auto|cpu|cuda|cuda:N`` -> the Context's device (None: auto)."""
+    import re
+
+    if value == "auto":
+        return None
+    if value == "cpu":
+        return "cpu"
+    if re.fullmatch(r"cuda(:\d+)?", value):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(f"{value!r} was asked for but torch sees no CUDA device on this machine; "
+                                     "use --device cpu (or auto).", param_hint="--device")
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            raise typer.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s).",
+                                     param_hint="--device")
+        return value
+    raise typer.BadParameter(f"must be auto, cpu, cuda or cuda:N; got {value!r}.", param_hint="--device")
+
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+
+
 def _fail(exc: Exception) -> None:
     import errno
 
@@ -56,10 +112,10 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=1)
 
 
-def _context(data_dir: Path | None, cache_dir: Path | None, quiet: bool) -> Any:
+def _context(data_dir: Path | None, cache_dir: Path | None, quiet: bool, device: str = "auto") -> Any:
     from .experiments import Context
 
-    return Context(data_dir=data_dir, cache_dir=cache_dir, progress=not quiet)
+    return Context(data_dir=data_dir, cache_dir=cache_dir, progress=not quiet, device=_device(device))
 
 
 def configs_dirs() -> list[Path]:
@@ -103,17 +159,18 @@ def _run_and_report(config: Any, out: Path, resume: bool | Path, ctx: Any) -> Pa
 @app.command()
 def demo(
     out: OutOpt = Path("runs"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest demo run without redoing finished cells.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue the latest demo run without redoing finished cells.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for training and sampling.")] = 0,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run the main job: the fisherscope tour on scikit-learn's digits, offline; prints where the report is."""
     from .experiments import DemoConfig
 
     try:
-        _run_and_report(DemoConfig(seed=seed), out, resume, _context(data_dir, cache_dir, quiet))
+        _run_and_report(DemoConfig(seed=seed), out, resume, _context(data_dir, cache_dir, quiet, device))
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
 
@@ -122,11 +179,12 @@ def demo(
 def reproduce(
     name: Annotated[str, typer.Argument(help="Config name in configs/ (e.g. model-accuracy) or a path to a TOML file.")],
     out: OutOpt = Path("runs"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this config.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue the latest run of this config.")] = False,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Resume this run directory.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set seed=1.")] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Run a paper table/figure config from configs/ (resumable)."""
@@ -134,7 +192,7 @@ def reproduce(
 
     try:
         config = load_config(find_config(name), set_ or ())
-        _run_and_report(config, out, run_dir or resume, _context(data_dir, cache_dir, quiet))
+        _run_and_report(config, out, run_dir or resume, _context(data_dir, cache_dir, quiet, device))
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         _fail(exc)
 
@@ -418,6 +476,7 @@ def results(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    logging.basicConfig(level=os.environ.get("FISHERSCOPE_LOGLEVEL", "WARNING"))
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fisherscope").setLevel(os.environ.get("FISHERSCOPE_LOGLEVEL", "WARNING").upper())
     os.environ.setdefault("MPLBACKEND", "Agg")
     app(args=argv, prog_name="fisherscope")
