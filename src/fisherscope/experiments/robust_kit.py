@@ -180,12 +180,12 @@ def _pct(v: float) -> str:
 
 def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: Sequence[float],
                     weak_def: Sequence[float], strong_ref: Sequence[float], strong_def: Sequence[float],
-                    n_ref: int, n_def: int, *, weak: str = "OSSA", strong: str = "the worst-case ensemble",
+                    n_weak: tuple[int, int], n_strong: tuple[int, int], *, weak: str = "OSSA", strong: str = "the worst-case ensemble",
                     flags: Sequence[str] = (), norm: str = "L2") -> Verdict:
     """Is ``defense``'s lower fooling ratio under the ``weak`` attack robustness or gradient masking?
 
-    At each budget (fooling ratios of the correctly classified images, ``n_ref`` and ``n_def``
-    of them): where the weak attack fools the defense less than the reference by more than
+    At each budget (fooling ratios of the correctly classified images: ``n_weak`` = (reference,
+    defense) counts of the images the weak attack ran on, ``n_strong`` the strong attacks'): where the weak attack fools the defense less than the reference by more than
     :func:`_margin`, the strong attacks at the same budget decide: a gap at least half the weak
     attack's and beyond its margin is robustness, no gap beyond the margin is gradient masking
     (the weak attack's signal is lost, stronger attacks still find the examples), anything
@@ -196,17 +196,19 @@ def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: 
         raise ValueError(f"masking_verdict: budgets and the four fooling-ratio lists must have one equal, non-zero "
                          f"length; got {len(budgets)}, {len(weak_ref)}, {len(weak_def)}, {len(strong_ref)}, "
                          f"{len(strong_def)}. Pass the ratios at the same budgets.")
-    if min(n_ref, n_def) < 1:
-        raise ValueError(f"masking_verdict: n_ref and n_def must be >= 1 (correctly classified images attacked); "
-                         f"got {n_ref} and {n_def}. A network that classifies nothing correctly has no fooling ratio.")
+    if min(*n_weak, *n_strong) < 1:
+        raise ValueError(f"masking_verdict: n_weak and n_strong must be pairs of counts >= 1 (correctly classified "
+                         f"images attacked); got {n_weak} and {n_strong}. A network that classifies nothing correctly "
+                         "has no fooling ratio.")
     rows, found = [], []
     for b, wr, wd, sr, sd in zip(budgets, weak_ref, weak_def, strong_ref, strong_def, strict=True):
         gap_w, gap_s = wr - wd, sr - sd
-        if gap_w <= _margin(wr, n_ref, wd, n_def):
+        m_s = _margin(sr, n_strong[0], sd, n_strong[1])
+        if gap_w <= _margin(wr, n_weak[0], wd, n_weak[1]):
             finding = "not lower"
-        elif gap_s > _margin(sr, n_ref, sd, n_def) and gap_s >= 0.5 * gap_w:
+        elif gap_s > m_s and gap_s >= 0.5 * gap_w:
             finding = ROBUSTNESS
-        elif gap_s <= _margin(sr, n_ref, sd, n_def):
+        elif gap_s <= m_s:
             finding = MASKING
         else:
             finding = PARTLY

@@ -54,11 +54,15 @@ class RobustnessConfig(ExperimentConfig):
     ``models``: the first is the plain reference; each may set ``finetune`` (fine-tuned from
     the plain network of the same seed) and ``train_images``. ``training`` applies to every
     network. ``ensemble``: the worst-case attacks (default AutoAttack's standard settings).
+    OSSA (cheap: one spectrum per image) runs on the ``n_samples`` test images of the draw, the
+    ensemble on ``robust_samples`` of them (a seeded sub-draw; all when None).
     """
 
     arch: str = "convnet_bn"
     training: dict[str, Any] = field(default_factory=dict)
     n_samples: int | None = 1000
+    #: the ensemble's images: a seeded draw of this many of the ``n_samples`` (None: all of them)
+    robust_samples: int | None = None
     batch_size: int = 250
     linf_eps: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
     l2_eps: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
@@ -90,6 +94,10 @@ def _draw(cfg: RobustnessConfig) -> dict[str, Any]:
     return {"dataset": cfg.dataset, "n_samples": cfg.n_samples, "seed": cfg.seed}
 
 
+def _robust_draw(cfg: RobustnessConfig) -> dict[str, Any]:
+    return {**_draw(cfg), "robust_samples": cfg.robust_samples}
+
+
 def _net(cfg: RobustnessConfig, spec: ModelSpec) -> dict[str, Any]:
     """Everything that decides the network ``spec`` trains to."""
     return {"arch": cfg.arch, "dataset": cfg.dataset, "preset": cfg.preset, "training": cfg.training,
@@ -106,7 +114,7 @@ def _model_cell(cfg: RobustnessConfig, spec: ModelSpec) -> tuple[str, dict[str, 
 
 def _robust_cell(cfg: RobustnessConfig, spec: ModelSpec, norm: str, eps: float) -> tuple[str, dict[str, Any]]:
     return f"robust/{spec.name}/{norm}/{eps:g}", {
-        "net": _net(cfg, spec), "draw": _draw(cfg), "norm": norm, "eps": float(eps),
+        "net": _net(cfg, spec), "draw": _robust_draw(cfg), "norm": norm, "eps": float(eps),
         "ensemble": config_to_dict(cfg.ensemble), "attack_seed": cfg.seed, "batch_size": cfg.batch_size}
 
 
@@ -132,8 +140,10 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
     test = load_split(cfg.dataset, "test", ctx)
     idx = select_samples(len(test), cfg.n_samples, cfg.seed)
     x, y = test.x[idx], test.y[idx]
+    sub = select_samples(len(y), cfg.robust_samples, cfg.seed)
+    xr, yr = x[sub], y[sub]
     name, spec = _sample_cell(cfg)
-    run.cell(name, lambda: {"n": int(len(y)), "classes": [str(c) for c in test.classes],
+    run.cell(name, lambda: {"n": int(len(y)), "n_robust": int(len(yr)), "classes": [str(c) for c in test.classes],
                             "image_shape": list(x.shape[1:])}, spec=spec)
     for mspec in cfg.models:  # network by network: a stopped run has whole rows
         t0 = time.perf_counter()
@@ -156,7 +166,7 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
         for norm, eps in _threats(cfg):
             name, spec = _robust_cell(cfg, mspec, norm, eps)
             run.cell(name, lambda tm=tm, norm=norm, eps=eps: worst_case(
-                tm.model, x, y, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
+                tm.model, xr, yr, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
                 batch_size=cfg.batch_size), spec=spec)
 
 
@@ -202,7 +212,8 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
     blocks: list[Block] = [
         Heading("Worst-case robust accuracy of the defenses, and OSSA beside the strong attacks"),
         Paragraph(
-            f"`{cfg.arch}` on `{cfg.dataset}`, seed {cfg.seed}; {sample['n']} test images (seeded draw); the first "
+            f"`{cfg.arch}` on `{cfg.dataset}`, seed {cfg.seed}; {sample['n']} test images (seeded draw) for OSSA and "
+            f"the sample accuracy, {sample['n_robust']} of them (seeded sub-draw) for the worst-case ensemble; the first "
             f"network, `{ref}`, is the reference. Worst-case attacks: {cfg.ensemble.describe()} Masking checks: "
             f"`{cfg.ensemble.checks}` on at most {cfg.ensemble.check_samples} samples "
             "(fisherscope.evaluation.robust_accuracy). " + str(cfg.paper.get("note", ""))),
@@ -224,7 +235,7 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                 *[100 * got[n][t]["robust_accuracy"] for t in threats],
                 ", ".join(sorted({f["code"] for t in threats for f in got[n][t]["flags"]})) or "none"] for n in done]
     blocks.append(Table(["network", "clean %", *[f"{_label(*t)} %" for t in threats], "masking flags"], ra_rows,
-                        caption=f"Worst-case robust accuracy (% of all {sample['n']} sampled images: correct on the "
+                        caption=f"Worst-case robust accuracy (% of all {sample['n_robust']} sampled images: correct on the "
                                 "clean image and after every attack)"))
 
     attack_names = [a for a, _ in got[done[0]][threats[0]]["per_attack"]]
@@ -252,9 +263,10 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                 r = got[n][("l2", b)]
                 cmp_rows.append([n, b, 100 * _at(got[n]["ossa"], b), 100 * r["per_attack_fooling"][0],
                                  100 * r["gradient_fooling_ratio"], 100 * r["fooling_ratio"]])
-        blocks.append(Table(["network", "L2 budget", "OSSA %", "APGD-CE %", "APGD-CE + APGD-T %", "worst case %"],
+        blocks.append(Table(["network", "L2 budget", f"OSSA % ({sample['n']} images)", "APGD-CE %", "APGD-CE + APGD-T %", "worst case %"],
                             cmp_rows, caption="Fooling ratio at the same L2 budget: OSSA beside APGD and the whole "
-                                              "ensemble (of the correctly classified images)"))
+                                              f"ensemble ({sample['n_robust']} images), of the correctly classified "
+                                              "images"))
         blocks.append(Heading("Robustness or gradient masking?", 3))
         if ref not in done:
             blocks.append(Paragraph(f"No verdict: the reference `{ref}` has no results yet."))
@@ -268,7 +280,8 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                 [_at(got[ref]["ossa"], b) for b in shared], [_at(got[n]["ossa"], b) for b in shared],
                 [got[ref][("l2", b)]["fooling_ratio"] for b in shared],
                 [got[n][("l2", b)]["fooling_ratio"] for b in shared],
-                got[ref]["ossa"]["n_correct"], got[n]["ossa"]["n_correct"], flags=flags)
+                (got[ref]["ossa"]["n_correct"], got[n]["ossa"]["n_correct"]),
+                (got[ref][("l2", shared[0])]["n_correct"], got[n][("l2", shared[0])]["n_correct"]), flags=flags)
             blocks.append(Paragraph(f"**{n}** — {v.sentence}"))
             verdict_rows += [[n, *row] for row in v.rows]
         if verdict_rows:
