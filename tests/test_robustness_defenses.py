@@ -19,6 +19,7 @@ from fisherscope.experiments.robust_kit import (
     NO_GAP,
     PARTLY,
     ROBUSTNESS,
+    UNDECIDED,
     EnsembleSpec,
     masking_verdict,
     worst_case,
@@ -178,6 +179,10 @@ def test_masking_verdict_labels_each_case_from_the_numbers():
     assert v.label == NO_GAP and "its largest drop, at 1: 58.0% against 60.0%" in v.sentence
     # the same gap on few images is within the noise
     assert _v((0.5, 0.8), (1.0, 1.0), n=(40, 40)).label == NO_GAP
+    # the strong attacks' gap is within their noise of zero and of OSSA's gap: too few images to say
+    v = _v((0.5, 0.8), (0.45, 0.85), strong_ref=(0.5, 0.9), m=(50, 50))
+    assert [r[-1] for r in v.rows] == [UNDECIDED, UNDECIDED] and v.label == UNDECIDED
+    assert v.sentence.startswith("Inconclusive") and "2 inconclusive" in v.sentence
     # ties between findings take the weaker claim
     v = _v((0.3, 0.5), (0.6, 1.0))
     assert [r[-1] for r in v.rows] == [ROBUSTNESS, MASKING] and v.label == MASKING

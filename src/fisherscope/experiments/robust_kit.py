@@ -153,13 +153,14 @@ def _n_classes(model: torch.nn.Module, x1: Tensor) -> int:
 # ====================================================================== the verdict
 
 #: Verdict labels, by what the strong attacks say about a defense's lower weak-attack fooling ratio.
-ROBUSTNESS, PARTLY, MASKING, NO_GAP = "robustness", "partly robustness", "gradient masking", "no lower ratio"
+ROBUSTNESS, PARTLY, MASKING, NO_GAP, UNDECIDED = (
+    "robustness", "partly robustness", "gradient masking", "no lower ratio", "inconclusive")
 
 
 @dataclass(frozen=True)
 class Verdict:
     """The computed answer: ``label`` (one of :data:`ROBUSTNESS`, :data:`PARTLY`,
-    :data:`MASKING`, :data:`NO_GAP`), the ``sentence`` saying it with the numbers, and one
+    :data:`MASKING`, :data:`NO_GAP`, :data:`UNDECIDED`), the ``sentence`` saying it with the numbers, and one
     row per budget: ``[budget, weak ref, weak defense, strong ref, strong defense, finding]``
     (fooling ratios in %)."""
 
@@ -186,11 +187,14 @@ def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: 
 
     At each budget (fooling ratios of the correctly classified images: ``n_weak`` = (reference,
     defense) counts of the images the weak attack ran on, ``n_strong`` the strong attacks'): where the weak attack fools the defense less than the reference by more than
-    :func:`_margin`, the strong attacks at the same budget decide: a gap at least half the weak
-    attack's and beyond its margin is robustness, no gap beyond the margin is gradient masking
-    (the weak attack's signal is lost, stronger attacks still find the examples), anything
-    between is partly robustness. The verdict is the finding of most such budgets (ties: the
-    weaker claim); ``flags`` (masking codes raised on the defense) are named in the sentence.
+    :func:`_margin`, the strong attacks at the same budget decide (their own margin ``m``): a
+    gap at least half the weak attack's and beyond ``m`` is robustness; a gap within ``m`` of
+    zero but more than ``m`` below the weak attack's is gradient masking (the weak attack's
+    signal is lost, stronger attacks still find the examples); a gap beyond ``m`` but under
+    half the weak attack's is partly robustness; a gap within ``m`` of both zero and the weak
+    attack's gap is inconclusive (too few images for the strong attacks). The verdict is the
+    finding of most conclusive budgets (ties: the weaker claim, partly before masking before
+    robustness); ``flags`` (masking codes raised on the defense) are named in the sentence.
     """
     if not (len(budgets) == len(weak_ref) == len(weak_def) == len(strong_ref) == len(strong_def)) or not budgets:
         raise ValueError(f"masking_verdict: budgets and the four fooling-ratio lists must have one equal, non-zero "
@@ -206,12 +210,12 @@ def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: 
         m_s = _margin(sr, n_strong[0], sd, n_strong[1])
         if gap_w <= _margin(wr, n_weak[0], wd, n_weak[1]):
             finding = "not lower"
-        elif gap_s > m_s and gap_s >= 0.5 * gap_w:
-            finding = ROBUSTNESS
-        elif gap_s <= m_s:
+        elif gap_s > m_s:
+            finding = ROBUSTNESS if gap_s >= 0.5 * gap_w else PARTLY
+        elif gap_w - gap_s > m_s:
             finding = MASKING
         else:
-            finding = PARTLY
+            finding = UNDECIDED
         rows.append([b, 100 * wr, 100 * wd, 100 * sr, 100 * sd, finding])
         if finding != "not lower":
             found.append((b, wr, wd, sr, sd, finding))
@@ -223,9 +227,13 @@ def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: 
             f"{NO_GAP.capitalize()}: {weak} does not fool {defense} significantly less than {ref} at any {norm} budget "
             f"tested (its largest drop, at {lo[0]:g}: {lo[2]:.1f}% against {lo[1]:.1f}%), so there is no lower fooling ratio to "
             f"explain; {flag_text}."), rows)
-    counts = {k: sum(f[-1] == k for f in found) for k in (MASKING, PARTLY, ROBUSTNESS)}
-    label = max((MASKING, PARTLY, ROBUSTNESS), key=lambda k: (counts[k], k == PARTLY))  # ties: the weaker claim
-    b, wr, wd, sr, sd, _ = max(found, key=lambda f: f[1] - f[2])
+    counts = {k: sum(f[-1] == k for f in found) for k in (MASKING, PARTLY, ROBUSTNESS, UNDECIDED)}
+    order = (PARTLY, MASKING, ROBUSTNESS)  # ties: the weaker claim first
+    label = max(order, key=lambda k: (counts[k], -order.index(k)))
+    if counts[label] == 0:
+        label = UNDECIDED
+    decided = [f for f in found if f[-1] == label] or found
+    b, wr, wd, sr, sd, _ = max(decided, key=lambda f: f[1] - f[2])
     where = ", ".join(f"{f[0]:g}" for f in found)
     lead = {
         MASKING: f"Gradient masking, not robustness: at the {norm} budgets where {weak} fools {defense} less than {ref} "
@@ -234,8 +242,10 @@ def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: 
                     f"fools it less too",
         PARTLY: f"Partly robustness: at the {norm} budgets where {weak} fools {defense} less than {ref} ({where}), "
                 f"{strong} fools it less by under half {weak}'s gap",
+        UNDECIDED: f"Inconclusive: at the {norm} budgets where {weak} fools {defense} less than {ref} ({where}), "
+                   f"{strong}'s gap is within its noise of both zero and {weak}'s gap (too few images)",
     }[label]
-    detail = (f" (at {b:g}, the largest {weak} gap: {weak} {_pct(wd)} against {_pct(wr)}, {strong} {_pct(sd)} "
-              f"against {_pct(sr)}; {counts[MASKING]} budget(s) masking, {counts[PARTLY]} partly, "
-              f"{counts[ROBUSTNESS]} robust)")
+    detail = (f" (at {b:g}, the largest such {weak} gap: {weak} {_pct(wd)} against {_pct(wr)}, {strong} "
+              f"{_pct(sd)} against {_pct(sr)}; budgets: {counts[MASKING]} masking, {counts[PARTLY]} partly, "
+              f"{counts[ROBUSTNESS]} robust, {counts[UNDECIDED]} inconclusive)")
     return Verdict(label, f"{lead}{detail}; {flag_text}.", rows)
