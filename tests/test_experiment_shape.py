@@ -10,7 +10,7 @@ import fisherscope.experiments as experiments
 PKG = Path(experiments.__file__).parent
 #: The shared experiment kit: the only modules of experiments/ a paper module may import.
 KIT = {"base", "common", "config", "detection_kit", "hendrycks_kit", "kit", "provenance", "report", "runner",
-       "specs", "store", "zhao_kit"}
+       "robust_kit", "specs", "store", "zhao_kit"}
 
 
 def _internal_imports(path: Path) -> set[str]:

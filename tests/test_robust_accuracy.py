@@ -307,3 +307,33 @@ def test_targeted_apgd_in_a_custom_list_is_named_and_counted(digits):
                                    APGD(eps=EPS, steps=10, loss="dlr")],
                           generator=_gen(), checks=None)
     assert [n for n, _ in res.per_attack] == ["ce", "apgdtargeted", "apgd"]
+
+
+@pytest.mark.parametrize("checks", [None, "standard", "full"])
+def test_no_correctly_classified_image_gives_a_clean_result(digits, checks):
+    """Labels the model never predicts: nothing to attack, so no attack runs (an empty batch
+    used to reach the attacks and raise), and the result says 0% with every field well formed."""
+    model, x, y = digits
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10
+    calls = []
+
+    class _Counting(APGD):
+        def _run(self, *args, **kwargs):
+            calls.append(1)
+            return super()._run(*args, **kwargs)
+
+    res = robust_accuracy(model, x, wrong, norm="linf", eps=EPS,
+                          attacks=[_Counting(eps=EPS, steps=5), Square(eps=EPS, n_queries=20)],
+                          generator=_gen(), checks=checks)
+    assert calls == []
+    assert res.robust_accuracy == 0.0 and res.clean_accuracy == 0.0
+    assert [acc for _, acc in res.per_attack] == [0.0, 0.0]
+    assert not res.robust.any() and not res.clean_correct.any()
+    assert torch.equal(res.fooled_by, torch.full_like(res.fooled_by, -1))
+    assert torch.equal(res.x_adv, x)
+    assert "gradient_free_stronger" not in res.flag_codes and "no_convergence" not in res.flag_codes
+    json.dumps(res.to_dict())
+    curve = robust_accuracy_curve(model, x, wrong, "linf", [0.05, EPS], attacks=[APGD(eps=EPS, steps=5)],
+                                  generator=_gen())
+    assert curve.robust_accuracy == [0.0, 0.0] and curve.flags == []

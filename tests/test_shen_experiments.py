@@ -352,6 +352,26 @@ def test_demo_defend_section(tmp_path, digits_model):
     assert pen["fooling_ratio"][i] < plain["fooling_ratio"][i]  # Shen's claim, measured on all 450 digits
     assert any(getattr(b, "text", "").startswith("Defend") for b in blocks)
     assert (run.figures_dir / "defend.png").stat().st_size > 0
+    # worst-case robust accuracy with its flags, and the verdict computed beside the OSSA numbers
+    from fisherscope.experiments.demo_defend import ENSEMBLE, ROBUST_IMAGES, ROBUST_THREATS
+    from fisherscope.experiments.robust_kit import masking_verdict
+
+    (key,) = [k for k in run.results() if k.startswith("defend/robust")]
+    w = run.results()[key]
+    assert w["n"] == ROBUST_IMAGES and len(w["plain"]) == len(w["penalised"]) == len(ROBUST_THREATS)
+    for c in w["plain"] + w["penalised"]:
+        assert c["n"] == ROBUST_IMAGES and c["robust_accuracy"] <= c["clean_accuracy"]
+        assert [a for a, _ in c["per_attack"]] == ["apgd-ce", "apgd-t", "square"]
+    assert not ENSEMBLE.is_standard
+    budgets = [e for _, e in ROBUST_THREATS]
+    v = masking_verdict(
+        f"the penalised network (μ = {r['mu']:g})", "the plain one", budgets,
+        [plain["fooling_ratio"][r["budgets"].index(e)] for e in budgets],
+        [pen["fooling_ratio"][r["budgets"].index(e)] for e in budgets],
+        [c["fooling_ratio"] for c in w["plain"]], [c["fooling_ratio"] for c in w["penalised"]],
+        (plain["n_correct"], pen["n_correct"]), (w["plain"][0]["n_correct"], w["penalised"][0]["n_correct"]),
+        flags=sorted({f["code"] for c in w["penalised"] for f in c["flags"]}))
+    assert any(getattr(b, "text", "") == f"**Robustness or gradient masking?** {v.sentence}" for b in blocks)
     before = run.results_path.read_text()
     defend_cells(Run(cfg, tmp_path, resume=run.dir), state)
     assert run.results_path.read_text() == before

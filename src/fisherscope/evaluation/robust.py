@@ -326,7 +326,8 @@ def _run_suite(model: nn.Module, x: Tensor, y: Tensor, clean_correct: Tensor, na
     per_attack: list[tuple[str, float]] = []
     for j, (name, atk) in enumerate(named):
         todo = torch.nonzero(robust).flatten()
-        for chunk in todo.split(batch_size):
+        # an empty index splits into one empty chunk: no attack call once nothing is robust
+        for chunk in todo.split(batch_size) if len(todo) else ():
             res = atk.run(model, x[chunk], y[chunk], generator=generator, eps=eps)
             hit = chunk[res.success]
             x_adv[hit] = res.x_adv[res.success]

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (register the experiment kinds and demo sections)
     hendrycks_gimpel,
     hendrycks_gimpel_detection,
     martin_elster,
+    robustness,
     shen,
     unified_detection,
     zhao,

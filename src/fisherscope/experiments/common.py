@@ -32,8 +32,12 @@ def trained_model(
     seed: int,
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    train_images: int | None = None,
 ) -> Any:
     """Train ``arch`` on ``dataset`` with a named preset (or the arch's defaults), cached.
+
+    ``train_images``: train on a draw of that many training images (:func:`select_samples`
+    with the training seed, in split order) instead of the whole split.
 
     Returns the :class:`~fisherscope.models.TrainedModel`; a repeated call with the same
     request loads the checkpoint instead of training.
@@ -45,6 +49,8 @@ def trained_model(
     check_overrides(overrides or {}, where=f"{arch}@{dataset} overrides")
     kwargs.update(overrides or {})  # an override (its seed too) wins over the config's value
     train = load_split(dataset, "train", ctx)
+    if train_images is not None:
+        train = train.subset(select_samples(len(train), train_images, int(kwargs["seed"])))
     test = load_split(dataset, "test", ctx)
     return train_model(
         arch, train, test_dataset=test, cache_dir=ctx.cache_dir, progress=ctx.progress,

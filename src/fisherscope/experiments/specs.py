@@ -68,6 +68,10 @@ class ModelSpec:
         scratch: ``training`` updated by these settings (``{"epochs": 5, "lr": 5e-4}``), then
         ``overrides``. Overrides a config-wide ``finetune`` for this network; the report
         names the schedule. ``{}`` is rejected (say what to change).
+    train_images : int, optional
+        Train on a seeded draw (the training seed) of this many training images instead of
+        the whole training split (a fine-tune on part of an epoch, where a whole epoch of an
+        expensive defense costs too much); part of the checkpoint key through the data.
     dataset : str, optional
         The dataset (the accuracy table's rows; default: the config's).
     label : str, optional
@@ -83,6 +87,7 @@ class ModelSpec:
     model_kwargs: dict[str, Any] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] | None = field(default=None, metadata=_OMIT)
+    train_images: int | None = field(default=None, metadata=_OMIT)
     dataset: str | None = field(default=None, metadata=_OMIT)
     label: str | None = field(default=None, metadata=_OMIT)
     min_test_accuracy: float | None = field(default=None, metadata=_OMIT)
@@ -93,6 +98,12 @@ class ModelSpec:
             raise ValueError(
                 f"model {self.row_name!r}: finetune must be a non-empty mapping of training settings such as "
                 f"{{'epochs': 5, 'lr': 5e-4}}; got {self.finetune!r}. Leave it out to train from scratch."
+            )
+        if self.train_images is not None and (isinstance(self.train_images, bool) or not isinstance(
+                self.train_images, int) or self.train_images < 1):
+            raise ValueError(
+                f"model {self.row_name!r}: train_images must be an integer >= 1 (a number of training images); "
+                f"got {self.train_images!r}. Leave it out to train on the whole training split."
             )
 
     @property
@@ -107,7 +118,7 @@ def train_spec(spec: ModelSpec, arch: str, dataset: str, ctx: Context, *, seed: 
 
     ``arch``, ``dataset`` and ``preset`` are the config's, used where ``spec`` leaves them
     out; ``training`` (the config's overrides) is applied first, then ``spec.overrides``,
-    ``spec.model_kwargs`` and ``spec.defense``.
+    ``spec.model_kwargs`` and ``spec.defense``; ``spec.train_images`` draws the training images.
     """
     overrides = {**training, **spec.overrides}
     if spec.model_kwargs:
@@ -115,7 +126,7 @@ def train_spec(spec: ModelSpec, arch: str, dataset: str, ctx: Context, *, seed: 
     if spec.defense is not None:
         overrides["defense"] = dict(spec.defense)
     return trained_model(spec.arch or arch, spec.dataset or dataset, ctx, seed=seed, preset=spec.preset or preset,
-                         overrides=overrides)
+                         overrides=overrides, train_images=spec.train_images)
 
 
 def model_record(tm: Any, x: Tensor, y: Tensor) -> dict[str, Any]:
