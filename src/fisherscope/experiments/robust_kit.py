@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..attacks import APGD, Attack, APGDTargeted, Square
+from ..attacks import APGD, APGDTargeted, Attack, Square
 from ..evaluation import robust_accuracy
 from .base import Context
 from .specs import ModelSpec, train_spec

@@ -28,8 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..attacks import OSSA
 from ..evaluation import one_step_curve
 from .base import Context, register
