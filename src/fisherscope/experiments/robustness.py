@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..attacks import OSSA
@@ -133,6 +134,10 @@ def _schedule(cfg: RobustnessConfig, spec: ModelSpec) -> str:
     return f"fine-tuned with {spec.finetune}{images} from the plain net ({scratch})"
 
 
+def _model_values(tm: Any, x: Any, y: Any, load_s: float) -> dict[str, Any]:
+    return {**model_record(tm, x, y), "from_cache": tm.from_cache, "train_or_load_s": load_s}
+
+
 def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
     _check(cfg)
     test = load_split(cfg.dataset, "test", ctx)
@@ -149,8 +154,7 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
                            seed=cfg.seed, ctx=ctx)
         load_s = time.perf_counter() - t0
         name, spec = _model_cell(cfg, mspec)
-        run.cell(name, lambda tm=tm, load_s=load_s: {**model_record(tm, x, y), "from_cache": tm.from_cache,
-                                                     "train_or_load_s": load_s}, spec=spec)
+        run.cell(name, partial(_model_values, tm, x, y, load_s), spec=spec)
 
         def ossa(tm: Any = tm) -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -163,9 +167,8 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
         run.cell(name, ossa, spec=spec)
         for norm, eps in _threats(cfg):
             name, spec = _robust_cell(cfg, mspec, norm, eps)
-            run.cell(name, lambda tm=tm, norm=norm, eps=eps: worst_case(
-                tm.model, xr, yr, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
-                batch_size=cfg.batch_size), spec=spec)
+            run.cell(name, partial(worst_case, tm.model, xr, yr, norm=norm, eps=eps, ensemble=cfg.ensemble,
+                                   seed=cfg.seed, batch_size=cfg.batch_size), spec=spec)
 
 
 # ====================================================================== report
@@ -185,9 +188,9 @@ def _at(curve: dict[str, Any], b: float) -> float:
     return float(curve["fooling_ratio"][j])
 
 
-def _measured(cfg: RobustnessConfig, results: Results, m: ModelSpec) -> dict[str, Any] | None:
+def _measured(cfg: RobustnessConfig, results: Results, m: ModelSpec) -> dict[Any, Any] | None:
     """The stored cells of network ``m``, or None when any is missing (the run stopped before it)."""
-    cells = {"model": _model_cell(cfg, m), "ossa": _ossa_cell(cfg, m),
+    cells: dict[Any, Any] = {"model": _model_cell(cfg, m), "ossa": _ossa_cell(cfg, m),
              **{(n, e): _robust_cell(cfg, m, n, e) for n, e in _threats(cfg)}}
     if not all(results.has(*c) for c in cells.values()):
         return None
@@ -201,9 +204,10 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
     sample = results.cell(*_sample_cell(cfg))
     threats = _threats(cfg)
     names = [str(m.name) for m in cfg.models]
-    got = {str(m.name): _measured(cfg, results, m) for m in cfg.models}
-    done = [n for n in names if got[n] is not None]
-    missing = [n for n in names if got[n] is None]
+    measured = {str(m.name): _measured(cfg, results, m) for m in cfg.models}
+    got: dict[str, dict[Any, Any]] = {n: g for n, g in measured.items() if g is not None}
+    done = [n for n in names if n in got]
+    missing = [n for n in names if n not in got]
     specs = {str(m.name): m for m in cfg.models}
     ref = names[0]
 
