@@ -61,7 +61,9 @@ def _ours(model, x, y, attacks):
 def _report(name, ours, theirs):
     a, b = float(ours.float().mean()), float(theirs.float().mean())
     agree = float((ours == theirs).float().mean())
-    return a, b, f"{name}: robust accuracy ours {a:.4f}, torchattacks {b:.4f}, per-sample agreement {agree:.4f}"
+    msg = f"{name}: robust accuracy ours {a:.4f}, torchattacks {b:.4f}, per-sample agreement {agree:.4f}"
+    print(msg)  # the numbers docs/results/peers.md records (pytest -s -m peer shows them)
+    return a, b, msg
 
 
 def _run_theirs(atk, x, y):
