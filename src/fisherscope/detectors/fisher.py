@@ -171,7 +171,8 @@ class FisherSpectrumDetector(Detector):
         return GaussianNB()
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
-        if not self.log_:
+        # detectors fitted before log_ existed took the log exactly when log_transform was set
+        if not getattr(self, "log_", bool(self.log_transform)):
             return X
         why = (", and this detector was fitted on non-negative X, so log_transform='auto' chose the "
                "log transform log(λ + c), which needs them so; fit it on features scaled like these"
