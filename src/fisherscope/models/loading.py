@@ -859,7 +859,7 @@ def load_model(
     Parameters
     ----------
     model : nn.Module, str or path-like
-        An ``nn.Module``; an architecture name of :data:`~fisherscope.models.MODELS` (needs
+        An ``nn.Module`` (put in eval mode; ``weights`` are loaded into it); an architecture name of :data:`~fisherscope.models.MODELS` (needs
         ``weights``); a fisherscope checkpoint file; a TorchScript file; a ``torch.export``
         program (``.pt2``); or ``"package.module:factory"`` / ``"path/file.py:factory"``
         (a class or function returning an ``nn.Module``; ``weights`` optional, for factories
@@ -937,11 +937,12 @@ def load_model(
     weights_format = weights_sha = None
     normalize_inside = False
 
-    def with_weights(net: nn.Module, what: str) -> nn.Module:
+    def with_weights(net: nn.Module, what: str,
+                     read: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> nn.Module:
         nonlocal weights_format, weights_sha, normalize_inside
         if weights_path is None:
             return net
-        state, info = read_weights(weights_path)
+        state, info = read if read is not None else read_weights(weights_path)
         weights_format, weights_sha = info["format"], info["sha256"]
         if info.get("container_key"):
             notes.append(f"state dict read from the file's {info['container_key']!r} entry")
@@ -1004,7 +1005,7 @@ def load_model(
                     raise param_error(_OWNER, "model", spec, "an architecture name or 'module:factory' when "
                                       "weights= is given", f"{path} is a file: pass it as weights=, and the "
                                       "architecture as model.")
-                _, info = read_weights(path)
+                state, info = read_weights(path)
                 if info.get("format") != "fisherscope.checkpoint":
                     raise param_error(
                         _OWNER, "model", spec, "a module, an architecture name, 'module:factory', a fisherscope "
@@ -1020,7 +1021,7 @@ def load_model(
                 kwargs = {**info["model_kwargs"], **kwargs}
                 net = MODELS[arch](**kwargs)
                 weights_path = path
-                net = with_weights(net, f"architecture {arch!r} with {kwargs}")
+                net = with_weights(net, f"architecture {arch!r} with {kwargs}", (state, info))
         elif _FACTORY.match(spec) and spec.split(":", 1)[0] not in MODELS:
             factory = _import_factory(spec)
             if num_classes is not None and "num_classes" not in kwargs and _accepts(factory, "num_classes"):
