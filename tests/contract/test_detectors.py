@@ -110,7 +110,8 @@ _KDBU_CHECKS = _KD_CHECKS + (
 
 CASES: dict[str, Case] = {
     "fisher_spectrum": Case(_fisher_spectrum, dict(random_state=0),
-                            sklearn=(dict(n_estimators=21, max_depth=3, random_state=0),)),
+                            sklearn=(dict(n_estimators=21, max_depth=3, random_state=0),
+                                     dict(n_estimators=21, max_depth=3, random_state=0, log_transform=True))),
     "fisher_score": Case(lambda rng: _stack(rng.lognormal(0.0, 1.0, (120, 3)), rng.lognormal(4.0, 1.0, (120, 3))),
                          sklearn=(dict(column=0),)),
     "kd": Case(lambda rng: _stack(_class_data(rng, 40), _class_data(rng, 40, shift=2.0)),

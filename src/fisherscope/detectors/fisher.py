@@ -8,7 +8,15 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.naive_bayes import GaussianNB
 
-from .._validation import BOOL, NON_NEGATIVE_INT, POSITIVE_INT, check_param, check_params, one_of
+from .._validation import (
+    BOOL,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    any_of,
+    check_param,
+    check_params,
+    one_of,
+)
 from ..features.fisher import PARAM_FISHER_SCORES
 from .base import Detector
 
@@ -17,12 +25,21 @@ __all__ = ["FisherScoreDetector", "FisherSpectrumDetector"]
 _TINY = np.finfo(np.float64).tiny
 
 
-def _check_non_negative(X: np.ndarray, what: str) -> None:
+def _check_non_negative(X: np.ndarray, what: str, why: str = "") -> None:
     if np.any(X < 0):
         raise ValueError(
             f"Negative values in data passed to {what}: minimum {X.min():.4g}. These features "
-            "are non-negative by construction; check the columns of X."
+            "(Fisher eigenvalues, traces and quadratic forms) are non-negative by construction"
+            f"{why}; check the columns of X (a StandardScaler or any centring in front of the "
+            "detector makes them negative)."
         )
+
+
+_LOG_NEEDS_POSITIVE = (
+    ", and the log transform log(λ + c) needs them so. Standardised features (a StandardScaler "
+    "in front) work with log_transform='auto' or False: the forest is invariant to monotone "
+    "maps, and naive Bayes then models the standardised values"
+)
 
 
 def _named_column(
@@ -74,12 +91,16 @@ class FisherSpectrumDetector(Detector):
         Trees of the random forest (> 20 in the paper).
     max_depth : int
         Depth limit of the trees (≤ 5 in the paper).
-    log_transform : bool
+    log_transform : bool or "auto"
         Feed log(λ + c) instead of λ, with c = 1e-12 × the median over fitting rows of the
         largest eigenvalue (exact zeros past K − 1 then sit ~28 nats below the typical
-        top eigenvalue instead of at −∞). Default True: eigenvalues spread over many
-        orders of magnitude (Zhao Fig. 3 plots them on a log axis), which matters for the
-        Gaussian naive Bayes; trees are nearly invariant to this monotone map.
+        top eigenvalue instead of at −∞). Eigenvalues spread over many orders of magnitude
+        (Zhao Fig. 3 plots them on a log axis), which matters for the Gaussian naive
+        Bayes; trees are nearly invariant to this monotone map. ``True`` requires X ≥ 0;
+        ``"auto"`` (default) takes the log when every fitting value is ≥ 0 (raw
+        eigenvalues: the same as ``True``) and feeds X as it is otherwise (standardised
+        features, e.g. a ``StandardScaler`` in front in a pipeline); ``False`` never logs.
+        ``log_`` records the choice.
     random_state : int, RandomState or None
         Seed of the random forest.
     target_fpr : float
@@ -89,8 +110,10 @@ class FisherSpectrumDetector(Detector):
     ----------
     estimator_ : RandomForestClassifier or GaussianNB
         The fitted classifier.
+    log_ : bool
+        Whether the log transform is applied (``log_transform``, or what ``"auto"`` chose).
     offset_ : float
-        c of the log transform (0 when ``log_transform=False``).
+        c of the log transform (0 without it).
     threshold_ : float
         Scores above it are flagged adversarial.
 
@@ -119,7 +142,7 @@ class FisherSpectrumDetector(Detector):
         classifier: str = "random_forest",
         n_estimators: int = 50,
         max_depth: int = 5,
-        log_transform: bool = True,
+        log_transform: bool | str = "auto",
         random_state: Any = None,
         target_fpr: float = 0.05,
     ) -> None:
@@ -132,7 +155,8 @@ class FisherSpectrumDetector(Detector):
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
-        tags.input_tags.positive_only = True
+        # only an explicit log transform needs X >= 0 ("auto" feeds negative X as it is)
+        tags.input_tags.positive_only = not isinstance(self.log_transform, str) and bool(self.log_transform)
         return tags
 
     def _make_classifier(self) -> Any:
@@ -147,15 +171,27 @@ class FisherSpectrumDetector(Detector):
         return GaussianNB()
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
-        _check_non_negative(X, type(self).__name__)
-        return np.log(X + self.offset_) if self.log_transform else X
+        # detectors fitted before log_ existed took the log exactly when log_transform was set
+        if not getattr(self, "log_", bool(self.log_transform)):
+            return X
+        why = (", and this detector was fitted on non-negative X, so log_transform='auto' chose the "
+               "log transform log(λ + c), which needs them so; fit it on features scaled like these"
+               if isinstance(self.log_transform, str) else _LOG_NEEDS_POSITIVE)
+        _check_non_negative(X, type(self).__name__, why)
+        return np.log(X + self.offset_)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        check_param(type(self).__name__, "log_transform", self.log_transform, BOOL)
+        owner = type(self).__name__
+        check_param(owner, "log_transform", self.log_transform, any_of(BOOL, one_of("auto")))
         estimator = self._make_classifier()
         self.offset_ = 0.0
-        if self.log_transform:
-            _check_non_negative(X, type(self).__name__)
+        if isinstance(self.log_transform, str):
+            self.log_ = bool(np.all(X >= 0))
+        else:
+            self.log_ = bool(self.log_transform)
+            if self.log_:
+                _check_non_negative(X, owner, _LOG_NEEDS_POSITIVE)
+        if self.log_:
             self.offset_ = 1e-12 * max(float(np.median(X.max(axis=1))), _TINY / 1e-12)
         self.estimator_ = estimator.fit(self._transform(X), y)
 

@@ -23,6 +23,10 @@ function, with a one-line description (``FEATURES.describe(name)``); every detec
   -> ``reconstruction``
 - ``layer_activations`` (named layers' outputs side by side; widths from ``layer_sizes``)
   -> ``lid``; with ``with_prediction=True`` -> ``mahalanobis`` (which also takes ``penultimate``)
+
+:class:`ModelFeatures` wraps a model and one of these functions as a scikit-learn transformer,
+so that ``Pipeline([("features", ModelFeatures(model, feature=...)), ("detector", ...)])``
+works on images.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .fisher import PARAM_FISHER_SCORES, fisher_eigenvalues, param_fisher_scores
 from .layers import layer_activations, layer_sizes
 from .pca import PCAWhitening, TrailingVarianceScore, fit_pca_whitening, pca_coefficients, pixels
 from .reconstruction import RECONSTRUCTION_KINDS, reconstruction_error
+from .sklearn import ModelFeatures
 from .softmax import SOFTMAX_STATS, softmax_stats, softmax_stats_from_logits
 
 
@@ -73,6 +78,7 @@ del _name, _fn, _desc
 
 __all__ = [
     "FEATURES",
+    "ModelFeatures",
     "PARAM_FISHER_SCORES",
     "PCAWhitening",
     "RECONSTRUCTION_KINDS",
