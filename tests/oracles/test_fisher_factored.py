@@ -317,7 +317,8 @@ def test_strategy_rule():
     assert fa.choose_strategy(9, 20, 1e6, cpu, "loop") == "loop"
     assert fa.choose_strategy(9, 20, 1e6, cpu, "vmap") == "vmap"
     assert fa.choose_strategy(1, 20, 1e6, cpu, "auto") == "loop"
-    assert fa.choose_strategy(9, 1, 1e6, cpu, "auto") == "loop"
+    assert fa.choose_strategy(9, 1, 1e7, cpu, "auto") == "loop"
+    assert fa.choose_strategy(9, 1, 1e4, cpu, "auto") == "vmap"  # tiny model: per-call overhead
     assert fa.choose_strategy(9, 64, 1e12, cuda, "auto") == "vmap"
     small, big = fa.choose_strategy(9, 20, 1e3, cpu, "auto"), fa.choose_strategy(9, 20, 1e12, cpu, "auto")
     assert (small, big) == ("vmap", "loop")

@@ -85,9 +85,10 @@ def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.de
     ``setting`` is ``"loop"``, ``"vmap"`` or ``"auto"``. The automatic rule (measured in
     ``benchmarks/kernels.py``, see docs/BENCHMARKS.md): on CUDA, one vmapped backward pass
     (fewer, larger kernels); on CPU, vmap only where the loop's backward passes are too
-    small to keep the cores busy — fewer than ``VMAP_MAX_WORK`` multiply-adds per pass
-    (``n · flops_per_sample``) — and never for a single sample (vmap's batching rules then
-    only add work) or a single row.
+    small to keep the cores busy — fewer than :data:`VMAP_MAX_WORK` multiply-adds per
+    pass (``n · flops_per_sample``) — and, for a single sample, only for models under
+    :data:`VMAP_SINGLE_MAX_WORK` (a single sample of a real net runs its batch-1 kernels
+    well, and vmap's batching rules then only add work). One row: always the loop.
     """
     if setting in ("loop", "vmap"):
         return setting  # type: ignore[return-value]
@@ -95,13 +96,16 @@ def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.de
         return "loop"
     if device.type == "cuda":
         return "vmap"
-    if n <= 1:
+    if n <= 1 and flops_per_sample >= VMAP_SINGLE_MAX_WORK:
         return "loop"
     return "vmap" if n * flops_per_sample < VMAP_MAX_WORK else "loop"
 
 
 #: CPU: below this many multiply-adds per backward pass, vmapped cotangents beat the loop.
 VMAP_MAX_WORK = 1.5e9
+
+#: CPU, one sample: vmapped cotangents only for models below this many multiply-adds.
+VMAP_SINGLE_MAX_WORK = 1e6
 
 
 def vjp_rows(outputs: Tensor, inputs: list[Tensor], cotangents: Tensor, strategy: Strategy, *,
