@@ -480,6 +480,7 @@ def test_factoring_skips_reused_linear_layers(kind, xs):
 
     model = _Reuse(kind).eval()
     net, _, _ = _prepare(model, xs, (0.0, 1.0))
+    assert net.plan is None  # layer "a" is reused: the whole-model path, nn.Linear factored where it can
     assert "a" not in net.lins and "b" in net.lins
     ref_t = torch.stack([torch.trace(naive_fisher(model, xs[i])) for i in range(xs.shape[0])])
     assert rel_err(param_fisher_trace(model, xs), ref_t) < 1e-10
@@ -498,9 +499,12 @@ def test_factored_equals_generic_path(monkeypatch, mlp, xs, name):
     import fisherscope.fisher.parameter_space as ps
 
     factored = FUNCS[name](mlp, xs)
+    monkeypatch.setattr(ps, "FACTOR_LAYERS", False)
+    linear_only = FUNCS[name](mlp, xs)  # the whole-model vmap path, nn.Linear factored
     monkeypatch.setattr(ps, "FACTOR_LINEAR", False)
     generic = FUNCS[name](mlp, xs)
     torch.testing.assert_close(factored, generic, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(linear_only, generic, rtol=1e-10, atol=1e-14)
 
 
 def test_factoring_leaves_no_hooks(mlp, xs):

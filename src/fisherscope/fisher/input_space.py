@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -51,7 +52,9 @@ from .._validation import (
     one_of,
     real,
 )
+from .._batching import even_chunks
 from ..exceptions import ConvergenceWarning
+from ._factored import choose_strategy, vjp_rows
 
 __all__ = [
     "FisherSpectrum",
@@ -72,6 +75,19 @@ __all__ = [
 
 #: Largest input dimension D for which :func:`fisher_matrix` builds the D × D matrix.
 MAX_DENSE_DIM = 4096
+
+#: How the exact methods form the K − 1 rows of Hᵀ J: ``"loop"`` (K − 1 backward passes
+#: on one retained graph), ``"vmap"`` (one backward pass with the K − 1 cotangents
+#: vmapped) or ``"auto"``: the rule of :func:`fisherscope.fisher._factored.choose_strategy`
+#: (vmap on CUDA; on CPU vmap for small backward passes, the loop otherwise), from the
+#: model's multiply-adds per sample, measured once per model and input shape. Both give
+#: the same rows up to round-off.
+JACOBIAN_STRATEGY = "auto"
+
+#: On CPU the exact methods process the batch in chunks whose activations take about
+#: this many bytes: a batch much larger than the caches runs slower per sample than a
+#: chunk that fits (see docs/BENCHMARKS.md). ``None``: the whole batch at once (as on CUDA).
+JACOBIAN_CHUNK_BYTES: int | None = 16 * 2**20
 
 Bounds = tuple[float, float] | None
 Method = Literal["exact", "lanczos", "power"]
@@ -174,27 +190,92 @@ def helmert_basis(k: int, *, dtype: torch.dtype = torch.float64, device: torch.d
     return h
 
 
+_COSTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[float, int]]] = weakref.WeakKeyDictionary()
+
+
+def _measure_costs(model: nn.Module, x1: Tensor) -> tuple[Tensor, tuple[float, int]]:
+    """One forward of one sample: (logits, (multiply-adds, activation bytes) per sample).
+
+    Multiply-adds are counted for convolutions and linear layers (one per output element
+    for every other leaf module); activation bytes are the leaf modules' outputs. The
+    result is cached per model, input shape, dtype and device.
+    """
+    macs = 0.0
+    act = 0
+
+    def hook(mod: nn.Module, args: tuple, out: object) -> None:
+        nonlocal macs, act
+        if not isinstance(out, Tensor):
+            return
+        act += out.numel() * out.element_size()
+        if isinstance(mod, nn.modules.conv._ConvNd):
+            macs += out.numel() * mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+        elif isinstance(mod, nn.Linear):
+            macs += out.numel() * mod.in_features
+        else:
+            macs += out.numel()
+
+    is_module = isinstance(model, nn.Module)
+    leaves = [m for m in model.modules() if next(m.children(), None) is None] if is_module else []
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        logits = model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    costs = (max(macs, 1.0), max(act, 1))
+    if is_module:
+        _COSTS.setdefault(model, {})[(tuple(x1.shape[1:]), x1.dtype, x1.device)] = costs
+    return logits, costs
+
+
+def _costs(model: nn.Module, x: Tensor) -> tuple[float, int]:
+    cached = _COSTS.get(model, {}).get((tuple(x.shape[1:]), x.dtype, x.device)) if isinstance(model, nn.Module) else None
+    if cached is not None:
+        return cached
+    with torch.no_grad():
+        return _measure_costs(model, x[:1].detach())[1]
+
+
+def _jacobian_chunk(model: nn.Module, x: Tensor) -> tuple[int, float]:
+    """(samples per chunk, multiply-adds per sample) for the exact methods."""
+    macs, act = _costs(model, x)
+    n = x.shape[0]
+    if x.device.type == "cuda" or JACOBIAN_CHUNK_BYTES is None:
+        return max(n, 1), macs
+    return max(1, min(n, JACOBIAN_CHUNK_BYTES // act)), macs
+
+
 def _centered_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(logits (N, K), Hᵀ J (N, K − 1, D), H (K, K − 1)): one forward, K − 1 batched VJPs.
 
-    The K − 1 products reuse one graph (``retain_graph``); each is a plain batched
-    backward pass. On CPU this measured 2–3× faster than vectorising the cotangents with
-    ``torch.func.vmap`` (whose batching rules re-lay out every activation gradient), see
-    docs/BENCHMARKS.md. The loop runs over classes, never over samples.
+    Per chunk of samples (:data:`JACOBIAN_CHUNK_BYTES`), the K − 1 products share one
+    graph: a loop of plain batched backward passes, or one backward pass with the
+    cotangents vmapped, as :data:`JACOBIAN_STRATEGY` decides (docs/BENCHMARKS.md has the
+    measurements behind the rule). Nothing loops over samples.
     """
-    xr = x.detach().requires_grad_(True)
+    x = x.detach()
+    chunk, macs = _jacobian_chunk(model, x)
+    outs: list[tuple[Tensor, Tensor]] = []
+    h = None
     with torch.enable_grad():
-        logits = model(xr)
-        check_logits(logits)
-        jc, h = helmert_rows(logits, xr)
-    return logits.detach(), jc, h
+        for sl in even_chunks(x.shape[0], chunk):
+            xr = x[sl].requires_grad_(True)
+            logits = model(xr)
+            check_logits(logits)
+            strategy = choose_strategy(logits.shape[1] - 1, xr.shape[0], macs, x.device, JACOBIAN_STRATEGY)
+            jc, h = helmert_rows(logits, xr, strategy=strategy)
+            outs.append((logits.detach(), jc))
+    assert h is not None
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]), h
 
 
-def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False,
+                 strategy: str = "loop") -> tuple[Tensor, Tensor]:
     """The centred logit Jacobian ``Hᵀ J`` of ``logits = model(xr)``, and the Helmert basis H.
 
-    K − 1 batched vector-Jacobian products on one graph: a loop over classes, never over
-    samples.
+    K − 1 batched vector-Jacobian products on one graph (a loop of backward passes over the
+    classes, or one pass with the cotangents vmapped), never a loop over samples.
 
     Parameters
     ----------
@@ -205,6 +286,9 @@ def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False) -> t
     create_graph : bool
         Keep the rows differentiable for double backprop (the input-space penalties of
         :mod:`fisherscope.defenses`).
+    strategy : {"loop", "vmap"}
+        K − 1 backward passes on one retained graph, or one backward pass with the
+        cotangents vmapped (see :data:`JACOBIAN_STRATEGY`).
 
     Returns
     -------
@@ -213,12 +297,13 @@ def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False) -> t
     """
     n, k = logits.shape
     h = helmert_basis(k, dtype=logits.dtype, device=logits.device)
-    rows = []
-    for j in range(k - 1):
-        (g,) = torch.autograd.grad(logits, xr, h[:, j].expand(n, k), create_graph=create_graph,
-                                   retain_graph=create_graph or j < k - 2)
-        rows.append(g.reshape(n, -1))
-    return torch.stack(rows, 1), h
+    cot = h.mT.unsqueeze(1).expand(k - 1, n, k)  # row j: the cotangent H[:, j] for every sample
+    parts = []
+    for sl, (g,) in vjp_rows(logits, [xr], cot, strategy, create_graph=create_graph):  # type: ignore[arg-type]
+        if g is None:
+            g = torch.zeros((sl.stop - sl.start, *xr.shape), dtype=xr.dtype, device=xr.device)
+        parts.append(g.reshape(g.shape[0], n, -1).movedim(0, 1))  # (N, rows, D)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, 1)), h
 
 
 def reduced_softmax_covariance(logits: Tensor, h: Tensor) -> Tensor:
@@ -659,7 +744,7 @@ def fisher_spectrum(
                 "class_samples or choose an iterative method."
             )
     with eval_mode(model), torch.enable_grad():
-        logits = model(x[:1].detach())
+        logits, _ = _measure_costs(model, x[:1].detach())  # also the costs behind JACOBIAN_STRATEGY
         check_logits(logits)
         num_classes = logits.shape[1]
         if k is None:

@@ -35,12 +35,22 @@ The two-class expressions equal (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖² 
 p̂ → 1. The default direction v = λ (1 − p̂) Jᵀ r_ŷ is exact in the same way, so the
 normalised form stays defined for inputs whose p̂ rounds to 1.
 
-Memory and speed: per-sample parameter-sized tensors are what ``vmap`` materialises. For
-``nn.Linear`` layers (most of the parameters of the papers' nets) they are avoided: the
-per-sample weight gradient is an outer product δ aᵀ, so its squared norm is ‖δ‖²‖a‖² and
-its product with J is an output shift (see :class:`_Functional`); layers that are tied,
-reused or see more than one row per sample take the generic path. Samples are processed
-in chunks of at most :data:`CHUNK_BUDGET_BYTES` of such tensors.
+Memory and speed: the default path is the batched factored one of
+:mod:`fisherscope.fisher._factored`. One forward pass of the chunk and one backward pass
+per cotangent (K − 1 for the full trace: tr F_θ = tr(Jᵀ A J) with A = diag p − p pᵀ of
+rank K − 1; one for the two-class trace and for the default direction) give the gradient
+at every layer's output; the per-sample weight-gradient norms of ``nn.Linear``,
+``nn.Conv1d`` / ``nn.Conv2d`` (ghost norm or materialised, whichever is cheaper per
+layer) and eval-mode BatchNorm follow from those and the layers' inputs, and J v is one
+forward-mode pass in which each layer's output is shifted by its part of v. No
+per-sample parameter-sized tensor is formed for those layers; other modules that own
+parameters get theirs from a ``vmap`` over their own vjp. Models the census of
+:func:`_prepare` does not accept (tied or shared parameters, a module called twice, a
+parameter used outside its module) take the whole-model ``vmap`` path, where per-sample
+parameter-sized tensors are materialised except for eligible ``nn.Linear`` layers (outer
+products δ aᵀ, see :class:`_Functional`). Chunks: :data:`FACTORED_CHUNK_BYTES` of
+workspace on the factored path, :data:`CHUNK_BUDGET_BYTES` of per-sample gradients on the
+whole-model path. User-given directions v always take the whole-model path.
 
 Parameters are those of ``model.named_parameters()`` with ``requires_grad=True``; a
 direction ``v`` is a mapping from those names to tensors shaped ``(N, *param.shape)`` (one
@@ -76,6 +86,7 @@ from .._validation import (
     eval_mode,
     one_of,
 )
+from ._factored import Census, Plan, choose_strategy, vjp_rows
 
 __all__ = [
     "param_direction",
@@ -92,9 +103,26 @@ Direction = Mapping[str, Tensor]
 #: when ``chunk_size`` is not given.
 CHUNK_BUDGET_BYTES = 2**30
 
-#: Factor eligible ``nn.Linear`` layers (see :class:`_Functional`); False forces the generic
-#: ``vmap`` path everywhere (same results up to round-off, more memory and time).
+#: Use the batched factored path of :mod:`fisherscope.fisher._factored` (convolutions,
+#: linear layers and BatchNorm factored, other parameter-owning modules vmapped locally)
+#: wherever the model qualifies; False forces the whole-model ``vmap`` path below.
+FACTOR_LAYERS = True
+
+#: In the whole-model ``vmap`` path, factor eligible ``nn.Linear`` layers (see
+#: :class:`_Functional`); False (with ``FACTOR_LAYERS = False``) forces the generic ``vmap``
+#: path everywhere (same results up to round-off, more memory and time).
 FACTOR_LINEAR = True
+
+#: How the factored path runs its K − 1 (trace) or 2K (FIS) backward passes on one graph:
+#: ``"loop"``, ``"vmap"`` (cotangents vmapped) or ``"auto"`` (see
+#: :func:`fisherscope.fisher._factored.choose_strategy`).
+VJP_STRATEGY = "auto"
+
+#: Working set (bytes) of one chunk of the factored path when ``chunk_size`` is not given:
+#: layer inputs, unfolded inputs, Gram matrices and output gradients of one chunk. On CPU
+#: a chunk that stays near the caches is faster per sample than one large batch (see
+#: docs/BENCHMARKS.md); on CUDA the budget is :data:`CHUNK_BUDGET_BYTES`.
+FACTORED_CHUNK_BYTES = 48 * 2**20
 
 
 # --------------------------------------------------------------------------- helpers
@@ -153,6 +181,7 @@ class _Functional:
         self.n_params = sum(p.numel() for p in self.params.values())
         self.dtype = next(iter(self.params.values())).dtype
         self.lins: dict[str, tuple[str, str | None]] = {}  # module name -> (weight name, bias name)
+        self.plan: Plan | None = None  # the batched factored path, when the model qualifies
         self._state: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------ parameter split
@@ -169,6 +198,9 @@ class _Functional:
 
     def n_generic(self) -> int:
         return sum(p.numel() for p in self.generic.values())
+
+    def model_device(self) -> torch.device:
+        return next(iter(self.params.values())).device
 
     # --------------------------------------------------------------- forwards
     def logits1(self, params: Mapping[str, Tensor], x1: Tensor) -> Tensor:
@@ -283,15 +315,19 @@ class _LinearCensus(TorchFunctionMode):
 def _prepare(model: nn.Module, x: Tensor, bounds: Bounds) -> tuple[_Functional, Tensor, Tensor]:
     """Validate, then (functional view, logits (N, K), predictions (N,)); call in eval mode.
 
-    The validation forward also decides which ``nn.Linear`` layers are factored.
+    The validation forward also decides whether the batched factored path applies
+    (:class:`fisherscope.fisher._factored.Census`) and, for the whole-model path, which
+    ``nn.Linear`` layers are factored.
     """
     net = _Functional(model)
     check_inputs(x, bounds=bounds)
     census = _LinearCensus(net)
     census.batch = x.shape[0]
-    with torch.no_grad(), census:
+    layers = Census(model, net.params, x.shape[0])
+    with torch.no_grad(), census, layers:
         logits = model(x.detach())
-    net.lins = census.factored() if FACTOR_LINEAR else {}
+    net.plan = layers.plan() if FACTOR_LAYERS else None
+    net.lins = census.factored() if FACTOR_LINEAR and net.plan is None else {}
     check_logits(logits)
     return net, logits.detach(), logits.argmax(1)
 
@@ -308,7 +344,7 @@ def _class_terms(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     log_p = z - lse
     others = z.unsqueeze(-2).masked_fill(eye, -torch.inf)  # row c: z without z_c
-    log1m_p = torch.logsumexp(others, dim=-1) - lse.squeeze(-1)
+    log1m_p = torch.logsumexp(others, dim=-1) - lse
     q = torch.softmax(others, dim=-1)
     r = eye.to(z.dtype) - q
     return log_p, log1m_p, r
@@ -331,6 +367,10 @@ def _sqnorm(tree: Mapping[str, Tensor], lead: int) -> Tensor:
 def _auto_chunk(chunk_size: int | None, net: _Functional, vectors_per_sample: int) -> int:
     if chunk_size is not None:
         return chunk_size
+    if net.plan is not None:
+        budget = CHUNK_BUDGET_BYTES if net.model_device().type == "cuda" else FACTORED_CHUNK_BYTES
+        per = max(1, net.plan.elements_per_sample(vectors_per_sample)) * torch.finfo(net.dtype).bits // 8
+        return max(1, budget // per)
     numel = net.n_generic() + sum(
         net.model.get_submodule(n).in_features + net.model.get_submodule(n).out_features for n in net.lins)
     per_sample = max(1, vectors_per_sample) * max(numel, 1) * torch.finfo(net.dtype).bits // 8
@@ -410,6 +450,105 @@ def _fast_shifted(net: _Functional, x1: Tensor, g_gen: Mapping[str, Tensor], lin
     """Logits at θ + step · g (g in factored form), for the finite difference of eq. 9."""
     shifted = {k: p + step * g_gen[k] for k, p in net.generic.items()}
     return net.shift_logits1(step, shifted, x1, lin_dir)
+
+
+# ------------------------------------------------- the batched factored path (fisher._factored)
+
+
+def _take(t: Tensor, idx: Tensor) -> Tensor:
+    """t[n, idx[n]] for t (N, K, ...) and idx (N,)."""
+    return t[torch.arange(t.shape[0], device=t.device), idx]
+
+
+def _full_cotangents(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Cotangents C_j (K − 1, N, K) and weights λ_j (K − 1, N) with Σ_j λ_j C_j C_jᵀ = diag p − p pᵀ.
+
+    tr F_θ = Σ_c p_c ‖∇θ log p_c‖² = tr(Jᵀ A J) with A = diag p − p pᵀ (J: the K × P
+    parameter Jacobian of the logits), and A = H M Hᵀ with the Helmert basis H of 𝟙^⊥
+    and M = Hᵀ A H = V Λ Vᵀ, so tr F_θ = Σ_j λ_j ‖Jᵀ (H v_j)‖²: K − 1 backward passes
+    with unit cotangents, the weights applied afterwards in float64. A is built in
+    float64 with its diagonal p_c (1 − p_c) from log space (exact for confident inputs).
+    """
+    from .input_space import helmert_basis
+
+    log_p, log1m_p, _ = _class_terms(z.to(torch.float64))
+    p = log_p.exp()
+    a = -p.unsqueeze(2) * p.unsqueeze(1)
+    a.diagonal(dim1=1, dim2=2).copy_(torch.exp(log_p + log1m_p))
+    h = helmert_basis(z.shape[1], dtype=torch.float64, device=z.device)
+    m = h.mT @ a @ h
+    lam, vec = torch.linalg.eigh((m + m.mT) / 2)  # (N, K-1), (N, K-1, K-1)
+    cot = torch.einsum("kj,njr->rnk", h, vec)  # (K-1, N, K): column r of H V per sample
+    return cot, lam.clamp_min(0.0).mT
+
+
+def _strategy(net: _Functional, rows: int, n: int) -> str:
+    assert net.plan is not None
+    return choose_strategy(rows, n, net.plan.flops_per_sample(), net.model_device(), VJP_STRATEGY)
+
+
+def _plan_trace(net: _Functional, x: Tensor, reduction: str) -> Tensor:
+    """tr F_θ of a chunk on the factored path (K − 1 or one backward pass)."""
+    plan = net.plan
+    assert plan is not None
+    z, states, probes = plan.probe_forward(x)
+    zd = z.detach()
+    if reduction == "full":
+        cot, w = _full_cotangents(zd)
+    else:
+        log_p, log1m_p, r = _class_terms(zd)
+        pred = zd.argmax(1)
+        cot = _take(r, pred).unsqueeze(0)
+        w = torch.exp(_take(log_p, pred) + _take(log1m_p, pred)).to(torch.float64).unsqueeze(0)  # p̂ (1 − p̂)
+    sq = plan.sqnorms(z, states, probes, cot, _strategy(net, cot.shape[0], x.shape[0]))  # type: ignore[arg-type]
+    return (w * sq.to(torch.float64)).sum(0).to(net.dtype)
+
+
+def _plan_gradient(net: _Functional, x: Tensor, pred: Tensor, *, directions: bool = True
+                   ) -> tuple[Tensor, dict[str, Any], dict[str, Tensor], dict[str, Any], Tensor, Tensor]:
+    """g = Jᵀ r_ŷ for a chunk: (logits, states, output grads, directions, log(1 − p̂), ‖g‖²)."""
+    plan = net.plan
+    assert plan is not None
+    z, states, probes = plan.probe_forward(x)
+    zd = z.detach()
+    _, log1m_p, r = _class_terms(zd)
+    deltas, dirs, sq = plan.gradient(z, states, probes, _take(r, pred), directions=directions)
+    return zd, states, deltas, dirs, _take(log1m_p, pred), sq
+
+
+def _form_terms_batch(z: Tensor, u: Tensor, pred: Tensor, reduction: str) -> Tensor:
+    """vᵀ F v per sample from logits z (N, K) and u = J v (N, K)."""
+    log_p, log1m_p, r = _class_terms(z)
+    d = torch.einsum("nck,nk->nc", r, u)  # r_c · u
+    if reduction == "full":
+        return (torch.exp(log_p + 2 * log1m_p) * d.pow(2)).sum(1)
+    return torch.exp(_take(log_p, pred) + _take(log1m_p, pred)) * _take(d, pred).pow(2)
+
+
+def _reduced_log_probs_batch(z: Tensor, pred: Tensor, reduction: str) -> Tensor:
+    """(N, K) log-probabilities, or (N, 2) = (log p̂, log(1 − p̂))."""
+    if reduction == "full":
+        return torch.log_softmax(z, dim=-1)
+    log_p, log1m_p, _ = _class_terms(z)
+    return torch.stack([_take(log_p, pred), _take(log1m_p, pred)], 1)
+
+
+def _plan_form_default(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float, method: str,
+                       fd_eps: float, reduction: str, start: int) -> Tensor:
+    """The form along the default direction on the factored path: one backward pass for g,
+    then one forward-mode pass (``jvp``) or one shifted forward (``finite_difference``)."""
+    plan = net.plan
+    assert plan is not None
+    z, states, _, dirs, log1m, sq = _plan_gradient(net, x, pred)
+    if method == "jvp":
+        z0, u = plan.jv(x, states, dirs)
+        return _form_terms_batch(z0, u, pred, reduction) * _default_scale(log1m, sq, normalized, scale, start)
+    if normalized:
+        _warn_zero_direction(sq, start, "∇θ log p(ŷ|x)")
+    c = _direction_factor(log1m, sq, normalized, scale)
+    lp0 = _reduced_log_probs_batch(z, pred, reduction)
+    lp1 = _reduced_log_probs_batch(plan.shifted_logits(x, states, dirs, fd_eps * c), pred, reduction)
+    return ((torch.exp(lp1) - torch.exp(lp0)) * (lp1 - lp0)).sum(1) / fd_eps**2
 
 
 def _direction_factor(log1m: Tensor, sqnorm: Tensor, normalized: bool, scale: float) -> Tensor:
@@ -532,13 +671,30 @@ def param_direction(
     _check_model(model)
     with eval_mode(model):
         net, _, pred = _prepare(model, x, bounds)
-        net.lins = {}  # the direction is returned materialised: generic path
+        net.lins = {}  # the direction is returned materialised: no factored linear layers
+        if net.plan is not None:
+            net.plan.prepare(1, tangent=False)
         chunk = _auto_chunk(chunk_size, net, 1)
         x = x.detach()
         parts: list[dict[str, Tensor]] = []
         for sl in even_chunks(x.shape[0], chunk):
-            parts.append(_direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start))
+            if net.plan is not None:
+                parts.append(_plan_direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start))
+            else:
+                parts.append(_direction_chunk(net, x[sl], pred[sl], normalized, scale, sl.start))
     return {k: torch.cat([p[k] for p in parts]) for k in net.params}
+
+
+def _plan_direction_chunk(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float,
+                          start: int) -> dict[str, Tensor]:
+    assert net.plan is not None
+    _, states, deltas, _, log1m, _ = _plan_gradient(net, x, pred, directions=False)
+    g = {k: t.detach() for k, t in net.plan.materialize(states, deltas).items()}
+    g = {k: g[k] for k in net.params}
+    if normalized:
+        return _unit(g, start, "∇θ log p(ŷ|x)")
+    w = scale * torch.exp(log1m)  # λ (1 − p̂)
+    return {k: t * per_sample(w, t) for k, t in g.items()}
 
 
 def _direction_chunk(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float,
@@ -611,6 +767,12 @@ def param_fisher_trace(
     with eval_mode(model):
         net, logits, pred = _prepare(model, x, bounds)
         k = logits.shape[1]
+        rows = k - 1 if reduction == "full" else 1
+        if net.plan is not None:
+            net.plan.prepare(rows, tangent=False)
+            chunk = _auto_chunk(chunk_size, net, rows)
+            x = x.detach()
+            return torch.cat([_plan_trace(net, x[sl], reduction) for sl in even_chunks(x.shape[0], chunk)]).detach()
         chunk = _auto_chunk(chunk_size, net, k if reduction == "full" else 1)
         x = x.detach()
 
@@ -743,7 +905,9 @@ def _directional(
         n = x.shape[0]
         user_v = _check_direction(v, net, n) if v is not None else None
         if user_v is not None:
-            net.lins = {}  # an arbitrary direction has no factored form: generic path
+            net.lins, net.plan = {}, None  # an arbitrary direction has no factored form: generic path
+        if net.plan is not None:
+            net.plan.prepare(1, tangent=True)
         chunk = _auto_chunk(chunk_size, net, 2)
         x = x.detach()
         out = []
@@ -780,6 +944,8 @@ def _form_default(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, s
     ``jvp``: the form is quadratic in v, so it is evaluated at g = Jᵀ r_ŷ and rescaled per
     sample. ``finite_difference``: eq. 9 with the step ε′ · v, v = c · g.
     """
+    if net.plan is not None:
+        return _plan_form_default(net, x, pred, normalized, scale, method, fd_eps, reduction, start)
 
     def one(x1: Tensor, pred1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z, _, log1m, g_gen, lin_dir, sq = _fast_direction(net, x1, pred1)

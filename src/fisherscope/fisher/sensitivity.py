@@ -53,11 +53,16 @@ from .parameter_space import (
     _Functional,
     _pick,
     _quiet_forward_ad,
+    _plan_gradient,
     _reduced_log_probs,
+    _reduced_log_probs_batch,
     _shift,
+    _strategy,
+    _take,
     _warn_zero_direction,
     check_direction_settings,
 )
+from ._factored import vjp_rows
 
 __all__ = ["fisher_sensitivity"]
 
@@ -121,6 +126,9 @@ def _fis_default(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, sc
     v). ``finite_difference``: eq. 9 with the step ε′ · v, v = c · g. In both, g is computed
     at the sample and held fixed while the terms are differentiated in x.
     """
+    if net.plan is not None:
+        return _plan_fis_default(net, x, pred, normalized, scale, reduction, method, fd_eps, start)
+
     def one(x1: Tensor, pred1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         _, _, log1m, g_gen, lin_dir, sq = _fast_direction(net, x1, pred1)
         if method == "jvp":
@@ -150,6 +158,58 @@ def _fis_default(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, sc
     if method == "finite_difference":
         return fis
     factor = _default_scale(log1m, sqnorm, normalized, scale, start, warn=False)
+    return fis * per_sample(factor, fis)
+
+
+def _jvp_terms_batch(z: Tensor, u: Tensor, pred: Tensor, reduction: str) -> Tensor:
+    """Batched :func:`_jvp_terms`: (N, 2K) or (N, 2)."""
+    log_p, log1m_p, r = _class_terms(z)
+    d = torch.einsum("nck,nk->nc", r, u)
+    if reduction == "full":
+        b = torch.exp(log1m_p) * d
+        return torch.cat([torch.exp(log_p) * b, b], 1)
+    d1 = _take(d, pred)
+    a1 = torch.exp(_take(log_p, pred) + _take(log1m_p, pred)) * d1
+    return torch.stack([a1, d1], 1)
+
+
+def _plan_fis_default(net: _Functional, x: Tensor, pred: Tensor, normalized: bool, scale: float, reduction: str,
+                      method: str, fd_eps: float, start: int) -> Tensor:
+    """FIS along the default direction on the factored path, batched over the chunk.
+
+    One backward pass gives g = Jᵀ r_ŷ (held fixed); one forward-mode pass (or one
+    shifted forward) differentiable in x gives the class terms of eq. 13 for the whole
+    chunk, and 2K (or 2) input-gradient backward passes give their maps.
+    """
+    plan = net.plan
+    assert plan is not None
+    _, states, _, dirs, log1m, sq = _plan_gradient(net, x, pred)
+    if normalized:
+        _warn_zero_direction(sq, start, "∇θ log p(ŷ|x)")
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        if method == "jvp":
+            zx, ux = plan.jv(xr, states, dirs, differentiable=True)
+            terms = _jvp_terms_batch(zx, ux, pred, reduction)
+        else:
+            step = fd_eps * _direction_factor(log1m, sq, normalized, scale)
+            lp0 = _reduced_log_probs_batch(net.model(xr), pred, reduction)
+            lp1 = _reduced_log_probs_batch(plan.shifted_logits(xr, states, dirs, step, differentiable=True), pred,
+                                           reduction)
+            terms = torch.cat([(torch.exp(lp1) - torch.exp(lp0)) / fd_eps, (lp1 - lp0) / fd_eps], 1)
+        m = terms.shape[1]
+        eye = torch.eye(m, dtype=terms.dtype, device=terms.device)
+        cot = eye.unsqueeze(1).expand(m, x.shape[0], m)
+        grads = torch.empty((m, *x.shape), dtype=terms.dtype, device=x.device)
+        # vmapped cotangents cannot run through the generic units' vjp-of-vjp graph
+        strategy = "loop" if plan.has_generic else _strategy(net, m, x.shape[0])
+        for rows, (g,) in vjp_rows(terms, [xr], cot, strategy):  # type: ignore[arg-type]
+            grads[rows] = 0.0 if g is None else g
+    half = m // 2
+    fis = (grads[:half] * grads[half:]).sum(0).detach()
+    if method == "finite_difference":
+        return fis
+    factor = _default_scale(log1m, sq, normalized, scale, start, warn=False)
     return fis * per_sample(factor, fis)
 
 
