@@ -20,6 +20,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_param_fisher import naive_direction, naive_fis, naive_fisher, rel_err  # noqa: E402
+
 import fisherscope.fisher._factored as fa  # noqa: E402
 import fisherscope.fisher.parameter_space as ps  # noqa: E402
 from fisherscope.fisher import (  # noqa: E402
@@ -28,7 +30,6 @@ from fisherscope.fisher import (  # noqa: E402
     param_fisher_form,
     param_fisher_trace,
 )
-from test_param_fisher import naive_direction, naive_fis, naive_fisher, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
