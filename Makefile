@@ -39,6 +39,7 @@ test-slow: install-dev
 lint: install-dev
 	$(PY) -m ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

@@ -57,8 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import forward_ad as fwAD
-from torch.func import functional_call, vjp, vmap
+from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
+
+from ._func import vjp
 
 __all__ = [
     "CONV_NORM",
@@ -192,7 +194,7 @@ class _MatUnit(_Unit):
     def __init__(self, name: str, module: nn.Module, roles: dict[str, str], in_shape: tuple[int, ...],
                  out_shape: tuple[int, ...]):
         super().__init__(name, module, roles, in_shape, out_shape)
-        m = module
+        m: Any = module  # duck-typed over nn.Linear / nn.Conv1d / nn.Conv2d
         self.conv = isinstance(m, nn.Conv1d | nn.Conv2d)
         if self.conv:
             self.groups = m.groups
@@ -211,7 +213,8 @@ class _MatUnit(_Unit):
     # ------------------------------------------------------------------ layouts
     def rows(self, a: Tensor) -> Tensor:
         """Input rows U: (N, g, T, D_in) (a view where possible)."""
-        m, n = self.module, a.shape[0]
+        m: Any = self.module
+        n = a.shape[0]
         if not self.conv:
             return a.reshape(n, 1, self.t, self.d_in)
         if isinstance(m, nn.Conv1d):
@@ -292,7 +295,7 @@ class _MatUnit(_Unit):
         dr = self.out_rows(d)  # (N, g, T, C_out/g)
         n = dr.shape[0]
         out = {}
-        w = self.module.weight
+        w: Tensor = self.module.weight  # type: ignore[assignment]  # nn.Module attributes are typed Tensor | Module
         if self.has_w:
             out[self.roles["weight"]] = (dr.mT @ st["u"]).reshape(n, *w.shape)
         if self.has_b:
@@ -334,7 +337,7 @@ class _BNUnit(_Unit):
     kind = "batchnorm"
 
     def _xhat(self, a: Tensor) -> Tensor:
-        m = self.module
+        m: Any = self.module  # a BatchNorm in eval mode
         shape = (1, -1) + (1,) * (a.ndim - 2)
         return (a - m.running_mean.reshape(shape)) * torch.rsqrt(m.running_var.reshape(shape) + m.eps)
 
@@ -396,7 +399,7 @@ class _GenericUnit(_Unit):
         def one(a1: Tensor, d1: Tensor) -> Tensor:
             _, fn = vjp(lambda ps: self._local(ps, a1), params)
             (g,) = vmap(fn)(d1)
-            return sum(torch.linalg.vector_norm(t.flatten(1), dim=-1).square() for t in g.values())  # type: ignore[return-value]
+            return sum(torch.linalg.vector_norm(t.flatten(1), dim=-1).square() for t in g.values())
 
         return vmap(one, in_dims=(0, 1))(st, d).mT  # (C, N)
 
@@ -512,7 +515,7 @@ class Census(TorchFunctionMode):
 
             self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
             self._handles.append(mod.register_forward_hook(post))
-        return super().__enter__()  # type: ignore[return-value]
+        return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:

@@ -55,6 +55,7 @@ from .._validation import (
 )
 from ..exceptions import ConvergenceWarning
 from ._factored import choose_strategy, vjp_rows
+from ._func import jvp, vjp
 
 __all__ = [
     "FisherSpectrum",
@@ -155,7 +156,7 @@ def logits_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """
     n = x.shape[0]
     x = x.detach()
-    logits, vjp_fn = torch.func.vjp(model, x)
+    logits, vjp_fn = vjp(model, x)
     check_logits(logits)
     k = logits.shape[1]
     eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
@@ -417,7 +418,7 @@ class _Products:
     def __init__(self, model: nn.Module, x: Tensor, a_matrix: Tensor | None = None):
         self.model = model
         self.x = x.detach()
-        logits, self._vjp = torch.func.vjp(model, self.x)
+        logits, self._vjp = vjp(model, self.x)
         check_logits(logits)
         self.logits = logits.detach()
         self.p = _probs(self.logits.to(torch.float64))  # float64: see _a_operator
@@ -430,7 +431,7 @@ class _Products:
             # torch's forward-mode AD scripts a helper on first use and warns that
             # torch.jit.script is deprecated; that is torch's internal business.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
-            _, jv = torch.func.jvp(self.model, (self.x,), (v.to(self.x.dtype),))
+            _, jv = jvp(self.model, (self.x,), (v.to(self.x.dtype),))
         (g,) = self._vjp(self._a(jv.detach()))
         self.count += 1
         return g.detach()
@@ -762,7 +763,7 @@ def fisher_spectrum(
             spec = _exact(model, x, r)
         else:
             a_matrix = None
-            name = method
+            name: str = method
             if class_samples is not None:
                 p = _probs(model(x.detach()).detach().to(torch.float64))
                 a_matrix = _sampled_a_matrix(p, class_samples, generator)

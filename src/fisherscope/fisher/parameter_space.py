@@ -72,7 +72,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
 from .._batching import even_chunks, per_sample
@@ -87,6 +87,7 @@ from .._validation import (
     one_of,
 )
 from ._factored import Census, Plan, choose_strategy
+from ._func import jvp, vjp
 
 __all__ = [
     "param_direction",
@@ -288,7 +289,7 @@ class _LinearCensus(TorchFunctionMode):
                 ok = args[0].ndim == 2 and args[0].shape[0] == self.batch
                 self.ndim_ok[mname] = self.ndim_ok.get(mname, True) and ok
             self._handles.append(modules[mname].register_forward_hook(hook))
-        return super().__enter__()  # type: ignore[return-value]
+        return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
@@ -361,7 +362,7 @@ def _sqnorm(tree: Mapping[str, Tensor], lead: int) -> Tensor:
     One fused reduction per tensor (``vector_norm``), no squared temporary: for the
     per-sample gradients this is a memory-bound pass over the largest tensors.
     """
-    return sum(torch.linalg.vector_norm(g.flatten(lead), dim=-1).square() for g in tree.values())  # type: ignore[return-value]
+    return sum(torch.linalg.vector_norm(g.flatten(lead), dim=-1).square() for g in tree.values())
 
 
 def _auto_chunk(chunk_size: int | None, net: _Functional, vectors_per_sample: int) -> int:
@@ -371,8 +372,7 @@ def _auto_chunk(chunk_size: int | None, net: _Functional, vectors_per_sample: in
         budget = CHUNK_BUDGET_BYTES if net.model_device().type == "cuda" else FACTORED_CHUNK_BYTES
         per = max(1, net.plan.elements_per_sample(vectors_per_sample)) * torch.finfo(net.dtype).bits // 8
         return max(1, budget // per)
-    numel = net.n_generic() + sum(
-        net.model.get_submodule(n).in_features + net.model.get_submodule(n).out_features for n in net.lins)
+    numel = net.n_generic() + sum(_in_out_features(net, n) for n in net.lins)
     per_sample = max(1, vectors_per_sample) * max(numel, 1) * torch.finfo(net.dtype).bits // 8
     return max(1, CHUNK_BUDGET_BYTES // per_sample)
 
@@ -400,10 +400,19 @@ def _fvjp(net: _Functional, x1: Tensor) -> tuple[Tensor, Any, dict[str, Tensor]]
     ``vjp_fn(r)`` returns (generic parameter gradients, {layer: δ}) of r · z, where δ is the
     gradient at the factored layer's output (its weight gradient is δ aᵀ).
     """
-    probes = {n: torch.zeros(1, net.model.get_submodule(n).out_features, dtype=net.dtype, device=x1.device)
-              for n in net.lins}
-    z, vjp_fn, inputs = vjp(lambda g, pr: net.probe_logits1(g, pr, x1), net.generic, probes, has_aux=True)
-    return z, vjp_fn, inputs
+    probes = {n: torch.zeros(1, _out_features(net, n), dtype=net.dtype, device=x1.device) for n in net.lins}
+    res: Any = torch.func.vjp(lambda g, pr: net.probe_logits1(g, pr, x1), net.generic, probes, has_aux=True)
+    return res[0], res[1], res[2]
+
+
+def _out_features(net: _Functional, name: str) -> int:
+    lin: Any = net.model.get_submodule(name)  # an nn.Linear
+    return int(lin.out_features)
+
+
+def _in_out_features(net: _Functional, name: str) -> int:
+    lin: Any = net.model.get_submodule(name)
+    return int(lin.in_features) + int(lin.out_features)
 
 
 def _lin_sqnorm(net: _Functional, deltas: Mapping[str, Tensor], inputs: Mapping[str, Tensor], lead: int) -> Tensor:
@@ -418,7 +427,7 @@ def _lin_sqnorm(net: _Functional, deltas: Mapping[str, Tensor], inputs: Mapping[
 def _full_sqnorm(net: _Functional, g_gen: Mapping[str, Tensor], deltas: Mapping[str, Tensor],
                  inputs: Mapping[str, Tensor], lead: int) -> Tensor:
     """‖Jᵀ r‖² over all trainable parameters, factored layers included."""
-    return _sqnorm(g_gen, lead) + _lin_sqnorm(net, deltas, inputs, lead)  # type: ignore[return-value]
+    return _sqnorm(g_gen, lead) + _lin_sqnorm(net, deltas, inputs, lead)
 
 
 LinDir = dict[str, tuple[Tensor, Tensor]]

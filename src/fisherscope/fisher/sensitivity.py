@@ -35,10 +35,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import jvp, vjp, vmap
+from torch.func import vmap
 
 from .._batching import per_sample
 from ._factored import vjp_rows
+from ._func import jvp, vjp
 from .parameter_space import (
     Bounds,
     Direction,
