@@ -10,11 +10,19 @@ __version__ = "0.1.0"
 
 from . import exceptions
 from ._validation import check_inputs, check_labels, check_logits, eval_mode
-from .exceptions import ConvergenceWarning, ModelModeWarning, NotFittedError
+from .exceptions import (
+    BudgetWarning,
+    ConvergenceWarning,
+    ModelModeWarning,
+    ModelNotSavedError,
+    NotFittedError,
+)
 
 __all__ = [
+    "BudgetWarning",
     "ConvergenceWarning",
     "ModelModeWarning",
+    "ModelNotSavedError",
     "NotFittedError",
     "__version__",
     "check_inputs",

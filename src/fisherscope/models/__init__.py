@@ -42,6 +42,7 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     resolve_cache_dir,
+    save_checkpoint,
 )
 from .hg_mlp import HGMLP  # registers MODELS["hg_mlp"]
 
@@ -73,4 +74,5 @@ __all__ = [
     "load_checkpoint",
     "model_parameters",
     "resolve_cache_dir",
+    "save_checkpoint",
 ]

@@ -1,0 +1,188 @@
+"""Regression tests for the defects of issue 17 ("nothing silently wrong, nothing lost").
+
+Each test reproduces one hostile input that gave a silent wrong result, an unhelpful crash
+or lost work on the code before the fix, and checks the documented outcome now.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fisherscope.data._dataset import ImageDataset
+from fisherscope.exceptions import CheckpointError
+from fisherscope.models import list_checkpoints
+from fisherscope.training import train_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _dataset(split: str, x: torch.Tensor, y: torch.Tensor) -> ImageDataset:
+    return ImageDataset(name="tiny", split=split, x=x, y=y, classes=("0", "1", "2"), source="tests",
+                        checksum="tiny-checksum")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """96 + 32 synthetic 8x8 images in 3 classes whose mean brightness differs."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(128) % 3
+    x = (torch.rand(128, 1, 8, 8, generator=g) * 0.5 + y.view(-1, 1, 1, 1) * 0.25).clamp(0, 1)
+    return _dataset("train", x[:96], y[:96]), _dataset("test", x[96:], y[96:])
+
+
+def _train(tiny, cache_dir, **kw):
+    train, test = tiny
+    opts = dict(epochs=3, lr=1e-3, batch_size=32, seed=0, progress=False, test_dataset=test, cache_dir=cache_dir)
+    opts.update(kw)
+    return train_model("digits_cnn", train, **opts)
+
+
+# --------------------------------------------------------------- item 2: partials
+
+
+def _stop_after_first(epoch, record):
+    if epoch == 1:
+        raise _Interrupt
+
+
+def _partial(tiny, cache_dir):
+    with pytest.raises(_Interrupt):
+        _train(tiny, cache_dir, callback=_stop_after_first)
+    (path,) = cache_dir.glob("*.partial.pt")
+    return path
+
+
+def _edit(path, fn):
+    ckpt = torch.load(path, weights_only=True)
+    fn(ckpt)
+    torch.save(ckpt, path)
+
+
+PARTIAL_DAMAGE = {
+    # name: (edit, words the message must contain)
+    "epoch_at_the_end": (lambda c: c.update(epoch=3), "epoch"),
+    "epoch_beyond_the_end": (lambda c: c.update(epoch=7), "in [1, 2]"),
+    "epoch_zero": (lambda c: c.update(epoch=0), "in [1, 2]"),
+    "epoch_a_string": (lambda c: c.update(epoch="one"), "must be an integer"),
+    "epoch_a_float": (lambda c: c.update(epoch=1.0), "must be an integer"),
+    "epoch_a_bool": (lambda c: c.update(epoch=True), "must be an integer"),
+    "history_too_short": (lambda c: c.update(history=[]), "history"),
+    "history_misnumbered": (lambda c: c["history"][0].update(epoch=2), "history[0]"),
+    "history_nan_loss": (lambda c: c["history"][0].update(train_loss=float("nan")), "train_loss"),
+    "wall_time_negative": (lambda c: c.update(wall_time_s=-1.0), "wall_time_s"),
+    "wall_time_string": (lambda c: c.update(wall_time_s="1s"), "wall_time_s"),
+    "optimizer_missing": (lambda c: c.pop("optimizer"), "optimizer"),
+    "optimizer_not_a_state": (lambda c: c.update(optimizer={"lr": 1}), "optimizer"),
+    "generator_garbage": (lambda c: c.update(generator=torch.zeros(3)), "generator"),
+    "rng_missing": (lambda c: c.pop("rng"), "rng"),
+    "cuda_rng_garbage": (lambda c: c.update(cuda_rng="x"), "cuda_rng"),
+    "config_edited": (lambda c: c["config"].update(epochs=2), "not the hash of its stored config"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(PARTIAL_DAMAGE))
+def test_a_partial_checkpoint_is_checked_field_by_field_before_resuming(tiny, tmp_path, damage):
+    """Old code: epoch >= epochs skipped training and stored a 1-epoch model as the final
+    checkpoint; epoch="one" was a bare int() ValueError naming no file."""
+    edit, words = PARTIAL_DAMAGE[damage]
+    path = _partial(tiny, tmp_path)
+    _edit(path, edit)
+    damaged = path.read_bytes()
+    with pytest.raises(CheckpointError) as info:
+        _train(tiny, tmp_path)
+    msg = str(info.value)
+    assert path.name in msg and words in msg and "rm '" in msg and "cache_dir" in msg, msg
+    assert path.read_bytes() == damaged  # left untouched
+    assert not list(tmp_path.glob("digits_cnn-*[0-9a-f].pt"))  # nothing stored as final
+    (info_row,) = list_checkpoints(tmp_path)  # listing reports it, does not crash
+    assert info_row.status == "corrupt" and path.name in info_row.error
+
+
+def test_an_intact_partial_still_resumes(tiny, tmp_path):
+    _partial(tiny, tmp_path)
+    seen = []
+    tm = _train(tiny, tmp_path, callback=lambda e, r: seen.append(e))
+    assert seen == [2, 3] and len(tm.metrics["history"]) == 3
+
+
+# ------------------------------------------- item 3: a checkpoint that cannot be written
+
+
+def _no_files_left(folder):
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+
+
+def test_training_into_a_cache_under_a_file_keeps_the_trained_model(tiny, tmp_path):
+    """Old code: a bare WriteError after training; the model was thrown away."""
+    from fisherscope._io import WriteError
+    from fisherscope.exceptions import ModelNotSavedError
+    from fisherscope.models import save_checkpoint
+    from fisherscope.training import evaluate_accuracy
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelNotSavedError) as info:
+        _train(tiny, blocker / "sub", epochs=2)  # the partial after epoch 1 fails too
+    exc = info.value
+    assert isinstance(exc, WriteError) and isinstance(exc, OSError)
+    msg = str(exc)
+    assert "is a file, not a directory" in msg and "exc.trained" in msg and "cache_dir" in msg, msg
+    kept = exc.trained
+    assert kept.checkpoint_path is None and not kept.from_cache and len(kept.metrics["history"]) == 2
+    train, test = tiny
+    assert evaluate_accuracy(kept.model, test.x, test.y) == kept.metrics["test_accuracy"]
+    assert blocker.read_text() == "not a folder"
+    # where to re-save: another folder; the same request then loads it instead of training
+    other = tmp_path / "other"
+    path = save_checkpoint(kept, cache_dir=other)
+    again = _train(tiny, other, epochs=2)
+    assert again.from_cache and again.checkpoint_path == path
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
+                                                 kept.model.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("failure, words", [
+    (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 78976 vs 78928"),
+     "no space left on the device"),
+    (OSError(28, "No space left on device"), "no space left on the device"),
+    (OSError(30, "Read-only file system"), "read-only or not writable"),
+])
+def test_a_failed_final_save_names_the_cause_leaves_no_file_and_keeps_the_model(tiny, tmp_path, monkeypatch,
+                                                                                failure, words):
+    from fisherscope.exceptions import ModelNotSavedError
+    from fisherscope.models import checkpoint as ck
+
+    real_save = ck.torch.save
+
+    def save(obj, fh):
+        if obj.get("kind") == "final":
+            fh.write(b"x" * 100)  # the write had started
+            raise failure
+        real_save(obj, fh)
+
+    monkeypatch.setattr(ck.torch, "save", save)
+    with pytest.raises(ModelNotSavedError, match=words) as info:
+        _train(tiny, tmp_path, epochs=1)
+    assert info.value.trained.metrics["test_accuracy"] is not None
+    assert info.value.path.parent == tmp_path
+    assert _no_files_left(tmp_path) == []  # no half-written checkpoint, no temporary file
+
+
+def test_cli_train_that_cannot_save_says_trained_but_not_saved_and_where_to_retry(tmp_path):
+    from typer.testing import CliRunner
+
+    from fisherscope.cli import app
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("")
+    res = CliRunner().invoke(app, ["train", "digits_cnn", "--epochs", "1", "--quiet", "--cache-dir",
+                                   str(blocker / "sub")], env={"COLUMNS": "400"})
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1, res.output
+    assert "was trained" in out and "NOT saved" in out and "--cache-dir" in out, out
+    assert "is a file, not a directory" in out and "Traceback" not in out
