@@ -186,3 +186,69 @@ def test_cli_train_that_cannot_save_says_trained_but_not_saved_and_where_to_retr
     assert res.exit_code == 1, res.output
     assert "was trained" in out and "NOT saved" in out and "--cache-dir" in out, out
     assert "is a file, not a directory" in out and "Traceback" not in out
+
+
+# ------------------------------------------------ item 7: targets equal to the prediction
+
+
+@pytest.fixture(scope="module")
+def net():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _models import tiny_cnn
+
+    model = tiny_cnn(c=1, side=8, k=5, dtype=torch.float32, batchnorm=True)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    return model, x, pred
+
+
+def _targeted_attacks():
+    from fisherscope.attacks import FGSM, OSSA, PGD, IterativeOSSA
+
+    return {"fgsm": FGSM(eps=0.1), "pgd": PGD(eps=0.1, step_size=0.02, steps=3, random_start=False),
+            "ossa": OSSA(eps=1.0), "iterative_ossa": IterativeOSSA(step_size=0.25, steps=2)}
+
+
+@pytest.mark.parametrize("name", sorted(_targeted_attacks()))
+def test_a_target_equal_to_the_clean_prediction_is_an_error(net, name):
+    """Old code: FGSM(...).run(model, x, model(x).argmax(1), targeted=True).success was all
+    True (no class changed); so was OSSA with the true labels as targets."""
+    model, x, pred = net
+    atk = _targeted_attacks()[name]
+    with pytest.raises(ValueError, match=r"clean prediction.*got 6 of 6 targets equal to it") as info:
+        atk.run(model, x, pred, targeted=True)
+    assert type(atk).__name__ in str(info.value) and "(model(x).argmax(1) + 1) % K" in str(info.value)
+    one = pred.clone()
+    one[1:] = (pred[1:] + 1) % 5
+    with pytest.raises(ValueError, match=r"got 1 of 6 targets equal to it \(samples \[0\]\)"):
+        atk.run(model, x, one, targeted=True)
+    if hasattr(atk, "prepare"):
+        with pytest.raises(ValueError, match="clean prediction"):
+            atk.prepare(model, x, pred, targeted=True)
+
+
+@pytest.mark.parametrize("name", sorted(_targeted_attacks()))
+def test_a_targeted_success_means_the_prediction_became_the_target(net, name):
+    model, x, pred = net
+    target = (pred + 1) % 5
+    res = _targeted_attacks()[name].run(model, x, target, targeted=True)
+    with torch.no_grad():
+        now = model(res.x_adv).argmax(1)
+    assert torch.equal(res.success, now == target)
+    assert not bool((res.success & (now == pred)).any())
+
+
+def test_least_perturbation_excludes_and_counts_targets_equal_to_the_prediction(net):
+    from fisherscope.attacks import FGSM
+    from fisherscope.evaluation import least_perturbation
+
+    model, x, pred = net
+    target = (pred + 1) % 5
+    target[:2] = pred[:2]
+    lp = least_perturbation(FGSM(eps=0.1), model, x, target, hi=1.0, tol=1e-2, targeted=True)
+    assert not bool(lp.correct[:2].any()) and not bool(lp.fooled[:2].any())
+    assert bool(torch.isnan(lp.eps[:2]).all())

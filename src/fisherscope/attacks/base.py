@@ -31,6 +31,7 @@ from .._validation import (
     check_logits,
     check_param,
     eval_mode,
+    sample_list,
 )
 
 __all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "perturbation_norms", "project",
@@ -55,7 +56,8 @@ class AttackResult:
         Adversarial inputs, shaped like x, inside ``bounds`` (and the budget).
     success : Tensor
         (N,) bool: misclassified (untargeted) or classified as the target (targeted),
-        recomputed on ``x_adv``.
+        recomputed on ``x_adv``. Targets never equal the clean prediction (checked), so a
+        targeted success always means the prediction changed to the target.
     logits_adv : Tensor
         (N, K) logits at ``x_adv``.
     norms : dict
@@ -251,9 +253,12 @@ class Attack(ABC):
 
         Same ``x_adv`` as :meth:`run`, without the forward pass at ``x_adv`` that ``run``
         spends on the success mask: with ``y`` given, FGSM costs exactly one forward and
-        one input-gradient backward.
+        one input-gradient backward. Unlike ``run`` (and ``prepare``), a targeted call does
+        not check that the targets differ from the current prediction: no success is
+        counted here, and pushing an input further into its target class is a valid step
+        of an iterated targeted attack.
         """
-        x, y, x_adv, _, _ = self._generate(model, x, y, targeted, generator, None)
+        x, y, x_adv, _, _ = self._generate(model, x, y, targeted, generator, None, check_targets=False)
         return x_adv
 
     def run(
@@ -276,7 +281,8 @@ class Attack(ABC):
             Inputs (N, C, H, W) or (N, D) within ``bounds``; never modified.
         y : Tensor, optional
             True labels (untargeted; default: the model's predictions) or target labels
-            (``targeted=True``, required), int64 (N,).
+            (``targeted=True``, required), int64 (N,). A target equal to the model's clean
+            prediction is a ValueError (it would be a success without any perturbation).
         generator : torch.Generator, optional
             Randomness (random starts, random targets), for reproducibility.
         eps : float or Tensor (N,), optional
@@ -292,7 +298,8 @@ class Attack(ABC):
 
     # -------------------------------------------------------------- internals
     def _generate(self, model: nn.Module, x: Tensor, y: Tensor | None, targeted: bool,
-                  generator: torch.Generator | None, eps: float | Tensor | None
+                  generator: torch.Generator | None, eps: float | Tensor | None, *,
+                  check_targets: bool = True,
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], Tensor | None]:
         """Validate, run the attack in eval mode, project and clamp: (x, y, x_adv, extras, eps).
 
@@ -309,6 +316,8 @@ class Attack(ABC):
                 x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
             else:
                 with _validate_first_forward(model, x, y):
+                    if targeted and check_targets:
+                        self._check_targets(model, x, y)
                     x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
             x_adv = self._enforce(x, x_adv.detach(), eps_t)
         return x, y, x_adv, extras, eps_t
@@ -318,6 +327,26 @@ class Attack(ABC):
         check_inputs(x, y, bounds=self.bounds)
         if targeted and not self.supports_targeted:
             raise ValueError(f"{type(self).__name__} is untargeted only; call it with targeted=False.")
+
+    def _check_targets(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        """Targeted calls: every target must differ from the model's clean prediction.
+
+        A target that already is the predicted class would count as a success with no
+        perturbation at all (a silent 100% success rate), so it is an error. Costs one
+        forward pass at ``x`` (which also validates the output and the labels).
+        """
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        same = pred == y
+        if bool(same.any()):
+            raise ValueError(
+                f"{type(self).__name__}: y (the targets of a targeted=True call) must be a class other "
+                f"than the model's clean prediction for every sample; got {int(same.sum())} of "
+                f"{x.shape[0]} targets equal to it (samples {sample_list(same)}). Such a sample is "
+                "already classified as its target, so it would count as a success without any "
+                "perturbation. Pass other targets, e.g. (model(x).argmax(1) + 1) % K, or drop those "
+                "samples; for an untargeted attack call with targeted=False and y the true labels."
+            )
 
     @staticmethod
     def _predictions(model: nn.Module, x: Tensor, targeted: bool) -> Tensor:
@@ -381,6 +410,8 @@ class OneStepAttack(Attack):
                 y = self._predictions(model, x, targeted)
                 return self._prepare(model, x, y, targeted, generator)
             with _validate_first_forward(model, x, y):
+                if targeted:
+                    self._check_targets(model, x, y)
                 return self._prepare(model, x, y, targeted, generator)
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, state: Any, eps: float | Tensor,
