@@ -252,3 +252,42 @@ def test_least_perturbation_excludes_and_counts_targets_equal_to_the_prediction(
     lp = least_perturbation(FGSM(eps=0.1), model, x, target, hi=1.0, tol=1e-2, targeted=True)
     assert not bool(lp.correct[:2].any()) and not bool(lp.fooled[:2].any())
     assert bool(torch.isnan(lp.eps[:2]).all())
+
+
+# ---------------------------------------------------- item 8: the probability guard
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.999, 0.9, 0.6])
+def test_scaled_probabilities_are_refused_with_the_as_logits_hint(scale):
+    """Old code: 0.999 * softmax passed check_logits and was attacked as logits."""
+    from fisherscope import check_logits
+
+    p = torch.softmax(torch.randn(16, 10, generator=torch.Generator().manual_seed(0)), 1) * scale
+    with pytest.raises(ValueError, match=r"looks like probabilities.*as_logits\(model, output='probs'\)"):
+        check_logits(p)
+
+
+def test_an_attack_on_a_model_returning_scaled_probabilities_is_refused(net):
+    from fisherscope.attacks import FGSM
+
+    model, x, pred = net
+    probs_model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))
+
+    class Scaled(torch.nn.Module):
+        def forward(self, z):
+            return 0.999 * probs_model(z)
+
+    with pytest.raises(ValueError, match="looks like probabilities"):
+        FGSM(eps=0.1).run(Scaled().eval(), x, pred)
+
+
+@pytest.mark.parametrize("out", [
+    torch.zeros(4, 10),  # a constant model: uniform softmax, legitimate logits
+    torch.full((4, 10), 0.3),  # rows sum to 3
+    torch.tensor([[0.2, 0.1], [0.1, 0.1]]),  # rows sum to 0.3 and 0.2
+    torch.tensor([[-0.1, 0.5, 0.6]]),  # a negative value: not probabilities
+])
+def test_logits_that_merely_look_small_pass(out):
+    from fisherscope import check_logits
+
+    assert check_logits(out) is out

@@ -63,6 +63,8 @@ T = TypeVar("T")
 
 DEFAULT_BOUNDS: tuple[float, float] = (0.0, 1.0)
 _BOUNDS_TOL = 1e-6
+#: smallest row sum of outputs in [0, 1] taken as (scaled) probabilities by check_logits
+_PROB_MASS_MIN = 0.5
 
 
 def sample_list(mask: torch.Tensor, limit: int = 8) -> str:
@@ -195,8 +197,11 @@ def check_labels(
 def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.Tensor:
     """Validate model outputs: 2-D (N, K) finite logits that are not probabilities.
 
-    Probabilities are detected as rows that are all in [0, 1] and sum to 1 within
-    1e-4 for the whole batch (implausible for logits).
+    Probabilities are detected as a batch whose values are all in [0, 1] and whose rows
+    each sum to between 0.5 and 1 (+1e-4): softmax outputs, also scaled ones such as
+    ``0.999 * softmax`` or a softmax with a class dropped. Logits that are all
+    non-negative, at most 1 and that small are implausible; all-zero outputs (a constant
+    model) are not flagged.
 
     Raises
     ------
@@ -228,11 +233,14 @@ def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.T
         )
     with torch.no_grad():
         in_unit = bool(((logits >= 0) & (logits <= 1)).all())
-        sums_to_one = bool(((logits.sum(dim=1) - 1).abs() <= 1e-4).all())
-    if in_unit and sums_to_one:
+        sums = logits.sum(dim=1)
+        mass = bool(((sums >= _PROB_MASS_MIN) & (sums <= 1 + 1e-4)).all())
+    if in_unit and mass:
+        lo, hi = float(sums.min()), float(sums.max())
         raise ValueError(
-            f"{name} looks like probabilities (every row is in [0, 1] and sums to 1), but "
-            "logits are expected. Remove the final softmax from the model, or wrap it with "
+            f"{name} looks like probabilities (every value is in [0, 1] and every row sums to "
+            f"between {_PROB_MASS_MIN} and 1: here {lo:.4g} to {hi:.4g}), but logits are expected. "
+            "Remove the final softmax from the model, or wrap it with "
             "fisherscope.models.as_logits(model, output='probs')."
         )
     return logits
