@@ -682,6 +682,7 @@ def _fit(
                     "train_accuracy_running": int(correct) / n,
                     "lr_end": lr_now,
                     "time_s": dt,
+                    "num_threads": torch.get_num_threads(),
                 }
                 if joint is not None:
                     record["train_aux_loss"] = float(aux_sum) / n
