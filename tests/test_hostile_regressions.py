@@ -6,6 +6,8 @@ or lost work on the code before the fix, and checks the documented outcome now.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -329,3 +331,103 @@ def test_weights_at_one_and_two_threads_agree_within_the_documented_tolerance(ti
     diff = max(float((a.model.state_dict()[k] - v).abs().max()) for k, v in b.model.state_dict().items()
                if v.is_floating_point())
     assert diff <= 1e-4, diff
+
+
+# ------------------------------------------ item 10: one warning per call, as_logits, budgets
+
+
+def _public_calls():
+    from fisherscope import fisher
+    from fisherscope.attacks import ATTACKS
+    from fisherscope.evaluation import fooling_ratio, least_perturbation, robust_accuracy, transfer_matrix
+
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    calls = {}
+    for key, cls in sorted(ATTACKS.items()):
+        atk = cls(**cls.standard)
+        calls[f"{key}.run"] = lambda m, x, y, atk=atk: atk.run(m, x, y, generator=g())
+        calls[f"{key}.run(y=None)"] = lambda m, x, y, atk=atk: atk.run(m, x, generator=g())
+        calls[f"{key}()"] = lambda m, x, y, atk=atk: atk(m, x, y, generator=g())
+        if hasattr(atk, "prepare"):
+            calls[f"{key}.prepare"] = lambda m, x, y, atk=atk: atk.prepare(m, x, y)
+    for name in ("fisher_spectrum", "fisher_trace", "fisher_matrix", "logits_jacobian", "param_fisher_trace",
+                 "fisher_sensitivity", "param_fisher_form"):
+        calls[name] = lambda m, x, y, f=getattr(fisher, name): f(m, x)
+    fgsm = ATTACKS["fgsm"](eps=0.1)
+    calls["fooling_ratio"] = lambda m, x, y: fooling_ratio(m, x, x.clone(), y)
+    calls["least_perturbation"] = lambda m, x, y: least_perturbation(fgsm, m, x, y, hi=1.0, tol=0.05)
+    calls["transfer_matrix"] = lambda m, x, y: transfer_matrix(fgsm, [m], [m], x, y)
+    calls["robust_accuracy"] = lambda m, x, y: robust_accuracy(m, x, y, norm="linf", eps=0.1, checks=None,
+                                                               generator=g())
+    return calls
+
+
+PUBLIC_CALLS = _public_calls()
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_CALLS))
+def test_a_model_in_training_mode_gets_one_warning_per_public_call(net, name):
+    """Old code: two ModelModeWarnings per attack.run (and per fooling_ratio), three per
+    transfer_matrix; logits_jacobian crashed inside vmap on a BatchNorm model in training mode."""
+    from fisherscope import ModelModeWarning
+
+    model, x, pred = net
+    model.train()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            PUBLIC_CALLS[name](model, x, pred)
+        mode = [w for w in caught if issubclass(w.category, ModelModeWarning)]
+        assert len(mode) == 1, [str(w.message)[:60] for w in mode]
+        assert mode[0].filename == __file__  # points at the caller's line, not at fisherscope
+        assert all(m.training for m in model.modules())  # every module's mode restored
+    finally:
+        model.eval()
+
+
+def test_as_logits_follows_the_wrapped_models_mode():
+    """Old code: as_logits returned a module in training mode around an eval-mode model."""
+    from fisherscope import ModelModeWarning
+    from fisherscope.attacks import FGSM
+    from fisherscope.models import AsLogits, as_logits
+
+    net_ = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Dropout(0.2),
+                               torch.nn.Softmax(dim=1)).eval()
+    wrapped = as_logits(net_)
+    assert isinstance(wrapped, AsLogits) and not wrapped.training
+    x = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelModeWarning)
+        FGSM(eps=0.1).run(wrapped, x)  # no warning: nothing is in training mode
+    assert wrapped.train() is wrapped and wrapped.training and net_.training and net_[2].training
+    wrapped.eval()
+    assert not wrapped.training and not net_.training
+    net_.train()
+    assert wrapped.training  # follows the wrapped model, whoever switches it
+    net_.eval()
+
+
+@pytest.mark.parametrize("cls, params, warns", [
+    ("PGD", {"eps": 8}, True),
+    ("FGSM", {"eps": 1.5}, True),
+    ("APGD", {"eps": 2.0, "norm": "linf"}, True),
+    ("PGD", {"eps": 8 / 255}, False),
+    ("PGD", {"eps": 1.0}, False),  # exactly the whole range: allowed
+    ("PGD", {"eps": 8.0, "norm": "l2"}, False),  # an L2 radius may exceed the range
+    ("FGSM", {"eps": 1.5, "bounds": (-1.0, 1.0)}, False),
+])
+def test_an_linf_budget_beyond_the_input_range_warns(cls, params, warns):
+    """Old code: PGD(eps=8) on [0, 1] images (the 8 vs 8/255 slip) was accepted silently."""
+    from fisherscope import BudgetWarning
+    from fisherscope import attacks
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(attacks, cls)(**params)
+    budget = [w for w in caught if issubclass(w.category, BudgetWarning)]
+    assert len(budget) == int(warns), [str(w.message) for w in caught]
+    if warns:
+        msg = str(budget[0].message)
+        assert "larger than the whole input range" in msg and "bounds" in msg
+        if "eps=8 " in msg:
+            assert "eps=8/255" in msg

@@ -18,7 +18,9 @@ numbers, NaN is never accepted, and inf only where a constraint says so.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
+import functools
 import math
 import numbers
 import warnings
@@ -50,6 +52,9 @@ __all__ = [
     "check_param",
     "check_params",
     "eval_mode",
+    "one_mode_warning",
+    "user_stacklevel",
+    "warns_once",
     "any_of",
     "integer",
     "one_of",
@@ -618,22 +623,80 @@ def check_params(owner: str, values: Mapping[str, Any] | Any,
         check_param(owner, name, value, constraint)
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for :func:`warnings.warn` that points at the first frame outside
+    fisherscope: the user's line, however deep inside the package the warning is raised
+    (frames of generated dataclass ``__init__`` s count as fisherscope's: their globals are;
+    so do the frames of ``contextlib``, ``functools`` and ``torch.no_grad`` wrappers)."""
+    import sys
+
+    def internal(name: str) -> bool:
+        return name.startswith("fisherscope") or name in ("contextlib", "functools", "torch.utils._contextlib")
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and internal(str(frame.f_globals.get("__name__", ""))):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+#: ids of the models already warned about inside the current :func:`one_mode_warning` block
+_MODE_WARNED: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("fisherscope_mode_warned",
+                                                                              default=None)
+
+
+@contextlib.contextmanager
+def one_mode_warning() -> Iterator[None]:
+    """Inside this block :func:`eval_mode` warns at most once per model.
+
+    Public functions that put a model in eval mode several times one after the other
+    (an attack's ``run``: the attack, then the forward at ``x_adv``; a transfer matrix:
+    every source and target model) wrap their body in it, so a model in training mode
+    gets one :class:`ModelModeWarning` per call, not one per internal step. Nested
+    blocks share the outermost one's record.
+    """
+    if _MODE_WARNED.get() is not None:
+        yield
+        return
+    token = _MODE_WARNED.set(set())
+    try:
+        yield
+    finally:
+        _MODE_WARNED.reset(token)
+
+
+def warns_once(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: run ``fn`` inside :func:`one_mode_warning`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with one_mode_warning():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, *, warn: bool = True) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode and restore every module's own mode afterwards.
 
     Warns with :class:`ModelModeWarning` when any module was in training mode on entry
-    (BatchNorm statistics and dropout change the result). The per-module state, not
-    just the top-level flag, is restored, even if the body raises.
+    (BatchNorm statistics and dropout change the result), once per model inside a
+    :func:`one_mode_warning` block. The per-module state, not just the top-level flag,
+    is restored, even if the body raises.
     """
     modes = [(m, m.training) for m in model.modules()]
+    seen = _MODE_WARNED.get()
+    if warn and seen is not None and id(model) in seen:
+        warn = False
     if warn and any(training for _, training in modes):
+        if seen is not None:
+            seen.add(id(model))
         warnings.warn(
             "model was in training mode; it is run in eval mode (BatchNorm running "
             "statistics, dropout off) and its previous mode is restored afterwards. "
             "Call model.eval() to silence this warning.",
             ModelModeWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     model.eval()
     try:

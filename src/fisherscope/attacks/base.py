@@ -12,6 +12,7 @@ input only).
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from ..exceptions import BudgetWarning
 from .._validation import (
     BOUNDS,
     NON_NEGATIVE,
@@ -32,6 +34,7 @@ from .._validation import (
     check_param,
     eval_mode,
     sample_list,
+    user_stacklevel,
 )
 
 __all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "perturbation_norms", "project",
@@ -128,6 +131,11 @@ def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
         raise ValueError(f"unknown norm {norm!r}")
     out = x + delta
     return torch.where(per_sample(eps == 0, x), x, out)
+
+
+def _fmt_num(v: float) -> str:
+    f = float(v)
+    return str(int(f)) if f.is_integer() else f"{f:.6g}"
 
 
 def _as_eps(value: float | Tensor, x: Tensor) -> Tensor:
@@ -245,6 +253,30 @@ class Attack(ABC):
                 check_param(owner, f.name, v, NON_NEGATIVE)
             elif f.name == "steps":
                 check_param(owner, f.name, v, POSITIVE_INT)
+        self._warn_budget()
+
+    def _warn_budget(self) -> None:
+        """:class:`BudgetWarning` for an L∞ ``eps`` larger than the whole input range.
+
+        Only for an ``eps`` field of this attack (a wrapper's ``eps`` is its inner
+        attack's, which warned when it was built)."""
+        if "eps" not in {f.name for f in fields(self)}:
+            return
+        eps = self.eps  # type: ignore[attr-defined]
+        if not self.budgeted or self.norm != "linf" or eps is None:
+            return
+        lo, hi = float(self.bounds[0]), float(self.bounds[1])
+        width = hi - lo
+        if float(eps) > width:
+            hint = (f" If you meant {_fmt_num(eps)}/255 on images in [0, 1], pass eps={_fmt_num(eps)}/255 "
+                    f"(= {float(eps) / 255:.4g})." if width == 1.0 and float(eps) >= 1 else "")
+            warnings.warn(
+                f"{type(self).__name__}: the L∞ budget eps={_fmt_num(eps)} is larger than the whole input "
+                f"range of bounds ({_fmt_num(lo)}, {_fmt_num(hi)}) (width {_fmt_num(width)}): every "
+                f"coordinate may take any value, so the attack is not budgeted at all.{hint}",
+                BudgetWarning,
+                stacklevel=user_stacklevel(),
+            )
 
     # ------------------------------------------------------------------ public
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None, *, targeted: bool = False,
@@ -289,9 +321,10 @@ class Attack(ABC):
             Per-call budget overriding the attack's ``eps`` (used by
             :func:`~fisherscope.evaluation.least_perturbation`).
         """
-        x, y, x_adv, extras, _ = self._generate(model, x, y, targeted, generator, eps)
-        with eval_mode(model), torch.no_grad():
-            logits_adv = model(x_adv)
+        with eval_mode(model):  # one mode switch (and at most one ModelModeWarning) per call
+            x, y, x_adv, extras, _ = self._generate(model, x, y, targeted, generator, eps)
+            with torch.no_grad():
+                logits_adv = model(x_adv)
         pred = logits_adv.argmax(1)
         success = pred == y if targeted else pred != y
         return AttackResult(x_adv, success, logits_adv, perturbation_norms(x_adv - x), extras)

@@ -129,22 +129,25 @@ def _probs(logits: Tensor) -> Tensor:
 def logits_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Logits and their Jacobian with respect to the input, batched.
 
-    One forward pass and K vector-Jacobian products vectorised with ``torch.func.vmap``
-    (the model must treat samples independently, e.g. BatchNorm in eval mode; callers
-    run it under :func:`~fisherscope.eval_mode`).
+    One forward pass and K vector-Jacobian products vectorised with ``torch.func.vmap``,
+    in eval mode (samples must not interact: BatchNorm uses its running statistics; a
+    model in training mode warns with :class:`~fisherscope.exceptions.ModelModeWarning`
+    and every module's mode is restored).
 
     Shapes
     ------
     x: (N, *S) -> logits (N, K), J (N, K, D) with D = prod(S).
     """
+    check_inputs(x, bounds=None)
     n = x.shape[0]
     x = x.detach()
-    logits, vjp_fn = torch.func.vjp(model, x)
-    check_logits(logits)
-    k = logits.shape[1]
-    eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
-    cotangents = eye.unsqueeze(1).expand(k, n, k)  # (K, N, K): e_k for every sample
-    (jac,) = torch.func.vmap(vjp_fn)(cotangents)  # (K, N, *S)
+    with eval_mode(model):
+        logits, vjp_fn = torch.func.vjp(model, x)
+        check_logits(logits)
+        k = logits.shape[1]
+        eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+        cotangents = eye.unsqueeze(1).expand(k, n, k)  # (K, N, K): e_k for every sample
+        (jac,) = torch.func.vmap(vjp_fn)(cotangents)  # (K, N, *S)
     return logits.detach(), jac.detach().movedim(0, 1).reshape(n, k, -1)
 
 
