@@ -339,7 +339,12 @@ def test_weights_at_one_and_two_threads_agree_within_the_documented_tolerance(ti
 def _public_calls():
     from fisherscope import fisher
     from fisherscope.attacks import ATTACKS
-    from fisherscope.evaluation import fooling_ratio, least_perturbation, robust_accuracy, transfer_matrix
+    from fisherscope.evaluation import (
+        fooling_ratio,
+        least_perturbation,
+        robust_accuracy,
+        transfer_matrix,
+    )
 
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     calls = {}
@@ -352,7 +357,8 @@ def _public_calls():
             calls[f"{key}.prepare"] = lambda m, x, y, atk=atk: atk.prepare(m, x, y)
     for name in ("fisher_spectrum", "fisher_trace", "fisher_matrix", "logits_jacobian", "param_fisher_trace",
                  "fisher_sensitivity", "param_fisher_form"):
-        calls[name] = lambda m, x, y, f=getattr(fisher, name): f(m, x)
+        fn = getattr(fisher, name)
+        calls[name] = lambda m, x, y, f=fn: f(m, x)
     fgsm = ATTACKS["fgsm"](eps=0.1)
     calls["fooling_ratio"] = lambda m, x, y: fooling_ratio(m, x, x.clone(), y)
     calls["least_perturbation"] = lambda m, x, y: least_perturbation(fgsm, m, x, y, hi=1.0, tol=0.05)
@@ -418,8 +424,7 @@ def test_as_logits_follows_the_wrapped_models_mode():
 ])
 def test_an_linf_budget_beyond_the_input_range_warns(cls, params, warns):
     """Old code: PGD(eps=8) on [0, 1] images (the 8 vs 8/255 slip) was accepted silently."""
-    from fisherscope import BudgetWarning
-    from fisherscope import attacks
+    from fisherscope import BudgetWarning, attacks
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
-from ..exceptions import BudgetWarning
 from .._validation import (
     BOUNDS,
     NON_NEGATIVE,
@@ -36,6 +35,7 @@ from .._validation import (
     sample_list,
     user_stacklevel,
 )
+from ..exceptions import BudgetWarning
 
 __all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "perturbation_norms", "project",
            "project_l1_ball"]

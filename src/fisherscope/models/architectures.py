@@ -34,7 +34,16 @@ import torch
 from torch import nn
 
 from .._registry import Registry
-from .._validation import BOOL, CALLABLE, POSITIVE_INT, check_param, check_params, integer, one_of, real
+from .._validation import (
+    BOOL,
+    CALLABLE,
+    POSITIVE_INT,
+    check_param,
+    check_params,
+    integer,
+    one_of,
+    real,
+)
 
 __all__ = [
     "ACTIVATIONS",
