@@ -49,6 +49,7 @@ __all__ = [
     "check_inputs",
     "check_labels",
     "check_logits",
+    "check_model_dtype",
     "check_param",
     "check_params",
     "eval_mode",
@@ -120,11 +121,14 @@ def check_inputs(
     allowed = (4,) if image else (2, 4)
     if x.ndim not in allowed:
         expected = "(N, C, H, W)" if image else "(N, C, H, W) or (N, D)"
-        hint = (
-            f" Add a batch dimension with {name}.unsqueeze(0)."
-            if x.ndim in (1, 3)
-            else ""
-        )
+        if x.ndim in (1, 3):
+            hint = f" Add a batch dimension with {name}.unsqueeze(0)."
+        elif x.ndim == 0:
+            hint = f" Pass a batch of samples, not a scalar ({name}.reshape(1, -1) for one flat sample)."
+        elif x.ndim == 2:
+            hint = f" Reshape the flat rows to images, e.g. {name}.reshape(-1, C, H, W)."
+        else:
+            hint = f" Fold the extra dimensions into the batch, e.g. {name}.flatten(0, {x.ndim - 4})."
         raise ValueError(
             f"{name} must have shape {expected}; got shape {tuple(x.shape)}.{hint}"
         )
@@ -154,6 +158,28 @@ def check_inputs(
                 f"{name} has {x.shape[0]} samples but y has {n_y}; pass one label per sample."
             )
     return x
+
+
+def check_model_dtype(model: Any, x: torch.Tensor, *, name: str = "x") -> None:
+    """``x``'s floating dtype must be the model's (the dtype of all its floating parameters).
+
+    Raises
+    ------
+    TypeError
+        E.g. float64 inputs for a float32 model: torch would fail deep inside the first
+        layer ("expected scalar type ..."); the message says which conversion fixes it.
+    """
+    if not isinstance(model, nn.Module):
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and x.is_floating_point():
+        (dtype,) = dtypes
+        if dtype != x.dtype:
+            short = str(dtype).removeprefix("torch.")
+            raise TypeError(
+                f"{name} must have the model's dtype {dtype}; got {x.dtype}. Convert the inputs with "
+                f"{name}.to(torch.{short}), or the model with model.to({x.dtype})."
+            )
 
 
 def check_labels(

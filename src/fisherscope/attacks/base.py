@@ -30,6 +30,7 @@ from .._validation import (
     check_inputs,
     check_labels,
     check_logits,
+    check_model_dtype,
     check_param,
     eval_mode,
     sample_list,
@@ -145,7 +146,10 @@ def _as_eps(value: float | Tensor, x: Tensor) -> Tensor:
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],) or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
         got = f"shape {tuple(t.shape)}" if t.shape != (x.shape[0],) else "negative or non-finite values"
-        raise ValueError(f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers; got {got}.")
+        raise ValueError(
+            f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers; got {got}. "
+            f"Pass one finite budget >= 0 per sample, e.g. torch.full(({x.shape[0]},), 0.1)."
+        )
     return t.clone()
 
 
@@ -341,6 +345,7 @@ class Attack(ABC):
         (before any loss sees them). Only ``y=None`` costs a forward, for the predictions.
         """
         self._check_call(x, y, targeted)
+        check_model_dtype(model, x)
         x = x.detach()
         with eval_mode(model):
             eps_t = self._eps_tensor(eps, x)
@@ -437,6 +442,7 @@ class OneStepAttack(Attack):
         pass the same ``x``, ``y`` and ``targeted`` to :meth:`step`.
         """
         self._check_call(x, y, targeted)
+        check_model_dtype(model, x)
         x = x.detach()
         with eval_mode(model):
             if y is None:

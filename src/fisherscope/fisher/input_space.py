@@ -45,6 +45,7 @@ from .._validation import (
     POSITIVE_INT,
     check_inputs,
     check_logits,
+    check_model_dtype,
     check_param,
     check_params,
     eval_mode,
@@ -120,6 +121,7 @@ def _prepare(model: nn.Module, x: Tensor, bounds: Bounds) -> None:
     if not isinstance(model, nn.Module) and not callable(model):
         raise TypeError(f"model must be a torch.nn.Module mapping x to logits; got {type(model).__name__}.")
     check_inputs(x, bounds=bounds)
+    check_model_dtype(model, x)
 
 
 def _probs(logits: Tensor) -> Tensor:
