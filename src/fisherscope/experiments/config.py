@@ -49,7 +49,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path} is not valid TOML: {exc}") from exc
+        raise ValueError(f"{path} is not valid TOML: {exc}. Fix the file there (the syntax: https://toml.io).") from exc
 
 
 def _type_name(tp: Any) -> str:
@@ -64,14 +64,16 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors: list[Exception] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, where)
             except (TypeError, ValueError) as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+        if len(errors) == 1:  # X | None: X's own message says more
+            raise errors[0]
         raise TypeError(
             f"{where} must be one of the types {[_type_name(a) for a in args if a is not type(None)]}"
             f"{' or none' if type(None) in args else ''}; got {value!r}. Write a value of one of them."
@@ -133,7 +135,8 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "con
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"Missing required key {where}.{name} ({_type_name(hints[name])}).")
+            raise ValueError(f"Missing required key {where}.{name} ({_type_name(hints[name])}). "
+                             f"Add {name} = ... to the config.")
     return cls(**kwargs)
 
 
