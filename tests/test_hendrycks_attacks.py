@@ -86,16 +86,27 @@ def test_two_steps_equal_hand_computed_objective_descent(setup):
 def test_stops_exactly_at_first_step_above_threshold(setup):
     model, x, y = setup
     # targets: wrong classes, and the prediction itself for two samples it gives p > 0.5 (stop at
-    # step 0) and for one it gives p < 0.5 (must step until p > 0.5)
+    # step 0) and for one it gives p < 0.5 (must step until p > 0.5). A targeted call refuses a
+    # target equal to the prediction (a success without any perturbation), so these run as an
+    # untargeted call on samples the model misclassifies: "true" labels other than the
+    # prediction, and target="most_likely" picks the prediction as the target.
     with torch.no_grad():
         p_clean = torch.softmax(model(x), 1).amax(1)
     confident, unsure = torch.nonzero(p_clean > 0.5).flatten()[:2], torch.nonzero(p_clean < 0.5).flatten()[:1]
     assert len(confident) == 2 and len(unsure) == 1
     t = (y + 1) % K
     t[confident], t[unsure] = y[confident], y[unsure]
+    y_true = y.clone()
+    for i in (*confident.tolist(), *unsure.tolist()):
+        y_true[i] = (y[i] + 1) % K
     kw = dict(alpha=0.005, lam=1e-3, thr=0.5, max_steps=8)
+    atk = HGTargeted(step_size=0.005, l2_reg=1e-3, threshold=0.5, max_steps=8, target="most_likely")
+    with pytest.raises(ValueError, match="clean prediction"):
+        atk.run(model, x, t, targeted=True)
+    res = atk.run(model, x, y_true)
+    t = res.extras["target"]
+    assert torch.equal(t[confident], y[confident]) and torch.equal(t[unsure], y[unsure])
     ref_x, ref_steps = reference(model, x, t, **kw)
-    res = HGTargeted(step_size=0.005, l2_reg=1e-3, threshold=0.5, max_steps=8).run(model, x, t, targeted=True)
     assert torch.equal(res.extras["steps"], ref_steps)
     torch.testing.assert_close(res.x_adv, ref_x, rtol=0, atol=1e-12)
     steps = res.extras["steps"]
@@ -109,6 +120,12 @@ def test_stops_exactly_at_first_step_above_threshold(setup):
     torch.testing.assert_close(res.extras["p_target"], pt, rtol=0, atol=1e-12)
     assert torch.equal(res.success, (pt > 0.5) & (probs.argmax(1) == t))
     assert bool(res.success[steps < 8].all())
+    # the targeted path steps exactly as the reference too (wrong-class targets only)
+    wrong = (y + 2) % K
+    tres = HGTargeted(step_size=0.005, l2_reg=1e-3, threshold=0.5, max_steps=8).run(model, x, wrong, targeted=True)
+    ref_x, ref_steps = reference(model, x, wrong, **kw)
+    assert torch.equal(tres.extras["steps"], ref_steps)
+    torch.testing.assert_close(tres.x_adv, ref_x, rtol=0, atol=1e-12)
 
 
 def test_max_steps_reached_is_reported_and_not_success(setup):

@@ -205,15 +205,24 @@ def test_barrier_keeps_the_statistic_inside_its_band_at_every_step(setup):
 
 
 def test_success_needs_the_band_and_the_threshold(setup):
-    """Targets = the clean predictions (p_t > 0.5 at step 0): success only where the clean image is in band."""
+    """Targets = the clean predictions (p_t > 0.5 at step 0): success only where the clean image is in band.
+
+    A targeted call refuses targets equal to the clean prediction (a success without any
+    perturbation), so this runs untargeted with "true" labels other than the prediction and
+    target="most_likely", which then picks the prediction itself."""
     model, x, y = setup
+    with pytest.raises(ValueError, match="clean prediction"):
+        BarrierHGTargeted(statistic=SoftmaxKL(), max_steps=5).run(model, x, y, targeted=True)
+    y_true = (y + 1) % int(model(x[:1]).shape[1])
     with torch.no_grad():
         p = torch.softmax(model(x), 1).amax(1)
     conf = p > 0.5
     assert bool(conf.any())
     s0 = kl_of(model, x)
     cut = float(s0[conf].median())
-    res = BarrierHGTargeted(statistic=SoftmaxKL(), low=-1.0, high=cut, max_steps=5).run(model, x, y, targeted=True)
+    res = BarrierHGTargeted(statistic=SoftmaxKL(), low=-1.0, high=cut, max_steps=5,
+                            target="most_likely").run(model, x, y_true)
+    assert torch.equal(res.extras["target"], y)
     in_band = s0 < cut
     assert torch.equal(res.extras["started_inside"], in_band)
     assert torch.equal(res.x_adv, x)  # nothing moves: in-band samples stop at step 0, others never start

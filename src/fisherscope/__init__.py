@@ -20,14 +20,18 @@ _LAZY = {
     "check_labels": "._validation",
     "check_logits": "._validation",
     "eval_mode": "._validation",
+    "BudgetWarning": ".exceptions",
     "ConvergenceWarning": ".exceptions",
     "ModelModeWarning": ".exceptions",
+    "ModelNotSavedError": ".exceptions",
     "NotFittedError": ".exceptions",
 }
 
 __all__ = [
+    "BudgetWarning",
     "ConvergenceWarning",
     "ModelModeWarning",
+    "ModelNotSavedError",
     "NotFittedError",
     "__version__",
     "check_inputs",
@@ -40,7 +44,13 @@ __all__ = [
 if TYPE_CHECKING:
     from . import exceptions
     from ._validation import check_inputs, check_labels, check_logits, eval_mode
-    from .exceptions import ConvergenceWarning, ModelModeWarning, NotFittedError
+    from .exceptions import (
+        BudgetWarning,
+        ConvergenceWarning,
+        ModelModeWarning,
+        ModelNotSavedError,
+        NotFittedError,
+    )
 
 
 def __getattr__(name: str) -> Any:

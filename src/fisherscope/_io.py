@@ -7,11 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+from .exceptions import WriteError
+
 __all__ = ["WriteError", "describe_write_error"]
-
-
-class WriteError(OSError):
-    """A file could not be written; the message names the path, the cause and the fix."""
 
 
 def _existing_parent(path: Path) -> Path:

@@ -18,12 +18,15 @@ numbers, NaN is never accepted, and inf only where a constraint says so.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
+import functools
 import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from types import FrameType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -47,9 +50,13 @@ __all__ = [
     "check_inputs",
     "check_labels",
     "check_logits",
+    "check_model_dtype",
     "check_param",
     "check_params",
     "eval_mode",
+    "one_mode_warning",
+    "user_stacklevel",
+    "warns_once",
     "any_of",
     "integer",
     "one_of",
@@ -63,6 +70,8 @@ T = TypeVar("T")
 
 DEFAULT_BOUNDS: tuple[float, float] = (0.0, 1.0)
 _BOUNDS_TOL = 1e-6
+#: smallest row sum of outputs in [0, 1] taken as (scaled) probabilities by check_logits
+_PROB_MASS_MIN = 0.5
 
 
 def sample_list(mask: torch.Tensor, limit: int = 8) -> str:
@@ -113,11 +122,14 @@ def check_inputs(
     allowed = (4,) if image else (2, 4)
     if x.ndim not in allowed:
         expected = "(N, C, H, W)" if image else "(N, C, H, W) or (N, D)"
-        hint = (
-            f" Add a batch dimension with {name}.unsqueeze(0)."
-            if x.ndim in (1, 3)
-            else ""
-        )
+        if x.ndim in (1, 3):
+            hint = f" Add a batch dimension with {name}.unsqueeze(0)."
+        elif x.ndim == 0:
+            hint = f" Pass a batch of samples, not a scalar ({name}.reshape(1, -1) for one flat sample)."
+        elif x.ndim == 2:
+            hint = f" Reshape the flat rows to images, e.g. {name}.reshape(-1, C, H, W)."
+        else:
+            hint = f" Fold the extra dimensions into the batch, e.g. {name}.flatten(0, {x.ndim - 4})."
         raise ValueError(
             f"{name} must have shape {expected}; got shape {tuple(x.shape)}.{hint}"
         )
@@ -147,6 +159,28 @@ def check_inputs(
                 f"{name} has {x.shape[0]} samples but y has {n_y}; pass one label per sample."
             )
     return x
+
+
+def check_model_dtype(model: Any, x: torch.Tensor, *, name: str = "x") -> None:
+    """``x``'s floating dtype must be the model's (the dtype of all its floating parameters).
+
+    Raises
+    ------
+    TypeError
+        E.g. float64 inputs for a float32 model: torch would fail deep inside the first
+        layer ("expected scalar type ..."); the message says which conversion fixes it.
+    """
+    if not isinstance(model, nn.Module):
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and x.is_floating_point():
+        (dtype,) = dtypes
+        if dtype != x.dtype:
+            short = str(dtype).removeprefix("torch.")
+            raise TypeError(
+                f"{name} must have the model's dtype {dtype}; got {x.dtype}. Convert the inputs with "
+                f"{name}.to(torch.{short}), or the model with model.to({x.dtype})."
+            )
 
 
 def check_labels(
@@ -195,8 +229,11 @@ def check_labels(
 def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.Tensor:
     """Validate model outputs: 2-D (N, K) finite logits that are not probabilities.
 
-    Probabilities are detected as rows that are all in [0, 1] and sum to 1 within
-    1e-4 for the whole batch (implausible for logits).
+    Probabilities are detected as a batch whose values are all in [0, 1] and whose rows
+    each sum to between 0.5 and 1 (+1e-4): softmax outputs, also scaled ones such as
+    ``0.999 * softmax`` or a softmax with a class dropped. Logits that are all
+    non-negative, at most 1 and that small are implausible; all-zero outputs (a constant
+    model) are not flagged.
 
     Raises
     ------
@@ -228,11 +265,14 @@ def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.T
         )
     with torch.no_grad():
         in_unit = bool(((logits >= 0) & (logits <= 1)).all())
-        sums_to_one = bool(((logits.sum(dim=1) - 1).abs() <= 1e-4).all())
-    if in_unit and sums_to_one:
+        sums = logits.sum(dim=1)
+        mass = bool(((sums >= _PROB_MASS_MIN) & (sums <= 1 + 1e-4)).all())
+    if in_unit and mass:
+        lo, hi = float(sums.min()), float(sums.max())
         raise ValueError(
-            f"{name} looks like probabilities (every row is in [0, 1] and sums to 1), but "
-            "logits are expected. Remove the final softmax from the model, or wrap it with "
+            f"{name} looks like probabilities (every value is in [0, 1] and every row sums to "
+            f"between {_PROB_MASS_MIN} and 1: here {lo:.4g} to {hi:.4g}), but logits are expected. "
+            "Remove the final softmax from the model, or wrap it with "
             "fisherscope.models.as_logits(model, output='probs')."
         )
     return logits
@@ -610,22 +650,81 @@ def check_params(owner: str, values: Mapping[str, Any] | Any,
         check_param(owner, name, value, constraint)
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for :func:`warnings.warn` that points at the first frame outside
+    fisherscope: the user's line, however deep inside the package the warning is raised
+    (frames of generated dataclass ``__init__`` s count as fisherscope's: their globals are;
+    so do the frames of ``contextlib``, ``functools`` and ``torch.no_grad`` wrappers)."""
+    import sys
+
+    def internal(name: str) -> bool:
+        return name.startswith("fisherscope") or name in ("contextlib", "functools", "torch.utils._contextlib")
+
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and internal(str(frame.f_globals.get("__name__", ""))):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+#: ids of the models already warned about inside the current :func:`one_mode_warning` block
+_MODE_WARNED: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar("fisherscope_mode_warned",
+                                                                              default=None)
+
+
+@contextlib.contextmanager
+def one_mode_warning() -> Iterator[None]:
+    """Inside this block :func:`eval_mode` warns at most once per model.
+
+    Public functions that put a model in eval mode several times one after the other
+    (an attack's ``run``: the attack, then the forward at ``x_adv``; a transfer matrix:
+    every source and target model) wrap their body in it, so a model in training mode
+    gets one :class:`ModelModeWarning` per call, not one per internal step. Nested
+    blocks share the outermost one's record.
+    """
+    if _MODE_WARNED.get() is not None:
+        yield
+        return
+    token = _MODE_WARNED.set(set())
+    try:
+        yield
+    finally:
+        _MODE_WARNED.reset(token)
+
+
+def warns_once(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: run ``fn`` inside :func:`one_mode_warning`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with one_mode_warning():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, *, warn: bool = True) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode and restore every module's own mode afterwards.
 
     Warns with :class:`ModelModeWarning` when any module was in training mode on entry
-    (BatchNorm statistics and dropout change the result). The per-module state, not
-    just the top-level flag, is restored, even if the body raises.
+    (BatchNorm statistics and dropout change the result), once per model inside a
+    :func:`one_mode_warning` block. The per-module state, not just the top-level flag,
+    is restored, even if the body raises.
     """
     modes = [(m, m.training) for m in model.modules()]
+    seen = _MODE_WARNED.get()
+    if warn and seen is not None and id(model) in seen:
+        warn = False
     if warn and any(training for _, training in modes):
+        if seen is not None:
+            seen.add(id(model))
         warnings.warn(
             "model was in training mode; it is run in eval mode (BatchNorm running "
             "statistics, dropout off) and its previous mode is restored afterwards. "
             "Call model.eval() to silence this warning.",
             ModelModeWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     model.eval()
     try:

@@ -100,8 +100,17 @@ def _fail(exc: Exception) -> None:
     import errno
 
     from ._io import WriteError, describe_write_error
+    from .exceptions import ModelNotSavedError
 
     msg = str(exc)
+    if isinstance(exc, ModelNotSavedError):
+        m = exc.trained.metrics
+        acc = m.get("test_accuracy")
+        msg = (f"{exc.trained.arch} was trained (train accuracy {m.get('train_accuracy', float('nan')):.4f}"
+               f"{f', test accuracy {acc:.4f}' if isinstance(acc, float) else ''}) but NOT saved: "
+               f"{str(exc.__cause__ or exc).rstrip('.')}. Run the same command again with --cache-dir pointing at a "
+               "writable folder with free space (or set $FISHERSCOPE_CACHE) to train and keep it there; "
+               "no partial file was left behind.")
     if (isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.filename
             and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)):
         msg = describe_write_error(exc.filename, exc, what="file or folder",

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 from ._registry import RegistryKeyError
 
 __all__ = [
+    "BudgetWarning",
     "CheckpointError",
     "ConvergenceWarning",
     "DatasetNotFoundError",
     "ModelModeWarning",
+    "ModelNotSavedError",
     "NotFittedError",
     "RegistryKeyError",
     "ParameterTypeError",
+    "WriteError",
 ]
 
 
@@ -23,6 +28,11 @@ class NotFittedError(_SklearnNotFittedError):
 
 class ModelModeWarning(UserWarning):
     """The model was in training mode on entry; it was run in eval mode and restored."""
+
+
+class BudgetWarning(UserWarning):
+    """An attack budget that cannot be what was meant, e.g. an L∞ ``eps`` larger than the
+    whole input range (``eps=8`` on images in [0, 1]: the 8 vs 8/255 slip)."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -43,3 +53,33 @@ class ParameterTypeError(TypeError, ValueError):
     A :class:`TypeError`; also a :class:`ValueError`, because earlier releases raised
     ValueError for these and code that catches that keeps working.
     """
+
+
+class WriteError(OSError):
+    """A file could not be written; the message names the path, the cause and the fix."""
+
+
+class ModelNotSavedError(WriteError):
+    """Training finished but its checkpoint could not be written; the model is not lost.
+
+    The trained model is ``exc.trained`` (a :class:`~fisherscope.models.TrainedModel`
+    with ``checkpoint_path=None``); ``exc.path`` is the file that could not be written.
+    Save it elsewhere with :func:`fisherscope.models.save_checkpoint` (``cache_dir=``
+    another folder), or repeat the request with another ``cache_dir`` / ``--cache-dir``.
+    Nothing half-written is left behind.
+    """
+
+    def __init__(self, message: str, *, trained: Any, path: Any = None) -> None:
+        super().__init__(message)
+        self.trained = trained
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_not_saved, (str(self), self.trained, self.path))
+
+
+def _rebuild_not_saved(message: str, trained: Any, path: Any) -> ModelNotSavedError:
+    return ModelNotSavedError(message, trained=trained, path=path)

@@ -12,6 +12,7 @@ input only).
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -29,9 +30,13 @@ from .._validation import (
     check_inputs,
     check_labels,
     check_logits,
+    check_model_dtype,
     check_param,
     eval_mode,
+    sample_list,
+    user_stacklevel,
 )
+from ..exceptions import BudgetWarning
 
 __all__ = ["Attack", "AttackResult", "Budget", "OneStepAttack", "Norm", "perturbation_norms", "project",
            "project_l1_ball"]
@@ -55,7 +60,8 @@ class AttackResult:
         Adversarial inputs, shaped like x, inside ``bounds`` (and the budget).
     success : Tensor
         (N,) bool: misclassified (untargeted) or classified as the target (targeted),
-        recomputed on ``x_adv``.
+        recomputed on ``x_adv``. Targets never equal the clean prediction (checked), so a
+        targeted success always means the prediction changed to the target.
     logits_adv : Tensor
         (N, K) logits at ``x_adv``.
     norms : dict
@@ -128,6 +134,11 @@ def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     return torch.where(per_sample(eps == 0, x), x, out)
 
 
+def _fmt_num(v: float) -> str:
+    f = float(v)
+    return str(int(f)) if f.is_integer() else f"{f:.6g}"
+
+
 def _as_eps(value: float | Tensor, x: Tensor) -> Tensor:
     """A budget as a fresh (N,) tensor in x's dtype and device, checked finite and >= 0."""
     t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
@@ -135,7 +146,10 @@ def _as_eps(value: float | Tensor, x: Tensor) -> Tensor:
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],) or not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
         got = f"shape {tuple(t.shape)}" if t.shape != (x.shape[0],) else "negative or non-finite values"
-        raise ValueError(f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers; got {got}.")
+        raise ValueError(
+            f"eps must be a number >= 0 or a tensor of shape ({x.shape[0]},) of such numbers; got {got}. "
+            f"Pass one finite budget >= 0 per sample, e.g. torch.full(({x.shape[0]},), 0.1)."
+        )
     return t.clone()
 
 
@@ -243,6 +257,30 @@ class Attack(ABC):
                 check_param(owner, f.name, v, NON_NEGATIVE)
             elif f.name == "steps":
                 check_param(owner, f.name, v, POSITIVE_INT)
+        self._warn_budget()
+
+    def _warn_budget(self) -> None:
+        """:class:`BudgetWarning` for an L∞ ``eps`` larger than the whole input range.
+
+        Only for an ``eps`` field of this attack (a wrapper's ``eps`` is its inner
+        attack's, which warned when it was built)."""
+        if "eps" not in {f.name for f in fields(self)}:
+            return
+        eps = self.eps  # type: ignore[attr-defined]
+        if not self.budgeted or self.norm != "linf" or eps is None:
+            return
+        lo, hi = float(self.bounds[0]), float(self.bounds[1])
+        width = hi - lo
+        if float(eps) > width:
+            hint = (f" If you meant {_fmt_num(eps)}/255 on images in [0, 1], pass eps={_fmt_num(eps)}/255 "
+                    f"(= {float(eps) / 255:.4g})." if width == 1.0 and float(eps) >= 1 else "")
+            warnings.warn(
+                f"{type(self).__name__}: the L∞ budget eps={_fmt_num(eps)} is larger than the whole input "
+                f"range of bounds ({_fmt_num(lo)}, {_fmt_num(hi)}) (width {_fmt_num(width)}): every "
+                f"coordinate may take any value, so the attack is not budgeted at all.{hint}",
+                BudgetWarning,
+                stacklevel=user_stacklevel(),
+            )
 
     # ------------------------------------------------------------------ public
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None, *, targeted: bool = False,
@@ -251,9 +289,12 @@ class Attack(ABC):
 
         Same ``x_adv`` as :meth:`run`, without the forward pass at ``x_adv`` that ``run``
         spends on the success mask: with ``y`` given, FGSM costs exactly one forward and
-        one input-gradient backward.
+        one input-gradient backward. Unlike ``run`` (and ``prepare``), a targeted call does
+        not check that the targets differ from the current prediction: no success is
+        counted here, and pushing an input further into its target class is a valid step
+        of an iterated targeted attack.
         """
-        x, y, x_adv, _, _ = self._generate(model, x, y, targeted, generator, None)
+        x, y, x_adv, _, _ = self._generate(model, x, y, targeted, generator, None, check_targets=False)
         return x_adv
 
     def run(
@@ -276,23 +317,26 @@ class Attack(ABC):
             Inputs (N, C, H, W) or (N, D) within ``bounds``; never modified.
         y : Tensor, optional
             True labels (untargeted; default: the model's predictions) or target labels
-            (``targeted=True``, required), int64 (N,).
+            (``targeted=True``, required), int64 (N,). A target equal to the model's clean
+            prediction is a ValueError (it would be a success without any perturbation).
         generator : torch.Generator, optional
             Randomness (random starts, random targets), for reproducibility.
         eps : float or Tensor (N,), optional
             Per-call budget overriding the attack's ``eps`` (used by
             :func:`~fisherscope.evaluation.least_perturbation`).
         """
-        x, y, x_adv, extras, _ = self._generate(model, x, y, targeted, generator, eps)
-        with eval_mode(model), torch.no_grad():
-            logits_adv = model(x_adv)
+        with eval_mode(model):  # one mode switch (and at most one ModelModeWarning) per call
+            x, y, x_adv, extras, _ = self._generate(model, x, y, targeted, generator, eps)
+            with torch.no_grad():
+                logits_adv = model(x_adv)
         pred = logits_adv.argmax(1)
         success = pred == y if targeted else pred != y
         return AttackResult(x_adv, success, logits_adv, perturbation_norms(x_adv - x), extras)
 
     # -------------------------------------------------------------- internals
     def _generate(self, model: nn.Module, x: Tensor, y: Tensor | None, targeted: bool,
-                  generator: torch.Generator | None, eps: float | Tensor | None
+                  generator: torch.Generator | None, eps: float | Tensor | None, *,
+                  check_targets: bool = True,
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], Tensor | None]:
         """Validate, run the attack in eval mode, project and clamp: (x, y, x_adv, extras, eps).
 
@@ -301,6 +345,7 @@ class Attack(ABC):
         (before any loss sees them). Only ``y=None`` costs a forward, for the predictions.
         """
         self._check_call(x, y, targeted)
+        check_model_dtype(model, x)
         x = x.detach()
         with eval_mode(model):
             eps_t = self._eps_tensor(eps, x)
@@ -309,6 +354,8 @@ class Attack(ABC):
                 x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
             else:
                 with _validate_first_forward(model, x, y):
+                    if targeted and check_targets:
+                        self._check_targets(model, x, y)
                     x_adv, extras = self._run(model, x, y, eps_t, targeted, generator)
             x_adv = self._enforce(x, x_adv.detach(), eps_t)
         return x, y, x_adv, extras, eps_t
@@ -318,6 +365,26 @@ class Attack(ABC):
         check_inputs(x, y, bounds=self.bounds)
         if targeted and not self.supports_targeted:
             raise ValueError(f"{type(self).__name__} is untargeted only; call it with targeted=False.")
+
+    def _check_targets(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        """Targeted calls: every target must differ from the model's clean prediction.
+
+        A target that already is the predicted class would count as a success with no
+        perturbation at all (a silent 100% success rate), so it is an error. Costs one
+        forward pass at ``x`` (which also validates the output and the labels).
+        """
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        same = pred == y
+        if bool(same.any()):
+            raise ValueError(
+                f"{type(self).__name__}: y (the targets of a targeted=True call) must be a class other "
+                f"than the model's clean prediction for every sample; got {int(same.sum())} of "
+                f"{x.shape[0]} targets equal to it (samples {sample_list(same)}). Such a sample is "
+                "already classified as its target, so it would count as a success without any "
+                "perturbation. Pass other targets, e.g. (model(x).argmax(1) + 1) % K, or drop those "
+                "samples; for an untargeted attack call with targeted=False and y the true labels."
+            )
 
     @staticmethod
     def _predictions(model: nn.Module, x: Tensor, targeted: bool) -> Tensor:
@@ -375,12 +442,15 @@ class OneStepAttack(Attack):
         pass the same ``x``, ``y`` and ``targeted`` to :meth:`step`.
         """
         self._check_call(x, y, targeted)
+        check_model_dtype(model, x)
         x = x.detach()
         with eval_mode(model):
             if y is None:
                 y = self._predictions(model, x, targeted)
                 return self._prepare(model, x, y, targeted, generator)
             with _validate_first_forward(model, x, y):
+                if targeted:
+                    self._check_targets(model, x, y)
                 return self._prepare(model, x, y, targeted, generator)
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, state: Any, eps: float | Tensor,

@@ -119,7 +119,8 @@ def _check_max_log(max_log: float | None, dtype: torch.dtype, num_classes: int, 
         expected=f"None (the default) or a number in [2·log K, {limit:.2f}] = [{floor:.4g}, {limit:.2f}] "
                  f"for K = {num_classes} classes and a {dt} penalty",
         fix=f"log Σ 1/p_i is never below 2·log K = {floor:.4g} (its value at the uniform distribution), so a "
-            f"lower cap would cap every sample; above {limit:.2f} a {dt} penalty can overflow."))
+            f"lower cap would cap every sample; above {limit:.2f} a {dt} penalty can overflow. Pass None, or "
+            f"a cap in [{floor:.4g}, {limit:.2f}]."))
     return float(max_log)
 
 

@@ -52,6 +52,31 @@ SKLEARN_EXPECTED_FAILED_CHECKS: dict[str, str] = {
 }
 
 
+#: fix sentences appended to scikit-learn's validation messages that name none
+_VALIDATION_FIXES = (
+    (("contains NaN", "contains infinity"),
+     "Remove or repair the rows with non-finite features (they usually come from a model whose "
+     "outputs were not finite), e.g. X[np.isfinite(X).all(axis=1)]."),
+    (("while dim <= 2 is required",),
+     "Pass a 2-D feature matrix (n_samples, n_features), e.g. X.reshape(len(X), -1)."),
+    (("features as input",),
+     "Pass features made the same way as the ones the detector was fitted on (the same feature "
+     "function and settings), or refit it."),
+)
+
+
+def _validate(estimator: Any, *args: Any, **kwargs: Any) -> Any:
+    """scikit-learn's ``validate_data``, with a fix sentence where its message has none."""
+    try:
+        return validate_data(estimator, *args, **kwargs)
+    except ValueError as exc:
+        msg = str(exc)
+        for needles, fix in _VALIDATION_FIXES:
+            if any(n in msg for n in needles) and fix not in msg:
+                raise ValueError(f"{msg} {fix}") from exc
+        raise
+
+
 def threshold_at_fpr(clean_scores: np.ndarray, target_fpr: float) -> float:
     """The smallest threshold t with mean(clean_scores > t) <= target_fpr.
 
@@ -88,10 +113,10 @@ class Detector(ClassifierMixin, BaseEstimator):
                     f"{type(self).__name__} is supervised: fit(X, y) needs y with 0 for clean and "
                     "1 for adversarial rows (it requires y to be passed, but the target y is None)."
                 )
-            X = validate_data(self, X, reset=True, dtype=np.float64, ensure_min_samples=1)
+            X = _validate(self, X, reset=True, dtype=np.float64, ensure_min_samples=1)
             y = np.zeros(X.shape[0], dtype=np.int64)
         else:
-            X, y = validate_data(self, X, y, reset=True, dtype=np.float64, ensure_min_samples=1)
+            X, y = _validate(self, X, y, reset=True, dtype=np.float64, ensure_min_samples=1)
             y = self._check_binary(y)
         self.classes_ = np.array([0, 1])
         clean = y == 0
@@ -122,7 +147,7 @@ class Detector(ClassifierMixin, BaseEstimator):
                 f"This {type(self).__name__} is not fitted yet: call fit(X, y) (or fit(X) for an "
                 "unsupervised detector) before decision_function / predict / score."
             )
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = _validate(self, X, reset=False, dtype=np.float64)
         return np.asarray(self._decision(X), dtype=np.float64)
 
     def predict(self, X: Any) -> np.ndarray:

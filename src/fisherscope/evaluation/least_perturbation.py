@@ -43,7 +43,9 @@ class LeastPerturbation:
     fooled : Tensor
         (N,) bool: originally correct and fooled with a budget ≤ ``hi``.
     correct : Tensor
-        (N,) bool: classified correctly before the attack (only these are attacked).
+        (N,) bool: classified correctly before the attack (only these are attacked). With
+        ``targeted=True``: not already classified as the target (a target equal to the
+        clean prediction is excluded here and counted, never a success).
     hi : float
         Upper end of the search interval.
     """
@@ -147,7 +149,11 @@ def least_perturbation(
         with torch.no_grad():
             logits = model(x)
         check_labels(y, n, logits.shape[1])
-        correct = logits.argmax(1) == y if not targeted else logits.argmax(1) != y
+        pred0 = logits.argmax(1)
+        correct = pred0 == y if not targeted else pred0 != y
+        if targeted:  # targets equal to the clean prediction are excluded (correct=False) and
+            # given a stand-in target, as the attacks refuse them; their results are masked out
+            y = torch.where(correct, y, (pred0 + 1) % logits.shape[1])
 
         if isinstance(attack, OneStepAttack):
             state = attack.prepare(model, x, y, targeted, generator)

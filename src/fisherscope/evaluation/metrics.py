@@ -22,6 +22,7 @@ from .._validation import (
     check_labels,
     check_param,
     param_error,
+    warns_once,
 )
 from ..attacks.base import AttackResult
 
@@ -91,6 +92,7 @@ class FoolingRatio:
         return _rate(self.n_correct - self.n_fooled, self.n)
 
 
+@warns_once
 def fooling_ratio(model: nn.Module, x: Tensor, x_adv: Tensor | AttackResult, y: Tensor, *,
                   batch_size: int | None = None) -> FoolingRatio:
     """Fraction of the correctly classified samples that the attack makes misclassified.

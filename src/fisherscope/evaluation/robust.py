@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_inputs, check_labels, check_logits, eval_mode
+from .._validation import check_inputs, check_labels, check_logits, eval_mode, warns_once
 from ..attacks.apgd import APGD, APGDTargeted
 from ..attacks.base import Attack
 from ..attacks.square import Square
@@ -523,6 +523,7 @@ def _monotone_flag(eps_list: list[float], accs: list[float], robust_masks: list[
 
 
 # ------------------------------------------------------------------ public
+@warns_once
 def robust_accuracy(
     model: nn.Module,
     x: Tensor,
@@ -635,6 +636,7 @@ def robust_accuracy(
     )
 
 
+@warns_once
 def robust_accuracy_curve(
     model: nn.Module,
     x: Tensor,

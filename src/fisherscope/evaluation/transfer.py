@@ -23,6 +23,7 @@ from .._validation import (
     check_labels,
     check_params,
     one_of,
+    warns_once,
 )
 from ..attacks.base import Attack
 
@@ -136,6 +137,7 @@ def _named(models: Mapping[str, nn.Module] | Sequence[nn.Module], what: str) -> 
     return named
 
 
+@warns_once
 def transfer_matrix(
     attack: Attack,
     source_models: Mapping[str, nn.Module] | Sequence[nn.Module],
@@ -226,6 +228,7 @@ def _check_count(owner: str, count: str, batch_size: int | None) -> None:
     })
 
 
+@warns_once
 def transfer_from_examples(
     adversarial: Mapping[str, Tensor],
     source_models: Mapping[str, nn.Module],

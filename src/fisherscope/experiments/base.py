@@ -103,9 +103,10 @@ def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
                 )
             return idx
         if not isinstance(node, dict):
+            prefix = ".".join(parts[:i])
             raise ValueError(
-                f"override {dotted!r}: {'.'.join(parts[:i])} holds a {type(node).__name__} value, not a "
-                f"table, so it has no key {part!r}."
+                f"override {dotted!r}: {prefix} holds a {type(node).__name__} value, not a "
+                f"table, so it has no key {part!r}. Set {prefix} itself (--set {prefix}=...)."
             )
         return part
 
@@ -130,8 +131,12 @@ def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = 
         _apply_override(data, key, value)
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in EXPERIMENTS:
+        import difflib
+
+        close = difflib.get_close_matches(str(kind).lower(), sorted(EXPERIMENTS), n=1, cutoff=0.6)
+        fix = f"Did you mean {close[0]!r}?" if close else "Set kind to one of them."
         raise ValueError(
-            f"{where}: 'kind' must be one of {sorted(EXPERIMENTS)}; got {kind!r}."
+            f"{where}: 'kind' must be one of {sorted(EXPERIMENTS)}; got {kind!r}. {fix}"
         )
     return config_from_dict(EXPERIMENTS[kind].spec, data, where=where)
 

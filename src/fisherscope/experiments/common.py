@@ -73,7 +73,12 @@ def check_overrides(overrides: Mapping[str, Any], *, where: str = "overrides") -
     valid = sorted(p for p in inspect.signature(train_model).parameters if p not in _RUNNER_SET)
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise ValueError(f"{where}: unknown training setting(s) {unknown}; valid keys: {valid}.")
+        import difflib
+
+        close = {k: difflib.get_close_matches(k, valid, n=1, cutoff=0.5) for k in unknown}
+        hints = [f"{k!r} -> {m[0]!r}" for k, m in close.items() if m]
+        fix = f" Did you mean {', '.join(hints)}?" if hints else " Use train_model's keyword names."
+        raise ValueError(f"{where}: unknown training setting(s) {unknown}; valid keys: {valid}.{fix}")
 
 
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:

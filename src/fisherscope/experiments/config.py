@@ -49,7 +49,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path} is not valid TOML: {exc}") from exc
+        raise ValueError(f"{path} is not valid TOML: {exc}. Fix the file there (the syntax: https://toml.io).") from exc
 
 
 def _type_name(tp: Any) -> str:
@@ -64,48 +64,59 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors: list[Exception] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, where)
             except (TypeError, ValueError) as exc:
-                errors.append(str(exc))
-        raise TypeError(f"{where}: {value!r} matches none of {[_type_name(a) for a in args]}")
+                errors.append(exc)
+        if len(errors) == 1:  # X | None: X's own message says more
+            raise errors[0]
+        raise TypeError(
+            f"{where} must be one of the types {[_type_name(a) for a in args if a is not type(None)]}"
+            f"{' or none' if type(None) in args else ''}; got {value!r}. Write a value of one of them."
+        )
     if origin is typing.Literal:
         if value not in args:
-            raise ValueError(f"{where} must be one of {list(args)}; got {value!r}.")
+            raise ValueError(f"{where} must be one of {list(args)}; got {value!r}. Pick one of those.")
         return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise TypeError(f"{where} must be an array; got {type(value).__name__} {value!r}.")
+            raise TypeError(f"{where} must be an array; got {type(value).__name__} {value!r}. "
+                            "Write it in brackets, e.g. [1, 2].")
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
-            raise TypeError(f"{where} must be a table; got {type(value).__name__}.")
+            raise TypeError(f"{where} must be a table; got {type(value).__name__}. "
+                            "Write it as a [table] or an inline { key = value }.")
         return dict(value)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
-            raise TypeError(f"{where} must be a table; got {type(value).__name__} {value!r}.")
+            raise TypeError(f"{where} must be a table; got {type(value).__name__} {value!r}. "
+                            "Write it as a [table] or an inline { key = value }.")
         return config_from_dict(tp, value, where=where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{where} must be a number; got {value!r}.")
+            raise TypeError(f"{where} must be a number; got {value!r}. Write a number without quotes, e.g. 0.5.")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{where} must be an integer; got {value!r}.")
+            raise TypeError(f"{where} must be an integer; got {value!r}. Write a whole number without quotes, "
+                            "e.g. 3.")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise TypeError(f"{where} must be true or false; got {value!r}.")
+            raise TypeError(f"{where} must be true or false; got {value!r}. Write true or false (True or "
+                            "False in --set).")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise TypeError(f"{where} must be a string; got {value!r}.")
+            raise TypeError(f"{where} must be a string; got {value!r}. Write it in quotes, e.g. \"name\" "
+                            "(in --set: key='name').")
         return value
     return value
 
@@ -116,7 +127,7 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "con
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(
-            f"Unknown keys in {where}: {unknown}. Valid keys: {sorted(fields)}."
+            f"Unknown keys in {where}: {unknown}. Valid keys: {sorted(fields)}. Remove or rename them."
         )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -124,7 +135,8 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "con
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"Missing required key {where}.{name} ({_type_name(hints[name])}).")
+            raise ValueError(f"Missing required key {where}.{name} ({_type_name(hints[name])}). "
+                             f"Add {name} = ... to the config.")
     return cls(**kwargs)
 
 

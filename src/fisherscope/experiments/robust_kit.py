@@ -120,9 +120,9 @@ def worst_case(model: torch.nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: 
     dev = next(model.parameters()).device
     named = ensemble.attacks(norm, eps, _n_classes(model, x[:1].to(dev)))
     t0 = time.perf_counter()
-    res = robust_accuracy(model, x.to(dev), y.to(dev), norm=norm, eps=eps, attacks=named,  # type: ignore[arg-type]
+    res = robust_accuracy(model, x.to(dev), y.to(dev), norm=norm, eps=eps, attacks=named,
                           generator=torch.Generator(device=dev).manual_seed(seed), batch_size=batch_size,
-                          checks=ensemble.checks, check_samples=ensemble.check_samples)  # type: ignore[arg-type]
+                          checks=ensemble.checks, check_samples=ensemble.check_samples)
     seconds = time.perf_counter() - t0
     out = res.to_dict()
     n_correct = int(res.clean_correct.sum())

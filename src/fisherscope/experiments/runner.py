@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import config_hash, config_to_dict, to_toml
 from .provenance import device_name, git_sha, versions
 from .store import Artifact, ResultStore, StoreError, atomic_write_text, cell_key
@@ -100,6 +102,7 @@ class Run:
             "versions": versions(),
             "git_sha": git_sha(),
             "device": device_name(),
+            "torch_threads": torch.get_num_threads(),
         }
 
     # ------------------------------------------------------------------ files

@@ -3,7 +3,8 @@
 One line per finished *cell*::
 
     {"cell": KEY, "values": {...}, "config_hash": ..., "seed": ..., "time": ...,
-     "versions": ..., "git_sha": ..., "device": ..., ["spec": {...}], ["nonfinite": [...]]}
+     "versions": ..., "git_sha": ..., "device": ..., "torch_threads": ..., ["spec": {...}],
+     ["nonfinite": [...]]}
 
 Guarantees
 ----------

@@ -47,6 +47,7 @@ from .._validation import (
     POSITIVE_INT,
     check_inputs,
     check_logits,
+    check_model_dtype,
     check_param,
     check_params,
     eval_mode,
@@ -137,6 +138,7 @@ def _prepare(model: nn.Module, x: Tensor, bounds: Bounds) -> None:
     if not isinstance(model, nn.Module) and not callable(model):
         raise TypeError(f"model must be a torch.nn.Module mapping x to logits; got {type(model).__name__}.")
     check_inputs(x, bounds=bounds)
+    check_model_dtype(model, x)
 
 
 def _probs(logits: Tensor) -> Tensor:
@@ -146,22 +148,25 @@ def _probs(logits: Tensor) -> Tensor:
 def logits_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Logits and their Jacobian with respect to the input, batched.
 
-    One forward pass and K vector-Jacobian products vectorised with ``torch.func.vmap``
-    (the model must treat samples independently, e.g. BatchNorm in eval mode; callers
-    run it under :func:`~fisherscope.eval_mode`).
+    One forward pass and K vector-Jacobian products vectorised with ``torch.func.vmap``,
+    in eval mode (samples must not interact: BatchNorm uses its running statistics; a
+    model in training mode warns with :class:`~fisherscope.exceptions.ModelModeWarning`
+    and every module's mode is restored).
 
     Shapes
     ------
     x: (N, *S) -> logits (N, K), J (N, K, D) with D = prod(S).
     """
+    check_inputs(x, bounds=None)
     n = x.shape[0]
     x = x.detach()
-    logits, vjp_fn = vjp(model, x)
-    check_logits(logits)
-    k = logits.shape[1]
-    eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
-    cotangents = eye.unsqueeze(1).expand(k, n, k)  # (K, N, K): e_k for every sample
-    (jac,) = torch.func.vmap(vjp_fn)(cotangents)  # (K, N, *S)
+    with eval_mode(model):
+        logits, vjp_fn = vjp(model, x)
+        check_logits(logits)
+        k = logits.shape[1]
+        eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+        cotangents = eye.unsqueeze(1).expand(k, n, k)  # (K, N, K): e_k for every sample
+        (jac,) = torch.func.vmap(vjp_fn)(cotangents)  # (K, N, *S)
     return logits.detach(), jac.detach().movedim(0, 1).reshape(n, k, -1)
 
 

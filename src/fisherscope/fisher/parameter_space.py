@@ -82,6 +82,7 @@ from .._validation import (
     POSITIVE_INT,
     check_inputs,
     check_logits,
+    check_model_dtype,
     check_params,
     eval_mode,
     one_of,
@@ -322,6 +323,7 @@ def _prepare(model: nn.Module, x: Tensor, bounds: Bounds) -> tuple[_Functional, 
     """
     net = _Functional(model)
     check_inputs(x, bounds=bounds)
+    check_model_dtype(model, x)
     census = _LinearCensus(net)
     census.batch = x.shape[0]
     layers = Census(model, net.params, x.shape[0])

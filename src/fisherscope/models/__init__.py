@@ -45,6 +45,7 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     resolve_cache_dir,
+    save_checkpoint,
 )
 from .hg_mlp import HGMLP  # registers MODELS["hg_mlp"]
 from .loading import (
@@ -98,4 +99,5 @@ __all__ = [
     "parse_normalize",
     "read_weights",
     "resolve_cache_dir",
+    "save_checkpoint",
 ]

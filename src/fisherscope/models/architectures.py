@@ -34,7 +34,16 @@ import torch
 from torch import nn
 
 from .._registry import Registry
-from .._validation import BOOL, POSITIVE_INT, check_param, check_params, integer, one_of, real
+from .._validation import (
+    BOOL,
+    CALLABLE,
+    POSITIVE_INT,
+    check_param,
+    check_params,
+    integer,
+    one_of,
+    real,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -900,6 +909,10 @@ class AsLogits(nn.Module):
     of the dtype (exact logits up to an additive per-row constant, which softmax ignores).
     ``output="log_probs"``: returned unchanged (log-probabilities are valid logits).
 
+    The wrapper has no mode of its own: ``training`` is the wrapped model's, so an
+    adapter around a model in eval mode is in eval mode (and ``.train()`` / ``.eval()``
+    on the adapter switch the wrapped model, as on any parent module).
+
     Shapes
     ------
     x: whatever ``model`` takes -> (N, K).
@@ -907,10 +920,23 @@ class AsLogits(nn.Module):
 
     def __init__(self, model: nn.Module, output: Literal["probs", "log_probs"] = "probs") -> None:
         super().__init__()
+        check_param("as_logits", "model", model, CALLABLE.but(expected="a torch.nn.Module (or callable)"))
         check_param("as_logits", "output", output, one_of("probs", "log_probs"),
                     fix="Use 'probs' for a model ending in softmax, 'log_probs' for one ending in log_softmax.")
         self.model = model
         self.output = output
+
+    @property
+    def training(self) -> bool:
+        """The wrapped model's mode (the adapter has none of its own)."""
+        inner = self.__dict__.get("_modules", {}).get("model")
+        return bool(getattr(inner, "training", False))
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        # nn.Module.__init__ and .train() assign it; .train() then sets the wrapped model
+        # itself, as one of the children, so there is nothing to store here.
+        pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)

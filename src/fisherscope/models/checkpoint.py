@@ -26,18 +26,19 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
 
 from .._io import WriteError, describe_write_error
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, ModelNotSavedError
 from .architectures import MODELS
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "resolve_cache_dir",
+    "save_checkpoint",
+    "validate_partial",
 ]
 
 logger = logging.getLogger(__name__)
@@ -236,6 +239,12 @@ def read_checkpoint(
             f"({config.get('arch')!r}, {config.get('model_kwargs')!r}). {_fix_hint(path)}"
         )
     _verify_content(ckpt, path)
+    if ckpt["kind"] not in ("final", "partial"):
+        raise CheckpointError(
+            f"checkpoint {path} has kind {ckpt['kind']!r}; expected 'final' or 'partial'. {_fix_hint(path)}"
+        )
+    if ckpt["kind"] == "partial":
+        validate_partial(ckpt, path)
     if expected_kind is not None and ckpt["kind"] != expected_kind:
         raise CheckpointError(
             f"{path} holds a {ckpt['kind']!r} checkpoint where a {expected_kind!r} one was "
@@ -248,6 +257,79 @@ def read_checkpoint(
             f"name. {_fix_hint(path)}"
         )
     return ckpt
+
+
+def _partial_error(path: Path, field: str, expected: str, got: Any) -> CheckpointError:
+    r = repr(got)
+    r = r if len(r) <= 80 else r[:77] + "..."
+    return CheckpointError(
+        f"partial checkpoint {path} cannot be resumed: its {field} must be {expected}; got {r}. "
+        f"It was left untouched; delete it to train from the start (rm '{path}') or pass another "
+        f"cache_dir (or set ${CACHE_ENV_VAR})."
+    )
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_rng_state(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 1 and v.numel() > 0
+
+
+def validate_partial(ckpt: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Check every resume field of a partial checkpoint against its own (verified) config.
+
+    A partial is written after epoch ``e`` of an ``epochs``-epoch run only while
+    ``e < epochs``, with ``e`` history records (numbered 1..e, finite losses), the
+    optimizer state (``state`` and ``param_groups``), the shuffling generator's and the
+    global RNG's states (uint8 tensors), an optional CUDA RNG state and the finite,
+    non-negative wall time so far. Anything else (an ``epoch`` past the run's end, an
+    ``epoch`` that is not an integer, a history of the wrong length, ...) would resume
+    into a wrong model, so it is refused here.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file, the field, what it must be and what it holds, and the fix.
+    """
+    path = Path(path)
+    config = ckpt.get("config") or {}
+    epochs = config.get("epochs")
+    if not _is_int(epochs) or epochs < 1:
+        raise _partial_error(path, "config['epochs']", "an integer >= 1", epochs)
+    epoch = ckpt.get("epoch")
+    if not _is_int(epoch):
+        raise _partial_error(path, "epoch (the number of finished epochs)", "an integer", epoch)
+    if not 1 <= epoch < epochs:
+        raise _partial_error(
+            path, "epoch (the number of finished epochs)",
+            f"in [1, {epochs - 1}] (partials are written before the last of the run's {epochs} epochs)", epoch,
+        )
+    history = ckpt.get("history")
+    if not isinstance(history, list) or len(history) != epoch:
+        got = f"{type(history).__name__} of length {len(history)}" if isinstance(history, list) else history
+        raise _partial_error(path, "history", f"a list of {epoch} per-epoch records (one per finished epoch)", got)
+    for i, rec in enumerate(history):
+        if not isinstance(rec, Mapping) or rec.get("epoch") != i + 1:
+            raise _partial_error(path, f"history[{i}]", f"a record of epoch {i + 1}", rec)
+        loss = rec.get("train_loss")
+        if not isinstance(loss, int | float) or isinstance(loss, bool) or not math.isfinite(loss):
+            raise _partial_error(path, f"history[{i}]['train_loss']", "a finite number", loss)
+    wall = ckpt.get("wall_time_s")
+    if not isinstance(wall, int | float) or isinstance(wall, bool) or not math.isfinite(wall) or wall < 0:
+        raise _partial_error(path, "wall_time_s", "a finite number >= 0", wall)
+    opt = ckpt.get("optimizer")
+    if not isinstance(opt, Mapping) or not {"state", "param_groups"} <= set(opt):
+        shown = sorted(opt) if isinstance(opt, Mapping) else opt
+        raise _partial_error(path, "optimizer", "an optimizer state_dict (with 'state' and 'param_groups')",
+                             shown)
+    for name in ("generator", "rng"):
+        if not _is_rng_state(ckpt.get(name)):
+            raise _partial_error(path, name, "a random-generator state (a 1-D uint8 tensor)", ckpt.get(name))
+    if ckpt.get("cuda_rng") is not None and not _is_rng_state(ckpt["cuda_rng"]):
+        raise _partial_error(path, "cuda_rng", "None or a CUDA generator state (a 1-D uint8 tensor)",
+                             ckpt["cuda_rng"])
 
 
 def _verify_content(ckpt: Mapping[str, Any], path: Path) -> None:
@@ -459,7 +541,7 @@ def list_checkpoints(cache_dir: str | os.PathLike[str] | None = None) -> list[Ch
                 arch=ckpt["arch"],
                 key=ckpt["key"],
                 dataset=(config.get("dataset") or {}).get("name"),
-                epochs_done=int(ckpt["epoch"]) if partial else training.get("epochs"),
+                epochs_done=ckpt["epoch"] if partial else training.get("epochs"),
                 epochs=training.get("epochs"),
                 train_accuracy=None if partial else metrics.get("train_accuracy"),
                 test_accuracy=None if partial else metrics.get("test_accuracy"),
@@ -499,3 +581,53 @@ def make_checkpoint(
     ckpt.update(extra)
     ckpt["content_sha256"] = content_digest(ckpt["state_dict"], ckpt["metrics"])
     return ckpt
+
+
+def save_checkpoint(trained: TrainedModel, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``trained`` as the final checkpoint of its key into ``cache_dir``; returns the path.
+
+    The way to keep a model whose training finished but whose checkpoint could not be
+    written (:class:`~fisherscope.exceptions.ModelNotSavedError`: ``exc.trained``): save
+    it into another folder, and the same ``train_model`` request with that ``cache_dir``
+    then loads it instead of training. A verified checkpoint of the same key already
+    there is kept as it is (same request, same weights).
+
+    Raises
+    ------
+    ValueError
+        ``trained.key`` is not the hash of ``trained.config``.
+    CheckpointError
+        A damaged file or another request's checkpoint is in the way (never overwritten).
+    WriteError
+        The file could not be written (the message says why); nothing is left behind.
+    """
+    if not isinstance(trained, TrainedModel):
+        raise TypeError(f"save_checkpoint needs a TrainedModel (from train_model); got {type(trained).__name__}.")
+    if compute_key(trained.config) != trained.key:
+        raise ValueError(
+            f"save_checkpoint: the TrainedModel's key {trained.key[:16]}... is not the hash of its config; "
+            "it was modified after training. Save the TrainedModel train_model returned."
+        )
+    path = checkpoint_path(cache_dir, trained.arch, trained.key)
+    if path.exists():
+        read_checkpoint(path, expected_key=trained.key, expected_kind="final")
+        return path
+    save_atomic(
+        make_checkpoint(kind="final", key=trained.key, config=trained.config,
+                        state_dict=trained.model.state_dict(), metrics=trained.metrics),
+        path,
+    )
+    return path
+
+
+def not_saved_error(trained: TrainedModel, path: Path, exc: BaseException) -> ModelNotSavedError:
+    """The :class:`ModelNotSavedError` for a finished training whose checkpoint ``path`` failed."""
+    acc = trained.metrics.get("test_accuracy")
+    acc_s = f", test accuracy {acc:.4f}" if isinstance(acc, float) else ""
+    return ModelNotSavedError(
+        f"training {trained.arch} finished{acc_s}, but {exc} The trained model was kept: it is "
+        f"exc.trained (a TrainedModel); save it with fisherscope.models.save_checkpoint(exc.trained, "
+        f"cache_dir=<another folder>), or retry with another cache folder (--cache-dir DIR on the "
+        f"command line, cache_dir= in Python, or ${CACHE_ENV_VAR}). No partial file was left behind.",
+        trained=trained, path=path,
+    )

@@ -38,7 +38,7 @@ from .._validation import (
 )
 from ..data import ImageDataset, load_dataset
 from ..defenses import build_objective, normalize_defense
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, WriteError
 from ..models import MODELS, TrainedModel, build_model, find_normalize
 from ..models.checkpoint import (
     FORMAT_VERSION,
@@ -48,6 +48,7 @@ from ..models.checkpoint import (
     library_versions,
     make_checkpoint,
     model_from_checkpoint,
+    not_saved_error,
     read_checkpoint,
     save_atomic,
 )
@@ -514,10 +515,18 @@ def train_model(
     finally:
         torch.set_num_threads(previous_threads)
     if final_path is not None:
-        save_atomic(
-            make_checkpoint(kind="final", key=key, config=config, state_dict=model.state_dict(), metrics=metrics),
-            final_path,
-        )
+        try:
+            save_atomic(
+                make_checkpoint(kind="final", key=key, config=config, state_dict=model.state_dict(),
+                                metrics=metrics),
+                final_path,
+            )
+        except WriteError as exc:
+            kept = TrainedModel(
+                model=model, arch=base, model_kwargs=full_kwargs, config=json.loads(canonical_json(config)),
+                key=key, checkpoint_path=None, from_cache=False, metrics=metrics,
+            )  # fmt: skip
+            raise not_saved_error(kept, final_path, exc) from exc
         assert partial_path is not None
         if partial_path.exists():
             partial_path.unlink()
@@ -674,6 +683,7 @@ def _fit(
                     "train_accuracy_running": int(correct) / n,
                     "lr_end": lr_now,
                     "time_s": dt,
+                    "num_threads": torch.get_num_threads(),
                 }
                 if joint is not None:
                     record["train_aux_loss"] = float(aux_sum) / n
@@ -699,16 +709,13 @@ def _fit(
                     dt,
                 )  # fmt: skip
                 if partial_path is not None and epoch + 1 < t["epochs"]:
-                    save_atomic(
-                        make_checkpoint(
+                    partial_path = _save_partial(partial_path, make_checkpoint(
                             kind="partial", key=key, config=config, state_dict=model.state_dict(),
                             optimizer=_cpu_state(opt.state_dict()), generator=gen.get_state(),
                             rng=torch.get_rng_state(),
                             cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
                             epoch=epoch + 1, history=copy.deepcopy(history), wall_time_s=wall,
-                        ),
-                        partial_path,
-                    )  # fmt: skip
+                        ))  # fmt: skip
                 if callback is not None:
                     callback(epoch + 1, dict(record))
 
@@ -733,6 +740,21 @@ def _fit(
         "n/a" if metrics["test_accuracy"] is None else f"{metrics['test_accuracy']:.4f}", wall,
     )  # fmt: skip
     return model, metrics
+
+
+def _save_partial(path: Path, ckpt: dict[str, Any]) -> Path | None:
+    """Write a partial checkpoint; on a failed write warn and return None (no more partials).
+
+    Training goes on: losing the ability to resume is better than losing the run. The
+    final save then reports the same cause (:class:`ModelNotSavedError`, model kept).
+    """
+    try:
+        save_atomic(ckpt, path)
+    except WriteError as exc:
+        logger.warning("%s Training continues without partial checkpoints (an interruption now "
+                       "restarts from the last one written).", exc)
+        return None
+    return path
 
 
 def _diverged(model: nn.Module, xb: torch.Tensor) -> bool:
