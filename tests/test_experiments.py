@@ -224,5 +224,5 @@ def test_provenance_lists_what_the_cells_were_computed_with(tmp_path):
     run = run_experiment(cfg, tmp_path)
     prov = run.view().provenance()
     assert prov["cells"] == "2" and prov["config hash"] == run.config_hash and prov["seed"] == "0"
-    assert "version: torch" in prov and "git commit" in prov and "device" in prov
+    assert "version: torch" in prov and "git commit" in prov and "device" in prov and "torch threads" in prov
     assert run.config_hash in (run.dir / "report.html").read_text()

@@ -231,7 +231,7 @@ class Results:
             rec = self.store.record(key)
             fields = {"config hash": rec.get("config_hash"), "seed": rec.get("seed"),
                       "git commit": rec.get("git_sha"), "device": rec.get("device"),
-                      "threads": rec.get("threads")}
+                      "torch threads": rec.get("torch_threads")}
             fields.update({f"version: {k}": v for k, v in sorted((rec.get("versions") or {}).items())})
             for name, value in fields.items():
                 if value is not None:
