@@ -12,11 +12,10 @@ penalised network's lower OSSA fooling ratio robustness or gradient masking?
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
-
-import time
 
 from ..attacks import OSSA
 from ..evaluation import one_step_curve

@@ -20,12 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..attacks import APGD, Attack, APGDTargeted, Square
+from ..attacks import APGD, APGDTargeted, Attack, Square
 from ..evaluation import robust_accuracy
 from .base import Context
 from .specs import ModelSpec, train_spec
 
-__all__ = ["EnsembleSpec", "Verdict", "masking_verdict", "train_network", "worst_case"]
+__all__ = ["MASKING", "NO_GAP", "PARTLY", "ROBUSTNESS", "UNDECIDED", "EnsembleSpec", "Verdict", "masking_verdict",
+           "train_network", "worst_case"]
 
 
 # ====================================================================== networks
@@ -204,7 +205,8 @@ def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: 
         raise ValueError(f"masking_verdict: n_weak and n_strong must be pairs of counts >= 1 (correctly classified "
                          f"images attacked); got {n_weak} and {n_strong}. A network that classifies nothing correctly "
                          "has no fooling ratio.")
-    rows, found = [], []
+    rows: list[list[Any]] = []
+    found: list[tuple[float, float, float, float, float, str]] = []
     for b, wr, wd, sr, sd in zip(budgets, weak_ref, weak_def, strong_ref, strong_def, strict=True):
         gap_w, gap_s = wr - wd, sr - sd
         m_s = _margin(sr, n_strong[0], sd, n_strong[1])

@@ -28,8 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..attacks import OSSA
 from ..evaluation import one_step_curve
 from .base import Context, register
@@ -143,16 +141,19 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
     sub = select_samples(len(y), cfg.robust_samples, cfg.seed)
     xr, yr = x[sub], y[sub]
     name, spec = _sample_cell(cfg)
-    run.cell(name, lambda: {"n": int(len(y)), "n_robust": int(len(yr)), "classes": [str(c) for c in test.classes],
-                            "image_shape": list(x.shape[1:])}, spec=spec)
+    sample: dict[str, Any] = {"n": int(len(y)), "n_robust": int(len(yr)), "classes": [str(c) for c in test.classes],
+                              "image_shape": list(x.shape[1:])}
+    run.cell(name, lambda: sample, spec=spec)
     for mspec in cfg.models:  # network by network: a stopped run has whole rows
         t0 = time.perf_counter()
         tm = train_network(mspec, arch=cfg.arch, dataset=cfg.dataset, preset=cfg.preset, training=cfg.training,
                            seed=cfg.seed, ctx=ctx)
         load_s = time.perf_counter() - t0
+        def record(tm: Any = tm, load_s: float = load_s) -> dict[str, Any]:
+            return {**model_record(tm, x, y), "from_cache": tm.from_cache, "train_or_load_s": load_s}
+
         name, spec = _model_cell(cfg, mspec)
-        run.cell(name, lambda tm=tm, load_s=load_s: {**model_record(tm, x, y), "from_cache": tm.from_cache,
-                                                     "train_or_load_s": load_s}, spec=spec)
+        run.cell(name, record, spec=spec)
 
         def ossa(tm: Any = tm) -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -164,10 +165,12 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
         name, spec = _ossa_cell(cfg, mspec)
         run.cell(name, ossa, spec=spec)
         for norm, eps in _threats(cfg):
+            def evaluate(tm: Any = tm, norm: str = norm, eps: float = eps) -> dict[str, Any]:
+                return worst_case(tm.model, xr, yr, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
+                                  batch_size=cfg.batch_size)
+
             name, spec = _robust_cell(cfg, mspec, norm, eps)
-            run.cell(name, lambda tm=tm, norm=norm, eps=eps: worst_case(
-                tm.model, xr, yr, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
-                batch_size=cfg.batch_size), spec=spec)
+            run.cell(name, evaluate, spec=spec)
 
 
 # ====================================================================== report
@@ -187,9 +190,9 @@ def _at(curve: dict[str, Any], b: float) -> float:
     return float(curve["fooling_ratio"][j])
 
 
-def _measured(cfg: RobustnessConfig, results: Results, m: ModelSpec) -> dict[str, Any] | None:
+def _measured(cfg: RobustnessConfig, results: Results, m: ModelSpec) -> dict[Any, Any] | None:
     """The stored cells of network ``m``, or None when any is missing (the run stopped before it)."""
-    cells = {"model": _model_cell(cfg, m), "ossa": _ossa_cell(cfg, m),
+    cells: dict[Any, tuple[str, dict[str, Any]]] = {"model": _model_cell(cfg, m), "ossa": _ossa_cell(cfg, m),
              **{(n, e): _robust_cell(cfg, m, n, e) for n, e in _threats(cfg)}}
     if not all(results.has(*c) for c in cells.values()):
         return None
@@ -203,9 +206,10 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
     sample = results.cell(*_sample_cell(cfg))
     threats = _threats(cfg)
     names = [str(m.name) for m in cfg.models]
-    got = {str(m.name): _measured(cfg, results, m) for m in cfg.models}
-    done = [n for n in names if got[n] is not None]
-    missing = [n for n in names if got[n] is None]
+    measured = {str(m.name): _measured(cfg, results, m) for m in cfg.models}
+    missing = [n for n in names if measured[n] is None]
+    got: dict[str, dict[Any, Any]] = {n: v for n, v in measured.items() if v is not None}
+    done = [n for n in names if n in got]
     specs = {str(m.name): m for m in cfg.models}
     ref = names[0]
 
