@@ -288,6 +288,8 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                 (got[ref][("l2", shared[0])]["n_correct"], got[n][("l2", shared[0])]["n_correct"]), flags=flags)
             blocks.append(Paragraph(f"**{n}** — {v.sentence}"))
             verdict_rows += [[n, *row] for row in v.rows]
+        if ref in done and len(done) == 1:
+            blocks.append(Paragraph(f"No verdict yet: only the reference `{ref}` has results."))
         if verdict_rows:
             blocks.append(Table(["network", "L2 budget", f"OSSA {ref} %", "OSSA network %", f"worst case {ref} %",
                                  "worst case network %", "finding"], verdict_rows,
