@@ -114,6 +114,12 @@ def test_a_partial_run_renders_what_it_has_and_says_what_is_missing(tiny_run):
     text = "\n".join(getattr(b, "text", "") for b in blocks)
     assert "PARTIAL RUN: no results yet for `later`" in text
     assert "**smooth** —" in text and "**later**" not in text
+    # only the reference measured: its tables, and no verdict yet
+    ref_only = load_config({**TINY, "models": [TINY["models"][0], {"name": "never", "defense": {"kind": "fisher",
+                                                                                                "mu": 0.05}}]})
+    texts = [getattr(b, "text", "") for b in EXPERIMENTS["robustness_defenses"].report(ref_only, run.view())]
+    assert "No verdict yet: only the reference `plain` has results." in texts
+    assert not any(t.startswith("**") for t in texts)
     # nothing stored at all but the sample: the header and the notice, no tables
     only_ref = load_config({**TINY, "models": [{"name": "a"}, {"name": "b", "defense": PEN}], "seed": 0})
     blocks = EXPERIMENTS["robustness_defenses"].report(only_ref, run.view())

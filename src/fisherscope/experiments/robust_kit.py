@@ -25,7 +25,8 @@ from ..evaluation import robust_accuracy
 from .base import Context
 from .specs import ModelSpec, train_spec
 
-__all__ = ["EnsembleSpec", "Verdict", "masking_verdict", "train_network", "worst_case"]
+__all__ = ["MASKING", "NO_GAP", "PARTLY", "ROBUSTNESS", "UNDECIDED", "EnsembleSpec", "Verdict", "masking_verdict",
+           "train_network", "worst_case"]
 
 
 # ====================================================================== networks

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from ..attacks import OSSA
@@ -134,10 +133,6 @@ def _schedule(cfg: RobustnessConfig, spec: ModelSpec) -> str:
     return f"fine-tuned with {spec.finetune}{images} from the plain net ({scratch})"
 
 
-def _model_values(tm: Any, x: Any, y: Any, load_s: float) -> dict[str, Any]:
-    return {**model_record(tm, x, y), "from_cache": tm.from_cache, "train_or_load_s": load_s}
-
-
 def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
     _check(cfg)
     test = load_split(cfg.dataset, "test", ctx)
@@ -146,15 +141,19 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
     sub = select_samples(len(y), cfg.robust_samples, cfg.seed)
     xr, yr = x[sub], y[sub]
     name, spec = _sample_cell(cfg)
-    run.cell(name, lambda: {"n": int(len(y)), "n_robust": int(len(yr)), "classes": [str(c) for c in test.classes],
-                            "image_shape": list(x.shape[1:])}, spec=spec)
+    sample: dict[str, Any] = {"n": int(len(y)), "n_robust": int(len(yr)), "classes": [str(c) for c in test.classes],
+                              "image_shape": list(x.shape[1:])}
+    run.cell(name, lambda: sample, spec=spec)
     for mspec in cfg.models:  # network by network: a stopped run has whole rows
         t0 = time.perf_counter()
         tm = train_network(mspec, arch=cfg.arch, dataset=cfg.dataset, preset=cfg.preset, training=cfg.training,
                            seed=cfg.seed, ctx=ctx)
         load_s = time.perf_counter() - t0
+        def record(tm: Any = tm, load_s: float = load_s) -> dict[str, Any]:
+            return {**model_record(tm, x, y), "from_cache": tm.from_cache, "train_or_load_s": load_s}
+
         name, spec = _model_cell(cfg, mspec)
-        run.cell(name, partial(_model_values, tm, x, y, load_s), spec=spec)
+        run.cell(name, record, spec=spec)
 
         def ossa(tm: Any = tm) -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -166,9 +165,12 @@ def robustness_cells(run: Run, cfg: RobustnessConfig, ctx: Context) -> None:
         name, spec = _ossa_cell(cfg, mspec)
         run.cell(name, ossa, spec=spec)
         for norm, eps in _threats(cfg):
+            def evaluate(tm: Any = tm, norm: str = norm, eps: float = eps) -> dict[str, Any]:
+                return worst_case(tm.model, xr, yr, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
+                                  batch_size=cfg.batch_size)
+
             name, spec = _robust_cell(cfg, mspec, norm, eps)
-            run.cell(name, partial(worst_case, tm.model, xr, yr, norm=norm, eps=eps, ensemble=cfg.ensemble,
-                                   seed=cfg.seed, batch_size=cfg.batch_size), spec=spec)
+            run.cell(name, evaluate, spec=spec)
 
 
 # ====================================================================== report
@@ -190,7 +192,7 @@ def _at(curve: dict[str, Any], b: float) -> float:
 
 def _measured(cfg: RobustnessConfig, results: Results, m: ModelSpec) -> dict[Any, Any] | None:
     """The stored cells of network ``m``, or None when any is missing (the run stopped before it)."""
-    cells: dict[Any, Any] = {"model": _model_cell(cfg, m), "ossa": _ossa_cell(cfg, m),
+    cells: dict[Any, tuple[str, dict[str, Any]]] = {"model": _model_cell(cfg, m), "ossa": _ossa_cell(cfg, m),
              **{(n, e): _robust_cell(cfg, m, n, e) for n, e in _threats(cfg)}}
     if not all(results.has(*c) for c in cells.values()):
         return None
@@ -205,9 +207,9 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
     threats = _threats(cfg)
     names = [str(m.name) for m in cfg.models]
     measured = {str(m.name): _measured(cfg, results, m) for m in cfg.models}
-    got: dict[str, dict[Any, Any]] = {n: g for n, g in measured.items() if g is not None}
+    missing = [n for n in names if measured[n] is None]
+    got: dict[str, dict[Any, Any]] = {n: v for n, v in measured.items() if v is not None}
     done = [n for n in names if n in got]
-    missing = [n for n in names if n not in got]
     specs = {str(m.name): m for m in cfg.models}
     ref = names[0]
 
@@ -286,6 +288,8 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                 (got[ref][("l2", shared[0])]["n_correct"], got[n][("l2", shared[0])]["n_correct"]), flags=flags)
             blocks.append(Paragraph(f"**{n}** — {v.sentence}"))
             verdict_rows += [[n, *row] for row in v.rows]
+        if ref in done and len(done) == 1:
+            blocks.append(Paragraph(f"No verdict yet: only the reference `{ref}` has results."))
         if verdict_rows:
             blocks.append(Table(["network", "L2 budget", f"OSSA {ref} %", "OSSA network %", f"worst case {ref} %",
                                  "worst case network %", "finding"], verdict_rows,
