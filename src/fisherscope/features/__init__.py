@@ -23,6 +23,10 @@ function, with a one-line description (``FEATURES.describe(name)``); every detec
   -> ``reconstruction``
 - ``layer_activations`` (named layers' outputs side by side; widths from ``layer_sizes``)
   -> ``lid``; with ``with_prediction=True`` -> ``mahalanobis`` (which also takes ``penultimate``)
+
+``TORCH_FEATURES`` maps the same names to differentiable torch mirrors returning the same
+columns as float64 tensors with the autograd graph to ``x`` (:mod:`.torch_features`): what an
+attacker who knows a detector differentiates.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from .layers import layer_activations, layer_sizes
 from .pca import PCAWhitening, TrailingVarianceScore, fit_pca_whitening, pca_coefficients, pixels
 from .reconstruction import RECONSTRUCTION_KINDS, reconstruction_error
 from .softmax import SOFTMAX_STATS, softmax_stats, softmax_stats_from_logits
+from .torch_features import TORCH_FEATURES
 
 
 def _check_feature(key: str, fn: Any) -> None:
@@ -77,6 +82,7 @@ __all__ = [
     "PCAWhitening",
     "RECONSTRUCTION_KINDS",
     "SOFTMAX_STATS",
+    "TORCH_FEATURES",
     "TrailingVarianceScore",
     "dropout_modules",
     "fisher_eigenvalues",
