@@ -11,6 +11,7 @@ __all__ = [
     "ConvergenceWarning",
     "DatasetNotFoundError",
     "ModelModeWarning",
+    "NoTorchMirrorError",
     "NotFittedError",
     "RegistryKeyError",
     "ParameterTypeError",
@@ -19,6 +20,15 @@ __all__ = [
 
 class NotFittedError(_SklearnNotFittedError):
     """A detector was used before ``fit`` (a subclass of scikit-learn's, so its checks see it)."""
+
+
+class NoTorchMirrorError(TypeError):
+    """A detector has no differentiable torch mirror of its score (e.g. a random-forest head).
+
+    The message names the fix: fit a differentiable surrogate on the same features
+    (:class:`fisherscope.detectors.LogisticSurrogate`) and attack that, judging success by
+    the real detector.
+    """
 
 
 class ModelModeWarning(UserWarning):
