@@ -1,0 +1,244 @@
+"""Every detector against an attacker who knows it (``configs/adaptive-detection.toml``).
+
+One protocol (:func:`~fisherscope.evaluation.evaluate_detectors`) and three settings side by
+side, on the unified table's attacks and budgets:
+
+- **oblivious**: the attacks of the unified table, which ignore the detectors;
+- **κ-C&W**: Carlini & Wagner's L2 attack with confidence κ (``kappa_sweep``) — it does not
+  know the detectors either, it only pushes the wrong class to a logit margin κ; supervised
+  detectors are trained on that very attack;
+- **adaptive**: :class:`~fisherscope.attacks.DetectorAwarePGD` against each fitted detector
+  (its torch mirror, a logistic surrogate for the random forest, EOT over dropout masks for
+  BU), inside the ε-ball of each oblivious attack named in ``adaptive_attacks``; success is
+  judged by the real detector at its 5%-FPR threshold.
+
+The reconstruction detector needs a decoder: with ``reconstruction_arch`` set, it runs with
+max softmax and PCA whitening (Hendrycks & Gimpel's three detectors) on that model, under the
+same attacks, settings and images. Cells: the model facts and one evaluation per model; the
+report reads those cells only, and cites published numbers as the config's ``[paper]``
+table states them (facts beside ours, never a ranking).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import Context, register
+from .detection_kit import (
+    DETECTOR_LABELS,
+    DetectionConfig,
+    attack_rows,
+    attack_table,
+    build_attacks,
+    detection_tables,
+    errors_paragraph,
+    evaluate,
+    evaluation_spec,
+    model_cell,
+    pct,
+    record_model,
+    sources,
+    table_rows,
+)
+from .report import Block, Heading, Paragraph, Table
+from .runner import Results, Run
+
+__all__ = ["AdaptiveDetectionConfig", "adaptive_cells", "adaptive_report"]
+
+#: Hendrycks & Gimpel's detectors, run on the decoder model
+DECODER_DETECTORS = ["reconstruction", "softmax", "pca_whitening"]
+
+
+@dataclass(frozen=True)
+class AdaptiveDetectionConfig(DetectionConfig):
+    """:class:`~.detection_kit.DetectionConfig` plus the adaptive attack and the κ sweep."""
+
+    adaptive_attacks: list[str] = field(default_factory=list)  # oblivious attacks whose budget is reused
+    adaptive_steps: int = 100
+    adaptive_modes: list[str] = field(default_factory=lambda: ["penalty", "orthogonal"])
+    adaptive_restarts: int = 1
+    adaptive_margin: float = 0.1  # in standard deviations of the clean calibration scores
+    adaptive_eot: int = 4  # draws of MC dropout per gradient (BU, KD+BU)
+    kappa_sweep: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0])
+
+
+def _settings(cfg: AdaptiveDetectionConfig) -> Any:
+    from ..evaluation import AdaptiveSettings
+
+    return AdaptiveSettings(steps=cfg.adaptive_steps, modes=tuple(cfg.adaptive_modes), restarts=cfg.adaptive_restarts,
+                            margin=cfg.adaptive_margin, eot_iter=cfg.adaptive_eot)
+
+
+def _adaptive_spec(cfg: AdaptiveDetectionConfig) -> dict[str, Any]:
+    return {"adaptive_attacks": list(cfg.adaptive_attacks), "adaptive_steps": cfg.adaptive_steps,
+            "adaptive_modes": list(cfg.adaptive_modes), "adaptive_restarts": cfg.adaptive_restarts,
+            "adaptive_margin": cfg.adaptive_margin, "adaptive_eot": cfg.adaptive_eot,
+            "kappa_sweep": [float(k) for k in cfg.kappa_sweep]}
+
+
+def _main_detectors(cfg: DetectionConfig, has_decoder: bool) -> list[str]:
+    return [d for d in cfg.detectors if d != "reconstruction" or has_decoder]
+
+
+def _decoder_cfg(cfg: AdaptiveDetectionConfig, has_decoder: bool) -> AdaptiveDetectionConfig | None:
+    if "reconstruction" in cfg.detectors and not has_decoder and cfg.reconstruction_arch:
+        return dataclasses.replace(cfg, arch=cfg.reconstruction_arch)
+    return None
+
+
+def _decoder_detectors(cfg: AdaptiveDetectionConfig) -> list[str]:
+    return [d for d in DECODER_DETECTORS if d in cfg.detectors]
+
+
+def _cell(cfg: AdaptiveDetectionConfig, name: str, detectors: list[str]) -> tuple[str, dict[str, Any]]:
+    return name, evaluation_spec(cfg, attacks=cfg.attacks, detectors=detectors, cross_attack=False,
+                                 **_adaptive_spec(cfg))
+
+
+def _evaluate(run: Run, cfg: AdaptiveDetectionConfig, ctx: Context, name: str, detectors: list[str]) -> None:
+    trained, x, y = sources(cfg, ctx)
+    record_model(run, cfg, trained, len(y))
+    evaluate(run, *_cell(cfg, name, detectors), cfg, ctx, trained, x, y, build_attacks(cfg.attacks), detectors,
+             cross_attack=False, adaptive=list(cfg.adaptive_attacks), adaptive_settings=_settings(cfg),
+             kappa_sweep=tuple(cfg.kappa_sweep))
+
+
+def adaptive_cells(run: Run, cfg: AdaptiveDetectionConfig, ctx: Context) -> None:
+    trained, _, y = sources(cfg, ctx)
+    facts = record_model(run, cfg, trained, len(y))
+    _evaluate(run, cfg, ctx, "adaptive", _main_detectors(cfg, facts["has_decoder"]))
+    dec = _decoder_cfg(cfg, facts["has_decoder"])
+    if dec is not None:
+        _evaluate(run, dec, ctx, f"adaptive/{dec.arch}", _decoder_detectors(cfg))
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def _cellv(r: dict[str, Any] | None, metric: str) -> str:
+    if r is None:
+        return "n/a"
+    if r.get("error"):
+        return "error"
+    v = r.get(metric)
+    return "–" if v is None else f"{pct(v):.1f}"
+
+
+def settings_table(records: list[dict[str, Any]], detectors: list[str], cfg: AdaptiveDetectionConfig,
+                   metric: str, caption: str) -> Table:
+    """One row per detector: ``metric`` for each adaptive budget (oblivious | adaptive), then the κ sweep."""
+    obl, ada = table_rows(records), table_rows(records, "adaptive")
+    cw = next((r["attack"] for r in records if r["kind"] == "table" and str(r.get("setting", "")).startswith(
+        "cw_kappa=")), None)
+    cols, rows = [], []
+    for a in cfg.adaptive_attacks:
+        cols += [f"{a} oblivious", f"{a} adaptive"]
+    if cw is not None:
+        cols += [f"{cw} κ=0"] + [f"{cw} κ={k:g}" for k in cfg.kappa_sweep]
+    for d in detectors:
+        row: list[Any] = [DETECTOR_LABELS.get(d, d)]
+        for a in cfg.adaptive_attacks:
+            row += [_cellv(obl.get((d, a)), metric), _cellv(ada.get((d, a)), metric)]
+        if cw is not None:
+            row.append(_cellv(obl.get((d, cw)), metric))
+            for k in cfg.kappa_sweep:
+                row.append(_cellv(table_rows(records, f"cw_kappa={k:g}").get((d, cw)), metric))
+        rows.append(row)
+    return Table(["detector", *cols], rows, caption=caption)
+
+
+def mirror_table(records: list[dict[str, Any]], detectors: list[str], cfg: AdaptiveDetectionConfig) -> Table:
+    """How the attacker differentiated each detector, and the adaptive attack's own numbers."""
+    ada = table_rows(records, "adaptive")
+    rows = []
+    for d in detectors:
+        for a in cfg.adaptive_attacks:
+            r = ada.get((d, a))
+            if r is None or r.get("error"):
+                rows.append([DETECTOR_LABELS.get(d, d), a, "error" if r else "n/a", "–", "–", "–", "–", "–"])
+                continue
+            modes = " / ".join(f"{pct(r.get(f'evasion_{m}')):.1f}" for m in (*cfg.adaptive_modes, "oblivious"))
+            sur = r.get("surrogate_agreement")
+            rows.append([DETECTOR_LABELS.get(d, d), a, r["mirror"], f"{pct(r['mirror_agreement']):.1f}",
+                         "–" if sur is None else f"{pct(sur):.1f}", f"{pct(r['success_rate']):.1f}", modes,
+                         "–" if r.get("mean_l2") is None else f"{r['mean_l2']:.2f}"])
+    return Table(["detector", "budget of", "gradient through", "attacker's flag = detector's flag %",
+                  "surrogate agrees with the forest %", "misclassified %",
+                  f"evasion % by candidate ({' / '.join((*cfg.adaptive_modes, 'oblivious'))})", "mean L2"], rows,
+                 caption="The adaptive attack: exact mirror, EOT over dropout masks, or a logistic surrogate of the "
+                         "random forest; agreement of the attacker's flag with the real detector's on the clean "
+                         "calibration images and the adversarials; evasion of each candidate alone")
+
+
+def _published(cfg: AdaptiveDetectionConfig) -> list[Block]:
+    pub = cfg.paper.get("published", [])
+    if not pub:
+        return []
+    rows = [[p.get("paper", ""), p.get("detector", ""), p.get("dataset", ""), p.get("setting", ""), p.get("result", "")]
+            for p in pub]
+    return [Heading("Published results on the same question", 3),
+            Paragraph(cfg.paper.get("note", "As stated in the papers; their models, attacks and protocols differ "
+                                             "from ours, so the numbers sit beside ours, not in one ranking.")),
+            Table(["paper", "detector", "dataset", "setting", "reported"], rows)]
+
+
+def _section(cfg: AdaptiveDetectionConfig, facts: dict[str, Any], r: dict[str, Any], detectors: list[str],
+             title: str) -> list[Block]:
+    recs = r["records"]
+    names = [s.name for s in cfg.attacks]
+    atk = attack_rows(recs)
+    n_test = next((x["n_correct_test"] for x in recs if x["kind"] == "table" and x.get("n_correct_test")), 0)
+    return [
+        Heading(title, 3),
+        Paragraph(f"`{cfg.arch}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
+                  f"`{facts['checkpoint_key'][:12]}`), {facts['n_images']} random test images (seed {cfg.seed}) split "
+                  f"fit / calibrate / test = {cfg.splits}; {n_test} correctly classified test images are the sources "
+                  "of every evasion rate."),
+        attack_table(cfg.attacks, atk),
+        settings_table(recs, detectors, cfg, "evasion_rate",
+                       "Evasion rate %: of the correctly classified test images, the fraction whose adversarial is "
+                       "misclassified and not flagged at the detector's 5%-FPR threshold (higher = the detector "
+                       "stops fewer attacks)"),
+        settings_table(recs, detectors, cfg, "tpr",
+                       "TPR % at the 5%-FPR threshold among the misclassified adversarials of each setting"),
+        settings_table(recs, detectors, cfg, "auroc", "AUROC % (clean test images vs misclassified adversarials)"),
+        mirror_table(recs, detectors, cfg),
+        *detection_tables(recs, detectors, names, "Oblivious attacks, every attack of the unified table: AUROC % "
+                                                  "[95% interval]")[:1],
+        *errors_paragraph(recs),
+        Paragraph(f"Evaluation wall time {r['wall_s']:.0f} s (when the cell was computed)."),
+    ]
+
+
+def adaptive_report(cfg: AdaptiveDetectionConfig, results: Results) -> list[Block]:
+    facts = results.cell(*model_cell(cfg))
+    main = _main_detectors(cfg, facts["has_decoder"])
+    blocks: list[Block] = [
+        Heading(f"Detectors against attackers who know them, `{cfg.arch}` ({cfg.dataset})"),
+        Paragraph(
+            "Threat model: the attacker knows the classifier, the fitted detector and its threshold, and has the "
+            "ε-ball of the oblivious attack (same norm, same ε); an adversarial counts against a detector only if "
+            "it is misclassified **and** the real detector does not flag it. The adaptive attack "
+            f"(`DetectorAwarePGD`, {cfg.adaptive_steps} steps per mode, modes {', '.join(cfg.adaptive_modes)}, "
+            f"{cfg.adaptive_restarts} restart(s), margin {cfg.adaptive_margin:g} clean-score standard deviations, "
+            f"{cfg.adaptive_eot} dropout draws per gradient for BU) differentiates each detector through its torch "
+            "mirror; the oblivious adversarial is one more candidate per image. κ-C&W knows no detector: it only "
+            "asks for a confident wrong class. An evasion rate is an upper bound on what the detector stops only "
+            "for the attacks tried: a stronger attacker can do better, never worse."),
+        *_section(cfg, facts, results.cell(*_cell(cfg, "adaptive", main)), main, f"`{cfg.arch}`: every detector"),
+    ]
+    dec = _decoder_cfg(cfg, facts["has_decoder"])
+    if dec is not None:
+        dfacts = results.cell(*model_cell(dec))
+        dets = _decoder_detectors(cfg)
+        blocks += _section(dec, dfacts, results.cell(*_cell(dec, f"adaptive/{dec.arch}", dets)), dets,
+                           f"`{dec.arch}` (a decoder): Hendrycks & Gimpel's detectors")
+    blocks += _published(cfg)
+    return blocks
+
+
+register("adaptive_detection", AdaptiveDetectionConfig,
+         "Every detector against oblivious, confident (κ-C&W) and adaptive attacks in the same budgets.",
+         report=adaptive_report)(adaptive_cells)
