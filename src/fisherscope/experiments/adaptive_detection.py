@@ -39,6 +39,7 @@ from .detection_kit import (
     model_cell,
     pct,
     record_model,
+    settings_table,
     sources,
     table_rows,
 )
@@ -117,38 +118,6 @@ def adaptive_cells(run: Run, cfg: AdaptiveDetectionConfig, ctx: Context) -> None
 # ------------------------------------------------------------------------------- report
 
 
-def _cellv(r: dict[str, Any] | None, metric: str) -> str:
-    if r is None:
-        return "n/a"
-    if r.get("error"):
-        return "error"
-    v = r.get(metric)
-    return "–" if v is None else f"{pct(v):.1f}"
-
-
-def settings_table(records: list[dict[str, Any]], detectors: list[str], cfg: AdaptiveDetectionConfig,
-                   metric: str, caption: str) -> Table:
-    """One row per detector: ``metric`` for each adaptive budget (oblivious | adaptive), then the κ sweep."""
-    obl, ada = table_rows(records), table_rows(records, "adaptive")
-    cw = next((r["attack"] for r in records if r["kind"] == "table" and str(r.get("setting", "")).startswith(
-        "cw_kappa=")), None)
-    cols, rows = [], []
-    for a in cfg.adaptive_attacks:
-        cols += [f"{a} oblivious", f"{a} adaptive"]
-    if cw is not None:
-        cols += [f"{cw} κ=0"] + [f"{cw} κ={k:g}" for k in cfg.kappa_sweep]
-    for d in detectors:
-        row: list[Any] = [DETECTOR_LABELS.get(d, d)]
-        for a in cfg.adaptive_attacks:
-            row += [_cellv(obl.get((d, a)), metric), _cellv(ada.get((d, a)), metric)]
-        if cw is not None:
-            row.append(_cellv(obl.get((d, cw)), metric))
-            for k in cfg.kappa_sweep:
-                row.append(_cellv(table_rows(records, f"cw_kappa={k:g}").get((d, cw)), metric))
-        rows.append(row)
-    return Table(["detector", *cols], rows, caption=caption)
-
-
 def mirror_table(records: list[dict[str, Any]], detectors: list[str], cfg: AdaptiveDetectionConfig) -> Table:
     """How the attacker differentiated each detector, and the adaptive attack's own numbers."""
     ada = table_rows(records, "adaptive")
@@ -197,13 +166,14 @@ def _section(cfg: AdaptiveDetectionConfig, facts: dict[str, Any], r: dict[str, A
                   f"fit / calibrate / test = {cfg.splits}; {n_test} correctly classified test images are the sources "
                   "of every evasion rate."),
         attack_table(cfg.attacks, atk),
-        settings_table(recs, detectors, cfg, "evasion_rate",
+        settings_table(recs, detectors, cfg.adaptive_attacks, cfg.kappa_sweep, "evasion_rate",
                        "Evasion rate %: of the correctly classified test images, the fraction whose adversarial is "
                        "misclassified and not flagged at the detector's 5%-FPR threshold (higher = the detector "
                        "stops fewer attacks)"),
-        settings_table(recs, detectors, cfg, "tpr",
+        settings_table(recs, detectors, cfg.adaptive_attacks, cfg.kappa_sweep, "tpr",
                        "TPR % at the 5%-FPR threshold among the misclassified adversarials of each setting"),
-        settings_table(recs, detectors, cfg, "auroc", "AUROC % (clean test images vs misclassified adversarials)"),
+        settings_table(recs, detectors, cfg.adaptive_attacks, cfg.kappa_sweep, "auroc",
+                       "AUROC % (clean test images vs misclassified adversarials)"),
         mirror_table(recs, detectors, cfg),
         *detection_tables(recs, detectors, names, "Oblivious attacks, every attack of the unified table: AUROC % "
                                                   "[95% interval]")[:1],

@@ -61,6 +61,7 @@ __all__ = [
     "dropout_model",
     "errors_paragraph",
     "evaluate",
+    "settings_table",
     "evaluation_spec",
     "model_cell",
     "pct",
@@ -516,6 +517,39 @@ def detection_tables(records: list[dict[str, Any]], detectors: list[str], attack
                   caption="Noise control: AUROC % of adversarial vs noise with the same L2 norm / % of the "
                           "noisy images flagged at the threshold")
     return [auc, tpr, noise]
+
+
+def _setting_cell(r: dict[str, Any] | None, metric: str) -> str:
+    if r is None:
+        return "n/a"
+    if r.get("error"):
+        return "error"
+    v = r.get(metric)
+    return "–" if v is None else f"{pct(v):.1f}"
+
+
+def settings_table(records: list[dict[str, Any]], detectors: list[str], budgets: Sequence[str],
+                   kappas: Sequence[float], metric: str, caption: str) -> Table:
+    """One row per detector: ``metric`` for each attack of ``budgets`` (oblivious | adaptive), then
+    the plain C&W and each ``cw_kappa`` setting of the κ sweep (when the records hold one)."""
+    obl, ada = table_rows(records), table_rows(records, "adaptive")
+    cw = next((r["attack"] for r in records if r["kind"] == "table" and str(r.get("setting", "")).startswith(
+        "cw_kappa=")), None)
+    cols: list[str] = []
+    for a in budgets:
+        cols += [f"{a} oblivious", f"{a} adaptive"]
+    if cw is not None:
+        cols += [f"{cw} κ=0"] + [f"{cw} κ={k:g}" for k in kappas]
+    rows = []
+    for d in detectors:
+        row: list[Any] = [DETECTOR_LABELS.get(d, d)]
+        for a in budgets:
+            row += [_setting_cell(obl.get((d, a)), metric), _setting_cell(ada.get((d, a)), metric)]
+        if cw is not None:
+            row.append(_setting_cell(obl.get((d, cw)), metric))
+            row += [_setting_cell(table_rows(records, f"cw_kappa={k:g}").get((d, cw)), metric) for k in kappas]
+        rows.append(row)
+    return Table(["detector", *cols], rows, caption=caption)
 
 
 def errors_paragraph(records: list[dict[str, Any]]) -> list[Block]:
