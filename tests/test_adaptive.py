@@ -221,7 +221,9 @@ def test_adaptive_detection_kind_rerenders_from_the_store(tmp_path, digits_model
                                  "setting": "perfect knowledge", "result": "mean L2 3.81"}]},
     })
     run = run_experiment(cfg, tmp_path, context=Context(progress=False))
-    recs = next(v["records"] for v in run.results().values() if "records" in v)
+    cells = {k: v for k, v in run.results().items() if "records" in v}
+    assert len(cells) == 1 + 3  # the oblivious attacks and the kappa sweep; one cell per (budget, detector)
+    recs = [r for v in cells.values() for r in v["records"]]
     settings = {(r["detector"], r.get("setting")) for r in recs if r["kind"] == "table"}
     assert {("softmax", "adaptive"), ("kd", "cw_kappa=5"), ("bu", "oblivious")} <= settings
     ada = [r for r in recs if r["kind"] == "table" and r.get("setting") == "adaptive"]
