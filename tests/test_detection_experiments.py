@@ -114,6 +114,8 @@ def test_demo_detect_section(tmp_path, digits_model, monkeypatch):
     dets = {r["detector"] for r in table}
     assert "reconstruction" not in dets and {"fisher_spectrum", "kd", "lid", "mahalanobis"} <= dets
     assert all(r["error"] is None for r in table)
+    assert {r["setting"] for r in table} == {"oblivious", "adaptive"}  # the adaptive attack beside FGM and OSSA
+    assert {r["detector"] for r in table if r["setting"] == "adaptive"} == dets
     assert any(getattr(b, "text", "").startswith("Detect") for b in blocks)
     for a in ("fgm", "ossa"):
         assert (run.figures_dir / f"detect_roc_{a}.png").stat().st_size > 0

@@ -145,7 +145,7 @@ def check_inputs(
         )
     if bounds is not None:
         lo, hi = float(bounds[0]), float(bounds[1])
-        xmin, xmax = float(x.min()), float(x.max())
+        xmin, xmax = float(x.detach().min()), float(x.detach().max())
         if xmin < lo - _BOUNDS_TOL or xmax > hi + _BOUNDS_TOL:
             raise ValueError(
                 f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside bounds ({lo}, {hi}). "

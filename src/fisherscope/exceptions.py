@@ -15,6 +15,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ModelModeWarning",
     "ModelNotSavedError",
+    "NoTorchMirrorError",
     "NotFittedError",
     "RegistryKeyError",
     "ParameterTypeError",
@@ -24,6 +25,15 @@ __all__ = [
 
 class NotFittedError(_SklearnNotFittedError):
     """A detector was used before ``fit`` (a subclass of scikit-learn's, so its checks see it)."""
+
+
+class NoTorchMirrorError(TypeError):
+    """A detector has no differentiable torch mirror of its score (e.g. a random-forest head).
+
+    The message names the fix: fit a differentiable surrogate on the same features
+    (:class:`fisherscope.detectors.LogisticSurrogate`) and attack that, judging success by
+    the real detector.
+    """
 
 
 class ModelModeWarning(UserWarning):

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._registry import Registry, first_doc_line
+from .adaptive import DetectorAwarePGD
 from .apgd import APGD, APGDTargeted, dlr_loss
 from .base import (
     BUDGETS,
@@ -133,6 +134,7 @@ __all__ = [
     "BIM",
     "CarliniWagnerL2",
     "DeepFool",
+    "DetectorAwarePGD",
     "DeepFoolLinf",
     "FGM",
     "FGSM",

@@ -7,6 +7,12 @@ on clean data, and ``score`` = AUROC. ``DETECTORS`` (a
 :class:`~fisherscope._registry.Registry`) maps registry keys to classes; registering a
 detector checks that it is a :class:`Detector` whose ``feature`` names an entry of
 :data:`fisherscope.features.FEATURES`.
+
+Every registered detector has a differentiable torch mirror of its score
+(:meth:`Detector.decision_torch`, :meth:`Detector.torch_score` -> :class:`TorchScore`) on the
+feature mirrors of :data:`fisherscope.features.TORCH_FEATURES`, except the random-forest head
+of :class:`FisherSpectrumDetector`, which is piecewise constant: :class:`LogisticSurrogate`
+fits a differentiable stand-in on the same features (success is judged by the real head).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 from .._registry import Registry
 from ..features import FEATURES
-from .base import SKLEARN_EXPECTED_FAILED_CHECKS, Detector, threshold_at_fpr
+from .base import SKLEARN_EXPECTED_FAILED_CHECKS, Detector, TorchScore, threshold_at_fpr
 from .density import (
     BayesianUncertaintyDetector,
     KDBUDetector,
@@ -28,6 +34,7 @@ from .lid import LIDDetector
 from .mahalanobis import MahalanobisDetector
 from .reconstruction import ReconstructionDetector
 from .softmax import SoftmaxDetector
+from .surrogate import LogisticSurrogate, needs_surrogate
 from .whitening import PCAWhiteningDetector
 
 
@@ -69,11 +76,14 @@ __all__ = [
     "KDBUDetector",
     "KernelDensityDetector",
     "LIDDetector",
+    "LogisticSurrogate",
     "MahalanobisDetector",
     "PCAWhiteningDetector",
     "ReconstructionDetector",
     "SoftmaxDetector",
+    "TorchScore",
     "gaussian_kde_logpdf",
     "join_kdbu",
+    "needs_surrogate",
     "threshold_at_fpr",
 ]

@@ -8,7 +8,14 @@ inputs by :mod:`fisherscope.features`, to a score per sample:
   threshold set so that at most ``target_fpr`` of the *clean* calibration samples are
   flagged (the clean rows of the fitting data, or a separate split given to
   :meth:`~Detector.calibrate`);
-- :meth:`~Detector.score` — the area under the ROC curve (AUROC), not accuracy.
+- :meth:`~Detector.score` — the area under the ROC curve (AUROC), not accuracy;
+- :meth:`~Detector.decision_torch` — the same score as a differentiable torch function of a
+  feature *tensor* (the columns of :data:`fisherscope.features.TORCH_FEATURES`), for
+  attackers who know the detector; :meth:`~Detector.torch_score` composes it with the torch
+  mirror of the detector's feature into a :class:`TorchScore` of the images. A detector
+  whose fitted head is not differentiable (a random forest) raises
+  :class:`~fisherscope.exceptions.NoTorchMirrorError` naming the fix, a differentiable
+  surrogate (:class:`~fisherscope.detectors.LogisticSurrogate`).
 
 Labels are binary: 0 = clean (including noisy negatives), 1 = adversarial. Supervised
 detectors (``supervised = True``) need both classes in ``fit``; unsupervised ones
@@ -23,18 +30,21 @@ as an explicit keyword of ``__init__`` stored unchanged (scikit-learn's ``get_pa
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import validate_data
 
 from .._validation import check_param, real
-from ..exceptions import NotFittedError
+from ..exceptions import NotFittedError, NoTorchMirrorError
 
-__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "Detector", "threshold_at_fpr"]
+__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "Detector", "TorchScore", "as_torch", "threshold_at_fpr"]
 
 _LABELS_01 = "labels must be 0 (clean) and 1 (adversarial); this check uses other labels"
 
@@ -154,6 +164,78 @@ class Detector(ClassifierMixin, BaseEstimator):
         """1 where ``decision_function`` exceeds ``threshold_`` (adversarial), else 0."""
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
+    def decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`decision_function` as a differentiable torch function of a feature tensor.
+
+        Parameters
+        ----------
+        X : Tensor (n_samples, n_features)
+            The detector's feature columns as a float tensor (the output of the feature's
+            mirror in :data:`fisherscope.features.TORCH_FEATURES`), possibly attached to an
+            autograd graph.
+
+        Returns
+        -------
+        Tensor (n_samples,)
+            float64, the same numbers as ``decision_function(X.detach().numpy())`` (to
+            round-off) and differentiable in ``X``.
+
+        Raises
+        ------
+        NotFittedError
+            The detector has not been fitted.
+        NoTorchMirrorError
+            The fitted head has no differentiable mirror (fit a surrogate instead).
+        """
+        self._check_fitted_for_torch()
+        if not isinstance(X, torch.Tensor) or X.ndim != 2:
+            raise ValueError(
+                f"{type(self).__name__}.decision_torch takes a 2-D feature tensor (n_samples, n_features); got "
+                f"{type(X).__name__}{'' if not isinstance(X, torch.Tensor) else f' of shape {tuple(X.shape)}'}."
+            )
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                "features as input."
+            )
+        return self._decision_torch(X.to(torch.float64))
+
+    def has_torch_mirror(self) -> bool:
+        """Whether :meth:`decision_torch` exists for this detector (with its current settings)."""
+        return type(self)._decision_torch is not Detector._decision_torch
+
+    def torch_score(self, model: torch.nn.Module | None = None, **feature_kwargs: Any) -> TorchScore:
+        """This fitted detector's score as a differentiable torch function of the images.
+
+        The detector's own feature (``self.feature``) through its torch mirror, with
+        ``feature_kwargs`` (e.g. ``k=20`` for the eigenvalues, ``n=50, generator=g`` for MC
+        dropout), then :meth:`decision_torch`; the result's ``threshold`` is the fitted
+        ``threshold_`` (the one ``predict`` uses). Features built from several parts (KD+BU
+        on two models) are assembled by :func:`fisherscope.evaluation.detector_torch_score`.
+
+        Raises
+        ------
+        NotFittedError
+            Not fitted, or no threshold set.
+        NoTorchMirrorError
+            No differentiable mirror of the head (fit a surrogate).
+        """
+        from ..features import TORCH_FEATURES
+
+        self._check_fitted_for_torch()
+        if not self.has_torch_mirror():
+            self._decision_torch(torch.zeros(0, self.n_features_in_, dtype=torch.float64))  # raises the fix
+        fn = TORCH_FEATURES[self.feature]
+        takes_model = next(iter(inspect.signature(fn).parameters)) != "x"
+        if takes_model and model is None:
+            raise ValueError(f"{type(self).__name__}.torch_score needs the model its feature {self.feature!r} is "
+                             "computed with: torch_score(model, ...).")
+
+        def part(x: torch.Tensor) -> torch.Tensor:
+            return fn(model, x, **feature_kwargs) if takes_model else fn(x, **feature_kwargs)
+
+        return TorchScore(self, [part])
+
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:  # noqa: ARG002
         """AUROC of ``decision_function`` against y (0 clean, 1 adversarial)."""
         y = self._check_binary(np.asarray(y))
@@ -202,3 +284,82 @@ class Detector(ClassifierMixin, BaseEstimator):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        """The torch mirror of :meth:`_decision` (float64 X, fitted); default: none."""
+        raise NoTorchMirrorError(
+            f"{type(self).__name__} has no differentiable torch mirror of its score, so a gradient-based "
+            "attacker cannot use it directly. Fit a differentiable surrogate on the same features, "
+            "fisherscope.detectors.LogisticSurrogate(detector).fit(X_fit, y_fit).calibrate(X_clean), attack "
+            "its torch score and judge success with the real detector."
+        )
+
+    def _check_fitted_for_torch(self) -> None:
+        if not hasattr(self, "n_features_in_") or not hasattr(self, "classes_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet: call fit(X, y) (or fit(X) for an unsupervised "
+                "detector) before decision_torch / torch_score."
+            )
+
+
+def as_torch(a: Any, like: torch.Tensor) -> torch.Tensor:
+    """A fitted numpy array as a float64 tensor on ``like``'s device (no copy on the CPU)."""
+    return torch.as_tensor(np.asarray(a, dtype=np.float64), device=like.device)
+
+
+class TorchScore:
+    """A fitted detector's score as a differentiable torch function of the images.
+
+    ``score(x)`` concatenates the feature parts (each ``part(x) -> (N, f_i)`` tensor with
+    the graph to ``x``) and applies ``decision.decision_torch``; ``threshold`` is the
+    decision's fitted threshold: ``score(x) > threshold`` is the detector's flag (for a
+    surrogate, the surrogate's own threshold at the same false-positive rate).
+
+    Parameters
+    ----------
+    decision : Detector
+        A fitted detector (or surrogate) with a torch mirror.
+    parts : sequence of callables
+        Feature parts, in column order.
+
+    Attributes
+    ----------
+    threshold : float
+        The fitted threshold (finite).
+    scale : float
+        A typical spread of clean scores (set by whoever builds the score, default 1): the
+        unit an attacker's penalty measures "how far above the threshold" in.
+
+    Raises
+    ------
+    NotFittedError
+        The decision is not fitted or has no threshold set.
+    """
+
+    def __init__(self, decision: Detector, parts: Sequence[Callable[[torch.Tensor], torch.Tensor]], *,
+                 scale: float = 1.0) -> None:
+        if not isinstance(decision, Detector):
+            raise TypeError(f"TorchScore needs a fitted fisherscope Detector; got {type(decision).__name__}.")
+        decision._check_fitted_for_torch()
+        thr = getattr(decision, "threshold_", None)
+        if thr is None or not np.isfinite(thr):
+            raise NotFittedError(
+                f"{type(decision).__name__} has no finite threshold_ set (got {thr!r}): calibrate it on clean "
+                "features first (detector.calibrate(X_clean)), so the attacker knows the operating point."
+            )
+        if not parts:
+            raise ValueError("TorchScore needs at least one feature part.")
+        self.decision = decision
+        self.parts = list(parts)
+        self.threshold = float(thr)
+        self.scale = float(scale)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        cols = [p(x) for p in self.parts]
+        return cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decision.decision_torch(self.features(x))
+
+    def __repr__(self) -> str:
+        return f"TorchScore({type(self.decision).__name__}, threshold={self.threshold:.6g})"

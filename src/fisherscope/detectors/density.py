@@ -39,6 +39,7 @@ import warnings
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -47,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from .._batching import chunks
 from .._validation import POSITIVE, any_of, check_param, one_of
 from ..features.activations import join_kdbu
-from .base import Detector
+from .base import Detector, as_torch
 
 __all__ = [
     "BayesianUncertaintyDetector",
@@ -55,6 +56,7 @@ __all__ = [
     "KernelDensityDetector",
     "gaussian_kde_logpdf",
     "join_kdbu",
+    "linear_head_torch",
 ]
 
 _BANDWIDTH_RULES = ("cv", "scott", "silverman")
@@ -101,6 +103,13 @@ def gaussian_kde_logpdf(
             count[rows] -= 1.0
         out[sl] = logsumexp(logk, axis=1) - np.log(count) + norm
     return out
+
+
+def linear_head_torch(z: torch.Tensor, scaler: Any, classifier: Any) -> torch.Tensor:
+    """``classifier.decision_function(scaler.transform(z))`` of a fitted StandardScaler and a
+    binary LogisticRegression, as a differentiable torch function (float64)."""
+    zs = (z - as_torch(scaler.mean_, z)) / as_torch(scaler.scale_, z)
+    return zs @ as_torch(classifier.coef_[0], z) + float(classifier.intercept_[0])
 
 
 def _check_classes(col: np.ndarray, owner: str) -> np.ndarray:
@@ -217,6 +226,34 @@ class _ClassKDE:
                 out[rows] = -gaussian_kde_logpdf(X[rows, 1:], self.supports[i], self.bandwidths[i])
         return out
 
+    def neg_log_density_torch(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`neg_log_density` as a differentiable torch function of X = [ŷ, h...] (float64).
+
+        The class of each row is its column 0 (a constant of the graph); the gradient flows
+        through h into the kernel sum of that class.
+        """
+        pred = _check_classes(X[:, 0].detach().cpu().numpy(), self.owner)
+        unknown = np.setdiff1d(np.unique(pred), self.classes)
+        if unknown.size:
+            raise ValueError(f"{self.owner}: predicted class(es) {unknown.tolist()} had no clean fitting rows "
+                             f"(fitted classes: {self.classes.tolist()}).")
+        h = X[:, 1:]
+        out = X.new_zeros(X.shape[0])
+        pred_t = torch.as_tensor(pred, device=X.device)
+        for i, c in enumerate(self.classes):  # loop over classes, not samples
+            rows = torch.nonzero(pred_t == int(c)).flatten()
+            if rows.numel() == 0:
+                continue
+            s = as_torch(self.supports[i], X)
+            b = float(self.bandwidths[i])
+            q = h[rows]
+            d2 = (q * q).sum(1, keepdim=True) + (s * s).sum(1)[None] - 2.0 * (q @ s.T)
+            logk = -d2.clamp_min(0.0) / (2.0 * b * b)
+            norm = -0.5 * s.shape[1] * math.log(2.0 * math.pi * b * b)
+            val = torch.logsumexp(logk, dim=1) - math.log(s.shape[0]) + norm
+            out = out.index_put((rows,), -val)
+        return out
+
     def loo_neg_log_density(self, X: np.ndarray) -> np.ndarray:
         """−log f_ŷ of the rows the KDE was fitted on (same X, same order), leaving each out."""
         pred = X[:, 0].astype(np.int64)
@@ -305,6 +342,9 @@ class KernelDensityDetector(Detector):
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return self.kde_.neg_log_density(X)
 
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        return self.kde_.neg_log_density_torch(X)
+
 
 class BayesianUncertaintyDetector(Detector):
     """Feinman et al.'s Bayesian uncertainty (BU) detector: the MC-dropout variance.
@@ -356,6 +396,9 @@ class BayesianUncertaintyDetector(Detector):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return self._bu(X)
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        return X[:, 0]
 
 
 class KDBUDetector(Detector):
@@ -447,3 +490,8 @@ class KDBUDetector(Detector):
     def _decision(self, X: np.ndarray) -> np.ndarray:
         kd_x, bu = self._split(X)
         return self.pipeline_.decision_function(np.c_[self.kde_.neg_log_density(kd_x), bu])
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        z = torch.stack([self.kde_.neg_log_density_torch(X[:, :-1]), X[:, -1]], dim=1)
+        scaler, lr = self.pipeline_[0], self.pipeline_[-1]
+        return linear_head_torch(z, scaler, lr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.naive_bayes import GaussianNB
 
@@ -17,8 +18,9 @@ from .._validation import (
     check_params,
     one_of,
 )
+from ..exceptions import NoTorchMirrorError
 from ..features.fisher import PARAM_FISHER_SCORES
-from .base import Detector
+from .base import Detector, as_torch
 
 __all__ = ["FisherScoreDetector", "FisherSpectrumDetector"]
 
@@ -208,6 +210,37 @@ class FisherSpectrumDetector(Detector):
         proba = self.estimator_.predict_proba(self._transform(X))
         return proba[:, list(self.estimator_.classes_).index(1)]
 
+    # ------------------------------------------------------------ torch mirror
+    def head_inputs(self, X: np.ndarray) -> np.ndarray:
+        """The columns the fitted classifier sees: log(X + offset_) or X (numpy)."""
+        return self._transform(np.asarray(X, dtype=np.float64))
+
+    def head_inputs_torch(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`head_inputs` as a differentiable torch function (float64)."""
+        return torch.log(X + self.offset_) if getattr(self, "log_", bool(self.log_transform)) else X
+
+    def has_torch_mirror(self) -> bool:
+        """True for the naive Bayes head (a closed form); a random forest is piecewise constant."""
+        return self.classifier == "naive_bayes"
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        est = getattr(self, "estimator_", None)
+        if not isinstance(est, GaussianNB):
+            raise NoTorchMirrorError(
+                "FisherSpectrumDetector with classifier='random_forest' has no differentiable mirror: a forest's "
+                "probability is piecewise constant in the eigenvalues (zero gradient almost everywhere). Fit a "
+                "differentiable surrogate on the same features, fisherscope.detectors.LogisticSurrogate(detector)"
+                ".fit(X_fit, y_fit).calibrate(X_clean), attack it and judge success with the forest; or use "
+                "classifier='naive_bayes', whose head is mirrored exactly."
+            )
+        z = self.head_inputs_torch(X)
+        theta, var = as_torch(est.theta_, z), as_torch(est.var_, z)
+        jll = (torch.log(as_torch(est.class_prior_, z))
+               - 0.5 * torch.log(2.0 * torch.pi * var).sum(1)
+               - 0.5 * ((z[:, None, :] - theta[None]) ** 2 / var[None]).sum(2))  # (N, classes)
+        log_proba = jll - torch.logsumexp(jll, dim=1, keepdim=True)
+        return log_proba[:, list(est.classes_).index(1)].exp()
+
 
 class FisherScoreDetector(Detector):
     """Martin & Elster's detector: one parameter-space Fisher score as the decision.
@@ -287,3 +320,9 @@ class FisherScoreDetector(Detector):
     def _decision(self, X: np.ndarray) -> np.ndarray:
         s = self._values(X)
         return np.log(np.maximum(s, _TINY)) if self.log else s
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        col = self.column if self.column is not None else (
+            0 if X.shape[1] == 1 else PARAM_FISHER_SCORES.index(self.statistic))
+        s = X[:, col]
+        return torch.log(s.clamp_min(_TINY)) if self.log else s

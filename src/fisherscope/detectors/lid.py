@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from .._batching import chunks
 from .._validation import POSITIVE, POSITIVE_INT, check_param, integer, param_error, satisfies
-from .base import Detector
+from .base import Detector, as_torch
 
-__all__ = ["LIDDetector", "lid_mle", "check_layer_sizes", "match_rows"]
+__all__ = ["LIDDetector", "lid_mle", "lid_mle_torch", "check_layer_sizes", "match_rows"]
 
 
 def check_layer_sizes(layer_sizes: Sequence[int] | None, n_features: int, owner: str) -> list[slice]:
@@ -121,6 +122,39 @@ def lid_mle(
         lid[~np.isfinite(lid) | (dist[:, 0] == 0)] = 0.0
         out[sl] = lid
     return out
+
+
+def lid_mle_torch(query: torch.Tensor, reference: torch.Tensor, k: int, *,
+                  exclude: np.ndarray | None = None) -> torch.Tensor:
+    """:func:`lid_mle` as a differentiable torch function of the query rows (float64).
+
+    The k nearest reference rows are chosen on the detached squared distances (a
+    constant of the graph, as any nearest-neighbour choice is); the distances to them,
+    and so the estimate, carry the gradient. Zero nearest distances give 0, as in
+    :func:`lid_mle`.
+
+    Shapes
+    ------
+    query: (n, d), reference: (m, d) -> (n,).
+    """
+    q, r = query, reference
+    d2 = (q.detach() ** 2).sum(1, keepdim=True) + (r ** 2).sum(1)[None] - 2.0 * (q.detach() @ r.T)
+    if exclude is not None:
+        ex = torch.as_tensor(np.asarray(exclude), device=q.device)
+        rows = torch.nonzero(ex >= 0).flatten()
+        d2[rows, ex[rows]] = torch.inf
+    idx = torch.topk(d2, k, dim=1, largest=False).indices  # (n, k)
+    sq = ((q[:, None, :] - r[idx]) ** 2).sum(-1)
+    zero = sq.detach() <= 0
+    dist = torch.where(zero, torch.zeros_like(sq), sq.clamp_min(1e-300).sqrt())
+    dist, _ = dist.sort(dim=1)
+    last = dist[:, -1:]
+    nearest_zero = dist.detach()[:, 0] == 0
+    safe = torch.where(dist.detach() > 0, dist, torch.ones_like(dist))
+    safe_last = torch.where(last.detach() > 0, last, torch.ones_like(last))
+    mean_log = torch.log(safe / safe_last).mean(1)
+    ok = ~nearest_zero & (mean_log.detach() < 0)
+    return torch.where(ok, -1.0 / torch.where(ok, mean_log, -torch.ones_like(mean_log)), torch.zeros_like(mean_log))
 
 
 class LIDDetector(Detector):
@@ -232,3 +266,16 @@ class LIDDetector(Detector):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return self.classifier_.decision_function(self.scaler_.transform(self.lid_features(X)))
+
+    def lid_features_torch(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`lid_features` as a differentiable torch function (rows bitwise equal to a
+        reference row are scored leave-one-out, as in :meth:`lid_features`)."""
+        exclude = match_rows(X.detach().cpu().numpy(), self.reference_)
+        ref = as_torch(self.reference_, X)
+        cols = [lid_mle_torch(X[:, s], ref[:, s], self.k, exclude=exclude) for s in self.layers_]
+        return torch.stack(cols, dim=1)
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        from .density import linear_head_torch
+
+        return linear_head_torch(self.lid_features_torch(X), self.scaler_, self.classifier_)

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.linalg import pinvh
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from .._validation import NON_NEGATIVE, check_param
-from .base import Detector
+from .base import Detector, as_torch
 from .lid import check_layer_sizes
 
 __all__ = ["MahalanobisDetector", "check_class_column"]
@@ -164,6 +165,25 @@ class MahalanobisDetector(Detector):
             self.scaler_ = StandardScaler().fit(scores)
             self.classifier_ = LogisticRegression(C=self.C, max_iter=1000)
             self.classifier_.fit(self.scaler_.transform(scores), y)
+
+    def layer_scores_torch(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`layer_scores` as a differentiable torch function (float64)."""
+        cols = []
+        for s, mu, prec in zip(self.layers_, self.means_, self.precisions_, strict=True):
+            f = X[:, 1:][:, s]
+            p = as_torch(prec, X)
+            diff = f[:, None, :] - as_torch(mu, X)[None]  # (N, classes, d)
+            m = torch.einsum("ncd,de,nce->nc", diff, p, diff).amin(1)
+            cols.append(m.clamp_min(1e-300).sqrt())
+        return torch.stack(cols, dim=1)
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        scores = self.layer_scores_torch(X)
+        if self.supervised:
+            from .density import linear_head_torch
+
+            return linear_head_torch(scores, self.scaler_, self.classifier_)
+        return scores[:, 0]
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         scores = self.layer_scores(X)

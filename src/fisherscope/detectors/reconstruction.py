@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .._validation import check_param, one_of
 from ..features.reconstruction import RECONSTRUCTION_KINDS
@@ -66,3 +67,6 @@ class ReconstructionDetector(Detector):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return X[:, self.column_].copy()
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        return X[:, self.column_]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from .._validation import check_param, one_of
 from ..features.softmax import SOFTMAX_STATS
@@ -82,3 +83,7 @@ class SoftmaxDetector(Detector):
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return _ORIENTATION[self.statistic] * self._values(X)
+
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        col = self.column if self.column is not None else (0 if X.shape[1] == 1 else SOFTMAX_STATS.index(self.statistic))
+        return _ORIENTATION[self.statistic] * X[:, col]

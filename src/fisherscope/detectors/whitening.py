@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .._validation import any_of, check_param, integer, real, satisfies
 from ..exceptions import NotFittedError
@@ -142,12 +143,18 @@ class PCAWhiteningDetector(Detector):
     def _decision(self, X: np.ndarray) -> np.ndarray:
         return trailing_variance(self.whitening_.transform(X), self.start_)
 
-    def torch_score(self) -> TrailingVarianceScore:
+    def _decision_torch(self, X: torch.Tensor) -> torch.Tensor:
+        return self.whitening_.trailing_variance_score(self.start_)(X)
+
+    def torch_score(self, model: torch.nn.Module | None = None, **feature_kwargs: object) -> TrailingVarianceScore:  # type: ignore[override]
         """This fitted detector's score as a differentiable torch function of the images.
 
         ``torch_score()(x)`` equals ``decision_function(pixels(x))`` (float64) and has
         gradients in ``x``: the statistic of a detector-aware attacker
-        (``BarrierHGTargeted(statistic=ImageScore(det.torch_score()), ...)``).
+        (``BarrierHGTargeted(statistic=ImageScore(det.torch_score()), ...)``). The score
+        needs no model (``model`` and ``feature_kwargs`` are accepted and ignored); it is the
+        :class:`~fisherscope.features.TrailingVarianceScore` itself, with its
+        ``project_off_window`` (wrap it as ``TorchScore(det, [pixels])`` for a ``threshold``).
 
         Raises
         ------

@@ -1,9 +1,10 @@
 """Metrics and protocols: least perturbation (and the minimal-budget attack), fooling ratio and its curve
 against the budget, success rate, distances, transfer, detector evaluation, worst-case robust accuracy
-with gradient-masking checks."""
+with gradient-masking checks, adaptive attacks against fitted detectors."""
 
 from __future__ import annotations
 
+from .adaptive import AdaptiveSettings, adaptive_evaluation, detector_torch_score
 from .curves import FoolingCurve, one_step_curve
 from .detection import (
     DetectionMetrics,
@@ -35,6 +36,7 @@ from .robust import (
 from .transfer import COUNT_RULES, TransferMatrix, transfer_from_examples, transfer_matrix
 
 __all__ = [
+    "AdaptiveSettings",
     "COUNT_RULES",
     "DetectionMetrics",
     "DetectionResult",
@@ -50,8 +52,10 @@ __all__ = [
     "RobustAccuracyCurve",
     "SuccessRate",
     "TransferMatrix",
+    "adaptive_evaluation",
     "attack_success_rate",
     "detection_metrics",
+    "detector_torch_score",
     "distance_summary",
     "evaluate_detectors",
     "fooling_ratio",

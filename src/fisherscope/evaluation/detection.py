@@ -34,6 +34,15 @@
    (test split), Zhao et al.'s Table 5 and the "attack-oblivious" question of Feinman et
    al.'s issue #6. Unsupervised detectors fit on clean rows only, so they have no matrix.
 
+6. **Settings.** Every row has a ``setting``: ``"oblivious"`` (the attacks above, which ignore
+   the detector), ``"cw_kappa=K"`` (high-confidence C&W with confidence κ = K, a
+   detector-agnostic baseline: ``kappa_sweep``; supervised detectors are trained on that
+   attack) and ``"adaptive"`` (``adaptive=True``: :class:`~fisherscope.attacks.DetectorAwarePGD`
+   against the fitted detector and its threshold, with the ε and norm of the oblivious attack;
+   see :mod:`fisherscope.evaluation.adaptive`). Every row has ``evasion_rate``: of the
+   correctly classified test images, the fraction whose adversarial is misclassified **and**
+   scored at most the threshold (undetected), judged by the real detector.
+
 Features are computed once per (feature function, model, input rows) — clean rows once for
 all attacks and detectors that share a feature — and a ``feature_cache`` dict can carry them
 across calls (keys include a digest of the input tensor, so a changed attack never reuses
@@ -51,6 +60,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -604,7 +614,14 @@ class DetectionResult:
         ``{attack: (N,) bool}``: the images whose adversarial is a positive.
     settings : dict
         The protocol's parameters (splits, target_fpr, n_bootstrap, confidence, seed, clean,
-        noise_negatives).
+        noise_negatives, adaptive, kappa_sweep).
+    extra_attacks : dict
+        Statistics of the attacks of the other settings, ``{"setting|attack": stats}`` (the
+        κ-sweep C&W attacks: as ``attacks``; the adaptive attacks: per detector, in the rows).
+
+    Every row has ``setting`` (``"oblivious"``, ``"cw_kappa=K"`` or ``"adaptive"``) and
+    ``evasion_rate``; :meth:`row` and :meth:`table` read the oblivious rows unless told
+    otherwise.
     """
 
     rows: list[dict[str, Any]]
@@ -616,28 +633,36 @@ class DetectionResult:
     correct: np.ndarray
     positives: dict[str, np.ndarray]
     settings: dict[str, Any]
+    extra_attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def detectors(self) -> list[str]:
         return list(dict.fromkeys(r["detector"] for r in self.rows))
 
     @property
+    def setting_names(self) -> list[str]:
+        """The settings present, in row order (``"oblivious"`` first)."""
+        return list(dict.fromkeys(r.get("setting", "oblivious") for r in self.rows))
+
+    @property
     def attack_names(self) -> list[str]:
         return list(self.attacks)
 
-    def row(self, detector: str, attack: str) -> dict[str, Any]:
-        """The table row of one (detector, attack)."""
+    def row(self, detector: str, attack: str, setting: str = "oblivious") -> dict[str, Any]:
+        """The table row of one (detector, attack, setting)."""
         for r in self.rows:
-            if r["detector"] == detector and r["attack"] == attack:
+            if r["detector"] == detector and r["attack"] == attack and r.get("setting", "oblivious") == setting:
                 return r
-        raise KeyError(f"no row for detector {detector!r} and attack {attack!r}; detectors "
-                       f"{self.detectors}, attacks {self.attack_names}.")
+        raise KeyError(f"no row for detector {detector!r}, attack {attack!r} and setting {setting!r}; detectors "
+                       f"{self.detectors}, attacks {self.attack_names}, settings {self.setting_names}.")
 
-    def table(self, metric: str = "auroc") -> dict[str, dict[str, float]]:
-        """``{detector: {attack: value}}`` of one metric (``auroc``, ``aupr``, ``tpr``, ...)."""
+    def table(self, metric: str = "auroc", setting: str = "oblivious") -> dict[str, dict[str, float]]:
+        """``{detector: {attack: value}}`` of one metric (``auroc``, ``aupr``, ``tpr``,
+        ``evasion_rate``, ...) in one setting."""
         out: dict[str, dict[str, float]] = {}
         for r in self.rows:
-            out.setdefault(r["detector"], {})[r["attack"]] = r.get(metric, math.nan)
+            if r.get("setting", "oblivious") == setting:
+                out.setdefault(r["detector"], {})[r["attack"]] = r.get(metric, math.nan)
         return out
 
     def cross_matrix(self, detector: str, metric: str = "auroc") -> np.ndarray:
@@ -657,7 +682,10 @@ class DetectionResult:
                 for b, vals in row.items():
                     recs.append({"kind": "cross", "detector": det, "train": a, "test": b, **_plain(vals)})
         for a, stats in self.attacks.items():
-            recs.append({"kind": "attack", "attack": a, **_plain(stats)})
+            recs.append({"kind": "attack", "attack": a, "setting": "oblivious", **_plain(stats)})
+        for key, stats in self.extra_attacks.items():
+            setting, a = key.split("|", 1)
+            recs.append({"kind": "attack", "attack": a, "setting": setting, **_plain(stats)})
         return recs
 
     def to_markdown(self, metric: str = "auroc", *, percent: bool = True, ci: bool = True,
@@ -706,6 +734,27 @@ class DetectionResult:
                 for a, row in zip(attacks, mat, strict=True):
                     lines.append(f"| {a} | " + " | ".join(
                         "–" if math.isnan(v) else (f"{scale * v:.2f}" if percent else f"{v:.4f}") for v in row) + " |")
+        others = [st for st in self.setting_names if st != "oblivious"]
+        if others:
+            cols = [(a, "oblivious") for a in attacks if any(
+                r["attack"] == a and r.get("setting") in others for r in self.rows)]
+            cols += [(a, st) for st in others for a in dict.fromkeys(
+                r["attack"] for r in self.rows if r.get("setting") == st)]
+            lines += ["", f"*Evasion rate{unit} (of the correctly classified test images: misclassified and not "
+                      f"flagged at the threshold) / TPR{unit}, by setting*", "",
+                      "| detector | " + " | ".join(f"{a} ({st})" for a, st in cols) + " |",
+                      "|---" * (len(cols) + 1) + "|"]
+            for det in self.detectors:
+                cells = []
+                for a, st in cols:
+                    try:
+                        r = self.row(det, a, st)
+                    except KeyError:
+                        cells.append("–")
+                        continue
+                    cells.append("error" if r.get("error") else
+                                 f"{fmt(r, 'evasion_rate', False)} / {fmt(r, 'tpr', False)}")
+                lines.append(f"| {det} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
 
@@ -727,6 +776,10 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
 
 def _attack_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def _stored_features(store: Any, parts: list[Feature], t: Tensor) -> np.ndarray:
+    return store.get(parts, t)
 
 
 def _decide(detector: Any, X: np.ndarray) -> np.ndarray:
@@ -774,6 +827,9 @@ def evaluate_detectors(
     batch_size: int = 256,
     bounds: tuple[float, float] = (0.0, 1.0),
     feature_cache: MutableMapping[Any, np.ndarray] | None = None,
+    adaptive: bool | Sequence[str] = False,
+    adaptive_settings: Any = None,
+    kappa_sweep: Sequence[float] = (),
 ) -> DetectionResult:
     """Evaluate detectors against attacks on one model with disjoint splits by source image.
 
@@ -824,6 +880,19 @@ def evaluate_detectors(
         Input range (for validation and the noise).
     feature_cache : dict, optional
         Reused and filled across calls; keys hold a digest of the input rows.
+    adaptive : bool or sequence of str
+        Add ``setting="adaptive"`` rows: every fitted detector attacked by
+        :class:`~fisherscope.attacks.DetectorAwarePGD` with the ε and norm of each budgeted
+        L∞ / L2 attack (``True``), or of the named attacks, on the correctly classified test
+        images (:mod:`fisherscope.evaluation.adaptive`).
+    adaptive_settings : AdaptiveSettings, optional
+        Steps, modes, restarts and margins of the adaptive attack (default
+        ``AdaptiveSettings()``; its ``attacks`` field is overridden by a sequence ``adaptive``).
+    kappa_sweep : sequence of float
+        Confidences κ of a high-confidence C&W baseline: the first
+        :class:`~fisherscope.attacks.CarliniWagnerL2` of ``attacks`` (its label names the rows)
+        with ``confidence=κ``, or the standard one labelled ``"C&W"``; rows with
+        ``setting="cw_kappa=κ"``.
 
     Returns
     -------
@@ -878,6 +947,14 @@ def evaluate_detectors(
     if not isinstance(detectors, Mapping) or not detectors:
         raise ValueError("detectors must be a non-empty dict name -> Detector (or DetectorSpec).")
     check_batch_size(batch_size, "evaluate_detectors")
+    adaptive_cfg, adaptive_names = _check_adaptive(adaptive, adaptive_settings, attacks)
+    kappa_attacks = _kappa_attacks(kappa_sweep, attacks)
+    setting_of = {str(a): "oblivious" for a in attacks}
+    label_of = {str(a): str(a) for a in attacks}
+    for internal, (label, setting, _) in kappa_attacks.items():
+        setting_of[internal], label_of[internal] = setting, label
+    all_attacks: dict[str, Any] = {**{str(k): v for k, v in attacks.items()},
+                                   **{k: v[2] for k, v in kappa_attacks.items()}}
     specs = {str(k): _as_spec(str(k), v) for k, v in detectors.items()}
     fit_noise_any = any(s.fit_noise for s in specs.values())
     if fit_noise_any and not noise_negatives:
@@ -899,7 +976,7 @@ def evaluate_detectors(
         positives: dict[str, np.ndarray] = {}
         noise: dict[str, Tensor] = {}
         attack_stats: dict[str, dict[str, Any]] = {}
-        for name, attack in attacks.items():
+        for name, attack in all_attacks.items():
             name = str(name)
             log.info("attack %s", name)
             x_adv = _make_adversarials(name, attack, model, x, y, correct_t, seed, batch_size, bounds)
@@ -926,6 +1003,9 @@ def evaluate_detectors(
             attack_stats[name] = stats
 
     names = list(adv)
+    oblivious = [a for a in names if setting_of[a] == "oblivious"]
+    n_correct_test = int((correct & (split == 2)).sum())
+    test_src = np.flatnonzero(correct & (split == 2))
     store = _Features(model, seed, feature_cache)
     neg_rows = {i: np.flatnonzero(neg_mask & (split == i)) for i in range(3)}
     rows: list[dict[str, Any]] = []
@@ -951,22 +1031,28 @@ def evaluate_detectors(
             msg = f"features failed: {type(exc).__name__}: {exc}"
             warnings.warn(f"detector {det_name!r}: {msg}", UserWarning, stacklevel=2)
             for a in names:
-                rows.append(_error_row(det_name, a, supervised, target_fpr, msg))
+                rows.append(_error_row(det_name, label_of[a], supervised, target_fpr, msg, setting_of[a]))
             continue
 
         train_list: list[str | None] = list(names) if supervised else [None]
         for train in train_list:
             try:
-                fitted = _fit_detector(spec, train, target_fpr, clean_f, adv_f, noise_f)
+                fitted, fit_rows = _fit_detector(spec, train, target_fpr, clean_f, adv_f, noise_f)
                 s_neg = _decide(fitted, clean_f[2])
             except Exception as exc:  # noqa: BLE001 - reported per cell, see Raises
                 msg = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"detector {det_name!r} (trained on {train or 'clean'}): {msg}",
                               UserWarning, stacklevel=2)
                 targets = names if train is None else [train]
-                rows.extend(_error_row(det_name, a, supervised, target_fpr, msg) for a in targets)
+                rows.extend(_error_row(det_name, label_of[a], supervised, target_fpr, msg, setting_of[a])
+                            for a in targets)
                 continue
-            tests = names if (train is None or cross_attack) else [train]
+            if train is None:
+                tests = names
+            elif cross_attack and setting_of[train] == "oblivious":
+                tests = oblivious
+            else:
+                tests = [train]
             for test in tests:
                 try:
                     s_pos = _decide(fitted, adv_f[test][2])
@@ -982,9 +1068,9 @@ def evaluate_detectors(
                     if train is None or train == test:
                         msg = f"{type(exc).__name__}: {exc}"
                         warnings.warn(f"detector {det_name!r} on {test!r}: {msg}", UserWarning, stacklevel=2)
-                        rows.append(_error_row(det_name, test, supervised, target_fpr, msg))
+                        rows.append(_error_row(det_name, label_of[test], supervised, target_fpr, msg, setting_of[test]))
                     continue
-                if supervised and cross_attack:
+                if supervised and cross_attack and setting_of[test] == "oblivious" and setting_of[str(train)] == "oblivious":
                     cross.setdefault(det_name, {}).setdefault(str(train), {})[test] = {
                         "auroc": m.auroc, "aupr": m.aupr, "tpr": m.tpr, "fpr": m.fpr}
                 if not seen:
@@ -992,7 +1078,8 @@ def evaluate_detectors(
                 noise_m = (detection_metrics(s_noise, s_pos, fitted.threshold_, n_bootstrap=0)
                            if s_noise.size else None)
                 row = {
-                    "detector": det_name, "attack": test, "supervised": supervised,
+                    "detector": det_name, "attack": label_of[test], "setting": setting_of[test],
+                    "supervised": supervised,
                     "auroc": m.auroc, "aupr": m.aupr, "tpr": m.tpr, "fpr": m.fpr,
                     **{f"{k}_{e}": m.ci[k][j] for k in _METRICS for j, e in enumerate(("lo", "hi"))},
                     "threshold": m.threshold, "target_fpr": float(target_fpr),
@@ -1003,34 +1090,156 @@ def evaluate_detectors(
                     "auroc_noise": noise_m.auroc if noise_m else math.nan,
                     "noise_flagged": float((s_noise > fitted.threshold_).mean()) if s_noise.size else math.nan,
                     "n_noise": int(s_noise.size), "error": None,
+                    "evasion_rate": float((s_pos <= fitted.threshold_).sum() / max(n_correct_test, 1)),
+                    "n_correct_test": n_correct_test,
                 }
                 rows.append(row)
                 scores[(det_name, test)] = {"neg": s_neg, "pos": s_pos, "noise": s_noise}
                 if m.n_pos and m.n_neg:
                     fpr_c, tpr_c, _ = roc_curve(np.r_[np.zeros(m.n_neg), np.ones(m.n_pos)], np.r_[s_neg, s_pos])
                     roc[(det_name, test)] = (fpr_c, tpr_c)
+                if test in adaptive_names and n_correct_test:
+                    rows.append(_adaptive_row(
+                        det_name, test, supervised, fitted, parts, all_attacks[test], model, x, adv[test], y, test_src,
+                        partial(_stored_features, store, parts), fit_rows, clean_f, s_neg, neg_rows[2],
+                        adaptive_cfg, seed, batch_size, target_fpr, n_bootstrap, confidence, scores, roc))
 
-    order = {a: i for i, a in enumerate(names)}
+    order = {a: i for i, a in enumerate(dict.fromkeys(label_of[a] for a in names))}
     det_order = {d: i for i, d in enumerate(specs)}
-    rows.sort(key=lambda r: (det_order[r["detector"]], order[r["attack"]]))
+    setting_rank = {st: i for i, st in enumerate(dict.fromkeys(
+        ["oblivious", *(setting_of[a] for a in names), "adaptive"]))}
+    rows.sort(key=lambda r: (det_order[r["detector"]], setting_rank[r["setting"]], order[r["attack"]]))
     settings = {"splits": [float(v) for v in _check_fractions(splits)], "target_fpr": float(target_fpr),
                 "n_bootstrap": int(n_bootstrap), "confidence": float(confidence), "seed": int(seed),
                 "clean": clean, "noise_negatives": bool(noise_negatives), "cross_attack": bool(cross_attack),
-                "n_images": int(n), "n_per_split": [int((split == i).sum()) for i in range(3)]}
+                "n_images": int(n), "n_per_split": [int((split == i).sum()) for i in range(3)],
+                "adaptive": sorted(adaptive_names), "kappa_sweep": [float(k) for k in kappa_sweep],
+                **({"adaptive_settings": _plain_settings(adaptive_cfg)} if adaptive_names else {})}
+    extra = {f"{setting_of[a]}|{label_of[a]}": attack_stats.pop(a) for a in list(attack_stats)
+             if setting_of[a] != "oblivious"}
+    positives = {a: v for a, v in positives.items() if setting_of[a] == "oblivious"} | {
+        f"{setting_of[a]}|{label_of[a]}": v for a, v in positives.items() if setting_of[a] != "oblivious"}
     return DetectionResult(rows=rows, cross=cross, attacks=attack_stats, roc=roc, scores=scores, split=split,
-                           correct=correct, positives=positives, settings=settings)
+                           correct=correct, positives=positives, settings=settings, extra_attacks=extra)
+
+
+def _check_adaptive(adaptive: Any, settings: Any, attacks: Mapping[str, Any]) -> tuple[Any, set[str]]:
+    """(AdaptiveSettings, names of the attacks whose budget the adaptive attack reuses)."""
+    from .adaptive import AdaptiveSettings, adaptable
+
+    if settings is not None and not isinstance(settings, AdaptiveSettings):
+        raise TypeError("adaptive_settings must be a fisherscope.evaluation.AdaptiveSettings or None; got "
+                        f"{type(settings).__name__}.")
+    cfg = settings or AdaptiveSettings()
+    if adaptive is False or adaptive is None:
+        return cfg, set()
+    if adaptive is True:
+        wanted = list(cfg.attacks) if cfg.attacks is not None else [str(a) for a, v in attacks.items() if adaptable(v)]
+    elif isinstance(adaptive, Sequence) and not isinstance(adaptive, str):
+        wanted = [str(a) for a in adaptive]
+    else:
+        raise TypeError(f"adaptive must be True, False or a sequence of attack names; got {adaptive!r}.")
+    unknown = [a for a in wanted if a not in attacks]
+    if unknown:
+        raise ValueError(f"adaptive names attack(s) {unknown} that are not in attacks ({list(attacks)}).")
+    bad = [a for a in wanted if not adaptable(attacks[a])]
+    if bad:
+        raise ValueError(
+            f"adaptive: attack(s) {bad} have no L-inf or L2 budget to reuse (eps and norm); the adaptive attack runs "
+            "in the oblivious attack's eps-ball, so name budgeted attacks such as PGD, BIM, FGM or OSSA.")
+    if not wanted:
+        raise ValueError("adaptive=True but no attack has an L-inf or L2 budget to reuse; add one (e.g. PGD) or "
+                         "name attacks explicitly.")
+    return cfg, set(wanted)
+
+
+def _kappa_attacks(kappa_sweep: Sequence[float], attacks: Mapping[str, Any]) -> dict[str, tuple[str, str, Any]]:
+    """internal name -> (label, setting, attack) of the high-confidence C&W baseline."""
+    import dataclasses
+
+    from ..attacks import CarliniWagnerL2
+
+    kappas = [float(k) for k in kappa_sweep]
+    if any(not math.isfinite(k) or k < 0 for k in kappas) or len(set(kappas)) != len(kappas):
+        raise ValueError(f"kappa_sweep must be distinct finite confidences >= 0 (logit margins); got {list(kappa_sweep)}.")
+    base = next(((str(k), v) for k, v in attacks.items() if isinstance(v, CarliniWagnerL2)), None)
+    label, cw = base if base is not None else ("C&W", CarliniWagnerL2(**CarliniWagnerL2.standard))
+    out = {}
+    for k in kappas:
+        setting = f"cw_kappa={k:g}"
+        out[f"{setting}|{label}"] = (label, setting, dataclasses.replace(cw, confidence=k))
+    return out
+
+
+def _plain_settings(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: (list(v) if isinstance(v, tuple) else v) for f in dataclasses.fields(cfg)
+            if not isinstance(v := getattr(cfg, f.name), Mapping) or v}
+
+
+def _adaptive_row(det_name: str, test: str, supervised: bool, fitted: Any, parts: list[Feature], attack: Any,
+                  model: nn.Module, x: Tensor, x_obl: Tensor, y: Tensor, test_src: np.ndarray, real: Callable[[Tensor], np.ndarray],
+                  fit_rows: tuple[np.ndarray, np.ndarray], clean_f: dict[int, np.ndarray], s_neg: np.ndarray,
+                  neg_groups: np.ndarray, cfg: Any, seed: int, batch_size: int, target_fpr: float, n_bootstrap: int,
+                  confidence: float, scores: dict[Any, Any], roc: dict[Any, Any]) -> dict[str, Any]:
+    """The ``setting="adaptive"`` row of one fitted detector and one attack budget."""
+    from .adaptive import adaptive_evaluation
+
+    idx = torch.as_tensor(test_src, dtype=torch.long)
+    try:
+        res = adaptive_evaluation(
+            model=model, fitted=fitted, parts=parts, attack=attack, x=x[idx], y=y[idx], real_features=real,
+            fit_rows=fit_rows, calibration_clean=clean_f[1], settings=cfg,
+            seed=_attack_seed(seed, f"adaptive/{det_name}/{test}"), batch_size=batch_size,
+            x_oblivious=x_obl[idx])
+        pos = res["score"][res["fooled"]]
+        m = detection_metrics(s_neg, pos, fitted.threshold_, neg_groups=neg_groups,
+                              pos_groups=test_src[res["fooled"]], n_bootstrap=n_bootstrap, confidence=confidence,
+                              seed=_attack_seed(seed, f"adaptive/{det_name}/{test}/bootstrap"))
+    except Exception as exc:  # noqa: BLE001 - reported per cell
+        msg = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"detector {det_name!r}, adaptive attack in the budget of {test!r}: {msg}", UserWarning,
+                      stacklevel=3)
+        return _error_row(det_name, test, supervised, target_fpr, msg, "adaptive")
+    n_src = len(test_src)
+    delta = (res["x_adv"] - x[idx]).flatten(1).to(torch.float64)
+    l2 = delta.norm(dim=1).cpu().numpy()
+    key = f"{test}|adaptive"
+    scores[(det_name, key)] = {"neg": s_neg, "pos": pos, "noise": np.zeros(0)}
+    if m.n_pos and m.n_neg:
+        fpr_c, tpr_c, _ = roc_curve(np.r_[np.zeros(m.n_neg), np.ones(m.n_pos)], np.r_[s_neg, pos])
+        roc[(det_name, key)] = (fpr_c, tpr_c)
+    nan = math.nan
+    return {
+        "detector": det_name, "attack": test, "setting": "adaptive", "supervised": supervised,
+        "auroc": m.auroc, "aupr": m.aupr, "tpr": m.tpr, "fpr": m.fpr,
+        **{f"{k}_{e}": m.ci[k][j] for k in _METRICS for j, e in enumerate(("lo", "hi"))},
+        "threshold": m.threshold, "target_fpr": float(target_fpr), "n_pos": m.n_pos, "n_neg": m.n_neg,
+        "n_pos_fit": 0, "n_neg_fit": 0, "n_neg_cal": int(len(clean_f[1])), "auroc_noise": nan, "noise_flagged": nan,
+        "n_noise": 0, "error": None,
+        "evasion_rate": float(res["evaded"].sum() / n_src), "n_correct_test": n_src,
+        "success_rate": float(res["fooled"].mean()),
+        **{f"evasion_{mode}": float(res[f"evaded_{mode}"].mean()) for mode in (*cfg.modes, "oblivious")},
+        "mirror": res["mirror"], "mirror_agreement": res["mirror_agreement"],
+        "surrogate_agreement": res["surrogate_agreement"],
+        "eps": float(attack.eps), "norm": attack.norm, "adaptive_steps": int(cfg.steps),
+        "mean_l2": float(l2[res["fooled"]].mean()) if res["fooled"].any() else nan,
+    }
 
 
 def _fit_detector(spec: DetectorSpec, train: str | None, target_fpr: float, clean_f: dict[int, np.ndarray],
-                  adv_f: dict[str, dict[int, np.ndarray]], noise_f: dict[str, dict[int, np.ndarray]]) -> Any:
+                  adv_f: dict[str, dict[int, np.ndarray]], noise_f: dict[str, dict[int, np.ndarray]]
+                  ) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
     """A fitted, calibrated clone: fit split (clean [+ noise] [+ ``train``'s positives]), then
-    the threshold on the calibration split's clean rows."""
+    the threshold on the calibration split's clean rows; and the (X, y) it was fitted on."""
     det = clone(spec.detector)
     det.set_params(target_fpr=target_fpr)
     if not len(clean_f[0]) or not len(clean_f[1]):
         raise ValueError("the fit or the calibration split holds no clean image; use more images")
     if not det.supervised:
         det.fit(clean_f[0])
+        X, lab = clean_f[0], np.zeros(len(clean_f[0]), dtype=np.int64)
     else:
         assert train is not None  # supervised detectors are fitted per attack
         negs = [clean_f[0]]
@@ -1044,12 +1253,13 @@ def _fit_detector(spec: DetectorSpec, train: str | None, target_fpr: float, clea
                     np.ones(len(adv_f[train][0]), dtype=np.int64)]
         det.fit(X, lab)
     det.calibrate(clean_f[1])
-    return det
+    return det, (X, lab)
 
 
-def _error_row(det: str, attack: str, supervised: bool, target_fpr: float, msg: str) -> dict[str, Any]:
+def _error_row(det: str, attack: str, supervised: bool, target_fpr: float, msg: str,
+               setting: str = "oblivious") -> dict[str, Any]:
     nan = math.nan
-    return {"detector": det, "attack": attack, "supervised": supervised,
+    return {"detector": det, "attack": attack, "setting": setting, "supervised": supervised, "evasion_rate": nan,
             **dict.fromkeys(_METRICS, nan), **{f"{k}_{e}": nan for k in _METRICS for e in ("lo", "hi")},
             "threshold": nan, "target_fpr": float(target_fpr), "n_pos": 0, "n_neg": 0, "n_pos_fit": 0,
             "n_neg_fit": 0, "n_neg_cal": 0, "auroc_noise": nan, "noise_flagged": nan, "n_noise": 0, "error": msg}

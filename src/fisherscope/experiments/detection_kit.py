@@ -61,6 +61,7 @@ __all__ = [
     "dropout_model",
     "errors_paragraph",
     "evaluate",
+    "settings_table",
     "evaluation_spec",
     "model_cell",
     "pct",
@@ -382,11 +383,13 @@ def evaluation_spec(cfg: Any, *, attacks: Sequence[Any], detectors: Sequence[str
 def evaluate(run: Run, cell: str, spec: Mapping[str, Any], cfg: Any, ctx: Context, trained: Any,
              x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Any], detectors: list[str], *,
              cross_attack: bool, feature_cache: dict[Any, Any] | None = None,
-             roc_points: int = 0) -> dict[str, Any]:
+             roc_points: int = 0, **protocol: Any) -> dict[str, Any]:
     """Run the protocol in the cell ``(cell, spec)`` (``spec`` from :func:`evaluation_spec`).
 
-    Stored: ``records`` and ``settings`` of the result, the thinned ROC curves (``roc``,
-    ``"detector|attack" -> [fpr, tpr]``) if ``roc_points``, and ``wall_s``.
+    ``protocol`` goes to :func:`~fisherscope.evaluation.evaluate_detectors` as it is
+    (``adaptive``, ``adaptive_settings``, ``kappa_sweep``); put what decides the numbers in
+    the spec too. Stored: ``records`` and ``settings`` of the result, the thinned ROC curves
+    (``roc``, ``"detector|attack" -> [fpr, tpr]``) if ``roc_points``, and ``wall_s``.
     """
     from ..evaluation import evaluate_detectors
 
@@ -398,7 +401,7 @@ def evaluate(run: Run, cell: str, spec: Mapping[str, Any], cfg: Any, ctx: Contex
             res = evaluate_detectors(
                 trained.model, x, y, attacks, specs, splits=tuple(cfg.splits), target_fpr=cfg.target_fpr,
                 n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, cross_attack=cross_attack,
-                batch_size=cfg.batch_size, feature_cache=feature_cache,
+                batch_size=cfg.batch_size, feature_cache=feature_cache, **protocol,
             )
         out: dict[str, Any] = {"records": res.to_records(), "settings": res.settings}
         if roc_points:
@@ -423,14 +426,17 @@ def _thin(v: Any, n: int) -> list[float]:
 # ------------------------------------------------------------------ reading records
 
 
-def table_rows(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The ``kind == "table"`` records by (detector, attack)."""
-    return {(r["detector"], r["attack"]): r for r in records if r["kind"] == "table"}
+def table_rows(records: list[dict[str, Any]], setting: str = "oblivious") -> dict[tuple[str, str], dict[str, Any]]:
+    """The ``kind == "table"`` records of one setting (default the oblivious attacks) by (detector, attack).
+
+    Records stored before settings existed have none and count as oblivious."""
+    return {(r["detector"], r["attack"]): r for r in records
+            if r["kind"] == "table" and r.get("setting", "oblivious") == setting}
 
 
-def attack_rows(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The ``kind == "attack"`` records by attack."""
-    return {r["attack"]: r for r in records if r["kind"] == "attack"}
+def attack_rows(records: list[dict[str, Any]], setting: str = "oblivious") -> dict[str, dict[str, Any]]:
+    """The ``kind == "attack"`` records of one setting by attack."""
+    return {r["attack"]: r for r in records if r["kind"] == "attack" and r.get("setting", "oblivious") == setting}
 
 
 def cross_rows(records: list[dict[str, Any]]) -> dict[str, dict[tuple[str, str], float]]:
@@ -511,6 +517,39 @@ def detection_tables(records: list[dict[str, Any]], detectors: list[str], attack
                   caption="Noise control: AUROC % of adversarial vs noise with the same L2 norm / % of the "
                           "noisy images flagged at the threshold")
     return [auc, tpr, noise]
+
+
+def _setting_cell(r: dict[str, Any] | None, metric: str) -> str:
+    if r is None:
+        return "n/a"
+    if r.get("error"):
+        return "error"
+    v = r.get(metric)
+    return "–" if v is None else f"{pct(v):.1f}"
+
+
+def settings_table(records: list[dict[str, Any]], detectors: list[str], budgets: Sequence[str],
+                   kappas: Sequence[float], metric: str, caption: str) -> Table:
+    """One row per detector: ``metric`` for each attack of ``budgets`` (oblivious | adaptive), then
+    the plain C&W and each ``cw_kappa`` setting of the κ sweep (when the records hold one)."""
+    obl, ada = table_rows(records), table_rows(records, "adaptive")
+    cw = next((r["attack"] for r in records if r["kind"] == "table" and str(r.get("setting", "")).startswith(
+        "cw_kappa=")), None)
+    cols: list[str] = []
+    for a in budgets:
+        cols += [f"{a} oblivious", f"{a} adaptive"]
+    if cw is not None:
+        cols += [f"{cw} κ=0"] + [f"{cw} κ={k:g}" for k in kappas]
+    rows = []
+    for d in detectors:
+        row: list[Any] = [DETECTOR_LABELS.get(d, d)]
+        for a in budgets:
+            row += [_setting_cell(obl.get((d, a)), metric), _setting_cell(ada.get((d, a)), metric)]
+        if cw is not None:
+            row.append(_setting_cell(obl.get((d, cw)), metric))
+            row += [_setting_cell(table_rows(records, f"cw_kappa={k:g}").get((d, cw)), metric) for k in kappas]
+        rows.append(row)
+    return Table(["detector", *cols], rows, caption=caption)
 
 
 def errors_paragraph(records: list[dict[str, Any]]) -> list[Block]:

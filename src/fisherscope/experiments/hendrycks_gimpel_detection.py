@@ -767,7 +767,8 @@ def hg_adaptive_cells(run: Run, cfg: HGAdaptiveConfig, ctx: Context) -> None:
     scores = {}  # the detector's score as a torch function, from a fitted detector per eps
     for eps in cfg.whitening_eps:
         det = PCAWhiteningDetector(start=cfg.whitening_start, eps=eps, whitening=dataclasses.replace(pca, eps=eps))
-        scores[eps] = det.fit(fit_pixels).torch_score()
+        det.fit(fit_pixels)
+        scores[eps] = det.torch_score()
     wstats = {eps: ImageScore(score) for eps, score in scores.items()}
     start = scores[cfg.whitening_eps[0]].start
     kl = SoftmaxKL()

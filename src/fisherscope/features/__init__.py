@@ -27,6 +27,10 @@ function, with a one-line description (``FEATURES.describe(name)``); every detec
 :class:`ModelFeatures` wraps a model and one of these functions as a scikit-learn transformer,
 so that ``Pipeline([("features", ModelFeatures(model, feature=...)), ("detector", ...)])``
 works on images.
+
+``TORCH_FEATURES`` maps the same names to differentiable torch mirrors returning the same
+columns as float64 tensors with the autograd graph to ``x`` (:mod:`.torch_features`): what an
+attacker who knows a detector differentiates.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .pca import PCAWhitening, TrailingVarianceScore, fit_pca_whitening, pca_coe
 from .reconstruction import RECONSTRUCTION_KINDS, reconstruction_error
 from .sklearn import ModelFeatures
 from .softmax import SOFTMAX_STATS, softmax_stats, softmax_stats_from_logits
+from .torch_features import TORCH_FEATURES
 
 
 def _check_feature(key: str, fn: Any) -> None:
@@ -83,6 +88,7 @@ __all__ = [
     "PCAWhitening",
     "RECONSTRUCTION_KINDS",
     "SOFTMAX_STATS",
+    "TORCH_FEATURES",
     "TrailingVarianceScore",
     "dropout_modules",
     "fisher_eigenvalues",

@@ -7,6 +7,7 @@ from .input_space import (
     FisherSpectrum,
     alias_sample,
     alias_table,
+    differentiable_eigenvalues,
     fisher_matrix,
     fisher_spectrum,
     fisher_trace,
@@ -15,7 +16,12 @@ from .input_space import (
     logits_jacobian,
     score_vectors,
 )
-from .parameter_space import param_direction, param_fisher_form, param_fisher_trace
+from .parameter_space import (
+    differentiable_param_fisher,
+    param_direction,
+    param_fisher_form,
+    param_fisher_trace,
+)
 from .sensitivity import fisher_sensitivity
 
 __all__ = [
@@ -23,6 +29,8 @@ __all__ = [
     "FisherSpectrum",
     "alias_sample",
     "alias_table",
+    "differentiable_eigenvalues",
+    "differentiable_param_fisher",
     "fisher_matrix",
     "fisher_sensitivity",
     "fisher_spectrum",

@@ -63,6 +63,7 @@ __all__ = [
     "MAX_DENSE_DIM",
     "alias_sample",
     "alias_table",
+    "differentiable_eigenvalues",
     "fisher_factor",
     "fisher_matrix",
     "fisher_spectrum",
@@ -395,6 +396,75 @@ def fisher_trace(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) ->
     with eval_mode(model):
         b = fisher_factor(*_centered_jacobian(model, x))
     return b.pow(2).sum(dim=(1, 2)).to(x.dtype)
+
+
+def differentiable_eigenvalues(model: nn.Module, x: Tensor, k: int | None = None, *,
+                               bounds: Bounds = (0.0, 1.0)) -> Tensor:
+    """Top-k eigenvalues of G_x per sample as a differentiable function of x (exact spectrum).
+
+    The same numbers as ``fisher_spectrum(model, x, k, method="exact").eigenvalues`` (in
+    float64), with the autograd graph kept so that an attacker can differentiate them with
+    respect to the input (double backprop through the K − 1 vector-Jacobian products of
+    :func:`helmert_rows`). The non-zero eigenvalues of G_x = Bᵀ B are those of the K × K
+    matrix B Bᵀ with B = P D H (HᵀJ), D = diag(√p), P = I − √p √pᵀ (then D P D = diag p − p pᵀ
+    and D·𝟙 = √p is annihilated by P, so J enters only through HᵀJ). ``eigvalsh`` of that
+    matrix has a gradient that needs no eigenvalue gaps (unlike eigenvectors), and nothing
+    takes a matrix square root, so the gradient stays finite at repeated eigenvalues.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps x to logits (N, K); call it in eval mode (the caller's job, e.g. inside
+        :func:`~fisherscope.eval_mode`): this function leaves module modes alone.
+    x : Tensor
+        Inputs (N, C, H, W) or (N, D). If ``x.requires_grad``, the result is differentiable
+        in ``x``; otherwise a detached copy of ``x`` is the leaf.
+    k : int, optional
+        Number of eigenvalues (default K − 1); columns past K − 1 are exact zeros.
+
+    Returns
+    -------
+    Tensor
+        (N, k) float64, each row descending and ≥ 0; numerically zero eigenvalues (below
+        (K) · 2.2e-16 · λ_max, the rule of ``fisher_spectrum``) are set to 0 (zero gradient).
+
+    Shapes
+    ------
+    x: (N, *S) -> (N, k).
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).double().eval()
+    >>> x = torch.rand(2, 4, dtype=torch.float64, requires_grad=True)
+    >>> lam = differentiable_eigenvalues(net, x)
+    >>> lam.shape, lam.requires_grad
+    (torch.Size([2, 2]), True)
+    """
+    _prepare(model, x, bounds)
+    with torch.enable_grad():
+        xr = x if x.requires_grad else x.detach().requires_grad_(True)
+        logits = model(xr)
+        check_logits(logits)
+        n, num_classes = logits.shape
+        if k is None:
+            k = num_classes - 1
+        check_param("differentiable_eigenvalues", "k", k,
+                    POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenvalues)"))
+        jc, h = helmert_rows(logits, xr, create_graph=True)  # (N, K-1, D)
+        jc = jc.to(torch.float64)
+        s = torch.exp(0.5 * torch.log_softmax(logits.to(torch.float64), dim=1))  # √p, (N, K)
+        dh = s.unsqueeze(2) * h.to(torch.float64).unsqueeze(0)  # D H, (N, K, K-1)
+        c = dh - s.unsqueeze(2) * (s.unsqueeze(1) @ dh)  # P D H
+        gram = c @ (jc @ jc.mT) @ c.mT  # B Bᵀ, (N, K, K)
+        w = torch.linalg.eigvalsh((gram + gram.mT) / 2).flip(-1)[:, : num_classes - 1].clamp_min(0.0)
+        tiny = torch.finfo(torch.float64).tiny
+        zero = w.detach() <= num_classes * torch.finfo(torch.float64).eps * w.detach()[:, :1].clamp_min(tiny)
+        w = w.masked_fill(zero, 0.0)
+    r = min(k, num_classes - 1)
+    w = w[:, :r]
+    if k > r:
+        w = torch.cat([w, w.new_zeros(n, k - r)], dim=1)
+    return w
 
 
 def _a_operator(p: Tensor, a_matrix: Tensor | None) -> Callable[[Tensor], Tensor]:

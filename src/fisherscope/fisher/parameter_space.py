@@ -91,6 +91,7 @@ from ._factored import Census, Plan, choose_strategy
 from ._func import jvp, vjp
 
 __all__ = [
+    "differentiable_param_fisher",
     "param_direction",
     "param_fisher_form",
     "param_fisher_trace",
@@ -806,6 +807,125 @@ def param_fisher_trace(
                 else:
                     out.append(vmap(two_class)(x[sl], pred[sl]))
     return torch.cat(out).detach()
+
+
+#: The quantities :func:`differentiable_param_fisher` returns, by name.
+DIFFERENTIABLE_SCORES = ("trace", "form", "normalized")
+
+
+def _gram_factored(net: _Functional, g_gen: Mapping[str, Tensor], deltas: Mapping[str, Tensor],
+                   inputs: Mapping[str, Tensor]) -> Tensor:
+    """Q_cd = (Jᵀ r_c) · (Jᵀ r_d) over all trainable parameters, (K, K), for one sample.
+
+    Generic parameters: the (K, P) gradient rows multiplied out; factored ``nn.Linear``
+    layers: (δ_c aᵀ) · (δ_d aᵀ) + δ_c · δ_d = (δ_c · δ_d)(‖a‖² + 1[bias]).
+    """
+    q: Any = 0.0
+    for g in g_gen.values():
+        rows = g.flatten(1)
+        q = q + rows @ rows.mT
+    for n, (_, b) in net.lins.items():
+        d = deltas[n].flatten(1)
+        q = q + (d @ d.mT) * (inputs[n].pow(2).sum() + (1.0 if b is not None else 0.0))
+    return q
+
+
+def differentiable_param_fisher(
+    model: nn.Module,
+    x: Tensor,
+    scores: tuple[str, ...] = DIFFERENTIABLE_SCORES,
+    *,
+    reduction: Reduction = "full",
+    scale: float = 1.0,
+    chunk_size: int | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """Martin & Elster's trace, form and normalised form as differentiable functions of x.
+
+    The numbers of :func:`param_fisher_trace` and :func:`param_fisher_form` (default
+    direction, ``method="jvp"``) with the autograd graph to ``x`` kept, for attackers: the
+    K per-sample parameter gradients Jᵀ r_c (one vmapped vjp per sample, as the trace
+    uses) give the K × K Gram matrix Q_cd = (Jᵀ r_c)·(Jᵀ r_d), and with
+    w_c = p_c (1 − p_c)²
+
+        tr F_θ = Σ_c w_c Q_cc,   vᵀF_θv = λ² (1 − p̂)² Σ_c w_c Q_cŷ²,   v̄ᵀF_θv̄ = Σ_c w_c Q_cŷ² / Q_ŷŷ
+
+    (two_class: p̂(1 − p̂) Q_ŷŷ, p̂(1 − p̂) Q_ŷŷ² times the same factors), since
+    r_c · J v = (Jᵀ r_c) · v and the default direction is v = λ (1 − p̂) Jᵀ r_ŷ. Reverse
+    mode only: the outer gradient in x is a double backprop through the vmapped vjp.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps x to logits; run in eval mode (modes restored).
+    x : Tensor
+        Inputs (N, C, H, W) or (N, D); differentiable in x when ``x.requires_grad``.
+    scores : tuple of {"trace", "form", "normalized"}
+        Which columns, in order.
+    reduction : {"full", "two_class"}
+        As in :func:`param_fisher_trace`.
+    scale : float
+        λ of the unnormalised form.
+    chunk_size : int, optional
+        Samples per vmapped chunk (default: the trace's memory rule).
+
+    Returns
+    -------
+    Tensor
+        (N, len(scores)) in the parameters' dtype, attached to the graph of ``x``. The
+        normalised form is NaN where ∇θ log p̂ vanishes (as in ``param_fisher_form``).
+
+    Shapes
+    ------
+    x: (N, *S) -> (N, len(scores)).
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).double().eval()
+    >>> x = torch.rand(2, 4, dtype=torch.float64, requires_grad=True)
+    >>> differentiable_param_fisher(net, x).shape
+    torch.Size([2, 3])
+    """
+    if isinstance(scores, str):
+        scores = (scores,)
+    names = tuple(scores)
+    bad = [s for s in names if s not in DIFFERENTIABLE_SCORES]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(
+            f"differentiable_param_fisher: scores must be distinct names from {list(DIFFERENTIABLE_SCORES)}; "
+            f"got {list(names)!r}."
+        )
+    check_params("differentiable_param_fisher", {"reduction": reduction, "chunk_size": chunk_size, "scale": scale},
+                 {"reduction": one_of("full", "two_class"), "chunk_size": _CHUNK, "scale": POSITIVE})
+    _check_model(model)
+    with eval_mode(model):
+        net, logits, pred = _prepare(model, x, bounds)
+        chunk = _auto_chunk(chunk_size, net, logits.shape[1])
+
+        def one(x1: Tensor, pred1: Tensor) -> Tensor:
+            z, vjp_fn, inputs = _fvjp(net, x1)
+            log_p, log1m_p, r = _class_terms(z)
+            g_gen, deltas = vmap(vjp_fn)(r)  # Jᵀ r_c for the K rows
+            q = _gram_factored(net, g_gen, deltas, inputs)  # (K, K)
+            q_pred = _pick(q, pred1)  # (K,): Q_{c ŷ}
+            q_pp = _pick(q_pred, pred1)
+            lp, l1m = _pick(log_p, pred1), _pick(log1m_p, pred1)
+            if reduction == "full":
+                w = torch.exp(log_p + 2 * log1m_p)
+                trace, raw = (w * torch.diagonal(q)).sum(), (w * q_pred.pow(2)).sum()
+            else:
+                w1 = torch.exp(lp + l1m)
+                trace, raw = w1 * q_pp, w1 * q_pp.pow(2)
+            safe = torch.where(q_pp > 0, q_pp, torch.ones_like(q_pp))
+            cols = {"trace": trace, "form": raw * (scale * torch.exp(l1m)).pow(2),
+                    "normalized": torch.where(q_pp > 0, raw / safe, torch.full_like(raw, torch.nan))}
+            return torch.stack([cols[s] for s in names])
+
+        out = []
+        with net.hooked():
+            for sl in even_chunks(x.shape[0], chunk):
+                out.append(vmap(one)(x[sl], pred[sl]))
+    return torch.cat(out)
 
 
 def _form_terms(z: Tensor, u: Tensor, pred1: Tensor, reduction: str) -> Tensor:
