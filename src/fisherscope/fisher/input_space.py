@@ -42,6 +42,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .._batching import even_chunks
 from .._validation import (
     POSITIVE_INT,
     check_inputs,
@@ -52,7 +53,6 @@ from .._validation import (
     one_of,
     real,
 )
-from .._batching import even_chunks
 from ..exceptions import ConvergenceWarning
 from ._factored import choose_strategy, vjp_rows
 

@@ -86,7 +86,7 @@ from .._validation import (
     eval_mode,
     one_of,
 )
-from ._factored import Census, Plan, choose_strategy, vjp_rows
+from ._factored import Census, Plan, choose_strategy
 
 __all__ = [
     "param_direction",

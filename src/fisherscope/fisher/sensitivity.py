@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
 from .._batching import per_sample
+from ._factored import vjp_rows
 from .parameter_space import (
     Bounds,
     Direction,
@@ -52,8 +53,8 @@ from .parameter_space import (
     _fast_shifted,
     _Functional,
     _pick,
-    _quiet_forward_ad,
     _plan_gradient,
+    _quiet_forward_ad,
     _reduced_log_probs,
     _reduced_log_probs_batch,
     _shift,
@@ -62,7 +63,6 @@ from .parameter_space import (
     _warn_zero_direction,
     check_direction_settings,
 )
-from ._factored import vjp_rows
 
 __all__ = ["fisher_sensitivity"]
 
