@@ -165,20 +165,34 @@ def before_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------ timing
 
 
+CPU_TIMES: dict[str, list[float]] = {}
+
+
 def interleaved(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Seconds per call and median minor page faults per call, interleaved repeats after one warm-up."""
+    """Wall seconds per call and median minor page faults per call, interleaved repeats after
+    one warm-up. The process CPU seconds of the same calls go to :data:`CPU_TIMES` (on a
+    machine shared with other jobs they are much steadier than wall time)."""
     for f in fns.values():
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     flts: dict[str, list[int]] = {k: [] for k in fns}
+    CPU_TIMES.clear()
+    for k in fns:
+        CPU_TIMES[k] = []
     for _ in range(repeats):
         for k, f in fns.items():
             f0 = faults()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
+            CPU_TIMES[k].append(time.process_time() - c0)
             flts[k].append(faults() - f0)
     return times, {k: med(v) for k, v in flts.items()}  # type: ignore[arg-type]
+
+
+def cpu_ms(key: str, n: int) -> float:
+    return med(CPU_TIMES[key]) / n * 1e3
 
 
 def part_table(args: argparse.Namespace, results: dict) -> None:
@@ -208,7 +222,9 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
             }
             t, fl = interleaved(fns, reps)
             per = {k: med(v) / (nr if k == "alg1" else n) * 1e3 for k, v in t.items()}
+            cpu = {k: cpu_ms(k, nr if k == "alg1" else n) for k in t}
             floor = min(per["floor_loop"], per["floor_vmap"])
+            cfloor = min(cpu["floor_loop"], cpu["floor_vmap"])
             spec = {**{f"{k}_ms": v for k, v in per.items()}, "floor_ms": floor,
                     "vs_stock": per["stock"] / per["ours"], "vs_alg1": per["alg1"] / per["ours"],
                     "ours_vs_floor": per["ours"] / floor, "stock_vs_floor": per["stock"] / floor,
@@ -216,13 +232,18 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
                     "max_rel_eig_vs_alg1": rel_a1, "n_ref": nr,
                     "strategy": fa.choose_strategy(9, min(n, ins._jacobian_chunk(model, x)[0]),
                                                    ins._costs(model, x)[0], x.device, ins.JACOBIAN_STRATEGY),
-                    "chunk": ins._jacobian_chunk(model, x)[0]}
+                    "chunk": ins._jacobian_chunk(model, x)[0], "cpu_ms": cpu, "cpu_floor_ms": cfloor,
+                    "cpu_vs_stock": cpu["stock"] / cpu["ours"], "cpu_vs_alg1": cpu["alg1"] / cpu["ours"],
+                    "cpu_ours_vs_floor": cpu["ours"] / cfloor}
             rows[f"spectrum/{name}/{n}"] = spec
             print(f"spectrum {name:9s} N={n:3d}  ours {per['ours']:8.2f}  stock {per['stock']:8.2f}  Alg.1 {per['alg1']:8.2f}"
                   f"  floor {floor:8.2f} (loop {per['floor_loop']:.2f}, vmap {per['floor_vmap']:.2f})"
                   f"  | x stock {spec['vs_stock']:.2f}  x Alg.1 {spec['vs_alg1']:.2f}  ours/floor {spec['ours_vs_floor']:.2f}"
                   f"  stock/floor {spec['stock_vs_floor']:.2f}  [{spec['strategy']}, chunk {spec['chunk']}]"
                   f"  (λ rel. {rel_st:.1e}, |cos| {cos_st:.6f}; Alg.1 λ rel. {rel_a1:.1e})", flush=True)
+            print(f"         CPU ms: ours {cpu['ours']:.2f} stock {cpu['stock']:.2f} Alg.1 {cpu['alg1']:.2f} floor {cfloor:.2f}"
+                  f"  | x stock {spec['cpu_vs_stock']:.2f}  x Alg.1 {spec['cpu_vs_alg1']:.2f}  ours/floor {spec['cpu_ours_vs_floor']:.2f}",
+                  flush=True)
             # --- trace
             ours_t = param_fisher_trace(model, x)
             st = stock_trace(model, xb)
@@ -237,18 +258,24 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
             t, fl = interleaved(fns, reps)
             sizes = {"ours": n, "before": nb, "stock": nb, "loop": nr, "floor": n}
             per = {k: med(v) / sizes[k] * 1e3 for k, v in t.items()}
+            cpu = {k: cpu_ms(k, sizes[k]) for k in t}
             spread_ours = spread(t["ours"]) / med(t["ours"])
             tr = {**{f"{k}_ms": v for k, v in per.items()}, "vs_stock": per["stock"] / per["ours"],
                   "vs_loop": per["loop"] / per["ours"], "vs_before": per["before"] / per["ours"],
                   "ours_vs_floor": per["ours"] / per["floor"], "stock_vs_floor": per["stock"] / per["floor"],
                   "loop_vs_floor": per["loop"] / per["floor"], "faults_per_call": fl,
-                  "ours_rel_spread": spread_ours, "max_rel_vs_stock": rel_t, "n_ref": nr, "n_batched_refs": nb}
+                  "ours_rel_spread": spread_ours, "max_rel_vs_stock": rel_t, "n_ref": nr, "n_batched_refs": nb,
+                  "cpu_ms": cpu, "cpu_vs_stock": cpu["stock"] / cpu["ours"], "cpu_vs_loop": cpu["loop"] / cpu["ours"],
+                  "cpu_vs_before": cpu["before"] / cpu["ours"], "cpu_ours_vs_floor": cpu["ours"] / cpu["floor"]}
             rows[f"trace/{name}/{n}"] = tr
             print(f"trace    {name:9s} N={n:3d}  ours {per['ours']:8.2f}  before {per['before']:8.2f}  stock {per['stock']:8.2f}"
                   f"  loop {per['loop']:8.2f}  floor {per['floor']:8.2f}  | x stock {tr['vs_stock']:.2f}  x loop {tr['vs_loop']:.2f}"
                   f"  x before {tr['vs_before']:.2f}  ours/floor {tr['ours_vs_floor']:.2f}  stock/floor {tr['stock_vs_floor']:.2f}"
                   f"  (rel. diff vs stock {rel_t:.1e}; faults/call ours {fl['ours']:.0f} before {fl['before']:.0f}"
                   f" stock {fl['stock']:.0f})", flush=True)
+            print(f"         CPU ms: ours {cpu['ours']:.2f} before {cpu['before']:.2f} stock {cpu['stock']:.2f} loop {cpu['loop']:.2f}"
+                  f" floor {cpu['floor']:.2f}  | x stock {tr['cpu_vs_stock']:.2f}  x loop {tr['cpu_vs_loop']:.2f}"
+                  f"  x before {tr['cpu_vs_before']:.2f}  ours/floor {tr['cpu_ours_vs_floor']:.2f}", flush=True)
 
 
 def part_tune(args: argparse.Namespace, results: dict) -> None:
@@ -262,9 +289,11 @@ def part_tune(args: argparse.Namespace, results: dict) -> None:
             t, _ = interleaved({"loop": lambda m=model, xx=x: floor_spectrum(m, xx, "loop"),
                                 "vmap": lambda m=model, xx=x: floor_spectrum(m, xx, "vmap")}, args.repeats)
             loop, vm = med(t["loop"]) / n * 1e3, med(t["vmap"]) / n * 1e3
-            out[f"rows/{name}/{n}"] = {"loop_ms": loop, "vmap_ms": vm, "work_per_pass": n * macs}
-            print(f"  {name:9s} N={n:3d} (N·MACs {n * macs:.2e})  loop {loop:8.2f}  vmap {vm:8.2f}  -> {'vmap' if vm < loop else 'loop'}"
-                  f"  (rule: {fa.choose_strategy(9, n, macs, x.device, 'auto')})", flush=True)
+            cl, cv = cpu_ms("loop", n), cpu_ms("vmap", n)
+            out[f"rows/{name}/{n}"] = {"loop_ms": loop, "vmap_ms": vm, "loop_cpu_ms": cl, "vmap_cpu_ms": cv,
+                                       "work_per_pass": n * macs}
+            print(f"  {name:9s} N={n:3d} (N·MACs {n * macs:.2e})  loop {loop:8.2f}  vmap {vm:8.2f}  (CPU {cl:8.2f} / {cv:8.2f})"
+                  f"  -> {'vmap' if cv < cl else 'loop'}  (rule: {fa.choose_strategy(9, n, macs, x.device, 'auto')})", flush=True)
         print(f"  chunk size at N=128 (whole batch of 128, activations {ins._costs(model, x)[1] / 2**20:.2f} MiB per sample):")
         x = torch.rand(128, *shape)
         act = ins._costs(model, x)[1]
@@ -280,8 +309,9 @@ def part_tune(args: argparse.Namespace, results: dict) -> None:
             fns[c] = run
         t, fl = interleaved(fns, max(2, args.repeats - 2))
         for c in fns:
-            out[f"chunk/{name}/{c}"] = {"ms": med(t[c]) / 128 * 1e3, "faults": fl[c]}
-            print(f"    chunk {c:4d} samples ({c * act / 2**20:6.1f} MiB)  {med(t[c]) / 128 * 1e3:8.2f} ms/sample  faults/call {fl[c]:.0f}", flush=True)
+            out[f"chunk/{name}/{c}"] = {"ms": med(t[c]) / 128 * 1e3, "cpu_ms": cpu_ms(c, 128), "faults": fl[c]}
+            print(f"    chunk {c:4d} samples ({c * act / 2**20:6.1f} MiB)  {med(t[c]) / 128 * 1e3:8.2f} ms/sample"
+                  f"  (CPU {cpu_ms(c, 128):8.2f})  faults/call {fl[c]:.0f}", flush=True)
     print("\n== tune: parameter trace, loop vs vmap for the K − 1 backward passes, and chunk size ==")
     for name, (model, shape) in models().items():
         for n in (1, 20):
@@ -297,8 +327,10 @@ def part_tune(args: argparse.Namespace, results: dict) -> None:
                         ps.VJP_STRATEGY = old
                 fns[strat] = run
             t, _ = interleaved(fns, args.repeats)
-            out[f"trace_rows/{name}/{n}"] = {k: med(v) / n * 1e3 for k, v in t.items()}
-            print(f"  {name:9s} N={n:3d}  loop {med(t['loop']) / n * 1e3:8.2f}  vmap {med(t['vmap']) / n * 1e3:8.2f} ms/sample", flush=True)
+            out[f"trace_rows/{name}/{n}"] = {**{k: med(v) / n * 1e3 for k, v in t.items()},
+                                             **{f"{k}_cpu": cpu_ms(k, n) for k in t}}
+            print(f"  {name:9s} N={n:3d}  loop {med(t['loop']) / n * 1e3:8.2f}  vmap {med(t['vmap']) / n * 1e3:8.2f} ms/sample"
+                  f"  (CPU {cpu_ms('loop', n):8.2f} / {cpu_ms('vmap', n):8.2f})", flush=True)
         x = torch.rand(64, *shape)
         fns = {c: (lambda m=model, xx=x, c=c: param_fisher_trace(m, xx, chunk_size=c)) for c in (2, 4, 8, 16, 64)}
         net, _, _ = ps._prepare(model, x, (0.0, 1.0))
@@ -306,9 +338,9 @@ def part_tune(args: argparse.Namespace, results: dict) -> None:
         per_mib = net.plan.elements_per_sample(9) * 4 / 2**20
         t, fl = interleaved(fns, max(2, args.repeats - 2))
         for c in fns:
-            out[f"trace_chunk/{name}/{c}"] = {"ms": med(t[c]) / 64 * 1e3, "faults": fl[c]}
+            out[f"trace_chunk/{name}/{c}"] = {"ms": med(t[c]) / 64 * 1e3, "cpu_ms": cpu_ms(c, 64), "faults": fl[c]}
             print(f"    chunk {c:3d} samples (~{c * per_mib:6.1f} MiB workspace)  {med(t[c]) / 64 * 1e3:8.2f} ms/sample"
-                  f"  faults/call {fl[c]:.0f}", flush=True)
+                  f"  (CPU {cpu_ms(c, 64):8.2f})  faults/call {fl[c]:.0f}", flush=True)
         print(f"    automatic: {ps._auto_chunk(None, net, 9)} samples (FACTORED_CHUNK_BYTES = {ps.FACTORED_CHUNK_BYTES / 2**20:.0f} MiB)")
 
 

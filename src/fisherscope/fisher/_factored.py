@@ -79,7 +79,7 @@ Strategy = Literal["loop", "vmap"]
 
 
 def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.device,
-                    setting: str) -> Strategy:
+                    setting: str, *, max_rows: int | None = None) -> Strategy:
     """``"loop"`` or ``"vmap"`` for ``rows`` cotangents on a graph of ``n`` samples.
 
     ``setting`` is ``"loop"``, ``"vmap"`` or ``"auto"``. The automatic rule, measured with
@@ -91,7 +91,9 @@ def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.de
     :data:`VMAP_MAX_WORK` multiply-adds per pass, ``n · flops_per_sample``). Past that the
     loop of plain backward passes on the retained graph wins (vmap's batching rules move
     and copy every activation gradient): for ``mnist_cnn`` and ``vgg_small`` alike from
-    about 20 samples on. One row: always the loop.
+    about 20 samples on. ``max_rows`` replaces :data:`VMAP_MAX_ROWS` (the parameter-space
+    trace, whose vmapped rows also batch the per-layer products, takes a larger one). One
+    row: always the loop.
     """
     if setting in ("loop", "vmap"):
         return setting  # type: ignore[return-value]
@@ -99,7 +101,8 @@ def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.de
         return "loop"
     if device.type == "cuda":
         return "vmap"
-    return "vmap" if n * rows <= VMAP_MAX_ROWS or n * flops_per_sample <= VMAP_MAX_WORK else "loop"
+    limit = VMAP_MAX_ROWS if max_rows is None else max_rows
+    return "vmap" if n * rows <= limit or n * flops_per_sample <= VMAP_MAX_WORK else "loop"
 
 
 #: CPU: vmapped cotangents while the batch has at most this many sample-rows (n · rows).

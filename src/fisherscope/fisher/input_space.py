@@ -87,7 +87,7 @@ JACOBIAN_STRATEGY = "auto"
 #: On CPU the exact methods process the batch in chunks whose activations take about
 #: this many bytes: a batch much larger than the caches runs slower per sample than a
 #: chunk that fits (see docs/BENCHMARKS.md). ``None``: the whole batch at once (as on CUDA).
-JACOBIAN_CHUNK_BYTES: int | None = 16 * 2**20
+JACOBIAN_CHUNK_BYTES: int | None = 96 * 2**20
 
 Bounds = tuple[float, float] | None
 Method = Literal["exact", "lanczos", "power"]

@@ -115,14 +115,20 @@ FACTOR_LINEAR = True
 
 #: How the factored path runs its K − 1 (trace) or 2K (FIS) backward passes on one graph:
 #: ``"loop"``, ``"vmap"`` (cotangents vmapped) or ``"auto"`` (see
-#: :func:`fisherscope.fisher._factored.choose_strategy`).
+#: :func:`fisherscope.fisher._factored.choose_strategy`; here vmap up to
+#: :data:`VJP_VMAP_MAX_ROWS` sample-rows per chunk, which on CPU covers every automatic
+#: chunk of the trace: measured faster than the loop at 1 and 20 samples on ``mnist_cnn``
+#: and ``vgg_small``, docs/BENCHMARKS.md).
 VJP_STRATEGY = "auto"
+VJP_VMAP_MAX_ROWS = 288
 
-#: Working set (bytes) of one chunk of the factored path when ``chunk_size`` is not given:
-#: layer inputs, unfolded inputs, Gram matrices and output gradients of one chunk. On CPU
-#: a chunk that stays near the caches is faster per sample than one large batch (see
-#: docs/BENCHMARKS.md); on CUDA the budget is :data:`CHUNK_BUDGET_BYTES`.
-FACTORED_CHUNK_BYTES = 48 * 2**20
+#: Working set (bytes) of one chunk of the factored path when ``chunk_size`` is not given
+#: (estimated from the layers: inputs, unfolded inputs, Gram matrices, output gradients),
+#: and at most :data:`FACTORED_MAX_CHUNK` samples. On CPU, chunks of some 4–32 samples
+#: ran fastest per sample; larger ones churn fresh pages (docs/BENCHMARKS.md). On CUDA
+#: the budget is :data:`CHUNK_BUDGET_BYTES` and there is no sample cap.
+FACTORED_CHUNK_BYTES = 384 * 2**20
+FACTORED_MAX_CHUNK = 32
 
 
 # --------------------------------------------------------------------------- helpers
@@ -368,9 +374,10 @@ def _auto_chunk(chunk_size: int | None, net: _Functional, vectors_per_sample: in
     if chunk_size is not None:
         return chunk_size
     if net.plan is not None:
-        budget = CHUNK_BUDGET_BYTES if net.model_device().type == "cuda" else FACTORED_CHUNK_BYTES
+        cuda = net.model_device().type == "cuda"
+        budget = CHUNK_BUDGET_BYTES if cuda else FACTORED_CHUNK_BYTES
         per = max(1, net.plan.elements_per_sample(vectors_per_sample)) * torch.finfo(net.dtype).bits // 8
-        return max(1, budget // per)
+        return max(1, budget // per) if cuda else max(1, min(FACTORED_MAX_CHUNK, budget // per))
     numel = net.n_generic() + sum(
         net.model.get_submodule(n).in_features + net.model.get_submodule(n).out_features for n in net.lins)
     per_sample = max(1, vectors_per_sample) * max(numel, 1) * torch.finfo(net.dtype).bits // 8
@@ -484,7 +491,8 @@ def _full_cotangents(z: Tensor) -> tuple[Tensor, Tensor]:
 
 def _strategy(net: _Functional, rows: int, n: int) -> str:
     assert net.plan is not None
-    return choose_strategy(rows, n, net.plan.flops_per_sample(), net.model_device(), VJP_STRATEGY)
+    return choose_strategy(rows, n, net.plan.flops_per_sample(), net.model_device(), VJP_STRATEGY,
+                           max_rows=VJP_VMAP_MAX_ROWS)
 
 
 def _plan_trace(net: _Functional, x: Tensor, reduction: str) -> Tensor:
