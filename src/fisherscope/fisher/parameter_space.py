@@ -658,7 +658,7 @@ def param_direction(
     scale : float
         λ > 0 (e.g. the learning rate, which makes vᵀFv ≈ 2 KL of one SGD step).
     chunk_size : int, optional
-        Samples per vmapped chunk (memory: one parameter-sized vector per sample).
+        Samples per chunk (memory: one parameter-sized vector per sample).
 
     Returns
     -------
@@ -728,10 +728,12 @@ def param_fisher_trace(
 ) -> Tensor:
     """Trace of the parameter-space Fisher information, tr F_θ(x), per sample (eq. 4).
 
-    ``full``: Σ_c p_c ‖∇θ log p_c‖², from K per-sample parameter gradients (one batched
-    vjp per class, vmapped over samples). ``two_class``: the reduction of eq. 7 to
-    {ŷ, not ŷ}, p̂ (1 − p̂) ‖Jᵀ r_ŷ‖² (= (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖²), one gradient per
-    sample. Both are exact (no sampling, no finite differences).
+    ``full``: Σ_c p_c ‖∇θ log p_c‖² = tr(Jᵀ (diag p − p pᵀ) J), from K − 1 batched
+    backward passes (the rank of diag p − p pᵀ) and the per-layer factored norms of
+    :mod:`fisherscope.fisher._factored`. ``two_class``: the reduction of eq. 7 to
+    {ŷ, not ŷ}, p̂ (1 − p̂) ‖Jᵀ r_ŷ‖² (= (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖²), one backward pass.
+    Both are exact (no sampling, no finite differences). Models the factored path does
+    not accept take the whole-model ``vmap`` path (K per-sample gradients per sample).
 
     Parameters
     ----------
@@ -743,9 +745,10 @@ def param_fisher_trace(
     reduction : {"full", "two_class"}
         Sum over all K classes (eq. 4) or over {ŷ, not ŷ} (eq. 7).
     chunk_size : int, optional
-        Samples per vmapped chunk. Default: as many as fit in
-        :data:`CHUNK_BUDGET_BYTES` with K (full) or 1 (two_class) parameter-sized
-        gradients per sample.
+        Samples per chunk. Default: :data:`FACTORED_CHUNK_BYTES` of workspace (at most
+        :data:`FACTORED_MAX_CHUNK` samples on CPU) on the factored path; as many as fit
+        in :data:`CHUNK_BUDGET_BYTES` with K (full) or 1 (two_class) parameter-sized
+        gradients per sample on the whole-model path.
     bounds : (float, float) or None
         Admissible input range (``None`` skips the check).
 
@@ -866,7 +869,8 @@ def param_fisher_form(
     scale : float
         λ > 0 of the default direction; ignored when ``v`` is given (scale v yourself).
     chunk_size : int, optional
-        Samples per vmapped chunk (memory: about two parameter-sized vectors per sample).
+        Samples per chunk (memory on the whole-model path: about two parameter-sized
+        vectors per sample; the factored path needs no parameter-sized ones).
 
     Returns
     -------
