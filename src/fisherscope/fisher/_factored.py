@@ -81,16 +81,21 @@ Strategy = Literal["loop", "vmap"]
 
 
 def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.device,
-                    setting: str) -> Strategy:
+                    setting: str, *, max_rows: int | None = None) -> Strategy:
     """``"loop"`` or ``"vmap"`` for ``rows`` cotangents on a graph of ``n`` samples.
 
-    ``setting`` is ``"loop"``, ``"vmap"`` or ``"auto"``. The automatic rule (measured in
-    ``benchmarks/kernels.py``, see docs/BENCHMARKS.md): on CUDA, one vmapped backward pass
-    (fewer, larger kernels); on CPU, vmap only where the loop's backward passes are too
-    small to keep the cores busy — fewer than :data:`VMAP_MAX_WORK` multiply-adds per
-    pass (``n · flops_per_sample``) — and, for a single sample, only for models under
-    :data:`VMAP_SINGLE_MAX_WORK` (a single sample of a real net runs its batch-1 kernels
-    well, and vmap's batching rules then only add work). One row: always the loop.
+    ``setting`` is ``"loop"``, ``"vmap"`` or ``"auto"``. The automatic rule, measured with
+    ``benchmarks/kernels.py --parts tune`` (docs/BENCHMARKS.md): on CUDA, one vmapped
+    backward pass (fewer, larger kernels). On CPU, vmapping the cotangents folds them
+    into the batch, which pays while the batch is small — up to
+    :data:`VMAP_MAX_ROWS` sample-rows (``n · rows``; one to four samples of ten classes) —
+    and for tiny models, whose backward passes are all call overhead (under
+    :data:`VMAP_MAX_WORK` multiply-adds per pass, ``n · flops_per_sample``). Past that the
+    loop of plain backward passes on the retained graph wins (vmap's batching rules move
+    and copy every activation gradient): for ``mnist_cnn`` and ``vgg_small`` alike from
+    about 20 samples on. ``max_rows`` replaces :data:`VMAP_MAX_ROWS` (the parameter-space
+    trace, whose vmapped rows also batch the per-layer products, takes a larger one). One
+    row: always the loop.
     """
     if setting in ("loop", "vmap"):
         return setting  # type: ignore[return-value]
@@ -98,16 +103,15 @@ def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.de
         return "loop"
     if device.type == "cuda":
         return "vmap"
-    if n <= 1 and flops_per_sample >= VMAP_SINGLE_MAX_WORK:
-        return "loop"
-    return "vmap" if n * flops_per_sample < VMAP_MAX_WORK else "loop"
+    limit = VMAP_MAX_ROWS if max_rows is None else max_rows
+    return "vmap" if n * rows <= limit or n * flops_per_sample <= VMAP_MAX_WORK else "loop"
 
 
-#: CPU: below this many multiply-adds per backward pass, vmapped cotangents beat the loop.
-VMAP_MAX_WORK = 1.5e9
+#: CPU: vmapped cotangents while the batch has at most this many sample-rows (n · rows).
+VMAP_MAX_ROWS = 64
 
-#: CPU, one sample: vmapped cotangents only for models below this many multiply-adds.
-VMAP_SINGLE_MAX_WORK = 1e6
+#: CPU: vmapped cotangents for passes of at most this many multiply-adds (tiny models).
+VMAP_MAX_WORK = 2e6
 
 
 def vjp_rows(outputs: Tensor, inputs: list[Tensor], cotangents: Tensor, strategy: Strategy, *,
@@ -278,15 +282,19 @@ class _MatUnit(_Unit):
 
     def sqnorm(self, st: dict[str, Tensor], d: Tensor) -> Tensor:
         dr = self.out_rows(d)  # (C, N, g, T, C_out/g)
-        c, n = dr.shape[:2]
+        c, n, g, t, co = dr.shape
         total = torch.zeros(c, n, dtype=d.dtype, device=d.device)
         if self.has_w:
+            # the C rows share the sample's U: fold them into the output channels, one
+            # batched product per (sample, group) instead of broadcasting U over the rows
+            dc = dr[0] if c == 1 else dr.permute(1, 2, 3, 0, 4).reshape(n, g, t, c * co)  # (N, g, T, C·C_out/g)
             if self.mode == "ghost":
                 # Σ_{t,t'} (D_t·D_t')(U_t·U_t') = <D, (U Uᵀ) D>: no (T × T) temporary per row
-                total = total + (dr * (st["gram"] @ dr)).sum((-3, -2, -1))
+                prod = (dc * (st["gram"] @ dc)).reshape(n, g, t, c, co).sum((1, 2, 4))  # (N, C)
             else:
-                gw = dr.mT @ st["u"]  # (C, N, g, C_out/g, D_in)
-                total = total + torch.linalg.vector_norm(gw.flatten(2), dim=-1).square()
+                gw = dc.mT @ st["u"]  # (N, g, C·C_out/g, D_in)
+                prod = gw.reshape(n, g, c, co, -1).square().sum((1, 3, 4))  # (N, C)
+            total = total + prod.mT
         if self.has_b:
             total = total + torch.linalg.vector_norm(dr.sum(-2).flatten(2), dim=-1).square()
         return total

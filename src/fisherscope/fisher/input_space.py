@@ -90,7 +90,7 @@ JACOBIAN_STRATEGY = "auto"
 #: On CPU the exact methods process the batch in chunks whose activations take about
 #: this many bytes: a batch much larger than the caches runs slower per sample than a
 #: chunk that fits (see docs/BENCHMARKS.md). ``None``: the whole batch at once (as on CUDA).
-JACOBIAN_CHUNK_BYTES: int | None = 16 * 2**20
+JACOBIAN_CHUNK_BYTES: int | None = 96 * 2**20
 
 Bounds = tuple[float, float] | None
 Method = Literal["exact", "lanczos", "power"]
@@ -619,8 +619,8 @@ def _orient(vecs: Tensor, g_pred: Tensor) -> Tensor:
     return vecs * sign.unsqueeze(-1)
 
 
-def _exact(model: nn.Module, x: Tensor, k: int) -> FisherSpectrum:
-    logits, jc, h = _centered_jacobian(model, x)
+def _exact(model: nn.Module, x: Tensor, k: int, parts: tuple[Tensor, Tensor, Tensor] | None = None) -> FisherSpectrum:
+    logits, jc, h = _centered_jacobian(model, x) if parts is None else parts
     n, r_full, d = jc.shape  # r_full = K - 1
     b = fisher_factor(logits, jc, h)  # (N, K-1, D) float64, G = bᵀb
     gram = b @ b.mT  # (N, K-1, K-1)
@@ -819,13 +819,19 @@ def fisher_spectrum(
                 "method='lanczos' or 'power'; method='exact' sums over all classes. Drop "
                 "class_samples or choose an iterative method."
             )
+    if k is not None:
+        check_param(owner, "k", k, POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenpairs)"))
     with eval_mode(model), torch.enable_grad():
-        logits, _ = _measure_costs(model, x[:1].detach())  # also the costs behind JACOBIAN_STRATEGY
-        check_logits(logits)
-        num_classes = logits.shape[1]
+        parts = None
+        if method == "exact":  # K comes with the Jacobian rows: no separate probe forward
+            parts = _centered_jacobian(model, x)
+            num_classes = parts[0].shape[1]
+        else:
+            logits = model(x[:1].detach())
+            check_logits(logits)
+            num_classes = logits.shape[1]
         if k is None:
             k = num_classes - 1
-        check_param(owner, "k", k, POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenpairs)"))
         r = min(k, num_classes - 1)
         if k > num_classes - 1:
             warnings.warn(
@@ -835,7 +841,7 @@ def fisher_spectrum(
                 stacklevel=2,
             )
         if method == "exact":
-            spec = _exact(model, x, r)
+            spec = _exact(model, x, r, parts)
         else:
             a_matrix = None
             name: str = method

@@ -118,14 +118,20 @@ FACTOR_LINEAR = True
 
 #: How the factored path runs its K − 1 (trace) or 2K (FIS) backward passes on one graph:
 #: ``"loop"``, ``"vmap"`` (cotangents vmapped) or ``"auto"`` (see
-#: :func:`fisherscope.fisher._factored.choose_strategy`).
+#: :func:`fisherscope.fisher._factored.choose_strategy`; here vmap up to
+#: :data:`VJP_VMAP_MAX_ROWS` sample-rows per chunk, which on CPU covers every automatic
+#: chunk of the trace: measured faster than the loop at 1 and 20 samples on ``mnist_cnn``
+#: and ``vgg_small``, docs/BENCHMARKS.md).
 VJP_STRATEGY = "auto"
+VJP_VMAP_MAX_ROWS = 288
 
-#: Working set (bytes) of one chunk of the factored path when ``chunk_size`` is not given:
-#: layer inputs, unfolded inputs, Gram matrices and output gradients of one chunk. On CPU
-#: a chunk that stays near the caches is faster per sample than one large batch (see
-#: docs/BENCHMARKS.md); on CUDA the budget is :data:`CHUNK_BUDGET_BYTES`.
-FACTORED_CHUNK_BYTES = 48 * 2**20
+#: Working set (bytes) of one chunk of the factored path when ``chunk_size`` is not given
+#: (estimated from the layers: inputs, unfolded inputs, Gram matrices, output gradients),
+#: and at most :data:`FACTORED_MAX_CHUNK` samples. On CPU, chunks of some 4–32 samples
+#: ran fastest per sample; larger ones churn fresh pages (docs/BENCHMARKS.md). On CUDA
+#: the budget is :data:`CHUNK_BUDGET_BYTES` and there is no sample cap.
+FACTORED_CHUNK_BYTES = 384 * 2**20
+FACTORED_MAX_CHUNK = 32
 
 
 # --------------------------------------------------------------------------- helpers
@@ -372,9 +378,10 @@ def _auto_chunk(chunk_size: int | None, net: _Functional, vectors_per_sample: in
     if chunk_size is not None:
         return chunk_size
     if net.plan is not None:
-        budget = CHUNK_BUDGET_BYTES if net.model_device().type == "cuda" else FACTORED_CHUNK_BYTES
+        cuda = net.model_device().type == "cuda"
+        budget = CHUNK_BUDGET_BYTES if cuda else FACTORED_CHUNK_BYTES
         per = max(1, net.plan.elements_per_sample(vectors_per_sample)) * torch.finfo(net.dtype).bits // 8
-        return max(1, budget // per)
+        return max(1, budget // per) if cuda else max(1, min(FACTORED_MAX_CHUNK, budget // per))
     numel = net.n_generic() + sum(_in_out_features(net, n) for n in net.lins)
     per_sample = max(1, vectors_per_sample) * max(numel, 1) * torch.finfo(net.dtype).bits // 8
     return max(1, CHUNK_BUDGET_BYTES // per_sample)
@@ -496,7 +503,8 @@ def _full_cotangents(z: Tensor) -> tuple[Tensor, Tensor]:
 
 def _strategy(net: _Functional, rows: int, n: int) -> str:
     assert net.plan is not None
-    return choose_strategy(rows, n, net.plan.flops_per_sample(), net.model_device(), VJP_STRATEGY)
+    return choose_strategy(rows, n, net.plan.flops_per_sample(), net.model_device(), VJP_STRATEGY,
+                           max_rows=VJP_VMAP_MAX_ROWS)
 
 
 def _plan_trace(net: _Functional, x: Tensor, reduction: str) -> Tensor:
@@ -662,7 +670,7 @@ def param_direction(
     scale : float
         λ > 0 (e.g. the learning rate, which makes vᵀFv ≈ 2 KL of one SGD step).
     chunk_size : int, optional
-        Samples per vmapped chunk (memory: one parameter-sized vector per sample).
+        Samples per chunk (memory: one parameter-sized vector per sample).
 
     Returns
     -------
@@ -732,10 +740,12 @@ def param_fisher_trace(
 ) -> Tensor:
     """Trace of the parameter-space Fisher information, tr F_θ(x), per sample (eq. 4).
 
-    ``full``: Σ_c p_c ‖∇θ log p_c‖², from K per-sample parameter gradients (one batched
-    vjp per class, vmapped over samples). ``two_class``: the reduction of eq. 7 to
-    {ŷ, not ŷ}, p̂ (1 − p̂) ‖Jᵀ r_ŷ‖² (= (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖²), one gradient per
-    sample. Both are exact (no sampling, no finite differences).
+    ``full``: Σ_c p_c ‖∇θ log p_c‖² = tr(Jᵀ (diag p − p pᵀ) J), from K − 1 batched
+    backward passes (the rank of diag p − p pᵀ) and the per-layer factored norms of
+    :mod:`fisherscope.fisher._factored`. ``two_class``: the reduction of eq. 7 to
+    {ŷ, not ŷ}, p̂ (1 − p̂) ‖Jᵀ r_ŷ‖² (= (1 − p̂)/p̂ · ‖∇θ log(1 − p̂)‖²), one backward pass.
+    Both are exact (no sampling, no finite differences). Models the factored path does
+    not accept take the whole-model ``vmap`` path (K per-sample gradients per sample).
 
     Parameters
     ----------
@@ -747,9 +757,10 @@ def param_fisher_trace(
     reduction : {"full", "two_class"}
         Sum over all K classes (eq. 4) or over {ŷ, not ŷ} (eq. 7).
     chunk_size : int, optional
-        Samples per vmapped chunk. Default: as many as fit in
-        :data:`CHUNK_BUDGET_BYTES` with K (full) or 1 (two_class) parameter-sized
-        gradients per sample.
+        Samples per chunk. Default: :data:`FACTORED_CHUNK_BYTES` of workspace (at most
+        :data:`FACTORED_MAX_CHUNK` samples on CPU) on the factored path; as many as fit
+        in :data:`CHUNK_BUDGET_BYTES` with K (full) or 1 (two_class) parameter-sized
+        gradients per sample on the whole-model path.
     bounds : (float, float) or None
         Admissible input range (``None`` skips the check).
 
@@ -989,7 +1000,8 @@ def param_fisher_form(
     scale : float
         λ > 0 of the default direction; ignored when ``v`` is given (scale v yourself).
     chunk_size : int, optional
-        Samples per vmapped chunk (memory: about two parameter-sized vectors per sample).
+        Samples per chunk (memory on the whole-model path: about two parameter-sized
+        vectors per sample; the factored path needs no parameter-sized ones).
 
     Returns
     -------
