@@ -259,7 +259,7 @@ def test_least_perturbation_excludes_and_counts_targets_equal_to_the_prediction(
 # ---------------------------------------------------- item 8: the probability guard
 
 
-@pytest.mark.parametrize("scale", [1.0, 0.999, 0.9, 0.6])
+@pytest.mark.parametrize("scale", [1.0, 0.999, 0.9, 0.6])  # batches of 16 rows
 def test_scaled_probabilities_are_refused_with_the_as_logits_hint(scale):
     """Old code: 0.999 * softmax passed check_logits and was attacked as logits."""
     from fisherscope import check_logits
@@ -283,11 +283,27 @@ def test_an_attack_on_a_model_returning_scaled_probabilities_is_refused(net):
         FGSM(eps=0.1).run(Scaled().eval(), x, pred)
 
 
+def _untrained_small_positive_logits():
+    """An untrained net whose logits happen to be all in [0, 1], rows summing to 0.61..0.68
+    (the captum peer test's model): legitimate logits."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5),
+    ).double().eval()  # fmt: skip
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        return net(x)
+
+
 @pytest.mark.parametrize("out", [
     torch.zeros(4, 10),  # a constant model: uniform softmax, legitimate logits
     torch.full((4, 10), 0.3),  # rows sum to 3
     torch.tensor([[0.2, 0.1], [0.1, 0.1]]),  # rows sum to 0.3 and 0.2
     torch.tensor([[-0.1, 0.5, 0.6]]),  # a negative value: not probabilities
+    torch.tensor([[0.3, 0.3], [0.3, 0.4]]),  # row sums in [0.5, 1] but different
+    _untrained_small_positive_logits(),
 ])
 def test_logits_that_merely_look_small_pass(out):
     from fisherscope import check_logits

@@ -230,10 +230,11 @@ def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.T
     """Validate model outputs: 2-D (N, K) finite logits that are not probabilities.
 
     Probabilities are detected as a batch whose values are all in [0, 1] and whose rows
-    each sum to between 0.5 and 1 (+1e-4): softmax outputs, also scaled ones such as
-    ``0.999 * softmax`` or a softmax with a class dropped. Logits that are all
-    non-negative, at most 1 and that small are implausible; all-zero outputs (a constant
-    model) are not flagged.
+    each sum to 1 (within 1e-4), or — with two or more rows — all sum to the same mass
+    c in [0.5, 1] (within 1e-4): a scaled softmax such as ``0.999 * softmax``. Logits
+    like that are implausible; small non-negative logits of an untrained network (row
+    sums that differ) and all-zero outputs (a constant model) are not flagged. A single
+    row of a scaled softmax cannot be told from logits.
 
     Raises
     ------
@@ -266,13 +267,16 @@ def check_logits(logits: torch.Tensor, *, name: str = "model output") -> torch.T
     with torch.no_grad():
         in_unit = bool(((logits >= 0) & (logits <= 1)).all())
         sums = logits.sum(dim=1)
-        mass = bool(((sums >= _PROB_MASS_MIN) & (sums <= 1 + 1e-4)).all())
-    if in_unit and mass:
         lo, hi = float(sums.min()), float(sums.max())
+        sums_to_one = bool(((sums - 1).abs() <= 1e-4).all())
+        # c * softmax: the same mass c in (0.5, 1] in every row of a batch (untrained nets with
+        # small positive logits have row sums that differ from row to row)
+        scaled = logits.shape[0] >= 2 and _PROB_MASS_MIN <= lo and hi <= 1 + 1e-4 and hi - lo <= 1e-4
+    if in_unit and (sums_to_one or scaled):
+        what = "sums to 1" if sums_to_one else f"sums to the same {hi:.4g}, a scaled softmax"
         raise ValueError(
-            f"{name} looks like probabilities (every value is in [0, 1] and every row sums to "
-            f"between {_PROB_MASS_MIN} and 1: here {lo:.4g} to {hi:.4g}), but logits are expected. "
-            "Remove the final softmax from the model, or wrap it with "
+            f"{name} looks like probabilities (every value is in [0, 1] and every row {what}), "
+            "but logits are expected. Remove the final softmax from the model, or wrap it with "
             "fisherscope.models.as_logits(model, output='probs')."
         )
     return logits
