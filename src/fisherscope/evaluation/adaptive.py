@@ -71,7 +71,9 @@ class AdaptiveSettings:
     kappa : float
         Classifier logit margin after which the classifier term rests.
     eot_iter : int
-        Draws of a randomised score (BU's dropout masks) averaged per gradient.
+        Draws of a randomised score averaged per gradient. One draw of BU's torch mirror is
+        already the variance over the feature's ``n`` dropout masks (50 in Feinman et al.'s
+        setting), each with its gradient, so the default is one draw.
     penalty_weight : float
         λ of the penalty mode.
     attacks : tuple of str, optional
@@ -84,7 +86,7 @@ class AdaptiveSettings:
     restarts: int = 1
     margin: float = 0.1
     kappa: float = math.inf
-    eot_iter: int = 4
+    eot_iter: int = 1
     penalty_weight: float = 1.0
     attacks: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

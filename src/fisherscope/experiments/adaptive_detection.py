@@ -64,7 +64,7 @@ class AdaptiveDetectionConfig(DetectionConfig):
     adaptive_modes: list[str] = field(default_factory=lambda: ["penalty", "orthogonal"])
     adaptive_restarts: int = 1
     adaptive_margin: float = 0.1  # in standard deviations of the clean calibration scores
-    adaptive_eot: int = 4  # draws of MC dropout per gradient (BU, KD+BU)
+    adaptive_eot: int = 1  # draws of the MC-dropout feature (n masks each) per gradient (BU, KD+BU)
     kappa_sweep: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0])
 
 
@@ -233,7 +233,8 @@ def adaptive_report(cfg: AdaptiveDetectionConfig, results: Results) -> list[Bloc
             "it is misclassified **and** the real detector does not flag it. The adaptive attack "
             f"(`DetectorAwarePGD`, {cfg.adaptive_steps} steps per mode, modes {', '.join(cfg.adaptive_modes)}, "
             f"{cfg.adaptive_restarts} restart(s), margin {cfg.adaptive_margin:g} clean-score standard deviations, "
-            f"{cfg.adaptive_eot} dropout draws per gradient for BU) differentiates each detector through its torch "
+            f"{cfg.adaptive_eot} draw(s) of the {cfg.mc_samples} dropout masks per gradient for BU) differentiates each "
+            "detector through its torch "
             "mirror; the oblivious adversarial is one more candidate per image. κ-C&W knows no detector: it only "
             "asks for a confident wrong class. An evasion rate is an upper bound on what the detector stops only "
             "for the attacks tried: a stronger attacker can do better, never worse."),
