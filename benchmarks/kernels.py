@@ -104,13 +104,15 @@ def stock_top(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return lam[:, -1], v
 
 
-def floor_spectrum(model: nn.Module, x: torch.Tensor, strategy: str) -> None:
-    xr = x.detach().requires_grad_(True)
-    z = model(xr)
-    k = z.shape[1]
-    cot = helmert_basis(k, dtype=z.dtype).mT.unsqueeze(1).expand(k - 1, x.shape[0], k)
-    for _ in fa.vjp_rows(z, [xr], cot, strategy):  # type: ignore[arg-type]
-        pass
+def floor_spectrum(model: nn.Module, x: torch.Tensor, strategy: str, chunk: int | None = None) -> None:
+    """One forward and K − 1 input-gradient backward passes, on the whole batch or in chunks."""
+    for start in range(0, x.shape[0], chunk or x.shape[0]):
+        xr = x[start : start + (chunk or x.shape[0])].detach().requires_grad_(True)
+        z = model(xr)
+        k = z.shape[1]
+        cot = helmert_basis(k, dtype=z.dtype).mT.unsqueeze(1).expand(k - 1, xr.shape[0], k)
+        for _ in fa.vjp_rows(z, [xr], cot, strategy):  # type: ignore[arg-type]
+            pass
 
 
 def stock_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -143,14 +145,22 @@ def loop_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def floor_trace(model: nn.Module, x: torch.Tensor) -> None:
+def floor_trace(model: nn.Module, x: torch.Tensor, chunk: int | None = None) -> None:
+    """One forward and K − 1 ordinary backward passes, on the whole batch or in chunks."""
     params = [p for p in model.parameters() if p.requires_grad]
-    xr = x.detach().requires_grad_(True)
-    z = model(xr)
-    k = z.shape[1]
-    h = helmert_basis(k, dtype=z.dtype)
-    for j in range(k - 1):
-        torch.autograd.grad(z, [xr, *params], h[:, j].expand(x.shape[0], k), retain_graph=j < k - 2)
+    for start in range(0, x.shape[0], chunk or x.shape[0]):
+        xr = x[start : start + (chunk or x.shape[0])].detach().requires_grad_(True)
+        z = model(xr)
+        k = z.shape[1]
+        h = helmert_basis(k, dtype=z.dtype)
+        for j in range(k - 1):
+            torch.autograd.grad(z, [xr, *params], h[:, j].expand(xr.shape[0], k), retain_graph=j < k - 2)
+
+
+def trace_chunk(model: nn.Module, x: torch.Tensor) -> int:
+    net, _, _ = ps._prepare(model, x, (0.0, 1.0))
+    net.plan.prepare(9, tangent=False)
+    return ps._auto_chunk(None, net, 9)
 
 
 def before_trace(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -210,9 +220,11 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
             ours_s = fisher_spectrum(model, x, k=1)
             lam_st, vec_st = stock_top(model, x)
             lam_a1, _ = algorithm1_top(model, xr)
+            lam_st, vec_st = lam_st.detach(), vec_st.detach()
             rel_st = float(((ours_s.top_eigenvalue.double() - lam_st).abs() / lam_st).max())
             cos_st = float((ours_s.top_eigenvector.flatten(1).double() * vec_st).sum(1).abs().min())
             rel_a1 = float(((ours_s.top_eigenvalue[:nr].double() - lam_a1.double()).abs() / lam_a1.double()).max())
+            jchunk = ins._jacobian_chunk(model, x)[0]
             fns = {
                 "ours": lambda m=model, xx=x: fisher_spectrum(m, xx, k=1),
                 "stock": lambda m=model, xx=x: stock_top(m, xx),
@@ -220,11 +232,14 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
                 "floor_loop": lambda m=model, xx=x: floor_spectrum(m, xx, "loop"),
                 "floor_vmap": lambda m=model, xx=x: floor_spectrum(m, xx, "vmap"),
             }
+            if jchunk < n:  # the floor on our chunks too: a whole batch of 256 runs slower per sample
+                fns["floor_loop_chunked"] = lambda m=model, xx=x, c=jchunk: floor_spectrum(m, xx, "loop", c)
             t, fl = interleaved(fns, reps)
             per = {k: med(v) / (nr if k == "alg1" else n) * 1e3 for k, v in t.items()}
             cpu = {k: cpu_ms(k, nr if k == "alg1" else n) for k in t}
-            floor = min(per["floor_loop"], per["floor_vmap"])
-            cfloor = min(cpu["floor_loop"], cpu["floor_vmap"])
+            floors = [k for k in per if k.startswith("floor")]
+            floor = min(per[k] for k in floors)
+            cfloor = min(cpu[k] for k in floors)
             spec = {**{f"{k}_ms": v for k, v in per.items()}, "floor_ms": floor,
                     "vs_stock": per["stock"] / per["ours"], "vs_alg1": per["alg1"] / per["ours"],
                     "ours_vs_floor": per["ours"] / floor, "stock_vs_floor": per["stock"] / floor,
@@ -237,7 +252,7 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
                     "cpu_ours_vs_floor": cpu["ours"] / cfloor}
             rows[f"spectrum/{name}/{n}"] = spec
             print(f"spectrum {name:9s} N={n:3d}  ours {per['ours']:8.2f}  stock {per['stock']:8.2f}  Alg.1 {per['alg1']:8.2f}"
-                  f"  floor {floor:8.2f} (loop {per['floor_loop']:.2f}, vmap {per['floor_vmap']:.2f})"
+                  f"  floor {floor:8.2f} ({', '.join(f'{k[6:]} {per[k]:.2f}' for k in floors)})"
                   f"  | x stock {spec['vs_stock']:.2f}  x Alg.1 {spec['vs_alg1']:.2f}  ours/floor {spec['ours_vs_floor']:.2f}"
                   f"  stock/floor {spec['stock_vs_floor']:.2f}  [{spec['strategy']}, chunk {spec['chunk']}]"
                   f"  (λ rel. {rel_st:.1e}, |cos| {cos_st:.6f}; Alg.1 λ rel. {rel_a1:.1e})", flush=True)
@@ -248,17 +263,22 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
             ours_t = param_fisher_trace(model, x)
             st = stock_trace(model, xb)
             rel_t = float(((ours_t[:nb].double() - st.double()).abs() / st.double()).max())
+            tchunk = trace_chunk(model, x)
             fns = {
                 "ours": lambda m=model, xx=x: param_fisher_trace(m, xx),
                 "before": lambda m=model, xx=xb: before_trace(m, xx),
                 "stock": lambda m=model, xx=xb: stock_trace(m, xx),
                 "loop": lambda m=model, xx=xr: loop_trace(m, xx),
-                "floor": lambda m=model, xx=x: floor_trace(m, xx),
+                "floor_whole": lambda m=model, xx=x: floor_trace(m, xx),
             }
+            if tchunk < n:
+                fns["floor_chunked"] = lambda m=model, xx=x, c=tchunk: floor_trace(m, xx, c)
             t, fl = interleaved(fns, reps)
-            sizes = {"ours": n, "before": nb, "stock": nb, "loop": nr, "floor": n}
+            sizes = {"ours": n, "before": nb, "stock": nb, "loop": nr, "floor_whole": n, "floor_chunked": n}
             per = {k: med(v) / sizes[k] * 1e3 for k, v in t.items()}
             cpu = {k: cpu_ms(k, sizes[k]) for k in t}
+            per["floor"] = min(v for k, v in per.items() if k.startswith("floor_"))
+            cpu["floor"] = min(v for k, v in cpu.items() if k.startswith("floor_"))
             spread_ours = spread(t["ours"]) / med(t["ours"])
             tr = {**{f"{k}_ms": v for k, v in per.items()}, "vs_stock": per["stock"] / per["ours"],
                   "vs_loop": per["loop"] / per["ours"], "vs_before": per["before"] / per["ours"],
@@ -266,11 +286,13 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
                   "loop_vs_floor": per["loop"] / per["floor"], "faults_per_call": fl,
                   "ours_rel_spread": spread_ours, "max_rel_vs_stock": rel_t, "n_ref": nr, "n_batched_refs": nb,
                   "cpu_ms": cpu, "cpu_vs_stock": cpu["stock"] / cpu["ours"], "cpu_vs_loop": cpu["loop"] / cpu["ours"],
-                  "cpu_vs_before": cpu["before"] / cpu["ours"], "cpu_ours_vs_floor": cpu["ours"] / cpu["floor"]}
+                  "cpu_vs_before": cpu["before"] / cpu["ours"], "cpu_ours_vs_floor": cpu["ours"] / cpu["floor"],
+                  "chunk": tchunk, "strategy": ps._strategy(ps._prepare(model, x[:1], (0.0, 1.0))[0], 9, min(n, tchunk))}
             rows[f"trace/{name}/{n}"] = tr
             print(f"trace    {name:9s} N={n:3d}  ours {per['ours']:8.2f}  before {per['before']:8.2f}  stock {per['stock']:8.2f}"
                   f"  loop {per['loop']:8.2f}  floor {per['floor']:8.2f}  | x stock {tr['vs_stock']:.2f}  x loop {tr['vs_loop']:.2f}"
                   f"  x before {tr['vs_before']:.2f}  ours/floor {tr['ours_vs_floor']:.2f}  stock/floor {tr['stock_vs_floor']:.2f}"
+                  f"  [{tr['strategy']}, chunk {tchunk}]"
                   f"  (rel. diff vs stock {rel_t:.1e}; faults/call ours {fl['ours']:.0f} before {fl['before']:.0f}"
                   f" stock {fl['stock']:.0f})", flush=True)
             print(f"         CPU ms: ours {cpu['ours']:.2f} before {cpu['before']:.2f} stock {cpu['stock']:.2f} loop {cpu['loop']:.2f}"

@@ -93,9 +93,9 @@ def choose_strategy(rows: int, n: int, flops_per_sample: float, device: torch.de
     :data:`VMAP_MAX_WORK` multiply-adds per pass, ``n · flops_per_sample``). Past that the
     loop of plain backward passes on the retained graph wins (vmap's batching rules move
     and copy every activation gradient): for ``mnist_cnn`` and ``vgg_small`` alike from
-    about 20 samples on. ``max_rows`` replaces :data:`VMAP_MAX_ROWS` (the parameter-space
-    trace, whose vmapped rows also batch the per-layer products, takes a larger one). One
-    row: always the loop.
+    about 20 samples on, for the input-space rows and the parameter-space trace alike
+    (process CPU time; wall time on the shared machine was too noisy to tell). ``max_rows``
+    replaces :data:`VMAP_MAX_ROWS`. One row: always the loop.
     """
     if setting in ("loop", "vmap"):
         return setting  # type: ignore[return-value]

@@ -117,13 +117,9 @@ FACTOR_LAYERS = True
 FACTOR_LINEAR = True
 
 #: How the factored path runs its K − 1 (trace) or 2K (FIS) backward passes on one graph:
-#: ``"loop"``, ``"vmap"`` (cotangents vmapped) or ``"auto"`` (see
-#: :func:`fisherscope.fisher._factored.choose_strategy`; here vmap up to
-#: :data:`VJP_VMAP_MAX_ROWS` sample-rows per chunk, which on CPU covers every automatic
-#: chunk of the trace: measured faster than the loop at 1 and 20 samples on ``mnist_cnn``
-#: and ``vgg_small``, docs/BENCHMARKS.md).
+#: ``"loop"``, ``"vmap"`` (cotangents vmapped) or ``"auto"`` (the rule of
+#: :func:`fisherscope.fisher._factored.choose_strategy`, as for the input space).
 VJP_STRATEGY = "auto"
-VJP_VMAP_MAX_ROWS = 288
 
 #: Working set (bytes) of one chunk of the factored path when ``chunk_size`` is not given
 #: (estimated from the layers: inputs, unfolded inputs, Gram matrices, output gradients),
@@ -503,8 +499,7 @@ def _full_cotangents(z: Tensor) -> tuple[Tensor, Tensor]:
 
 def _strategy(net: _Functional, rows: int, n: int) -> str:
     assert net.plan is not None
-    return choose_strategy(rows, n, net.plan.flops_per_sample(), net.model_device(), VJP_STRATEGY,
-                           max_rows=VJP_VMAP_MAX_ROWS)
+    return choose_strategy(rows, n, net.plan.flops_per_sample(), net.model_device(), VJP_STRATEGY)
 
 
 def _plan_trace(net: _Functional, x: Tensor, reduction: str) -> Tensor:
