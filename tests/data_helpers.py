@@ -153,3 +153,21 @@ def override_spec(monkeypatch: Any, name: str, **changes: Any) -> None:
     changes.setdefault("content_sha256", None)
     changes.setdefault("file_sha256", ())
     monkeypatch.setitem(DATASETS, name, replace(DATASETS[name], **changes))
+
+
+def tiny_dataset(split: str, x: Any, y: Any, k: int = 3) -> Any:
+    """An in-memory ImageDataset named "tiny" with classes "0" … "k-1"."""
+    from fisherscope.data import ImageDataset
+
+    return ImageDataset(name="tiny", split=split, x=x.float(), y=y.long(), classes=tuple(str(i) for i in range(k)),
+                        source="tests", checksum="tiny-checksum")
+
+
+def tiny_brightness_splits() -> tuple[Any, Any]:
+    """96 + 32 synthetic 8x8 images in 3 classes whose mean brightness differs (train, test)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(128) % 3
+    x = (torch.rand(128, 1, 8, 8, generator=g) * 0.5 + y.view(-1, 1, 1, 1) * 0.25).clamp(0, 1)
+    return tiny_dataset("train", x[:96], y[:96]), tiny_dataset("test", x[96:], y[96:])

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from data_helpers import tiny_brightness_splits
 from fisherscope.attacks import ATTACKS, FGM, OSSA
-from fisherscope.data._dataset import ImageDataset
 from fisherscope.defenses import (
     AdversarialLoss,
     FisherRegularizedLoss,
@@ -28,20 +28,9 @@ from fisherscope.training import train_model
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _dataset(split, x, y, k=3) -> ImageDataset:
-    return ImageDataset(
-        name="tiny", split=split, x=x.float(), y=y.long(), classes=tuple(str(i) for i in range(k)),
-        source="tests", checksum="tiny-checksum",
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    """96 + 32 synthetic 8x8 images in 3 classes whose mean brightness differs."""
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(128) % 3
-    x = (torch.rand(128, 1, 8, 8, generator=g) * 0.5 + y.view(-1, 1, 1, 1) * 0.25).clamp(0, 1)
-    return _dataset("train", x[:96], y[:96]), _dataset("test", x[96:], y[96:])
+    return tiny_brightness_splits()
 
 
 FAST = dict(epochs=2, lr=1e-3, batch_size=32, progress=False)

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from fisherscope.data._dataset import ImageDataset
+from data_helpers import tiny_brightness_splits
 from fisherscope.exceptions import CheckpointError
 from fisherscope.models import list_checkpoints
 from fisherscope.training import train_model
@@ -23,18 +23,9 @@ class _Interrupt(Exception):
     pass
 
 
-def _dataset(split: str, x: torch.Tensor, y: torch.Tensor) -> ImageDataset:
-    return ImageDataset(name="tiny", split=split, x=x, y=y, classes=("0", "1", "2"), source="tests",
-                        checksum="tiny-checksum")
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    """96 + 32 synthetic 8x8 images in 3 classes whose mean brightness differs."""
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(128) % 3
-    x = (torch.rand(128, 1, 8, 8, generator=g) * 0.5 + y.view(-1, 1, 1, 1) * 0.25).clamp(0, 1)
-    return _dataset("train", x[:96], y[:96]), _dataset("test", x[96:], y[96:])
+    return tiny_brightness_splits()
 
 
 def _train(tiny, cache_dir, **kw):

@@ -24,7 +24,6 @@ ranking).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +38,10 @@ from .detection_kit import (
     errors_paragraph,
     evaluate,
     evaluation_spec,
+    main_detectors,
     model_cell,
     pct,
+    reconstruction_cfg,
     record_model,
     settings_table,
     sources,
@@ -80,16 +81,6 @@ def _adaptive_spec(cfg: AdaptiveDetectionConfig) -> dict[str, Any]:
             "adaptive_modes": list(cfg.adaptive_modes), "adaptive_restarts": cfg.adaptive_restarts,
             "adaptive_margin": cfg.adaptive_margin, "adaptive_eot": cfg.adaptive_eot,
             "kappa_sweep": [float(k) for k in cfg.kappa_sweep]}
-
-
-def _main_detectors(cfg: DetectionConfig, has_decoder: bool) -> list[str]:
-    return [d for d in cfg.detectors if d != "reconstruction" or has_decoder]
-
-
-def _decoder_cfg(cfg: AdaptiveDetectionConfig, has_decoder: bool) -> AdaptiveDetectionConfig | None:
-    if "reconstruction" in cfg.detectors and not has_decoder and cfg.reconstruction_arch:
-        return dataclasses.replace(cfg, arch=cfg.reconstruction_arch)
-    return None
 
 
 def _decoder_detectors(cfg: AdaptiveDetectionConfig) -> list[str]:
@@ -137,8 +128,8 @@ def adaptive_cells(run: Run, cfg: AdaptiveDetectionConfig, ctx: Context) -> None
     _check(cfg)
     trained, _, y = sources(cfg, ctx)
     facts = record_model(run, cfg, trained, len(y))
-    _evaluate(run, cfg, ctx, "adaptive", _main_detectors(cfg, facts["has_decoder"]))
-    dec = _decoder_cfg(cfg, facts["has_decoder"])
+    _evaluate(run, cfg, ctx, "adaptive", main_detectors(cfg, facts["has_decoder"]))
+    dec = reconstruction_cfg(cfg, facts["has_decoder"])
     if dec is not None:
         _evaluate(run, dec, ctx, f"adaptive/{dec.arch}", _decoder_detectors(cfg))
 
@@ -224,7 +215,7 @@ def _section(cfg: AdaptiveDetectionConfig, facts: dict[str, Any], recs: list[dic
 
 def adaptive_report(cfg: AdaptiveDetectionConfig, results: Results) -> list[Block]:
     facts = results.cell(*model_cell(cfg))
-    main = _main_detectors(cfg, facts["has_decoder"])
+    main = main_detectors(cfg, facts["has_decoder"])
     blocks: list[Block] = [
         Heading(f"Detectors against attackers who know them, `{cfg.arch}` ({cfg.dataset})"),
         Paragraph(
@@ -240,7 +231,7 @@ def adaptive_report(cfg: AdaptiveDetectionConfig, results: Results) -> list[Bloc
             "for the attacks tried: a stronger attacker can do better, never worse."),
         *_section(cfg, facts, *_records(cfg, results, "adaptive", main), main, f"`{cfg.arch}`: every detector"),
     ]
-    dec = _decoder_cfg(cfg, facts["has_decoder"])
+    dec = reconstruction_cfg(cfg, facts["has_decoder"])
     if dec is not None:
         dfacts = results.cell(*model_cell(dec))
         dets = _decoder_detectors(cfg)

@@ -42,6 +42,8 @@ from .config import ExperimentConfig
 from .kit import Block, Context, Paragraph, Run, Table, load_split, select_samples, trained_model
 
 __all__ = [
+    "main_detectors",
+    "reconstruction_cfg",
     "DETECTOR_LABELS",
     "PROTOCOL_FIELDS",
     "RECIPES",
@@ -595,3 +597,15 @@ def roc_figure_from(stored: dict[str, Any], detectors: list[str], attack: str, t
             fpr, tpr = stored["roc"][key]
             curves[DETECTOR_LABELS.get(d, d)] = (fpr, tpr, _num(tab[(d, attack)]["auroc"]))
     return roc_figure(curves, title=title)
+
+
+def main_detectors(cfg: DetectionConfig, has_decoder: bool) -> list[str]:
+    """The detectors evaluated on the main network: reconstruction only where it has a decoder."""
+    return [d for d in cfg.detectors if d != "reconstruction" or has_decoder]
+
+
+def reconstruction_cfg(cfg: Any, has_decoder: bool) -> Any:
+    """The config of the reconstruction run on ``cfg.reconstruction_arch``, if there is one."""
+    if "reconstruction" in cfg.detectors and not has_decoder and cfg.reconstruction_arch:
+        return dataclasses.replace(cfg, arch=cfg.reconstruction_arch)
+    return None

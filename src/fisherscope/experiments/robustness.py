@@ -36,7 +36,7 @@ from .config import ExperimentConfig, config_to_dict
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .robust_kit import EnsembleSpec, masking_verdict, train_network, worst_case
 from .runner import Results, Run
-from .specs import ModelSpec, model_record
+from .specs import ModelSpec, model_record, net_spec
 
 __all__ = ["RobustnessConfig"]
 
@@ -96,28 +96,22 @@ def _robust_draw(cfg: RobustnessConfig) -> dict[str, Any]:
     return {**_draw(cfg), "robust_samples": cfg.robust_samples}
 
 
-def _net(cfg: RobustnessConfig, spec: ModelSpec) -> dict[str, Any]:
-    """Everything that decides the network ``spec`` trains to."""
-    return {"arch": cfg.arch, "dataset": cfg.dataset, "preset": cfg.preset, "training": cfg.training,
-            "seed": cfg.seed, "model": config_to_dict(spec)}
-
-
 def _sample_cell(cfg: RobustnessConfig) -> tuple[str, dict[str, Any]]:
     return "sample", _draw(cfg)
 
 
 def _model_cell(cfg: RobustnessConfig, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
-    return f"model/{spec.name}", {"net": _net(cfg, spec), "draw": _draw(cfg)}
+    return f"model/{spec.name}", {"net": net_spec(cfg, spec), "draw": _draw(cfg)}
 
 
 def _robust_cell(cfg: RobustnessConfig, spec: ModelSpec, norm: str, eps: float) -> tuple[str, dict[str, Any]]:
     return f"robust/{spec.name}/{norm}/{eps:g}", {
-        "net": _net(cfg, spec), "draw": _robust_draw(cfg), "norm": norm, "eps": float(eps),
+        "net": net_spec(cfg, spec), "draw": _robust_draw(cfg), "norm": norm, "eps": float(eps),
         "ensemble": config_to_dict(cfg.ensemble), "attack_seed": cfg.seed, "batch_size": cfg.batch_size}
 
 
 def _ossa_cell(cfg: RobustnessConfig, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
-    return f"ossa/{spec.name}", {"net": _net(cfg, spec), "draw": _draw(cfg),
+    return f"ossa/{spec.name}", {"net": net_spec(cfg, spec), "draw": _draw(cfg),
                                  "budgets": [float(b) for b in cfg.ossa_budgets], "batch_size": cfg.batch_size}
 
 

@@ -33,7 +33,7 @@ from .common import predict, trained_model
 from .config import config_to_dict
 from .runner import Artifact, Run
 
-__all__ = ["AttackSpec", "Distance", "ModelSpec", "attack_ident", "build_attack", "crafted", "model_record",
+__all__ = ["AttackSpec", "Distance", "ModelSpec", "attack_ident", "build_attack", "crafted", "model_record", "net_spec",
            "train_spec"]
 
 Distance = Literal["linf", "l2", "l1", "l0"]
@@ -303,3 +303,11 @@ def crafted(run: Run, spec: AttackSpec, attack: Any, tm: Any, x: Tensor, y: Tens
     out: dict[str, Any] = {k: torch.cat([torch.from_numpy(np.asarray(d[k])) for d in batches]) for k in keys}
     out["seconds"] = float(sum(d["seconds"] for d in batches))
     return out
+
+
+def net_spec(cfg: Any, spec: ModelSpec) -> dict[str, Any]:
+    """Everything that decides the network ``spec`` of ``cfg`` trains to (a cell-spec part)."""
+    from .config import config_to_dict
+
+    return {"arch": cfg.arch, "dataset": cfg.dataset, "preset": cfg.preset, "training": cfg.training,
+            "seed": cfg.seed, "model": config_to_dict(spec)}

@@ -10,7 +10,6 @@ it) on that model under the same attacks and protocol. The report reads those ce
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from .base import Context, register
@@ -26,8 +25,10 @@ from .detection_kit import (
     errors_paragraph,
     evaluate,
     evaluation_spec,
+    main_detectors,
     model_cell,
     pct,
+    reconstruction_cfg,
     record_model,
     sources,
     table_rows,
@@ -39,17 +40,6 @@ __all__ = ["unified_cells", "unified_report"]
 
 #: the detectors run on the decoder model beside the main table
 RECONSTRUCTION_DETECTORS = ["reconstruction", "softmax"]
-
-
-def _main_detectors(cfg: DetectionConfig, has_decoder: bool) -> list[str]:
-    return [d for d in cfg.detectors if d != "reconstruction" or has_decoder]
-
-
-def _reconstruction_cfg(cfg: DetectionConfig, has_decoder: bool) -> DetectionConfig | None:
-    """The config of the reconstruction run on ``cfg.reconstruction_arch``, if there is one."""
-    if "reconstruction" in cfg.detectors and not has_decoder and cfg.reconstruction_arch:
-        return dataclasses.replace(cfg, arch=cfg.reconstruction_arch)
-    return None
 
 
 def _main_cell(cfg: DetectionConfig) -> tuple[str, dict[str, Any]]:
@@ -65,11 +55,11 @@ def _reconstruction_cell(rec_cfg: DetectionConfig) -> tuple[str, dict[str, Any]]
 def unified_cells(run: Run, cfg: DetectionConfig, ctx: Context) -> None:
     trained, x, y = sources(cfg, ctx)
     facts = record_model(run, cfg, trained, len(y))
-    main = _main_detectors(cfg, facts["has_decoder"])
+    main = main_detectors(cfg, facts["has_decoder"])
     name, spec = _main_cell(cfg)
     evaluate(run, name, spec, cfg, ctx, trained, x, y, build_attacks(cfg.attacks), main,
              cross_attack=cfg.cross_attack)
-    rec_cfg = _reconstruction_cfg(cfg, facts["has_decoder"])
+    rec_cfg = reconstruction_cfg(cfg, facts["has_decoder"])
     if rec_cfg is not None:
         rtrained, rx, ry = sources(rec_cfg, ctx)
         record_model(run, rec_cfg, rtrained, len(ry))
@@ -82,7 +72,7 @@ def unified_report(cfg: DetectionConfig, results: Results) -> list[Block]:
     facts = results.cell(*model_cell(cfg))
     has_decoder = facts["has_decoder"]
     names = [s.name for s in cfg.attacks]
-    main = _main_detectors(cfg, has_decoder)
+    main = main_detectors(cfg, has_decoder)
     r = results.cell(*_main_cell(cfg))
     blocks: list[Block] = [
         Heading(f"All detectors against all attacks on `{cfg.arch}` ({cfg.dataset})"),
@@ -103,7 +93,7 @@ def unified_report(cfg: DetectionConfig, results: Results) -> list[Block]:
             f"Reconstruction: n/a on `{cfg.arch}` (no decoder)"
             + (f"; run on `{cfg.reconstruction_arch}` below." if cfg.reconstruction_arch else ".")))
     heat = {DETECTOR_LABELS.get(d, d): [table_rows(r["records"]).get((d, a)) for a in names] for d in main}
-    rec_cfg = _reconstruction_cfg(cfg, has_decoder)
+    rec_cfg = reconstruction_cfg(cfg, has_decoder)
     if rec_cfg is not None:
         rfacts = results.cell(*model_cell(rec_cfg))
         rr = results.cell(*_reconstruction_cell(rec_cfg))

@@ -31,10 +31,10 @@ from ..attacks import OSSA
 from ..evaluation import transfer_matrix
 from .base import Context, register
 from .common import load_split, predict, select_samples
-from .config import ExperimentConfig, config_to_dict
+from .config import ExperimentConfig
 from .report import Block, Heading, Paragraph, Table
 from .runner import Results, Run
-from .specs import ModelSpec, model_record, train_spec
+from .specs import ModelSpec, model_record, net_spec, train_spec
 
 __all__ = ["ZhaoTable3Config"]
 
@@ -78,22 +78,16 @@ def _draw(cfg: ZhaoTable3Config) -> dict[str, Any]:
     return {"dataset": cfg.dataset, "n_samples": cfg.n_samples, "seed": cfg.seed}
 
 
-def _net(cfg: ZhaoTable3Config, spec: ModelSpec) -> dict[str, Any]:
-    """Everything that decides the network ``spec`` trains to."""
-    return {"arch": cfg.arch, "dataset": cfg.dataset, "preset": cfg.preset, "training": cfg.training,
-            "seed": cfg.seed, "model": config_to_dict(spec)}
-
-
 def _sample_cell(cfg: ZhaoTable3Config) -> tuple[str, dict[str, Any]]:
     return "sample", _draw(cfg)
 
 
 def _model_cell(cfg: ZhaoTable3Config, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
-    return f"model/{spec.name}", {"net": _net(cfg, spec), "draw": _draw(cfg)}
+    return f"model/{spec.name}", {"net": net_spec(cfg, spec), "draw": _draw(cfg)}
 
 
 def _transfer_cell(cfg: ZhaoTable3Config, src: ModelSpec) -> tuple[str, dict[str, Any]]:
-    return f"transfer/{src.name}", {"source": _net(cfg, src), "targets": [_net(cfg, m) for m in cfg.models],
+    return f"transfer/{src.name}", {"source": net_spec(cfg, src), "targets": [net_spec(cfg, m) for m in cfg.models],
                                     "draw": _draw(cfg), "eps": cfg.eps, "batch_size": cfg.batch_size}
 
 
