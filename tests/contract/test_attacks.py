@@ -7,6 +7,7 @@ choices for deterministic ones where a test compares a batch with its samples on
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import warnings
@@ -92,7 +93,14 @@ def test_eps_zero_returns_x_exactly(setup, key):
 
 @pytest.mark.parametrize("key", KEYS)
 def test_deterministic_and_batch_equals_per_sample(setup, key):
+    """Same seed, same output; and each sample attacked alone gets what it got in the batch.
+
+    Run in float64: in float32 a batched kernel and a single-image kernel round differently,
+    and a sign step or an APGD step-size halving (a comparison of two losses) can turn on
+    that rounding (seen on CI for APGD-T: 1e-3 apart). The per-sample *logic* is what is tested.
+    """
     model, x, y = setup
+    model, x = copy.deepcopy(model).double(), x.double()
     atk = make(key, deterministic=True)
     a = atk(model, x, y, generator=torch.Generator().manual_seed(3))
     b = atk(model, x, y, generator=torch.Generator().manual_seed(3))
@@ -101,7 +109,7 @@ def test_deterministic_and_batch_equals_per_sample(setup, key):
         return
     for i in range(x.shape[0]):
         one = atk(model, x[i : i + 1], y[i : i + 1], generator=torch.Generator().manual_seed(3))
-        torch.testing.assert_close(one[0], a[i], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(one[0], a[i], rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("key", KEYS)
