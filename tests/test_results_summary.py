@@ -74,15 +74,42 @@ def test_small_claims_file_renders_one_row_per_claim_with_links_and_footnotes(tm
     rows = [line for line in text.splitlines() if line.startswith("| A et al. 2020 |")]
     assert rows == [
         "| A et al. 2020 | [Test accuracy (Table 1)](results/a.md#table-1-accuracy) | 99% | 99.30% "
-        "| reproduced | `fisherscope reproduce model-accuracy` |",
+        "| reproduced | `fisherscope reproduce model-accuracy` | – |",
         "| A et al. 2020 | [AUROC vs oblivious FGM (Table 1)](results/a.md#table-1-accuracy) † [1] "
         "| 96.11 | 87.9 [85.0, 90.5] | **not reproduced** "
-        "| `fisherscope reproduce zhao-table4 --set seed=1` |",
+        "| `fisherscope reproduce zhao-table4 --set seed=1` | pending |",
     ]
     assert "2 claims: 1 reproduced, 0 gap explained, 1 not reproduced." in text
-    assert "Adaptive counterpart: pending" in text
+    assert "0 of the 1 oblivious numbers have one, the others are pending" in text
     assert "[1] Budget unknown." in text
     assert "- [A paper, 2020](results/a.md) (2 claims)" in text
+
+
+def test_an_adaptive_counterpart_is_shown_beside_the_oblivious_number(tmp_path):
+    small = SMALL.replace("oblivious = true", 'oblivious = true\nadaptive = "AUROC 12.5"\n'
+                          'adaptive_config = "adaptive-detection"', 1)
+    path = _write(tmp_path, small)
+    text = render_results(load_claims(path), tmp_path / "docs" / "RESULTS.md")
+    assert "| `fisherscope reproduce zhao-table4 --set seed=1` | AUROC 12.5 (`adaptive-detection`) |" in text
+    assert "1 of the 1 oblivious numbers have one" in text
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('adaptive = "AUROC 12.5"', "adaptive and adaptive_config go together"),
+    ('adaptive_config = "adaptive-detection"', "adaptive and adaptive_config go together"),
+])
+def test_an_adaptive_counterpart_needs_its_config(tmp_path, extra, message):
+    path = _write(tmp_path, SMALL.replace("oblivious = true", f"oblivious = true\n{extra}", 1))
+    with pytest.raises(ValueError, match=message):
+        load_claims(path)
+
+
+def test_an_adaptive_counterpart_belongs_to_an_oblivious_claim(tmp_path):
+    small = SMALL.replace('verdict = "reproduced"', 'verdict = "reproduced"\nadaptive = "x"\n'
+                          'adaptive_config = "adaptive-detection"', 1)
+    path = _write(tmp_path, small)
+    with pytest.raises(ValueError, match="set oblivious = true or drop adaptive"):
+        load_claims(path)
 
 
 def test_links_are_relative_to_the_output_page(tmp_path):
@@ -160,6 +187,8 @@ def test_every_claim_names_an_existing_config_and_a_verdict():
     configs = {p.stem for p in (ROOT / "configs").glob("*.toml")}
     for c in claims.claims:
         assert c.config in configs, f"{c.claim!r}: no configs/{c.config}.toml"
+        assert not c.adaptive_config or c.adaptive_config in configs, (
+            f"{c.claim!r}: no configs/{c.adaptive_config}.toml")
         assert c.verdict in VERDICTS
 
 
@@ -173,7 +202,7 @@ def test_every_number_of_a_claim_is_stated_on_its_page():
     for c in claims.claims:
         page = (CLAIMS.parent / claims.pages[c.page].file).read_text(encoding="utf-8")
         page_numbers = set(_NUMBER.findall(page))
-        for field in ("paper_value", "ours", "interval", "note"):
+        for field in ("paper_value", "ours", "interval", "note", "adaptive"):
             for number in _NUMBER.findall(getattr(c, field)):
                 if number not in page_numbers:
                     problems.append(f"{c.claim!r} {field}: {number} not on {claims.pages[c.page].file}")

@@ -26,6 +26,9 @@ File layout (TOML)::
     anchor = "table-2-least-perturbation"  # a heading of the page (its GitHub slug)
     oblivious = false                    # optional: a detector/defense number measured
                                          # against attacks that ignore it only
+    adaptive = ""                        # optional (oblivious claims): the same method's
+                                         # number against an attacker who knows it
+    adaptive_config = ""                 # the config that measured ``adaptive``
     note = ""                            # optional, shown under the table
 """
 
@@ -67,6 +70,8 @@ _CLAIM_FIELDS = {
     "interval": False,
     "args": False,
     "oblivious": False,
+    "adaptive": False,
+    "adaptive_config": False,
     "note": False,
 }
 _INTERVAL = re.compile(r"^\[\s*-?[0-9.]+(e-?[0-9]+)?\s*,\s*-?[0-9.]+(e-?[0-9]+)?\s*\]$")
@@ -106,6 +111,8 @@ class Claim:
     interval: str = ""
     args: str = ""
     oblivious: bool = False
+    adaptive: str = ""
+    adaptive_config: str = ""
     note: str = ""
 
     @property
@@ -203,6 +210,12 @@ def _claim(path: Path, i: int, raw: Any, pages: dict[str, Page]) -> Claim:
     if interval and not _INTERVAL.match(interval):
         raise _fail(path, where, f"interval must look like \"[85.0, 90.5]\" (or be empty); "
                     f"got {interval!r}.")
+    if raw.get("adaptive", "").strip() and not raw.get("oblivious", False):
+        raise _fail(path, where, "adaptive is the counterpart of an oblivious number; set "
+                    "oblivious = true or drop adaptive.")
+    if bool(raw.get("adaptive", "").strip()) != bool(raw.get("adaptive_config", "").strip()):
+        raise _fail(path, where, "adaptive and adaptive_config go together: give the adaptive "
+                    "number and the config that measured it, or neither.")
     if "|" in "".join(v for v in raw.values() if isinstance(v, str)):
         raise _fail(path, where, "a field contains '|', which would break the Markdown table; "
                     "write it out (e.g. 'given' for '|').")
@@ -334,8 +347,9 @@ def render_results(claims: ClaimsFile, out: str | Path = DEFAULT_OUT) -> str:
         + ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
         + ".\n"
     )
-    lines.append("| paper | claim | paper's number | ours [95% interval] | verdict | command |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| paper | claim | paper's number | ours [95% interval] | verdict | command "
+                 "| against an adaptive attacker ‡ |")
+    lines.append("|---|---|---|---|---|---|---|")
     notes: list[str] = []
     for c in claims.claims:
         text = f"[{c.claim}]({links[c.page]}#{c.anchor})"
@@ -346,14 +360,27 @@ def render_results(claims: ClaimsFile, out: str | Path = DEFAULT_OUT) -> str:
             text += f" [{len(notes)}]"
         ours = f"{c.ours} {c.interval}" if c.interval else c.ours
         verdict = f"**{c.verdict}**" if c.verdict == "not reproduced" else c.verdict
-        lines.append(f"| {c.paper} | {text} | {c.paper_value} | {ours} | {verdict} | `{c.command}` |")
+        if c.adaptive:
+            adaptive = f"{c.adaptive} (`{c.adaptive_config}`)"
+        else:
+            adaptive = "pending" if c.oblivious else "–"
+        lines.append(f"| {c.paper} | {text} | {c.paper_value} | {ours} | {verdict} | `{c.command}` "
+                     f"| {adaptive} |")
     lines.append("")
     if any(c.oblivious for c in claims.claims):
+        n_adaptive = sum(bool(c.adaptive) for c in claims.claims)
+        n_oblivious = sum(c.oblivious for c in claims.claims)
         lines.append(
             "† A detector or defense number measured against attacks that do not know the "
-            "detector or defense (oblivious attacks). Adaptive counterpart: pending — such a "
-            "number is an upper bound on what the method achieves against an attacker who "
-            "targets it.\n"
+            "detector or defense (oblivious attacks): an upper bound on what the method "
+            "achieves against an attacker who targets it.\n"
+        )
+        lines.append(
+            "‡ The same method against an attacker who knows it (an adaptive attack on the "
+            "detector, or the worst case of APGD-CE, APGD-T and Square on the defense), "
+            "measured by `fisherscope reproduce <config>` of the config named beside it; "
+            f"{n_adaptive} of the {n_oblivious} oblivious numbers have one, the others are "
+            "pending; – marks a claim about no detector or defense.\n"
         )
     for i, note in enumerate(notes, 1):
         lines.append(f"[{i}] {note}\n")
