@@ -228,7 +228,21 @@ def test_adaptive_detection_kind_rerenders_from_the_store(tmp_path, digits_model
     assert next(r for r in ada if r["detector"] == "bu")["mirror"] == "eot"
     md = assert_rerenders_from_the_store(run.dir, tmp_path, monkeypatch)
     assert "PGD adaptive" in md and "C&W κ=5" in md and "Carlini & Wagner 2017" in md and "Reconstruction" not in md
-    assert "best" not in md.lower()
+    assert "best" not in md.lower() and "PARTIAL RUN" not in md
+
+    # a run stopped before one adaptive cell still renders, and says what is missing
+    from fisherscope.experiments.base import render_stored
+
+    store = run.dir / "results.jsonl"
+    lines = store.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if '"adaptive/adaptive/PGD/kd#' not in line]
+    assert len(kept) == len(lines) - 1
+    store.write_text("".join(kept))
+    render_stored(run.dir)
+    partial = (run.dir / "report.md").read_text()
+    assert "PARTIAL RUN: no adaptive attack yet on KD in the PGD budget" in partial
+    kd_row = next(line for line in partial.splitlines() if line.startswith("| KD |"))
+    assert "n/a" in kd_row
 
 
 def test_the_mnist_config_parses_and_builds():

@@ -135,16 +135,21 @@ def adaptive_cells(run: Run, cfg: AdaptiveDetectionConfig, ctx: Context) -> None
 
 
 def _records(cfg: AdaptiveDetectionConfig, results: Results, prefix: str, detectors: list[str]
-             ) -> tuple[list[dict[str, Any]], float]:
-    """The main cell's records plus the adaptive rows of every (budget, detector) cell; total wall time."""
+             ) -> tuple[list[dict[str, Any]], float, list[str]]:
+    """The main cell's records plus the adaptive rows of every stored (budget, detector) cell; the
+    total wall time; and the (budget / detector) cells not stored yet (a run stopped early)."""
     main = results.cell(*_main_cell(cfg, prefix, detectors))
-    recs, wall = list(main["records"]), float(main["wall_s"])
+    recs, wall, missing = list(main["records"]), float(main["wall_s"]), []
     for budget in cfg.adaptive_attacks:
         for d in detectors:
-            c = results.cell(*_adaptive_cell(cfg, prefix, budget, d))
+            cell = _adaptive_cell(cfg, prefix, budget, d)
+            if not results.has(*cell):
+                missing.append(f"{DETECTOR_LABELS.get(d, d)} in the {budget} budget")
+                continue
+            c = results.cell(*cell)
             recs += [r for r in c["records"] if r["kind"] == "table" and r.get("setting") == "adaptive"]
             wall += float(c["wall_s"])
-    return recs, wall
+    return recs, wall, missing
 
 
 # ------------------------------------------------------------------------------- report
@@ -186,12 +191,16 @@ def _published(cfg: AdaptiveDetectionConfig) -> list[Block]:
 
 
 def _section(cfg: AdaptiveDetectionConfig, facts: dict[str, Any], recs: list[dict[str, Any]], wall: float,
-             detectors: list[str], title: str) -> list[Block]:
+             missing: list[str], detectors: list[str], title: str) -> list[Block]:
     names = [s.name for s in cfg.attacks]
     atk = attack_rows(recs)
     n_test = next((x["n_correct_test"] for x in recs if x["kind"] == "table" and x.get("n_correct_test")), 0)
+    partial = [Paragraph(
+        f"PARTIAL RUN: no adaptive attack yet on {', '.join(missing)} (the run stopped before these cells; "
+        "their adaptive columns read n/a). Resume it (`--resume`) to complete the tables.")] if missing else []
     return [
         Heading(title, 3),
+        *partial,
         Paragraph(f"`{cfg.arch}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
                   f"`{facts['checkpoint_key'][:12]}`), {facts['n_images']} random test images (seed {cfg.seed}) split "
                   f"fit / calibrate / test = {cfg.splits}; {n_test} correctly classified test images are the sources "
@@ -233,10 +242,15 @@ def adaptive_report(cfg: AdaptiveDetectionConfig, results: Results) -> list[Bloc
     ]
     dec = reconstruction_cfg(cfg, facts["has_decoder"])
     if dec is not None:
-        dfacts = results.cell(*model_cell(dec))
         dets = _decoder_detectors(cfg)
-        blocks += _section(dec, dfacts, *_records(dec, results, f"adaptive/{dec.arch}", dets), dets,
-                           f"`{dec.arch}` (a decoder): Hendrycks & Gimpel's detectors")
+        title = f"`{dec.arch}` (a decoder): Hendrycks & Gimpel's detectors"
+        if results.has(*model_cell(dec)) and results.has(*_main_cell(dec, f"adaptive/{dec.arch}", dets)):
+            blocks += _section(dec, results.cell(*model_cell(dec)),
+                               *_records(dec, results, f"adaptive/{dec.arch}", dets), dets, title)
+        else:
+            blocks += [Heading(title, 3), Paragraph(
+                f"PARTIAL RUN: nothing stored yet for `{dec.arch}` (the run stopped before it); resume it "
+                "(`--resume`) to add this section.")]
     blocks += _published(cfg)
     return blocks
 
