@@ -67,7 +67,7 @@ from .._validation import (
     param_error,
     real,
 )
-from .base import Attack, AttackResult, project
+from .base import Attack, AttackResult, project, random_in_ball
 
 __all__ = ["DetectorAwarePGD", "classifier_margin"]
 
@@ -183,16 +183,7 @@ class DetectorAwarePGD(Attack):
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         if not self.random_start:
             return x.clone()
-        dev = generator.device if generator is not None else torch.device("cpu")
-        shape = (x.shape[0], x[0].numel())
-        if self.norm == "linf":
-            u = torch.rand(shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
-            delta = (2 * u - 1) * eps[:, None]
-        else:
-            g = torch.randn(shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
-            r = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype, device=dev).to(x.device)
-            delta = g * (eps * r.pow(1.0 / shape[1]) / g.norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny))[:, None]
-        return (x + delta.reshape(x.shape)).clamp(*self.bounds)
+        return random_in_ball(x, eps, self.norm, self.bounds, generator)
 
     def _excess(self, s: Tensor) -> Tensor:
         return (s.to(torch.float64) - self.threshold) / self.scale

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._batching import per_sample as _bcast
+from .._random import rand, randn
 from .._validation import BOOL, POSITIVE_INT, check_param, check_params, one_of, param_error, real
 from .base import Attack, project
 
@@ -194,13 +195,12 @@ class APGD(Attack):
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         if not self.random_start:
             return x.clone()
-        dev = generator.device if generator is not None else torch.device("cpu")
         flat = x.flatten(1)
         if self.norm == "linf":
-            t = 2 * torch.rand(flat.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device) - 1
+            t = 2 * rand(tuple(flat.shape), generator=generator, like=x) - 1
             delta = t * (eps[:, None] / t.abs().amax(1, keepdim=True).clamp_min(1e-12))
         else:
-            t = torch.randn(flat.shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
+            t = randn(tuple(flat.shape), generator=generator, like=x)
             delta = t * (eps[:, None] / t.norm(dim=1, keepdim=True).clamp_min(1e-12))
         return (x + delta.reshape(x.shape)).clamp(*self.bounds)
 

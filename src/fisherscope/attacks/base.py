@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._random import rand, randn
 from .._validation import (
     BOUNDS,
     NON_NEGATIVE,
@@ -107,6 +108,28 @@ def project_l1_ball(delta: Tensor, eps: Tensor) -> Tensor:
     theta = (css.gather(1, rho.long().unsqueeze(1) - 1).squeeze(1) - eps) / rho
     out = flat.sign() * (mag - theta.clamp_min(0).unsqueeze(1)).clamp_min(0)
     return torch.where(inside.unsqueeze(1), flat, out).reshape(delta.shape)
+
+
+def random_in_ball(x: Tensor, eps: Tensor, norm: Norm, bounds: tuple[float, float],
+                   generator: torch.Generator | None) -> Tensor:
+    """A point drawn uniformly from the ``eps`` ball of ``norm`` around each sample of ``x``,
+    clipped to ``bounds`` (the random start of PGD and of the detector-aware PGD).
+
+    L∞: uniform in the cube; L2: a uniform direction and radius eps·r^(1/d) (uniform in the
+    ball's volume). Drawn on ``generator``'s device (:mod:`fisherscope._random`).
+    """
+    shape = (x.shape[0], x[0].numel())
+    if norm == "linf":
+        u = rand(shape, generator=generator, like=x)
+        delta = (2 * u - 1) * eps[:, None]
+    elif norm == "l2":
+        g = randn(shape, generator=generator, like=x)
+        r = rand((x.shape[0],), generator=generator, like=x)
+        radius = eps * r.pow(1.0 / shape[1])
+        delta = g * (radius / g.norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny))[:, None]
+    else:
+        raise ValueError(f"random_in_ball: norm must be 'linf' or 'l2'; got {norm!r}.")
+    return (x + delta.reshape(x.shape)).clamp(*bounds)
 
 
 def project(x: Tensor, x_adv: Tensor, eps: Tensor, norm: Norm) -> Tensor:

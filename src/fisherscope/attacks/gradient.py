@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import per_sample
+from .._random import randint
 from .._validation import check_param, check_params, one_of
 from .base import OneStepAttack, input_gradient
 
@@ -58,8 +59,7 @@ def choose_targets(logits: Tensor, y: Tensor, how: str, generator: torch.Generat
     if k < 2:
         raise ValueError(f"a target class needs at least 2 classes; the model has {k} output.")
     if how == "random":
-        dev = generator.device if generator is not None else torch.device("cpu")
-        u = torch.randint(1, k, tuple(y.shape), generator=generator, device=dev).to(y.device)
+        u = randint(1, k, tuple(y.shape), generator=generator, like=y)
         return (y + u) % k
     is_y = torch.nn.functional.one_hot(y, k).bool()
     if how == "least_likely":

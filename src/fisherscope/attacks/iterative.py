@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._batching import per_sample
 from .._validation import BOOL, NON_NEGATIVE, POSITIVE_INT, check_param, check_params, one_of, real
-from .base import Attack, input_gradient, project
+from .base import Attack, input_gradient, project, random_in_ball
 from .gradient import choose_targets, unit_l2
 
 __all__ = ["BIM", "MIFGSM", "PGD", "IterativeOTCM", "sparse_l1_direction"]
@@ -266,17 +266,7 @@ class PGD(Attack):
             raise ValueError("PGD restarts without random_start would repeat the same run; set random_start=True or restarts=1.")
 
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
-        dev = generator.device if generator is not None else torch.device("cpu")
-        shape = (x.shape[0], x[0].numel())
-        if self.norm == "linf":
-            u = torch.rand(shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
-            delta = (2 * u - 1) * eps.unsqueeze(1)
-        else:
-            g = torch.randn(shape, generator=generator, dtype=x.dtype, device=dev).to(x.device)
-            r = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype, device=dev).to(x.device)
-            radius = eps * r.pow(1.0 / shape[1])
-            delta = g * (radius / g.norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)).unsqueeze(1)
-        return (x + delta.reshape(x.shape)).clamp(*self.bounds)
+        return random_in_ball(x, eps, self.norm, self.bounds, generator)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
              generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._random import rand, randint
 from .._validation import POSITIVE_INT, check_params, one_of, real
 from .base import Attack
 
@@ -200,16 +201,14 @@ class Square(Attack):
         return fooled, loss
 
     def _rand(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-        dev = generator.device if generator is not None else torch.device("cpu")
-        return torch.rand(shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
+        return rand(shape, generator=generator, like=like)
 
     def _signs(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
         return torch.where(self._rand(shape, like, generator) < 0.5, -1.0, 1.0).to(like.dtype)
 
     def _randint(self, high: int, n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         """n integers uniform in 0 … high (inclusive)."""
-        dev = generator.device if generator is not None else torch.device("cpu")
-        return torch.randint(0, high + 1, (n,), generator=generator, device=dev).to(like.device)
+        return randint(0, high + 1, (n,), generator=generator, like=like)
 
     def _side(self, iteration: int, h: int, w: int) -> int:
         p = square_p_schedule(iteration, self.n_queries, self.p_init)

@@ -71,6 +71,7 @@ from sklearn.metrics import roc_curve
 from torch import Tensor, nn
 
 from .._batching import check_batch_size, chunks, in_batches, per_sample, predict
+from .._random import randn
 from .._validation import (
     BOOL,
     NON_NEGATIVE_INT,
@@ -222,7 +223,7 @@ def matched_noise(
     lo_b, hi_b = bounds
     x64 = x.detach().to(torch.float64)
     target = (x_adv.detach().to(torch.float64) - x64).flatten(1).norm(dim=1)
-    z = torch.randn(x.shape, generator=generator, dtype=torch.float64, device="cpu").to(x.device)
+    z = randn(tuple(x.shape), generator=generator, like=x, dtype=torch.float64)
     z = z / per_sample(z.flatten(1).norm(dim=1).clamp_min(1e-300), x)
 
     def applied(s: Tensor) -> Tensor:

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._random import randperm
 from .._validation import check_inputs, check_labels, check_logits, eval_mode, warns_once
 from ..attacks.apgd import APGD, APGDTargeted
 from ..attacks.base import Attack
@@ -310,8 +311,7 @@ def _subset(mask: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
     idx = torch.nonzero(mask).flatten()
     if len(idx) <= k:
         return idx
-    dev = generator.device if generator is not None else torch.device("cpu")
-    perm = torch.randperm(len(idx), generator=generator, device=dev).to(idx.device)
+    perm = randperm(len(idx), generator=generator, like=idx)
     return idx[perm[:k]].sort().values
 
 

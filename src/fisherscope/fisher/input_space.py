@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .._batching import even_chunks
+from .._random import rand, randn
 from .._validation import (
     POSITIVE_INT,
     check_inputs,
@@ -582,7 +583,7 @@ def alias_sample(
     """m draws per row from alias tables; (N, K) -> (N, m) int64."""
     check_param("alias_sample", "m", m, POSITIVE_INT)
     n, k = prob.shape
-    u = torch.rand(n, m, dtype=torch.float64, generator=generator, device=prob.device)
+    u = rand((n, m), generator=generator, like=prob, dtype=torch.float64)
     col = (u * k).floor().long().clamp_(max=k - 1)
     frac = u * k - col
     keep = frac < prob.gather(1, col)
@@ -650,7 +651,7 @@ def _exact(model: nn.Module, x: Tensor, k: int, parts: tuple[Tensor, Tensor, Ten
 
 def _random_start(x: Tensor, generator: torch.Generator | None, cols: int = 1) -> Tensor:
     n, d = x.shape[0], math.prod(x.shape[1:])
-    v = torch.randn(n, cols, d, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    v = randn((n, cols, d), generator=generator, like=x)
     return v / v.norm(dim=2, keepdim=True)
 
 
