@@ -84,7 +84,7 @@ def robust_frac(model, x_adv, y, clean):
 def setup(name: str, n: int):
     if name == "digits_cnn":
         from fisherscope.data import load_dataset
-        from fisherscope.models import train_model
+        from fisherscope.training import train_model
 
         model = train_model("digits_cnn", "digits", progress=False).model.eval()
         test = load_dataset("digits", "test")
