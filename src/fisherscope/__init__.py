@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 # name -> submodule that defines it
 _LAZY = {
+    "audit": ".experiments.audit",
     "check_inputs": "._validation",
     "check_labels": "._validation",
     "check_logits": "._validation",
@@ -34,6 +35,7 @@ __all__ = [
     "ModelNotSavedError",
     "NotFittedError",
     "__version__",
+    "audit",
     "check_inputs",
     "check_labels",
     "check_logits",
@@ -43,6 +45,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import exceptions
+    from .experiments.audit import audit
     from ._validation import check_inputs, check_labels, check_logits, eval_mode
     from .exceptions import (
         BudgetWarning,
