@@ -45,7 +45,7 @@ from torch import nn
 
 from .base import Context, register
 from .common import inspect_maps, saliency_rows, trained_model
-from .config import config_to_dict
+from .config import config_from_dict, config_to_dict
 from .detection_kit import DETECTOR_LABELS, RECIPES, DetectionConfig, DetectorInputs, attack_rows, table_rows
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .robust_kit import EnsembleSpec, worst_case
@@ -60,12 +60,14 @@ log = logging.getLogger(__name__)
 AUDIT_DETECTORS = ["kd", "lid", "mahalanobis", "fisher_spectrum", "fisher_score", "fisher_nform", "softmax",
                    "pca_whitening", "bu"]
 #: A stated reduction of AutoAttack's ensemble, the default for the built-in digits audit only.
-QUICK_ENSEMBLE = EnsembleSpec(apgd_steps=20, n_target_classes=3, square_queries=300, check_samples=32)
+QUICK_ENSEMBLE = EnsembleSpec(apgd_steps=10, n_target_classes=3, square_queries=100, check_samples=16)
 #: Noise control: a detector passes when it separates adversarials from noise of the same L2 norm.
 NOISE_AUROC_MIN = 0.75
 #: Adaptive attack: a detector passes when it still flags this fraction of the adaptive adversarials.
 ADAPTIVE_TPR_MIN = 0.5
 SUMMARY_FILE = "summary.json"
+#: Smaller settings of the built-in digits audit (no model given), so that it takes a minute or two.
+BUILTIN_SETTINGS: dict[str, Any] = {"cw_steps": 50, "adaptive_steps": 20, "minimal_samples": 64}
 
 
 @dataclass(frozen=True)
@@ -1055,33 +1057,41 @@ def audit(
     builtin = model is None
     if isinstance(ensemble, str):
         if ensemble not in ("standard", "quick"):
-            raise ValueError(f"audit: ensemble must be 'standard', 'quick' or an EnsembleSpec; got {ensemble!r}.")
+            raise ValueError(f"audit: ensemble must be 'standard', 'quick', a dict or an EnsembleSpec; got {ensemble!r}.")
         spec = EnsembleSpec() if ensemble == "standard" else QUICK_ENSEMBLE
-    elif ensemble is None:
+    elif ensemble is None or isinstance(ensemble, dict):
         spec = QUICK_ENSEMBLE if builtin else EnsembleSpec()
+        if isinstance(ensemble, dict):
+            spec = config_from_dict(EnsembleSpec, {**config_to_dict(spec), **ensemble}, where="audit ensemble")
     elif isinstance(ensemble, EnsembleSpec):
         spec = ensemble
     else:
-        raise TypeError(f"audit: ensemble must be 'standard', 'quick' or an EnsembleSpec; got {type(ensemble).__name__}.")
-    if builtin and limit is None and data is None:
-        limit = 200
-    if builtin and data is None and "detect_samples" not in settings:
-        settings["detect_samples"] = 200
-    if builtin and "cw_steps" not in settings:
-        settings["cw_steps"] = 50
-    model_text = model if isinstance(model, str) or model is None else (
-        str(model) if isinstance(model, Path) else f"<{type(model).__name__} object>")
-    data_text = data if isinstance(data, str) or data is None else (
-        str(data) if isinstance(data, Path) else f"<{type(data).__name__} object>")
-    shape = None if input_shape is None else [int(v) for v in input_shape]
-    cfg = AuditConfig(name=name, seed=seed, model=model_text, weights=None if weights is None else str(weights),
-                      model_kwargs=dict(model_kwargs or {}),
-                      normalize=normalize if normalize is None or isinstance(normalize, str) else
-                      ",".join(str(v) for part in normalize for v in (part if isinstance(part, list | tuple) else [part])),
-                      as_logits=as_logits, num_classes=num_classes, input_shape=shape, data=data_text, split=split,
-                      limit=limit, resize=resize, channels=channels, batch_size=batch_size,
-                      linf_eps=None if linf_eps is None else [float(e) for e in linf_eps],
-                      l2_eps=None if l2_eps is None else [float(e) for e in l2_eps], ensemble=spec, **settings)
+        raise TypeError(f"audit: ensemble must be 'standard', 'quick', a dict or an EnsembleSpec; got "
+                        f"{type(ensemble).__name__}.")
+    if builtin and data is None:
+        limit = 200 if limit is None else limit
+        settings.setdefault("detect_samples", 200)
+    if builtin:
+        for key, value in BUILTIN_SETTINGS.items():
+            settings.setdefault(key, value)
+
+    def text(obj: Any) -> str | None:
+        if obj is None or isinstance(obj, str):
+            return obj
+        return str(obj) if isinstance(obj, Path) else f"<{type(obj).__name__} object>"
+
+    norm = normalize
+    if norm is not None and not isinstance(norm, str):
+        norm = ";".join(",".join(str(v) for v in (part if isinstance(part, list | tuple) else [part])) for part in norm)
+    fields: dict[str, Any] = {
+        "name": name, "seed": seed, "model": text(model), "weights": None if weights is None else str(weights),
+        "model_kwargs": dict(model_kwargs or {}), "normalize": norm, "as_logits": as_logits,
+        "num_classes": num_classes, "input_shape": None if input_shape is None else list(input_shape),
+        "data": text(data), "split": split, "limit": limit, "resize": resize, "channels": channels,
+        "batch_size": batch_size, "linf_eps": linf_eps, "l2_eps": l2_eps, "ensemble": config_to_dict(spec),
+        **settings,
+    }
+    cfg = config_from_dict(AuditConfig, fields, where="audit")
     _check(cfg)
     ctx = Context(data_dir=None if data_dir is None else Path(data_dir),
                   cache_dir=None if cache_dir is None else Path(cache_dir), progress=progress, device=device)
