@@ -45,7 +45,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import exceptions
-    from .experiments.audit import audit
     from ._validation import check_inputs, check_labels, check_logits, eval_mode
     from .exceptions import (
         BudgetWarning,
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
         ModelNotSavedError,
         NotFittedError,
     )
+    from .experiments.audit import audit
 
 
 def __getattr__(name: str) -> Any:

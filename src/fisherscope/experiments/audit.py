@@ -36,6 +36,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,14 @@ from torch import nn
 from .base import Context, register
 from .common import inspect_maps, saliency_rows, trained_model
 from .config import config_from_dict, config_to_dict
-from .detection_kit import DETECTOR_LABELS, RECIPES, DetectionConfig, DetectorInputs, attack_rows, table_rows
+from .detection_kit import (
+    DETECTOR_LABELS,
+    RECIPES,
+    DetectionConfig,
+    DetectorInputs,
+    attack_rows,
+    table_rows,
+)
 from .report import Block, Figure, Heading, Paragraph, Table, save_figure
 from .robust_kit import EnsembleSpec, worst_case
 from .runner import Artifact, Results, Run, atomic_write_text
@@ -67,7 +75,11 @@ NOISE_AUROC_MIN = 0.75
 ADAPTIVE_TPR_MIN = 0.5
 SUMMARY_FILE = "summary.json"
 #: Smaller settings of the built-in digits audit (no model given), so that it takes a minute or two.
-BUILTIN_SETTINGS: dict[str, Any] = {"cw_steps": 50, "adaptive_steps": 20, "minimal_samples": 64}
+#: (LID and the parameter-space Fisher scores, whose adaptive attacks differentiate through the
+#: weights' Fisher at every step, are left out there and listed as such in the report).
+BUILTIN_SETTINGS: dict[str, Any] = {"cw_steps": 50, "adaptive_steps": 10, "minimal_samples": 64, "detect_samples": 150,
+                                    "n_bootstrap": 100, "detectors": ["kd", "mahalanobis", "fisher_spectrum", "softmax",
+                                                                      "pca_whitening", "bu"]}
 
 
 @dataclass(frozen=True)
@@ -506,18 +518,16 @@ def audit_cells(run: Run, cfg: AuditConfig, ctx: Context) -> None:
             kept_x.append(xb[: keep_n - held])
             kept_y.append(yb[: keep_n - held])
             held += len(kept_x[-1])
-        run.cell(*_clean_cell(cfg, c)[:1], lambda xb=xb, yb=yb: _clean(model, xb, yb, cfg), spec=_clean_cell(cfg, c)[1])
+        run.cell(*_clean_cell(cfg, c)[:1], partial(_clean, model, xb, yb, cfg), spec=_clean_cell(cfg, c)[1])
         for norm, eps in threats:
             name, spec = _robust_cell(cfg, norm, eps, c)
-            run.cell(name, lambda xb=xb, yb=yb, norm=norm, eps=eps: worst_case(
-                model, xb, yb, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
-                batch_size=cfg.batch_size), spec=spec)
-        run.cell(*_ossa_cell(cfg, l2, c)[:1], lambda xb=xb, yb=yb: _ossa(model, xb, yb, l2, cfg),
-                 spec=_ossa_cell(cfg, l2, c)[1])
+            run.cell(name, partial(worst_case, model, xb, yb, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
+                                   batch_size=cfg.batch_size), spec=spec)
+        run.cell(*_ossa_cell(cfg, l2, c)[:1], partial(_ossa, model, xb, yb, l2, cfg), spec=_ossa_cell(cfg, l2, c)[1])
         if c[0] < cfg.minimal_samples:
             m = min(c[1], cfg.minimal_samples) - c[0]
             mc = (c[0], c[0] + m)
-            run.cell(*_minimal_cell(cfg, mc)[:1], lambda xb=xb, yb=yb, m=m: _minimal(model, xb[:m], yb[:m], cfg),
+            run.cell(*_minimal_cell(cfg, mc)[:1], partial(_minimal, model, xb[:m], yb[:m], cfg),
                      spec=_minimal_cell(cfg, mc)[1])
     xk = torch.cat(kept_x) if kept_x else torch.empty(0)
     yk = torch.cat(kept_y) if kept_y else torch.empty(0, dtype=torch.int64)
@@ -528,7 +538,9 @@ def audit_cells(run: Run, cfg: AuditConfig, ctx: Context) -> None:
                  spec=_detect_cell(cfg, n_det, max(f["linf_eps"]))[1])
     n_min = min(n, cfg.minimal_samples)
     if n_min and cfg.n_maps:
-        df = sum((run.results(_key(*_minimal_cell(cfg, mc)))["deepfool_l2"] for mc in _minimal_chunks(cfg, n)), [])
+        df: list[float] = []
+        for mc in _minimal_chunks(cfg, n):
+            df += run.results(_key(*_minimal_cell(cfg, mc)))["deepfool_l2"]
         run.cell(*_maps_cell(cfg, n_min)[:1], lambda: _maps(loaded, xk[:n_min], yk[:n_min], df, cfg),
                  spec=_maps_cell(cfg, n_min)[1])
 
@@ -907,6 +919,9 @@ def audit_report(cfg: AuditConfig, results: Results) -> list[Block]:
                                                     ("adaptive attack", v["passes_adaptive"])) if not ok)]
                  for v in verdicts]
         na = [[DETECTOR_LABELS.get(d, d), why] for d, why in det["not_applicable"].items()]
+        na += [[DETECTOR_LABELS.get(d, d), "is not in this audit's detector list (add it with --set "
+                "detectors=[...]; the adaptive attacks on LID and the Fisher scores are the slow ones)"]
+               for d in AUDIT_DETECTORS if d not in cfg.detectors]
         summary["detectors"] = [{k: v[k] for k in ("detector", "auroc", "auroc_noise", "adaptive_tpr", "passes_noise",
                                                    "passes_adaptive") if k in v} for v in verdicts]
         summary["best_detector"] = best
@@ -927,8 +942,8 @@ def audit_report(cfg: AuditConfig, results: Results) -> list[Block]:
                    "recommendable"], drows, caption="Detectors on the test split"),
         ]
         if na:
-            blocks.append(Table(["detector", "not run because it"], na, caption="Detectors that do not apply to this "
-                                                                                "model"))
+            blocks.append(Table(["detector", "not run because it"], na, caption="Detectors not run, and why "
+                                                                                "not"))
 
     # ---- maps
     mp = g["maps"]
@@ -1001,7 +1016,7 @@ def audit(
     channels: int | None = None,
     linf_eps: list[float] | None = None,
     l2_eps: list[float] | None = None,
-    ensemble: str | EnsembleSpec | None = None,
+    ensemble: str | dict[str, Any] | EnsembleSpec | None = None,
     resume: bool | str | Path = False,
     name: str = "audit",
     data_dir: str | Path | None = None,
@@ -1030,9 +1045,10 @@ def audit(
         Without a model and ``limit``, the built-in audit uses 200 digits.
     linf_eps, l2_eps : list of float, optional
         Threat models (default :func:`default_budgets` of the data).
-    ensemble : "standard", "quick" or EnsembleSpec, optional
+    ensemble : "standard", "quick", dict or EnsembleSpec, optional
         The worst-case attacks: AutoAttack's standard ensemble (the default for a given model) or
-        :data:`QUICK_ENSEMBLE`, a stated reduction (the default of the built-in digits audit).
+        :data:`QUICK_ENSEMBLE`, a stated reduction (the default of the built-in digits audit); a dict
+        overrides fields of the default.
     resume : bool or path
         Continue the latest run of ``name`` under ``out`` (or this run directory); refused when it
         was made with another model or other data.
@@ -1070,7 +1086,6 @@ def audit(
                         f"{type(ensemble).__name__}.")
     if builtin and data is None:
         limit = 200 if limit is None else limit
-        settings.setdefault("detect_samples", 200)
     if builtin:
         for key, value in BUILTIN_SETTINGS.items():
             settings.setdefault(key, value)
