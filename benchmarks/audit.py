@@ -66,9 +66,8 @@ def _checkpoint(args: argparse.Namespace, cache: Path) -> Path:
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "fisherscope", "train", "lenet5", "--dataset", "mnist", "--quiet",
                           "--cache-dir", str(cache)], capture_output=True, text=True, check=True)
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("checkpoint:"))
-    print(f"trained lenet5 in {time.perf_counter() - t0:.0f} s (not counted): {res.stdout.splitlines()[0]}")
-    return Path(line.split(":", 1)[1].strip())
+    print(f"trained lenet5 in {time.perf_counter() - t0:.0f} s (not counted): {' '.join(res.stdout.split())}")
+    return next(cache.glob("lenet5-*.pt"))
 
 
 def main() -> None:
