@@ -139,6 +139,9 @@ def test_python_api_writes_every_section_and_the_summary(audited):
     digest = json.loads((run_dir / "config.json").read_text())["config"]["model_digest"]
     assert len(digest) == 64 and all(r["spec"]["model_digest"] == digest for r in records)
     assert any(p.name == "audit_saliency.png" for p in (run_dir / "figures").iterdir())
+    # the minimal-perturbation images are a seeded draw, not the first files (sorted by class)
+    ys = [v for r in records if r["cell"].startswith("minimal/") for v in r["values"]["y"]]
+    assert len(ys) == 10 and len(set(ys)) >= 2
 
 
 def test_the_report_rerenders_from_the_store(audited, tmp_path, monkeypatch):

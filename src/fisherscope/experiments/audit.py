@@ -19,8 +19,8 @@ cells, so a run is resumable and ``fisherscope report RUN`` re-renders it. Secti
   called the best unless it passes its noise control and the adaptive attack;
 - saliency and FIS maps of the most vulnerable images, drawn as the model saw them.
 
-The images are streamed in chunks of ``chunk`` (one chunk in memory at a time, plus the first
-``max(detect_samples, minimal_samples)`` images kept for the detectors and the maps); every
+The images are streamed in chunks of ``chunk`` (one chunk in memory at a time, plus seeded draws
+of ``detect_samples`` and ``minimal_samples`` images kept for the detectors and the maps); every
 per-image section is one cell per chunk, so a killed run loses at most one chunk of one
 section. Every cell's spec holds the digest of the model's weights and of the data selection,
 and :func:`audit` refuses to resume a run made with another model or other data.
@@ -235,10 +235,18 @@ def _ossa_cell(cfg: AuditConfig, l2: list[float], c: tuple[int, int]) -> tuple[s
                             "batch_size": cfg.batch_size}
 
 
-def _minimal_cell(cfg: AuditConfig, c: tuple[int, int]) -> tuple[str, dict[str, Any]]:
-    return f"minimal/{c[0]}", {**_ident(cfg), "images": list(c), "deepfool_steps": cfg.deepfool_steps,
-                               "cw_steps": cfg.cw_steps, "cw_binary_steps": cfg.cw_binary_steps,
-                               "batch_size": cfg.batch_size}
+def _minimal_cell(cfg: AuditConfig, c: tuple[int, int], positions: list[int]) -> tuple[str, dict[str, Any]]:
+    return f"minimal/{c[0]}", {**_ident(cfg), "images": list(c), "positions": positions,
+                               "deepfool_steps": cfg.deepfool_steps, "cw_steps": cfg.cw_steps,
+                               "cw_binary_steps": cfg.cw_binary_steps, "batch_size": cfg.batch_size}
+
+
+def _draw(n: int, k: int, seed: int, salt: int) -> np.ndarray:
+    """Sorted positions of a seeded draw of ``k`` of ``n`` images (all of them when k >= n), so that
+    the sections run on a subset see every class even when the files are sorted by class."""
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng([seed, salt]).choice(n, size=k, replace=False)).astype(np.int64)
 
 
 def _detect_cell(cfg: AuditConfig, n: int, linf: float) -> tuple[str, dict[str, Any]]:
@@ -509,40 +517,42 @@ def audit_cells(run: Run, cfg: AuditConfig, ctx: Context) -> None:
     f = run.cell(*_facts_cell(cfg)[:1], facts, spec=_facts_cell(cfg)[1])
     threats = _threats(f)
     l2 = [float(e) for e in f["l2_eps"]]
-    keep_n = min(n, max(cfg.detect_samples, cfg.minimal_samples))
-    kept_x: list[torch.Tensor] = []
-    kept_y: list[torch.Tensor] = []
-    held = 0
+    pos_min = _draw(n, cfg.minimal_samples, cfg.seed, 1)
+    pos_det = _draw(n, cfg.detect_samples, cfg.seed, 2)
+    kept: dict[str, list[torch.Tensor]] = {"xm": [], "ym": [], "xd": [], "yd": []}
     for c, (xb, yb) in zip(_chunks(n, cfg.chunk), _stream(source, cfg.chunk), strict=True):
-        if held < keep_n:
-            kept_x.append(xb[: keep_n - held])
-            kept_y.append(yb[: keep_n - held])
-            held += len(kept_x[-1])
+        pm = _local(pos_min, c)
+        pd = _local(pos_det, c)
+        kept["xm"].append(xb[pm])
+        kept["ym"].append(yb[pm])
+        kept["xd"].append(xb[pd])
+        kept["yd"].append(yb[pd])
         run.cell(*_clean_cell(cfg, c)[:1], partial(_clean, model, xb, yb, cfg), spec=_clean_cell(cfg, c)[1])
         for norm, eps in threats:
             name, spec = _robust_cell(cfg, norm, eps, c)
             run.cell(name, partial(worst_case, model, xb, yb, norm=norm, eps=eps, ensemble=cfg.ensemble, seed=cfg.seed,
                                    batch_size=cfg.batch_size), spec=spec)
         run.cell(*_ossa_cell(cfg, l2, c)[:1], partial(_ossa, model, xb, yb, l2, cfg), spec=_ossa_cell(cfg, l2, c)[1])
-        if c[0] < cfg.minimal_samples:
-            m = min(c[1], cfg.minimal_samples) - c[0]
-            mc = (c[0], c[0] + m)
-            run.cell(*_minimal_cell(cfg, mc)[:1], partial(_minimal, model, xb[:m], yb[:m], cfg),
-                     spec=_minimal_cell(cfg, mc)[1])
-    xk = torch.cat(kept_x) if kept_x else torch.empty(0)
-    yk = torch.cat(kept_y) if kept_y else torch.empty(0, dtype=torch.int64)
-    n_det = min(n, cfg.detect_samples)
-    if n_det and cfg.detectors:
-        run.cell(*_detect_cell(cfg, n_det, max(f["linf_eps"]))[:1],
-                 lambda: _detect(loaded, xk[:n_det], yk[:n_det], max(f["linf_eps"]), cfg),
-                 spec=_detect_cell(cfg, n_det, max(f["linf_eps"]))[1])
-    n_min = min(n, cfg.minimal_samples)
-    if n_min and cfg.n_maps:
+        if len(pm):
+            name, spec = _minimal_cell(cfg, c, (pm + c[0]).tolist())
+            run.cell(name, partial(_minimal, model, xb[pm], yb[pm], cfg), spec=spec)
+        del xb, yb
+    xm, ym, xd, yd = (torch.cat(kept[k]) for k in ("xm", "ym", "xd", "yd"))
+    if len(pos_det) and cfg.detectors:
+        linf = max(f["linf_eps"])
+        run.cell(*_detect_cell(cfg, len(pos_det), linf)[:1], partial(_detect, loaded, xd, yd, linf, cfg),
+                 spec=_detect_cell(cfg, len(pos_det), linf)[1])
+    if len(pos_min) and cfg.n_maps:
         df: list[float] = []
-        for mc in _minimal_chunks(cfg, n):
-            df += run.results(_key(*_minimal_cell(cfg, mc)))["deepfool_l2"]
-        run.cell(*_maps_cell(cfg, n_min)[:1], lambda: _maps(loaded, xk[:n_min], yk[:n_min], df, cfg),
-                 spec=_maps_cell(cfg, n_min)[1])
+        for name, spec in _minimal_cells(cfg, n):
+            df += run.results(_key(name, spec))["deepfool_l2"]
+        run.cell(*_maps_cell(cfg, len(pos_min))[:1], partial(_maps, loaded, xm, ym, df, cfg),
+                 spec=_maps_cell(cfg, len(pos_min))[1])
+
+
+def _local(positions: np.ndarray, c: tuple[int, int]) -> np.ndarray:
+    """The positions inside chunk ``c``, relative to its start."""
+    return positions[(positions >= c[0]) & (positions < c[1])] - c[0]
 
 
 def _key(name: str, spec: dict[str, Any]) -> str:
@@ -551,9 +561,15 @@ def _key(name: str, spec: dict[str, Any]) -> str:
     return cell_key(name, spec)
 
 
-def _minimal_chunks(cfg: AuditConfig, n: int) -> list[tuple[int, int]]:
-    m = min(n, cfg.minimal_samples)
-    return [(s, min(e, m)) for s, e in _chunks(n, cfg.chunk) if s < m]
+def _minimal_cells(cfg: AuditConfig, n: int) -> list[tuple[str, dict[str, Any]]]:
+    """The minimal-perturbation cells, in chunk order (their images: the draw of ``minimal_samples``)."""
+    pos = _draw(n, cfg.minimal_samples, cfg.seed, 1)
+    out = []
+    for c in _chunks(n, cfg.chunk):
+        pm = _local(pos, c)
+        if len(pm):
+            out.append(_minimal_cell(cfg, c, (pm + c[0]).tolist()))
+    return out
 
 
 # ====================================================================== report helpers
@@ -706,7 +722,8 @@ def _gather(cfg: AuditConfig, results: Results) -> dict[str, Any]:
                  "ossa_fooled": np.sum([o["ossa_fooled"] for o in ossa], axis=0).tolist(),
                  "pgd_fooled": np.sum([o["pgd_fooled"] for o in ossa], axis=0).tolist(),
                  "error": next((o["ossa_error"] for o in ossa if o["ossa_error"]), None)}
-    mins = [results.cell(*_minimal_cell(cfg, mc)) for mc in _minimal_chunks(cfg, n)]
+    mins = [results.cell(*mc) for mc in _minimal_cells(cfg, n)]
+    g["minimal_positions"] = np.asarray([p for mc in _minimal_cells(cfg, n) for p in mc[1]["positions"]], dtype=np.int64)
     g["minimal"] = {k: np.concatenate([np.asarray(m[k], dtype=float) for m in mins]) if mins else np.empty(0)
                     for k in ("y", "correct", "deepfool_l2", "cw_l2")}
     g["minimal_seconds"] = {k: sum(m[f"{k}_seconds"] for m in mins) for k in ("deepfool", "cw")}
@@ -828,7 +845,7 @@ def audit_report(cfg: AuditConfig, results: Results) -> list[Block]:
         blocks += [
             Heading("Minimal perturbations"),
             Paragraph(f"DeepFool ({cfg.deepfool_steps} steps) and Carlini & Wagner L2 ({cfg.cw_binary_steps} binary-search "
-                      f"steps × {cfg.cw_steps} Adam steps) on the first {len(my)} images, over the correctly classified "
+                      f"steps × {cfg.cw_steps} Adam steps) on {len(my)} images (a seeded draw), over the correctly classified "
                       f"ones they fooled (DeepFool {int((~np.isnan(mn['deepfool_l2'])).sum())}, C&W "
                       f"{int((~np.isnan(mn['cw_l2'])).sum())} of {int(mn['correct'].sum())} correct). The L2 norm of "
                       f"the smallest adversarial perturbation each found: an upper bound on the distance to the "
@@ -847,7 +864,7 @@ def audit_report(cfg: AuditConfig, results: Results) -> list[Block]:
     else:
         lam = g["lambda"]
         n_min = len(my)
-        lam_min = lam[:n_min]
+        lam_min = lam[g["minimal_positions"]]
         rho_margin = _spearman(lam[correct], g["margin"][correct])
         rho_df = _spearman(lam_min, mn["deepfool_l2"]) if n_min else math.nan
         sp_path = _fig_lambda(lam, g["margin"], correct, mn["deepfool_l2"] if n_min else np.empty(0),
@@ -929,7 +946,7 @@ def audit_report(cfg: AuditConfig, results: Results) -> list[Block]:
                               0)
         blocks += [
             Heading("Detectors: oblivious and adaptive"),
-            Paragraph(f"Every applicable detector fitted on the first {min(f['n'], cfg.detect_samples)} images, split by "
+            Paragraph(f"Every applicable detector fitted on {min(f['n'], cfg.detect_samples)} images (a seeded draw), split by "
                       "source image into fit / calibrate / test = 40/20/40% (fisherscope.evaluation.evaluate_detectors); "
                       f"positives: PGD-L∞ ({_eps_label('linf', max(f['linf_eps']))}, {cfg.detect_steps} steps) "
                       f"adversarials of correctly classified images"
