@@ -301,3 +301,16 @@ def test_weights_digest_sees_every_weight(tiny):
     with torch.no_grad():
         other.conv.weight[0, 0, 0, 0] += 1e-6
     assert weights_digest(other) != d
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--linf-eps", "abc"], "--linf-eps"),
+    (["--ensemble", "strong"], "--ensemble"),
+    (["--input-shape", "28,28"], "--input-shape"),
+    (["--resume", "yes"], "Got unexpected extra argument"),
+])
+def test_audit_usage_errors_exit_2(args, hint, tmp_path):
+    res = runner.invoke(app, ["audit", "--out", str(tmp_path / "runs"), *args])
+    assert res.exit_code == 2, res.output
+    assert hint in res.output
+    assert not (tmp_path / "runs").exists()
