@@ -36,8 +36,9 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"start": t0, "seconds": time.time() - t0, "peak_mib": peak / 1024, "code": code}), file=sys.stderr)
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"start": t0, "seconds": time.time() - t0, "cpu_seconds": ru.ru_utime + ru.ru_stime,
+                  "peak_mib": ru.ru_maxrss / 1024, "code": code}), file=sys.stderr)
 """
 
 
@@ -95,13 +96,14 @@ def main() -> None:
             (run_dir,) = out.iterdir()
             stages = _breakdown(run_dir, info["start"])
             rows.append((n, info, stages, summary))
-            print(f"N={n}: {info['seconds']:.0f} s, peak RSS {info['peak_mib']:.0f} MiB; {summary['headline']}")
+            print(f"N={n}: {info['seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s CPU, peak RSS "
+                  f"{info['peak_mib']:.0f} MiB; {summary['headline']}")
             for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
                 print(f"    {k:<22} {v:7.0f} s")
-        print("\n| N | wall time (s) | peak RSS (MiB) | " + " | ".join(sorted(rows[-1][2])) + " |")
-        print("|---|---|---|" + "---|" * len(rows[-1][2]))
+        print("\n| N | wall time (s) | CPU time (s) | peak RSS (MiB) | " + " | ".join(sorted(rows[-1][2])) + " |")
+        print("|---|---|---|---|" + "---|" * len(rows[-1][2]))
         for n, info, stages, _ in rows:
-            print(f"| {n} | {info['seconds']:.0f} | {info['peak_mib']:.0f} | "
+            print(f"| {n} | {info['seconds']:.0f} | {info['cpu_seconds']:.0f} | {info['peak_mib']:.0f} | "
                   + " | ".join(f"{stages.get(k, 0):.0f}" for k in sorted(rows[-1][2])) + " |")
 
 
