@@ -156,6 +156,7 @@ def test_the_report_rerenders_from_the_store(audited, tmp_path, monkeypatch):
     assert (copy / "summary.json").read_bytes() == summary
 
 
+@pytest.mark.slow  # recomputes half of an audit and renders its report again (~20-40 s on the loaded machine)
 def test_resume_after_a_kill_reuses_the_finished_cells(audited, tiny, monkeypatch):
     summary, run_dir = audited
     lines = (run_dir / "results.jsonl").read_text().splitlines(keepends=True)
