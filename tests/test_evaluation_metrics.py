@@ -266,3 +266,30 @@ def test_transfer_validates():
         transfer_matrix(Reflect(), [A], [B], X + 2, Y)
     with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1 or None \(one batch\); got 0"):
         transfer_matrix(Reflect(), [A], [B], X, Y, batch_size=0)
+
+
+# ------------------------------------------------------------------ expected calibration error
+
+
+def test_expected_calibration_error_matches_a_hand_computation():
+    from fisherscope.evaluation import expected_calibration_error
+
+    # confidences sigmoid(2) = 0.881 (correct), sigmoid(1) = 0.731 (correct), sigmoid(3) = 0.953 (wrong),
+    # sigmoid(0.5) = 0.622 (wrong): one per bin of ten; ECE = mean |acc - conf| over the four bins
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0])
+    s = [1 / (1 + math.exp(-v)) for v in (2.0, 1.0, 3.0, 0.5)]
+    hand = ((1 - s[0]) + (1 - s[1]) + s[2] + s[3]) / 4
+    cal = expected_calibration_error(logits, y, n_bins=10)
+    assert cal.ece == pytest.approx(hand, abs=1e-12)
+    assert cal.mce == pytest.approx(s[2], abs=1e-12)
+    assert cal.bin_counts == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1] and cal.n == 4
+    # two samples in one bin: |mean acc - mean conf| weighted by 2/3, plus a third alone
+    logits = torch.tensor([[2.0, 0.0], [2.1, 0.0], [0.0, 0.2]], dtype=torch.float64)
+    cal = expected_calibration_error(logits, torch.tensor([0, 1, 1]), n_bins=5)
+    p = [1 / (1 + math.exp(-v)) for v in (2.0, 2.1, 0.2)]
+    assert cal.ece == pytest.approx(2 / 3 * abs(0.5 - (p[0] + p[1]) / 2) + 1 / 3 * abs(1 - p[2]), abs=1e-12)
+    # perfectly confident and right: 0; a confidence of exactly 1/K lands in the first non-empty bin
+    assert expected_calibration_error(torch.tensor([[50.0, 0.0]]), torch.tensor([0])).ece == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError, match="probabilities"):
+        expected_calibration_error(torch.tensor([[0.3, 0.7], [0.6, 0.4]]), torch.tensor([0, 1]))

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 # name -> submodule that defines it
 _LAZY = {
+    "audit": ".experiments.audit",
     "check_inputs": "._validation",
     "check_labels": "._validation",
     "check_logits": "._validation",
@@ -34,6 +35,7 @@ __all__ = [
     "ModelNotSavedError",
     "NotFittedError",
     "__version__",
+    "audit",
     "check_inputs",
     "check_labels",
     "check_logits",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
         ModelNotSavedError,
         NotFittedError,
     )
+    from .experiments.audit import audit
 
 
 def __getattr__(name: str) -> Any:

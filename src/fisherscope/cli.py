@@ -1,6 +1,6 @@
 """The ``fisherscope`` command line (typer + rich).
 
-Subcommands: ``demo`` (the main job), ``reproduce``, ``report``, ``train``, ``models``,
+Subcommands: ``demo`` (the main job), ``audit`` (a user's model and data), ``reproduce``, ``report``, ``train``, ``models``,
 ``data list|download``, ``list``, ``env``, ``results``.
 
 Global options: ``--version``, ``--log-level``. Exit codes: 0 success, 1 a failure the
@@ -182,6 +182,124 @@ def demo(
         _run_and_report(DemoConfig(seed=seed), out, resume, _context(data_dir, cache_dir, quiet, device))
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
+
+
+def _floats_opt(value: str | None, flag: str) -> list[float] | None:
+    """``"0.1,0.3"`` or ``"2/255,8/255"`` -> [0.1, 0.3]."""
+    if value is None:
+        return None
+    out = []
+    for part in value.split(","):
+        part = part.strip()
+        try:
+            num, _, den = part.partition("/")
+            out.append(float(num) / (float(den) if den else 1.0))
+        except ValueError:
+            raise typer.BadParameter(f"must be comma-separated budgets such as 0.1,0.3 or 2/255,8/255; got {value!r}.",
+                                     param_hint=flag) from None
+    return out
+
+
+def _shape_opt(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        shape = [int(v) for v in value.replace("x", ",").split(",")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or min(shape) < 1:
+        raise typer.BadParameter(f"must be C,H,W such as 3,32,32; got {value!r}.", param_hint="--input-shape")
+    return shape
+
+
+def _ensemble_base(name: str) -> dict[str, Any]:
+    from .experiments.audit import QUICK_ENSEMBLE
+    from .experiments.config import config_to_dict
+    from .experiments.robust_kit import EnsembleSpec
+
+    return dict(config_to_dict(EnsembleSpec() if name == "standard" else QUICK_ENSEMBLE))
+
+
+@app.command()
+def audit(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="An architecture name (with --weights), a fisherscope "
+                                              "checkpoint, a TorchScript or torch.export (.pt2) file, or "
+                                              "package.module:factory / file.py:factory (with --weights). Default: the "
+                                              "built-in digits model.")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", "-w", help="State dict (.pt, read with weights_only=True) "
+                                                 "or .safetensors file for --model.")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="A dataset name (digits, mnist, cifar10), a .npz file, "
+                                             "an image folder (one subfolder per class) or CIFAR-style batches. "
+                                             "Default: the digits test split.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="train or test (datasets, .npz, CIFAR batches); a "
+                                              "subfolder of an image folder.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="Audit a seeded random draw of this many images "
+                                              "(default: all; 200 for the built-in digits audit).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draw, the attacks and the detector splits.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per model call.")] = 128,
+    normalize: Annotated[str | None, typer.Option("--normalize", help="The model expects (x - mean) / std: 'mean,std', "
+                                                  "per channel 'm1,m2,m3,s1,s2,s3', or imagenet / cifar10 / mnist.")] = None,
+    as_logits: Annotated[bool, typer.Option("--as-logits", help="The model returns probabilities (a final softmax): "
+                                            "take their log as logits.")] = False,
+    num_classes: Annotated[int | None, typer.Option("--num-classes", help="The number of classes the model outputs "
+                                                    "(passed to factories and architectures; checked).")] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="C,H,W the model takes, e.g. 1,28,28 "
+                                                    "(checked against the data).")] = None,
+    resize: Annotated[int | None, typer.Option("--resize", help="Image folders: resize the shorter side to this.")] = None,
+    channels: Annotated[int | None, typer.Option("--channels", help="Image folders: 1 (grey) or 3 (RGB).")] = None,
+    linf_eps: Annotated[str | None, typer.Option("--linf-eps", help="L∞ budgets, e.g. 2/255,8/255 (default: scaled "
+                                                 "to the data).")] = None,
+    l2_eps: Annotated[str | None, typer.Option("--l2-eps", help="L2 budgets, e.g. 0.5,1 (default: scaled to the "
+                                               "data's dimension).")] = None,
+    ensemble: Annotated[str | None, typer.Option("--ensemble", help="standard (AutoAttack's settings; the default for "
+                                                 "--model) or quick (a stated reduction; the built-in default).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary (summary.json) on stdout.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any other audit setting, e.g. --set chunk=250, "
+                                                   "--set minimal_samples=50, --set ensemble.square_queries=1000.")] = None,
+    out: OutOpt = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue the latest audit run (same model and "
+                                         "data) without redoing finished cells.")] = False,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Resume this run directory.")] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Audit your model on your data: accuracy and calibration, worst-case robust accuracy, minimal
+    perturbations, the Fisher spectrum, OSSA vs PGD, detectors (oblivious and adaptive), saliency maps.
+
+    With no arguments it audits the built-in digits model offline (about a minute or two).
+    Example: fisherscope audit --model pkg.mod:factory --weights w.safetensors --data images/ --limit 200 --json
+    """
+    from .experiments.audit import audit as run_audit
+
+    linf = _floats_opt(linf_eps, "--linf-eps")
+    l2 = _floats_opt(l2_eps, "--l2-eps")
+    shape = _shape_opt(input_shape)
+    if ensemble is not None and ensemble not in ("standard", "quick"):
+        raise typer.BadParameter(f"must be standard or quick; got {ensemble!r}.", param_hint="--ensemble")
+    say = err_console if json_out else console
+    try:
+        from .experiments import parse_overrides
+
+        settings = parse_overrides(set_ or ())
+        ens = {k.split(".", 1)[1]: settings.pop(k) for k in list(settings) if k.startswith("ensemble.")}
+        summary = run_audit(model, data, out=out, weights=weights, normalize=normalize, as_logits=as_logits,
+                            num_classes=num_classes, input_shape=shape, split=split, limit=limit, seed=seed,
+                            batch_size=batch_size, resize=resize, channels=channels, linf_eps=linf, l2_eps=l2,
+                            ensemble=ensemble if not ens else ens if ensemble is None else
+                            {**_ensemble_base(ensemble), **ens}, resume=run_dir or resume, data_dir=data_dir,
+                            cache_dir=cache_dir, device=_device(device), progress=not quiet, **settings)
+    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as exc:
+        _fail(exc)
+        return
+    run_path = Path(summary["run_dir"])
+    say.print(f"[bold]{summary['headline']}[/]")
+    say.print(f"[green]report:[/]  {run_path / 'report.html'}")
+    say.print(f"          {run_path / 'report.md'}")
+    say.print(f"[green]summary:[/] {run_path / 'summary.json'}")
+    if json_out:
+        typer.echo((run_path / "summary.json").read_text(encoding="utf-8"), nl=False)
 
 
 @app.command()

@@ -18,11 +18,13 @@ from .detection import (
 )
 from .least_perturbation import LeastPerturbation, MinimalBudget, least_perturbation
 from .metrics import (
+    CalibrationError,
     DistanceSummary,
     FoolingRatio,
     SuccessRate,
     attack_success_rate,
     distance_summary,
+    expected_calibration_error,
     fooling_ratio,
 )
 from .robust import (
@@ -38,6 +40,7 @@ from .transfer import COUNT_RULES, TransferMatrix, transfer_from_examples, trans
 __all__ = [
     "AdaptiveSettings",
     "COUNT_RULES",
+    "CalibrationError",
     "DetectionMetrics",
     "DetectionResult",
     "DetectorSpec",
@@ -58,6 +61,7 @@ __all__ = [
     "detector_torch_score",
     "distance_summary",
     "evaluate_detectors",
+    "expected_calibration_error",
     "fooling_ratio",
     "least_perturbation",
     "matched_noise",

@@ -27,11 +27,13 @@ from .._validation import (
 from ..attacks.base import AttackResult
 
 __all__ = [
+    "CalibrationError",
     "DistanceSummary",
     "FoolingRatio",
     "SuccessRate",
     "attack_success_rate",
     "distance_summary",
+    "expected_calibration_error",
     "fooling_ratio",
 ]
 
@@ -331,3 +333,99 @@ def distance_summary(
         mean[name] = float(s.mean()) if k else float("nan")
         median[name] = float(torch.quantile(s, 0.5)) if k else float("nan")
     return DistanceSummary(per, selected, how, k, mean, median)
+
+
+# ------------------------------------------------------------------ calibration
+
+
+@dataclass(frozen=True)
+class CalibrationError:
+    """Expected calibration error (Guo et al. 2017) and its reliability diagram.
+
+    Attributes
+    ----------
+    ece : float
+        ``Σ_b (n_b / n) · |accuracy_b − confidence_b|`` over the non-empty bins (NaN for n = 0).
+    mce : float
+        Maximum calibration error: the largest ``|accuracy_b − confidence_b|`` of a non-empty bin.
+    n : int
+        Samples.
+    bin_edges : list of float
+        ``n_bins + 1`` equal-width edges on [0, 1]; bin b holds confidences in
+        ``(edges[b], edges[b + 1]]`` (the first bin also holds 0).
+    bin_counts : list of int
+    bin_accuracy, bin_confidence : list of float
+        Per bin: the fraction correct and the mean confidence (NaN for an empty bin).
+    """
+
+    ece: float
+    mce: float
+    n: int
+    bin_edges: list[float]
+    bin_counts: list[int]
+    bin_accuracy: list[float]
+    bin_confidence: list[float]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ece": self.ece, "mce": self.mce, "n": self.n, "bin_edges": list(self.bin_edges),
+                "bin_counts": list(self.bin_counts), "bin_accuracy": list(self.bin_accuracy),
+                "bin_confidence": list(self.bin_confidence)}
+
+
+def expected_calibration_error(logits: Tensor, y: Tensor, *, n_bins: int = 15) -> CalibrationError:
+    """Expected calibration error of the top-class confidence, with equal-width bins.
+
+    The confidence of a sample is its largest softmax probability, its prediction the
+    argmax of the logits; the samples are binned by confidence into ``n_bins`` equal-width
+    bins of [0, 1] (right-closed: ``(b/n_bins, (b+1)/n_bins]``, the first bin closed), and
+    the ECE is the count-weighted mean gap between each bin's accuracy and its mean
+    confidence (Naeini et al. 2015; Guo et al. 2017, eq. 3). Computed in float64.
+
+    Parameters
+    ----------
+    logits : Tensor
+        (N, K) logits (not probabilities).
+    y : Tensor
+        (N,) int64 true labels.
+    n_bins : int
+        Number of bins (default 15, as Guo et al.).
+
+    Returns
+    -------
+    CalibrationError
+
+    References
+    ----------
+    Guo, Pleiss, Sun, Weinberger. "On calibration of modern neural networks." ICML 2017.
+    Naeini, Cooper, Hauskrecht. "Obtaining well calibrated probabilities using Bayesian
+    binning." AAAI 2015.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.5]])
+    >>> round(expected_calibration_error(logits, torch.tensor([0, 1, 1, 0]), n_bins=10).ece, 4)
+    0.4908
+    """
+    check_param("expected_calibration_error", "n_bins", n_bins, POSITIVE_INT)
+    from .._validation import check_logits
+
+    check_logits(logits, name="logits")
+    check_labels(y, logits.shape[0], logits.shape[1])
+    p = torch.softmax(logits.detach().double(), dim=1)
+    conf, pred = p.max(dim=1)
+    correct = (pred == y.to(pred.device)).double()
+    n = int(conf.shape[0])
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
+    idx = (torch.bucketize(conf.cpu(), edges[1:-1], right=False)).clamp_(0, n_bins - 1)
+    counts = torch.bincount(idx, minlength=n_bins)
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, correct.cpu())
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf.cpu())
+    nonempty = counts > 0
+    acc = torch.where(nonempty, acc_sum / counts.clamp(min=1), torch.nan)
+    mean_conf = torch.where(nonempty, conf_sum / counts.clamp(min=1), torch.nan)
+    gaps = (acc - mean_conf).abs()
+    ece = float((counts[nonempty].double() / n * gaps[nonempty]).sum()) if n else float("nan")
+    mce = float(gaps[nonempty].max()) if bool(nonempty.any()) else float("nan")
+    return CalibrationError(ece=ece, mce=mce, n=n, bin_edges=edges.tolist(), bin_counts=counts.tolist(),
+                            bin_accuracy=acc.tolist(), bin_confidence=mean_conf.tolist())

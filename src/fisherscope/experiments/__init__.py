@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import (  # noqa: F401  (register the experiment kinds and demo sections)
     accuracy,
     adaptive_detection,
+    audit,
     demo,
     demo_attacks,
     demo_defend,
