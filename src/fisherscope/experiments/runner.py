@@ -17,6 +17,7 @@ therefore continues a killed run without redoing or losing finished cells. Repor
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from .. import distributed
+from .._validation import NON_NEGATIVE_INT, POSITIVE_INT, check_param
 from .config import config_hash, config_to_dict, to_toml
 from .provenance import device_name, git_sha, versions
 from .store import Artifact, ResultStore, StoreError, atomic_write_text, cell_key
@@ -229,6 +231,30 @@ class Run:
         if spec:
             extra["spec"] = dict(spec)
         return self.record(key, values, **extra)
+
+    def blocks(self, cell: str, n: int, block_size: int, fn: Callable[[int, slice], Mapping[str, Any]], *,
+               spec: Mapping[str, Any] | None = None, **extra: Any) -> list[Mapping[str, Any]]:
+        """One cell per fixed-size block of ``n`` images: the unit of work that shards over ranks.
+
+        Block ``b`` covers images ``b * block_size`` up to ``(b + 1) * block_size`` (the last
+        one is shorter); its cell is ``<cell>/block<b>`` with ``spec`` plus the block index,
+        the block size and ``n``, and ``fn(b, slice)`` computes it. The block size is a
+        setting of the experiment, never derived from the number of processes, and ``fn``
+        should draw its random numbers from
+        :func:`fisherscope.distributed.block_generator(seed, b) <fisherscope.distributed.block_generator>`
+        (a stream per block, not one carried from block to block), so every block's values
+        are the same whichever rank computes it, on any number of ranks, and after a resume.
+
+        Returns the blocks' values in order (:class:`PendingCell` s for blocks other ranks compute).
+        """
+        check_param("Run.blocks", "n", n, NON_NEGATIVE_INT)
+        check_param("Run.blocks", "block_size", block_size, POSITIVE_INT)
+        out: list[Mapping[str, Any]] = []
+        for b, start in enumerate(range(0, n, block_size)):
+            part = slice(start, min(start + block_size, n))
+            block_spec = {**(spec or {}), "block": b, "block_size": block_size, "n": n}
+            out.append(self.cell(f"{cell}/block{b}", functools.partial(fn, b, part), spec=block_spec, **extra))
+        return out
 
     # ------------------------------------------------------------ sharding
     def owner(self, key: str) -> int:
