@@ -174,3 +174,32 @@ def test_a_single_process_initialises_nothing(monkeypatch):
     distributed.barrier()
     distributed.finish()
     assert distributed.device_for("cuda") == "cuda" and distributed.device_for(None) is None
+
+
+def test_exclusive_makes_ranks_take_turns_and_is_free_in_one_process(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    lock = tmp_path / "locks" / "m.lock"
+    with distributed.exclusive(lock):  # one process: nothing is made or held
+        pass
+    assert not lock.parent.exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    order = []
+
+    def rank(name: str, hold: float) -> None:
+        with distributed.exclusive(lock):
+            order.append(f"{name} in")
+            time.sleep(hold)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=rank, args=("a", 0.3))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    second = threading.Thread(target=rank, args=("b", 0.0))
+    second.start()
+    first.join()
+    second.join()
+    assert order == ["a in", "a out", "b in", "b out"]

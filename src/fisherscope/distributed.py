@@ -19,12 +19,15 @@ so a run on N processes stores the same values as a run on one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -38,6 +41,7 @@ __all__ = [
     "block_seed",
     "broadcast_object",
     "device_for",
+    "exclusive",
     "finish",
     "init",
     "owner",
@@ -190,6 +194,35 @@ def barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier(group=group)
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` while the block runs, under torchrun only.
+
+    For work every rank would otherwise repeat at once, such as training a model that is
+    not cached yet: one rank trains and saves it, the others wait and then load it. In a
+    single process (or where the lock file cannot be made, e.g. a read-only cache) it
+    does nothing.
+    """
+    if not world().distributed:
+        yield
+        return
+    lock = Path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        log.info("no lock at %s (%s); ranks may repeat the same work", lock, exc)
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- sharding
