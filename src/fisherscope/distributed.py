@@ -237,7 +237,15 @@ def owner(index: int, w: World | None = None) -> int:
 
 
 def shard(items: Sequence[T], w: World | None = None) -> list[T]:
-    """The items of ``items`` this rank computes (:func:`owner` of their position)."""
+    """The items of ``items`` this rank computes (:func:`owner` of their position).
+
+    Examples
+    --------
+    >>> shard(["a", "b", "c", "d", "e"], World(rank=1, size=2))
+    ['b', 'd']
+    >>> shard(["a", "b", "c"])  # one process: all of them
+    ['a', 'b', 'c']
+    """
     w = world() if w is None else w
     return [item for i, item in enumerate(items) if owner(i, w) == w.rank]
 
@@ -259,6 +267,15 @@ def block_seed(seed: int, block: int) -> int:
 
 
 def block_generator(seed: int, block: int, device: str | torch.device | None = None) -> torch.Generator:
-    """A fresh :class:`torch.Generator` on ``device`` seeded with :func:`block_seed`."""
+    """A fresh :class:`torch.Generator` on ``device`` seeded with :func:`block_seed`.
+
+    Examples
+    --------
+    >>> a = torch.rand(3, generator=block_generator(0, 5))
+    >>> torch.equal(a, torch.rand(3, generator=block_generator(0, 5)))  # on any rank
+    True
+    >>> torch.equal(a, torch.rand(3, generator=block_generator(0, 6)))
+    False
+    """
     gen = torch.Generator(device=device) if device is not None else torch.Generator()
     return gen.manual_seed(block_seed(seed, block))

@@ -13,6 +13,11 @@ Work is split into *cells* (a key per unit of work, derived from the cell's full
 ``Run.cell(key, fn)`` runs ``fn`` only if the cell has no results yet; ``--resume``
 therefore continues a killed run without redoing or losing finished cells. Reports read a
 :class:`Results` view of the store and never compute.
+
+Under ``torchrun`` (:mod:`fisherscope.distributed`) every rank opens the same run directory
+(rank 0 picks it), computes the cells :meth:`Run.owner` gives it and gets the others as
+:class:`PendingCell` s read from the store; :meth:`Run.blocks` makes one cell per fixed-size
+image block, so the images of one experiment shard over the ranks too.
 """
 from __future__ import annotations
 
