@@ -81,51 +81,41 @@ def test_two_gloo_ranks_store_what_one_process_stores(tmp_path, digits_model):
 # ------------------------------------------------------- per-block random draws
 
 
-@pytest.fixture(scope="module")
-def block_runs(tmp_path_factory):
-    """The block job on one process (here) and on two (torchrun), in fresh folders."""
-    from _shard_job import job
-
-    tmp = tmp_path_factory.mktemp("blocks")
-    one = job(tmp / "one")
-    _torchrun(2, str(HERE / "_shard_job.py"), str(tmp / "two"), cwd=tmp)
-    return one.results_path, _one_dir(tmp / "two")
-
-
-def test_block_draws_do_not_depend_on_the_number_of_processes(block_runs):
-    one, two = block_runs
-    expected, got = _values(one), _values(two / "results.jsonl")
-    names = sorted(k.split("#")[0] for k in expected)
-    assert names == sorted([*(f"draws/block{b}" for b in range(7)), "summary", "summary/detail", "after"])
-    assert got == expected
-    recs = _lines(two / "results.jsonl")
-    rank = {r["cell"].split("#")[0]: r["rank"] for r in recs}
-    # round robin over the top-level cells in the order met; the nested cell stays with its parent
-    assert [rank[f"draws/block{b}"] for b in range(7)] == [0, 1, 0, 1, 0, 1, 0]
-    assert rank["summary"] == 1 == rank["summary/detail"] and rank["after"] == 0
-    # the blocks' streams differ (a generator per block, not a copy of one)
-    targets = [tuple(v["target"][:4]) for k, v in expected.items() if k.startswith("draws/")]
-    assert len(set(targets)) == len(targets)
-
-
-def test_a_lost_shard_is_resumed_alone(block_runs, tmp_path):
-    one, two = block_runs
+def test_a_lost_shard_is_resumed_alone_with_the_values_one_process_stores(tmp_path):
+    """The block job (random starts, targets and noise per image block, a bootstrap over
+    every block, a nested cell) made by one process; the cells rank 1 of 2 owns are lost
+    (killed before it stored anything); a 2-rank --resume recomputes exactly those, on
+    rank 1, to the values the one process stored."""
     import shutil
 
-    run_dir = tmp_path / "run"
-    shutil.copytree(two, run_dir)
+    from _shard_job import job
+
+    one = job(tmp_path / "one")
+    expected = _values(one.results_path)
+    names = [k.split("#")[0] for k in expected]
+    assert names == [*(f"draws/block{b}" for b in range(7)), "summary/detail", "summary", "after"]
+    targets = [tuple(v["target"][:4]) for k, v in expected.items() if k.startswith("draws/")]
+    assert len(set(targets)) == len(targets)  # a stream per block, not copies of one
+    # top-level cells in the order met, round robin over 2 ranks; the nested one goes with "summary"
+    top = [k for k in expected if not k.startswith("summary/")]
+    owner = {k: distributed.owner(i, distributed.World(0, 2)) for i, k in enumerate(top)}
+    owner.update({k: owner[next(t for t in top if t.startswith("summary#"))] for k in expected if k not in owner})
+    lost = {k for k, r in owner.items() if r == 1}
+    assert sorted(k.split("#")[0] for k in lost) == ["draws/block1", "draws/block3", "draws/block5",
+                                                     "summary", "summary/detail"]
+    run_dir = tmp_path / "two" / one.dir.name
+    shutil.copytree(one.dir, run_dir)
     results = run_dir / "results.jsonl"
-    recs = _lines(results)
-    kept = [r for r in recs if r["rank"] == 0]  # rank 1 was killed before it stored anything
-    lost = {r["cell"] for r in recs if r["rank"] == 1}
-    assert kept and lost
+    kept = [r for r in _lines(results) if r["cell"] not in lost]
     results.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    _torchrun(2, str(HERE / "_shard_job.py"), str(tmp_path), str(run_dir), cwd=tmp_path)
+    _torchrun(2, str(HERE / "_shard_job.py"), str(tmp_path / "two"), str(run_dir), cwd=tmp_path)
     after = _lines(results)
-    assert after[: len(kept)] == kept  # nothing of the finished shard was redone or touched
-    assert {r["cell"] for r in after[len(kept):]} == lost and len(after) == len(recs)
-    assert _values(results) == _values(one)
-    assert [d.name for d in tmp_path.iterdir() if d.is_dir()] == ["run"]  # resumed there, no new run
+    assert after[: len(kept)] == kept  # nothing finished was redone or touched
+    new = after[len(kept):]
+    assert {r["cell"] for r in new} == lost and len(new) == len(lost)
+    assert {(r["rank"], r["world_size"]) for r in new} == {(1, 2)}
+    assert _values(results) == expected  # bit for bit, on 2 processes as on 1
+    assert [d.name for d in (tmp_path / "two").iterdir()] == [run_dir.name]  # resumed there
 
 
 # ----------------------------------------------------------------------- helpers
