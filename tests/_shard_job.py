@@ -67,5 +67,5 @@ def job(out_dir: str | Path, resume: bool | str | Path = False) -> Run:
 
 
 if __name__ == "__main__":
-    r = job(sys.argv[1], resume=sys.argv[2] if len(sys.argv) > 2 else False)
+    job(sys.argv[1], resume=sys.argv[2] if len(sys.argv) > 2 else False)
     distributed.finish()
