@@ -156,9 +156,15 @@ def find_config(name: str) -> Path:
 
 
 def _run_and_report(config: Any, out: Path, resume: bool | Path, ctx: Any) -> Path:
+    from . import distributed
     from .experiments import run_experiment
 
-    run = run_experiment(config, out, resume=resume, context=ctx)
+    try:
+        run = run_experiment(config, out, resume=resume, context=ctx)
+    finally:
+        distributed.finish()
+    if not distributed.world().is_main:  # torchrun: rank 0 says where the shared run is
+        return run.dir
     console.print(f"[green]results:[/] {run.results_path}")
     console.print(f"[green]report:[/]  {run.dir / 'report.html'}")
     console.print(f"          {run.dir / 'report.md'}")

@@ -143,12 +143,27 @@ def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = 
 
 def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | str | Path = False,
                    context: Context | None = None) -> Run:
-    """Run (or resume) ``config``: compute its missing cells, then write its report."""
+    """Run (or resume) ``config``: compute its missing cells, then write its report.
+
+    Launched by ``torchrun`` (see :mod:`fisherscope.distributed`), every rank calls this
+    with the same arguments: the ranks share one run directory and results store, each
+    computes its share of the cells, and rank 0 renders the report once every cell is stored.
+    """
+    from .. import distributed
     from .report import render_report
 
     exp = EXPERIMENTS[config.kind]
-    run = Run(config, out_dir, resume=resume)
-    exp.cells(run, config, context or Context())
+    context = context or Context()
+    world = distributed.world()
+    if world.distributed:
+        distributed.init(context.device)
+        context = dataclasses.replace(context, device=distributed.device_for(context.device, world),
+                                      progress=context.progress and world.is_main)
+    run = Run(config, out_dir, resume=resume, world=world)
+    exp.cells(run, config, context)
+    if not world.is_main:
+        return run
+    run.wait_for_pending()
     results = run.view()
     render_report(exp.report(config, results), run.dir, title=f"fisherscope — {config.name}",
                   provenance=results.provenance())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import _batching
+from .. import _batching, distributed
 from .._batching import in_batches
 from ..fisher import fisher_sensitivity
 from ..saliency import gradient, guided_backprop, hendrycks_saliency
@@ -40,7 +41,9 @@ def trained_model(
     with the training seed, in split order) instead of the whole split.
 
     Returns the :class:`~fisherscope.models.TrainedModel`; a repeated call with the same
-    request loads the checkpoint instead of training.
+    request loads the checkpoint instead of training. Under torchrun the ranks asking for
+    the same model take turns (:func:`fisherscope.distributed.exclusive`): the first
+    trains and caches it, the others load it.
     """
     from ..training import resolve_preset, train_model
 
@@ -48,14 +51,29 @@ def trained_model(
     kwargs["seed"] = seed
     check_overrides(overrides or {}, where=f"{arch}@{dataset} overrides")
     kwargs.update(overrides or {})  # an override (its seed too) wins over the config's value
-    train = load_split(dataset, "train", ctx)
-    if train_images is not None:
-        train = train.subset(select_samples(len(train), train_images, int(kwargs["seed"])))
-    test = load_split(dataset, "test", ctx)
-    return train_model(
-        arch, train, test_dataset=test, cache_dir=ctx.cache_dir, progress=ctx.progress,
-        device=ctx.device, **kwargs,
-    )
+    with distributed.exclusive(_training_lock(arch, dataset, kwargs, train_images, ctx)):
+        train = load_split(dataset, "train", ctx)
+        if train_images is not None:
+            train = train.subset(select_samples(len(train), train_images, int(kwargs["seed"])))
+        test = load_split(dataset, "test", ctx)
+        return train_model(
+            arch, train, test_dataset=test, cache_dir=ctx.cache_dir, progress=ctx.progress,
+            device=ctx.device, **kwargs,
+        )
+
+
+def _training_lock(arch: str, dataset: str, kwargs: Mapping[str, Any], train_images: int | None,
+                   ctx: Context) -> Path:
+    """The lock file of one training request in the model cache (``.locks/<arch>-<digest>.lock``)."""
+    import hashlib
+    import json
+
+    from ..models import resolve_cache_dir
+
+    request = json.dumps([arch, dataset, dict(kwargs), train_images], sort_keys=True,
+                         default=lambda o: getattr(o, "key", type(o).__name__))  # init_from: its cache key
+    digest = hashlib.sha256(request.encode()).hexdigest()[:16]
+    return resolve_cache_dir(ctx.cache_dir) / ".locks" / f"{arch}-{digest}.lock"
 
 
 #: train_model arguments a config's ``overrides`` may not set (the runner sets them).

@@ -354,7 +354,7 @@ def model_cell(cfg: Any) -> tuple[str, dict[str, Any]]:
                                  "seed": cfg.seed, "n_samples": getattr(cfg, "n_samples", None)}
 
 
-def record_model(run: Run, cfg: Any, trained: Any, n_images: int) -> dict[str, Any]:
+def record_model(run: Run, cfg: Any, trained: Any, n_images: int) -> Mapping[str, Any]:
     """Store what a report says about the model: test accuracy, checkpoint, images, decoder."""
     def facts() -> dict[str, Any]:
         return {"test_accuracy": float(trained.metrics["test_accuracy"]), "checkpoint_key": trained.key,
@@ -385,7 +385,7 @@ def evaluation_spec(cfg: Any, *, attacks: Sequence[Any], detectors: Sequence[str
 def evaluate(run: Run, cell: str, spec: Mapping[str, Any], cfg: Any, ctx: Context, trained: Any,
              x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Any], detectors: list[str], *,
              cross_attack: bool, feature_cache: dict[Any, Any] | None = None,
-             roc_points: int = 0, **protocol: Any) -> dict[str, Any]:
+             roc_points: int = 0, **protocol: Any) -> Mapping[str, Any]:
     """Run the protocol in the cell ``(cell, spec)`` (``spec`` from :func:`evaluation_spec`).
 
     ``protocol`` goes to :func:`~fisherscope.evaluation.evaluate_detectors` as it is

@@ -43,6 +43,7 @@ import dataclasses
 import math
 import textwrap
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -339,8 +340,8 @@ def hg_detection_cells(run: Run, cfg: HGDetectionConfig, ctx: Context) -> None:
     run.cell(cells["figures"][0], lambda: _figure_arrays(cfg, model, pca, x, res, ne), spec=cells["figures"][1])
 
 
-def _metrics(cfg: HGDetectionConfig, info: dict[str, Any], clean: dict[str, Any],
-             res: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _metrics(cfg: HGDetectionConfig, info: Mapping[str, Any], clean: Mapping[str, Any],
+             res: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The paper's paired metrics of every score against every attack, and §3.2's σ counts."""
     out: dict[str, Any] = {}
     for a, r in res.items():
@@ -422,7 +423,7 @@ def _protocol(cfg: HGDetectionConfig, model: torch.nn.Module, test: Any, attacks
 
 
 def _figure_arrays(cfg: HGDetectionConfig, model: Any, pca: Any, x: torch.Tensor,
-                   res: dict[str, dict[str, Any]], ne: int) -> dict[str, Any]:
+                   res: Mapping[str, Mapping[str, Any]], ne: int) -> dict[str, Any]:
     """What Figures 2-4 draw, computed once: the first ``ne`` sources and their stored
     adversarials whitened (ZCA, and the whitened coefficients of the first three), and the
     reconstructions of the clean and the λ = ``recon_l2_reg`` adversarial images."""

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ def model_cell(cfg: HGConfig) -> tuple[str, dict[str, Any]]:
     return "model", data_spec(cfg)
 
 
-def record_model(run: Run, cfg: HGConfig, trained: Any, test: Any, n: int, n_correct: int) -> dict[str, Any]:
+def record_model(run: Run, cfg: HGConfig, trained: Any, test: Any, n: int, n_correct: int) -> Mapping[str, Any]:
     """Store what a report says about the model: test accuracy, checkpoint, the number of
     attacked images ``n`` of the ``n_correct`` correctly classified ones, the class names."""
     def facts() -> dict[str, Any]:

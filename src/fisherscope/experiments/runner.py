@@ -13,24 +13,33 @@ Work is split into *cells* (a key per unit of work, derived from the cell's full
 ``Run.cell(key, fn)`` runs ``fn`` only if the cell has no results yet; ``--resume``
 therefore continues a killed run without redoing or losing finished cells. Reports read a
 :class:`Results` view of the store and never compute.
+
+Under ``torchrun`` (:mod:`fisherscope.distributed`) every rank opens the same run directory
+(rank 0 picks it), computes the cells :meth:`Run.owner` gives it and gets the others as
+:class:`PendingCell` s read from the store; :meth:`Run.blocks` makes one cell per fixed-size
+image block, so the images of one experiment shard over the ranks too.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import distributed
+from .._validation import NON_NEGATIVE_INT, POSITIVE_INT, check_param
 from .config import config_hash, config_to_dict, to_toml
 from .provenance import device_name, git_sha, versions
 from .store import Artifact, ResultStore, StoreError, atomic_write_text, cell_key
 
-__all__ = ["Artifact", "Results", "Run", "atomic_write_text", "cell_key", "find_latest_run"]
+__all__ = ["Artifact", "PendingCell", "Results", "Run", "atomic_write_text", "cell_key", "find_latest_run"]
 
 log = logging.getLogger(__name__)
 
@@ -66,37 +75,21 @@ class Run:
         identical); a path continues that run directory. ``False`` starts a new one.
     """
 
-    def __init__(self, config: Any, out_dir: str | Path = "runs", *, resume: bool | str | Path = False):
+    def __init__(self, config: Any, out_dir: str | Path = "runs", *, resume: bool | str | Path = False,
+                 world: distributed.World | None = None):
         self.config = config
         self.config_dict = config_to_dict(config)
         self.config_hash = config_hash(config)
         self.seed = int(getattr(config, "seed", 0))
-        out = Path(out_dir)
-        run_dir: Path | None = None
-        if resume is True:
-            run_dir = find_latest_run(out, config.name)
-            if run_dir is None:
-                log.info("no earlier run of %r under %s; starting a new one", config.name, out)
-        elif resume:
-            run_dir = Path(resume)
-            if not (run_dir / RESULTS_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
-                raise FileNotFoundError(
-                    f"cannot resume {run_dir}: it holds no {CONFIG_FILE} or {RESULTS_FILE}. "
-                    "Pass a run directory made by an earlier run, or drop --resume."
-                )
-        self.resumed = run_dir is not None
-        if run_dir is None:
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = out / f"{stamp}-{_slug(config.name)}"
-            n = 1
-            while run_dir.exists():
-                n += 1
-                run_dir = out / f"{stamp}-{_slug(config.name)}-{n}"
-        self.dir = run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.figures_dir.mkdir(exist_ok=True)
-        self._check_config()
-        self.store = ResultStore(self.results_path, self.config_hash)
+        self.world = distributed.world() if world is None else world
+        self._owners: dict[str, int] = {}  # top-level cell key -> the rank that computes it
+        self._pending: dict[str, None] = {}  # cells other ranks compute, in the order met
+        self._depth = 0  # > 0 while a cell's function runs (its inner cells stay on this rank)
+        if self.world.distributed:
+            self.dir, self.resumed = self._agree_on_dir(Path(out_dir), resume)
+        else:
+            self.dir, self.resumed = self._resolve_dir(Path(out_dir), resume)
+            self._open()
         self._provenance = {
             "seed": self.seed,
             "versions": versions(),
@@ -104,6 +97,60 @@ class Run:
             "device": device_name(),
             "torch_threads": torch.get_num_threads(),
         }
+        if self.world.distributed:
+            self._provenance.update(rank=self.world.rank, world_size=self.world.size)
+
+    def _resolve_dir(self, out: Path, resume: bool | str | Path) -> tuple[Path, bool]:
+        """The run directory to use, and whether it continues an earlier run."""
+        run_dir: Path | None = None
+        if resume is True:
+            run_dir = find_latest_run(out, self.config.name)
+            if run_dir is None:
+                log.info("no earlier run of %r under %s; starting a new one", self.config.name, out)
+        elif resume:
+            run_dir = Path(resume)
+            if not (run_dir / RESULTS_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
+                raise FileNotFoundError(
+                    f"cannot resume {run_dir}: it holds no {CONFIG_FILE} or {RESULTS_FILE}. "
+                    "Pass a run directory made by an earlier run, or drop --resume."
+                )
+        if run_dir is not None:
+            return run_dir, True
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = out / f"{stamp}-{_slug(self.config.name)}"
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = out / f"{stamp}-{_slug(self.config.name)}-{n}"
+        return run_dir, False
+
+    def _open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.figures_dir.mkdir(exist_ok=True)
+        self._check_config()
+        self.store = ResultStore(self.results_path, self.config_hash)
+
+    def _agree_on_dir(self, out: Path, resume: bool | str | Path) -> tuple[Path, bool]:
+        """Rank 0 picks (or creates) the run directory and writes its config; then every
+        rank opens the same one. An error on rank 0 is raised on every rank."""
+        answer: tuple[str, str, bool]
+        if self.world.is_main:
+            try:
+                run_dir, resumed = self._resolve_dir(out, resume)
+                self.dir = run_dir
+                self._open()
+            except Exception as exc:
+                distributed.broadcast_object(("error", f"{type(exc).__name__}: {exc}", False))
+                raise
+            answer = distributed.broadcast_object(("ok", str(run_dir), resumed))
+        else:
+            answer = distributed.broadcast_object(("", "", False))
+            if answer[0] != "ok":
+                raise StoreError(f"rank 0 could not open the run directory, so rank {self.world.rank} "
+                                 f"stops too: {answer[1]}")
+            self.dir = Path(answer[1])
+            self._open()
+        return self.dir, answer[2]
 
     # ------------------------------------------------------------------ files
     @property
@@ -162,21 +209,135 @@ class Run:
         return self.store.append(cell, values, {"time": now, **extra, **self._provenance})
 
     def cell(self, cell: str, fn: Callable[[], Mapping[str, Any]], *,
-             spec: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+             spec: Mapping[str, Any] | None = None, **extra: Any) -> Mapping[str, Any]:
         """Run ``fn`` unless the cell already has results; return the cell's values.
 
         With ``spec`` the stored key is :func:`cell_key(cell, spec) <cell_key>`, so cells
         that differ in any setting never share a key, and the spec is stored beside them.
         Values wrapped in :class:`Artifact` are stored as verified ``.npy`` files.
+
+        Under ``torchrun`` only the cells :meth:`owner` gives this rank are computed; a
+        cell another rank computes comes back as a :class:`PendingCell`, a mapping that
+        waits for that rank's record when it is first read (ignoring it costs nothing).
         """
         key = cell_key(cell, spec)
+        mine = self.owner(key) == self.world.rank
         if self.done(key):
             log.info("cell %s already done; skipping", key)
             return self.results(key)
-        values = dict(fn())
+        if not mine:
+            self._pending.setdefault(key, None)
+            return PendingCell(self, key)
+        self._depth += 1
+        try:
+            values = dict(fn())
+        finally:
+            self._depth -= 1
         if spec:
             extra["spec"] = dict(spec)
         return self.record(key, values, **extra)
+
+    def blocks(self, cell: str, n: int, block_size: int, fn: Callable[[int, slice], Mapping[str, Any]], *,
+               spec: Mapping[str, Any] | None = None, **extra: Any) -> list[Mapping[str, Any]]:
+        """One cell per fixed-size block of ``n`` images: the unit of work that shards over ranks.
+
+        Block ``b`` covers images ``b * block_size`` up to ``(b + 1) * block_size`` (the last
+        one is shorter); its cell is ``<cell>/block<b>`` with ``spec`` plus the block index,
+        the block size and ``n``, and ``fn(b, slice)`` computes it. The block size is a
+        setting of the experiment, never derived from the number of processes, and ``fn``
+        should draw its random numbers from
+        :func:`fisherscope.distributed.block_generator(seed, b) <fisherscope.distributed.block_generator>`
+        (a stream per block, not one carried from block to block), so every block's values
+        are the same whichever rank computes it, on any number of ranks, and after a resume.
+
+        Returns the blocks' values in order (:class:`PendingCell` s for blocks other ranks compute).
+        """
+        check_param("Run.blocks", "n", n, NON_NEGATIVE_INT)
+        check_param("Run.blocks", "block_size", block_size, POSITIVE_INT)
+        out: list[Mapping[str, Any]] = []
+        for b, start in enumerate(range(0, n, block_size)):
+            part = slice(start, min(start + block_size, n))
+            block_spec = {**(spec or {}), "block": b, "block_size": block_size, "n": n}
+            out.append(self.cell(f"{cell}/block{b}", functools.partial(fn, b, part), spec=block_spec, **extra))
+        return out
+
+    # ------------------------------------------------------------ sharding
+    def owner(self, key: str) -> int:
+        """The rank that computes cell ``key``: the top-level cells, numbered in the order
+        every rank meets them, go round robin (:func:`fisherscope.distributed.owner`); a
+        cell met while another cell's function runs stays with that cell's rank. Always 0
+        in a single process."""
+        if not self.world.distributed:
+            return 0
+        if self._depth > 0:
+            return self.world.rank
+        if key not in self._owners:
+            self._owners[key] = distributed.owner(len(self._owners), self.world)
+        return self._owners[key]
+
+    @property
+    def pending(self) -> list[str]:
+        """The cells this rank met that other ranks compute and that are not stored yet."""
+        return [k for k in self._pending if k not in self.store]
+
+    def wait_for(self, keys: Iterable[str], *, poll_s: float = 0.02, timeout_s: float | None = None) -> None:
+        """Wait until every cell in ``keys`` is in the store (written by whichever rank owns it).
+
+        Polls the store (cheap: only appended bytes are read). ``timeout_s`` None waits as long
+        as it takes: torchrun stops every rank when one fails.
+        """
+        keys = list(keys)
+        start = last_log = time.monotonic()
+        delay = poll_s
+        while True:
+            missing = [k for k in keys if k not in self.store]
+            if not missing:
+                return
+            now = time.monotonic()
+            if timeout_s is not None and now - start > timeout_s:
+                raise TimeoutError(f"rank {self.world.rank}: {len(missing)} cell(s) other ranks compute were not "
+                                   f"stored within {timeout_s:g} s (first: {missing[0]!r}) in {self.results_path}.")
+            if now - last_log > 60:
+                log.info("rank %d waits for %d cell(s) of other ranks (first: %s)", self.world.rank,
+                         len(missing), missing[0])
+                last_log = now
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def wait_for_pending(self, **kwargs: Any) -> None:
+        """Wait for every cell this rank met that other ranks compute (:meth:`wait_for`)."""
+        self.wait_for(list(self._pending), **kwargs)
+
+
+class PendingCell(Mapping[str, Any]):
+    """The values of a cell another rank computes: a read-only mapping that waits for the
+    cell's record the first time it is read (:meth:`Run.wait_for`)."""
+
+    def __init__(self, run: Run, key: str):
+        self._run, self.key = run, key
+        self._values: dict[str, Any] | None = None
+
+    def _resolve(self) -> dict[str, Any]:
+        if self._values is None:
+            self._run.wait_for([self.key])
+            self._values = self._run.results(self.key)
+        return self._values
+
+    def __getitem__(self, name: str) -> Any:
+        return self._resolve()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolve())
+
+    def __len__(self) -> int:
+        return len(self._resolve())
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self._resolve())
+
+    def __repr__(self) -> str:
+        state = "pending" if self._values is None else "ready"
+        return f"PendingCell({self.key!r}, {state})"
 
 
 class Results:
