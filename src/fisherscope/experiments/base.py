@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._progress import show_progress, stage
 from .._registry import Registry
 from .config import config_from_dict, config_to_dict, read_toml
 from .report import Block
@@ -143,16 +144,26 @@ def load_config(source: str | Path | dict[str, Any], overrides: Sequence[str] = 
 
 def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | str | Path = False,
                    context: Context | None = None) -> Run:
-    """Run (or resume) ``config``: compute its missing cells, then write its report."""
+    """Run (or resume) ``config``: compute its missing cells, then write its report.
+
+    Progress (cells, training, attacks over batches, report) is shown as
+    :func:`fisherscope.show_progress` shows it unless ``context.progress`` is False.
+    """
+    context = context or Context()
+    exp = EXPERIMENTS[config.kind]
+    with show_progress(context.progress):
+        run = Run(config, out_dir, resume=resume)
+        exp.cells(run, config, context)
+        _render(exp, config, run.view(), run.dir)
+    return run
+
+
+def _render(exp: Experiment, config: Any, results: Results, run_dir: Path) -> None:
     from .report import render_report
 
-    exp = EXPERIMENTS[config.kind]
-    run = Run(config, out_dir, resume=resume)
-    exp.cells(run, config, context or Context())
-    results = run.view()
-    render_report(exp.report(config, results), run.dir, title=f"fisherscope — {config.name}",
-                  provenance=results.provenance())
-    return run
+    with stage(f"{config.name}: report", keep=True):
+        render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}",
+                      provenance=results.provenance())
 
 
 def stored_config(run_dir: str | Path) -> Any:
@@ -176,7 +187,6 @@ def render_stored(run_dir: str | Path) -> Path:
     Raises ``KeyError`` naming the missing cell when the run did not finish.
     """
     from .config import config_hash
-    from .report import render_report
 
     run_dir = Path(run_dir)
     config = stored_config(run_dir)
@@ -190,8 +200,7 @@ def render_stored(run_dir: str | Path) -> Path:
             f"{run_dir}/results.jsonl holds records of other configs (hashes {sorted(foreign)}); "
             "it was mixed with another run's results and cannot be rendered as one report."
         )
-    render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}",
-                  provenance=results.provenance())
+    _render(exp, config, results, run_dir)
     return run_dir / "report.html"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import track
 from ..plotting import confusion_matrix_figure, image_grid
 from .base import Context, register
 from .common import load_split, predict, trained_model
@@ -118,7 +119,7 @@ def demo_cells(run: Run, cfg: DemoConfig, ctx: Context) -> None:
 
 def demo_report(cfg: DemoConfig, results: Results) -> list[Block]:
     blocks: list[Block] = [Paragraph(_INTRO)]
-    for section in DEMO_SECTIONS:
+    for section in track(DEMO_SECTIONS, "demo report: sections (tables, figures)"):
         blocks.extend(section.report(cfg, results))
     return blocks
 

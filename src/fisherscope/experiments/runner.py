@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .._progress import stage
 from .config import config_hash, config_to_dict, to_toml
 from .provenance import device_name, git_sha, versions
 from .store import Artifact, ResultStore, StoreError, atomic_write_text, cell_key
@@ -173,7 +174,8 @@ class Run:
         if self.done(key):
             log.info("cell %s already done; skipping", key)
             return self.results(key)
-        values = dict(fn())
+        with stage(f"cell {cell}", keep=True):  # a bar / log lines while progress is shown
+            values = dict(fn())
         if spec:
             extra["spec"] = dict(spec)
         return self.record(key, values, **extra)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import progress_enabled, show_progress, stage
 from .._validation import (
     NON_NEGATIVE_INT,
     POSITIVE_INT,
@@ -263,39 +264,13 @@ def evaluate_accuracy(
 # -------------------------------------------------------------------------- training
 
 
-class _NullProgress:
-    def __enter__(self) -> _NullProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return _NullProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """Where training reports: the caller's display when one is shown, else its own (or none)."""
+    from contextlib import nullcontext
 
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
+    if not enabled:
+        return show_progress(False)
+    return nullcontext() if progress_enabled() else show_progress(True)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -399,7 +374,9 @@ def train_model(
     data_dir : path-like, optional
         Passed to ``load_dataset`` when ``dataset`` is a name.
     progress : bool
-        Show a rich progress bar (stderr).
+        Report progress: a rich bar on stderr when it is a terminal, log lines otherwise
+        (see :func:`fisherscope.show_progress`; inside an enclosing ``show_progress`` the
+        bar joins its display).
     device : str or torch.device, optional
         CUDA when available, else CPU. Not part of the cache key; bitwise
         reproducibility is guaranteed on CPU only.
@@ -619,8 +596,8 @@ def _fit(
                 f"{train_ds.num_classes} classes; set model_kwargs num_classes."
             )
 
-        with _progress(progress) as bar:
-            task = bar.add_task(f"{arch}", total=total_steps, completed=start_epoch * steps_per_epoch)
+        with _progress(progress), stage(f"train {arch}", total=total_steps) as bar:
+            bar.advance(start_epoch * steps_per_epoch)
             for epoch in range(start_epoch, t["epochs"]):
                 t0 = time.perf_counter()
                 model.train()
@@ -665,9 +642,9 @@ def _fit(
                     opt.step()
                     loss_sum += loss.detach() * idx.numel()
                     correct += (logits.detach().argmax(1) == yb).sum()
-                    bar.update(task, advance=1)
+                    bar.advance()
                     if progress and i % 50 == 0:
-                        bar.update(task, description=f"{arch} epoch {epoch + 1}/{t['epochs']} loss {loss.item():.4f}")
+                        bar.advance(0, description=f"train {arch} epoch {epoch + 1}/{t['epochs']} loss {loss.item():.4f}")
                 train_loss = float(loss_sum) / n
                 if not math.isfinite(train_loss):
                     raise FloatingPointError(
