@@ -32,12 +32,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["LOG_EVERY_S", "Stage", "progress_enabled", "show_progress", "stage", "track"]
+__all__ = ["LOG_EVERY_S", "MIN_LOG_S", "Stage", "progress_enabled", "show_progress", "stage", "track"]
 
 log = logging.getLogger("fisherscope.progress")
 
 #: seconds between two log lines of a running stage when stderr is not a terminal
 LOG_EVERY_S = 10.0
+#: nested stages shorter than this leave no log line
+MIN_LOG_S = 1.0
 
 T = TypeVar("T")
 
@@ -154,20 +156,24 @@ def stage(description: str, total: int | None = None, *, keep: bool | None = Non
     """A named stage of ``total`` units (None: unknown), reported while progress is shown.
 
     Outside :func:`show_progress` the stage only counts (nothing is drawn or logged).
-    ``keep``: leave a line with the stage's time when its bar goes (default: only for
-    stages not nested in another one).
+    ``keep``: a stage that matters on its own (a run, a cell): on a terminal it leaves a
+    line with its time when its bar goes; in log lines its start and end are always
+    logged. Default: only for stages not nested in another one. Other stages log their
+    end only when they took :data:`MIN_LOG_S` or more (and, like every stage, a line
+    every :data:`LOG_EVERY_S` while they run), so quick steps do not flood a log.
     """
     display = _DISPLAY.get()
     st = Stage(description, total, _display=display)
     if display is None:
         yield st
         return
+    keep = display.depth == 0 if keep is None else keep
     if display.console is not None:
         if display.bars is None:
             display.bars = _bars(display)
             display.bars.start()
         st._task = display.bars.add_task(description, total=total)
-    else:
+    elif keep:
         log.info("%s: started%s", description, f" ({total} steps)" if total else "")
     display.depth += 1
     ok = False
@@ -179,15 +185,15 @@ def stage(description: str, total: int | None = None, *, keep: bool | None = Non
         end = "done" if ok else "stopped"
         if display.bars is not None:
             display.bars.remove_task(st._task)
-            if keep or (keep is None and display.depth == 0):
+            if keep:
                 display.console.print(f"[dim]{end}[/] {st.description} ({st.elapsed_s:.1f} s)",
                                       highlight=False)
             if display.depth == 0:
                 display.bars.stop()
                 display.bars = None
-        else:
-            count = f"{st.completed}/{total} " if total else (f"{st.completed} steps " if st.completed else "")
-            log.info("%s: %s, %sin %.1f s", st.description, end, count, st.elapsed_s)
+        elif keep or not ok or st.elapsed_s >= MIN_LOG_S:
+            count = f", {st.completed}/{total}" if total else (f", {st.completed} steps" if st.completed else "")
+            log.info("%s: %s%s in %.1f s", st.description, end, count, st.elapsed_s)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -11,7 +11,7 @@ import torch
 from ..attacks import ATTACKS
 from ..plotting import to_display
 from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["attack_suite_cells", "attack_suite_report"]
@@ -94,11 +94,11 @@ def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
     fig.tight_layout()
     grid_path = save_figure(fig, results.figures_dir / "attack_suite_grid.png")
 
-    table_rows = [["none (clean)", "", 100 * clean["accuracy"], "", "", "", "", ""]]
+    table_rows = [["none (clean)", "", pct(clean["accuracy"]), "", "", "", "", ""]]
     for key in keys:
         r = res[key]
         table_rows.append([
-            key, ATTACKS[key].standard_description, 100 * r["accuracy"], 100 * r["fooling_ratio"],
+            key, ATTACKS[key].standard_description, pct(r["accuracy"]), pct(r["fooling_ratio"]),
             r["mean_l2_fooled"], r["mean_linf_fooled"], r["mean_l0_fooled"], r["images_per_s"],
         ])
     return [

@@ -21,7 +21,7 @@ from ..attacks import OSSA
 from ..evaluation import one_step_curve
 from .common import select_samples, trained_model
 from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .robust_kit import EnsembleSpec, masking_verdict, worst_case
 from .runner import Results, Run
 
@@ -104,8 +104,8 @@ def defend_report(cfg: DemoConfig, results: Results) -> list[Block]:
     path = save_figure(fig, results.figures_dir / "defend.png")
 
     show = [b for b in SHOW if b in r["budgets"]]
-    rows = [[labels[n], 100 * r[n]["test_accuracy"], r[n]["lambda_max_mean"], r[n]["lambda_max_median"],
-             *[100 * r[n]["fooling_ratio"][r["budgets"].index(b)] for b in show]] for n in names]
+    rows = [[labels[n], pct(r[n]["test_accuracy"]), r[n]["lambda_max_mean"], r[n]["lambda_max_median"],
+             *[pct(r[n]["fooling_ratio"][r["budgets"].index(b)]) for b in show]] for n in names]
     p, q = r["plain"], r["penalised"]
     robust = _robust_blocks(cfg, results, r, labels)
     return [
@@ -138,8 +138,8 @@ def _robust_blocks(cfg: DemoConfig, results: Results, r: dict[str, Any], labels:
     """Worst-case robust accuracy with its flags, and the verdict beside the OSSA numbers."""
     w = results.cell("defend/robust", _robust_spec(cfg))
     threats = [(n, float(e)) for n, e in w["threats"]]
-    rows = [[labels[n], _threat(*t), 100 * c["clean_accuracy"], 100 * c["robust_accuracy"],
-             *[100 * acc for _, acc in c["per_attack"]], ", ".join(f["code"] for f in c["flags"]) or "none"]
+    rows = [[labels[n], _threat(*t), pct(c["clean_accuracy"]), pct(c["robust_accuracy"]),
+             *[pct(acc) for _, acc in c["per_attack"]], ", ".join(f["code"] for f in c["flags"]) or "none"]
             for n in ("plain", "penalised") for t, c in zip(threats, w[n], strict=True)]
     flags = [f"{labels[n]}, {_threat(*t)}: {f['message']}" for n in ("plain", "penalised")
              for t, c in zip(threats, w[n], strict=True) for f in c["flags"]]

@@ -1,0 +1,45 @@
+"""One number format in every report table (fisherscope.experiments.report.fmt_number):
+percentages with one decimal, other numbers with 3 significant digits, integers as integers,
+"–" for a missing value."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fisherscope.experiments.report import Percent, Table, fmt_number, pct, render_report
+
+
+@pytest.mark.parametrize("value, shown", [
+    (1.0, "1.00"), (0.9822, "0.982"), (0.91, "0.910"), (12.345, "12.3"), (0.045, "0.0450"),
+    (9.996, "10.0"), (99.96, "100"), (1234.5, "1234"), (-0.5, "-0.500"), (0.0, "0"),
+    (2e-5, "2.00e-05"), (123456.0, "1.23e+05"), (3, "3"), (1797, "1797"),
+    (None, "–"), (math.nan, "–"), (math.inf, "∞"), (-math.inf, "−∞"), ("text", "text"), (True, "True"),
+])
+def test_numbers(value, shown):
+    assert fmt_number(value) == shown
+
+
+@pytest.mark.parametrize("value, shown", [(9.495, "9.5"), (100.0, "100.0"), (0.04, "0.0"), (98.22, "98.2"),
+                                          (None, "–"), (math.nan, "–")])
+def test_percentages_have_one_decimal(value, shown):
+    assert fmt_number(value, percent=True) == shown
+
+
+def test_pct_marks_a_fraction_as_percent():
+    assert pct(0.9822) == pytest.approx(98.22) and isinstance(pct(0.5), Percent)
+    assert fmt_number(pct(1.0)) == "100.0" and fmt_number(pct(0.09495)) == "9.5"
+    assert fmt_number(pct(None)) == "–"
+
+
+def test_tables_apply_the_rule(tmp_path):
+    """The issue's example: "1" beside "0.9822", "9.495" for a percent."""
+    table = Table(["quantity", "value", "accuracy %"],
+                  [["a", 1.0, 9.495], ["b", 0.9822, 100.0], ["c", 1797, None], ["d", pct(0.5), math.nan]])
+    md, _ = render_report([table], tmp_path, title="T")
+    text = md.read_text()
+    assert "| a | 1.00 | 9.5 |" in text
+    assert "| b | 0.982 | 100.0 |" in text
+    assert "| c | 1797 | – |" in text
+    assert "| d | 50.0 | – |" in text  # a Percent outside a "%" column
