@@ -43,3 +43,11 @@ def test_tables_apply_the_rule(tmp_path):
     assert "| b | 0.982 | 100.0 |" in text
     assert "| c | 1797 | – |" in text
     assert "| d | 50.0 | – |" in text  # a Percent outside a "%" column
+
+
+def test_numbers_built_as_text_are_right_aligned_and_text_left(tmp_path):
+    table = Table(["detector", "AUROC %", "TPR (FPR)", "count", "setting"],
+                  [["KD", "80.9 [73.9, 87.6]", "16.1 (0.0)", "3/4", "1/255 steps"],
+                   ["LID", "–", "n/a", "10/10", "L∞ 0.1"]])
+    md, _ = render_report([table], tmp_path, title="T")
+    assert "|:---|---:|---:|---:|:---|" in md.read_text()

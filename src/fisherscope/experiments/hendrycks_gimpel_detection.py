@@ -647,7 +647,7 @@ def _detection_blocks(cfg: HGDetectionConfig, facts: dict[str, Any], info: dict[
         for ref in ("train", "test"):
             s = m[f"sigmas/fast/{d}/{ref}"]
             si = m[f"sigmas/iterative/{d}/{ref}"]
-            sig_rows.append([eps, ref, s["mu"], s["sd"], pct(s["beyond10_kept"]), pct(s["beyond1e10_kept"]),
+            sig_rows.append([f"{eps:g}", ref, s["mu"], s["sd"], pct(s["beyond10_kept"]), pct(s["beyond1e10_kept"]),
                              s["min_z_kept"], pct(s["beyond10_all"]), pct(s["beyond1e10_all"]), s["median_z_all"],
                              s["max_z_all"], pct(si["beyond10_all"])])
     return [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +128,28 @@ def _numeric(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+#: a cell built as text that still reads as a number: "98.2", "80.9 [73.9, 87.6]", "16.1 (0.0)", "3/4"
+_NUMBER_TEXT = re.compile(r"[-−+]?\d[\d.,/]*(e[-+]?\d+)?%?( [(\[/].*)?")
+_EMPTY_TEXT = frozenset({"", "–", "n/a", "error"})
+
+
+def _numberlike(v: Any) -> bool:
+    if v is None or _numeric(v):
+        return True
+    return isinstance(v, str) and (v.strip() in _EMPTY_TEXT or bool(_NUMBER_TEXT.fullmatch(v.strip())))
+
+
 def _align(table: Table) -> str:
-    """The separator row: numeric columns right-aligned, text columns left-aligned."""
+    """The separator row: numeric columns right-aligned, text columns left-aligned.
+
+    A column is numeric when every cell is a number, missing, or text that reads as a
+    number (a percentage with its interval, a count "3/4"), and at least one is not empty.
+    """
     cols = []
     for j in range(len(table.columns)):
         values = [row[j] for row in table.rows if j < len(row)]
-        numeric = bool(values) and all(_numeric(v) or v is None for v in values)
+        filled = [v for v in values if not (v is None or (isinstance(v, str) and v.strip() in _EMPTY_TEXT))]
+        numeric = bool(filled) and all(_numberlike(v) for v in values)
         cols.append("---:" if numeric else ":---")
     return "|" + "|".join(cols) + "|"
 

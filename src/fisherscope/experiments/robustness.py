@@ -259,7 +259,7 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
         for n in done:
             for b in shared:
                 r = got[n][("l2", b)]
-                cmp_rows.append([n, b, pct(_at(got[n]["ossa"], b)), pct(r["per_attack_fooling"][0]),
+                cmp_rows.append([n, f"{b:g}", pct(_at(got[n]["ossa"], b)), pct(r["per_attack_fooling"][0]),
                                  pct(r["gradient_fooling_ratio"]), pct(r["fooling_ratio"])])
         blocks.append(Table(["network", "L2 budget", f"OSSA % ({sample['n']} images)", "APGD-CE %", "APGD-CE + APGD-T %", "worst case %"],
                             cmp_rows, caption="Fooling ratio at the same L2 budget: OSSA beside APGD and the whole "
@@ -281,7 +281,7 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                 (got[ref]["ossa"]["n_correct"], got[n]["ossa"]["n_correct"]),
                 (got[ref][("l2", shared[0])]["n_correct"], got[n][("l2", shared[0])]["n_correct"]), flags=flags)
             blocks.append(Paragraph(f"**{n}** — {v.sentence}"))
-            verdict_rows += [[n, *row] for row in v.rows]
+            verdict_rows += [[n, f"{row[0]:g}", *row[1:]] for row in v.rows]  # budgets as set
         if ref in done and len(done) == 1:
             blocks.append(Paragraph(f"No verdict yet: only the reference `{ref}` has results."))
         if verdict_rows:
