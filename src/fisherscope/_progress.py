@@ -186,7 +186,7 @@ def stage(description: str, total: int | None = None, *, keep: bool | None = Non
         if display.bars is not None:
             display.bars.remove_task(st._task)
             if keep:
-                display.console.print(f"[dim]{end}[/] {st.description} ({st.elapsed_s:.1f} s)",
+                display.bars.console.print(f"[dim]{end}[/] {st.description} ({st.elapsed_s:.1f} s)",
                                       highlight=False)
             if display.depth == 0:
                 display.bars.stop()

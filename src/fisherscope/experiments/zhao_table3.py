@@ -32,7 +32,7 @@ from ..evaluation import transfer_matrix
 from .base import Context, register
 from .common import load_split, predict, select_samples
 from .config import ExperimentConfig
-from .report import Block, Heading, Paragraph, Table, fmt_number, pct
+from .report import Block, Heading, Paragraph, Percent, Table, fmt_number, pct
 from .runner import Results, Run
 from .specs import ModelSpec, model_record, net_spec, train_spec
 
@@ -140,7 +140,7 @@ def table3_report(cfg: ZhaoTable3Config, results: Results) -> list[Block]:
     paper_rows = []
     for tgt in names:
         p = cfg.paper.get(tgt, {})
-        paper_rows.append([tgt, *[float(p.get(src, math.nan)) for src in names]])
+        paper_rows.append([tgt, *[Percent(p.get(src, math.nan)) for src in names]])  # the paper's %
     plain = [str(s.name) for s in cfg.models if s.defense is None]
     adv = [str(s.name) for s in cfg.models if s.defense is not None]
 
