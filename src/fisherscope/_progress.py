@@ -99,17 +99,16 @@ def show_progress(enabled: bool = True, *, console: Any | None = None) -> Iterat
 
 
 def _bars(display: _Display) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Count(ProgressColumn):  # "3/10"; nothing for a stage of unknown length (not "3/?")
+        def render(self, task: Any) -> Text:
+            return Text("" if task.total is None else f"{int(task.completed)}/{int(task.total)}",
+                        style="progress.download")
 
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    Count(), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=display.console, transient=True)
 
 
