@@ -51,3 +51,23 @@ def test_numbers_built_as_text_are_right_aligned_and_text_left(tmp_path):
                    ["LID", "–", "n/a", "10/10", "L∞ 0.1"]])
     md, _ = render_report([table], tmp_path, title="T")
     assert "|:---|---:|---:|---:|:---|" in md.read_text()
+
+
+def test_attack_grid_labels_stay_readable_at_one_to_one(tmp_path):
+    """The demo's attack grid comes in figures of GRID_ATTACKS attacks: each fits the report's
+    column (so the page shows it at 1:1) and its labels are >= 10 px there."""
+    import torch
+    from PIL import Image
+
+    from fisherscope.experiments import demo_attacks as da
+    from fisherscope.experiments.report import save_figure
+
+    imgs = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cols = [("clean", imgs, [1, 2, 3, 4], None)]
+    cols += [(f"otcm_iterative{j}", imgs, [1, 2, 3, 5], [0.7, 0.8, 0.9, 1.0]) for j in range(da.GRID_ATTACKS)]
+    fig = da._grid_figure(cols, [1, 2, 3, 4], "Attacks 1–5 of 19")
+    sizes = [t.get_fontsize() for t in fig.findobj(lambda a: hasattr(a, "get_fontsize")) if t.get_text()]
+    assert sizes and min(sizes) * da.GRID_DPI / 72 >= 10  # points -> pixels at the saved dpi
+    path = save_figure(fig, tmp_path / "grid.png", dpi=da.GRID_DPI)
+    width = Image.open(path).size[0]
+    assert width <= 940, width  # the report's column (980 px less padding): no downscaling
