@@ -99,7 +99,14 @@ def show_progress(enabled: bool = True, *, console: Any | None = None) -> Iterat
 
 
 def _bars(display: _Display) -> Any:
-    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Count(ProgressColumn):  # "3/10"; nothing for a stage of unknown length (not "3/?")
