@@ -115,11 +115,11 @@ def defend_report(cfg: DemoConfig, results: Results) -> list[Block]:
             "a bound on that matrix's top eigenvalue, not on λ_max(G_x) itself. Here "
             f"`{cfg.arch}` is retrained with "
             f"μ = {r['mu']:g} (same preset and seed, {r['penalised_train_wall_time_s']:.1f} s of training, checkpoint "
-            f"`{r['penalised_key'][:12]}`). Test accuracy {100 * p['test_accuracy']:.2f}% → "
-            f"{100 * q['test_accuracy']:.2f}%; OSSA fooling ratio at L2 budget 1.0 "
-            f"{100 * p['fooling_ratio'][r['budgets'].index(1.0)]:.1f}% → "
-            f"{100 * q['fooling_ratio'][r['budgets'].index(1.0)]:.1f}%; median λ_max {p['lambda_max_median']:.3g} → "
-            f"{q['lambda_max_median']:.3g} (the penalty pulls p towards uniform, which need not lower λ_max)."
+            f"`{r['penalised_key'][:12]}`). Test accuracy {fmt_number(pct(p['test_accuracy']))}% → "
+            f"{fmt_number(pct(q['test_accuracy']))}%; OSSA fooling ratio at L2 budget 1.0 "
+            f"{fmt_number(pct(p['fooling_ratio'][r['budgets'].index(1.0)]))}% → "
+            f"{fmt_number(pct(q['fooling_ratio'][r['budgets'].index(1.0)]))}%; median λ_max "
+            f"{fmt_number(p['lambda_max_median'])} → {fmt_number(q['lambda_max_median'])} (the penalty pulls p towards uniform, which need not lower λ_max)."
         ),
         Table(["network", "test accuracy %", "mean λ_max", "median λ_max", *[f"OSSA fooling % at {b:g}" for b in show]],
               rows, caption=f"λ_max and fooling ratios over the {p['n_correct']} / {q['n_correct']} of the {r['n_test']} "
