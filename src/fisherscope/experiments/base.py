@@ -20,11 +20,17 @@ __all__ = ["Context", "Experiment", "EXPERIMENTS", "register", "load_config", "p
 
 @dataclass(frozen=True)
 class Context:
-    """Where an experiment finds data and caches, and how chatty it is."""
+    """Where an experiment finds data and caches, and how chatty it is.
+
+    ``progress``: True shows the progress of cells, training, attacks and the report (rich
+    bars on a terminal's stderr, log lines otherwise; the CLI's default); False silences it;
+    None (default) follows an enclosing ``with fisherscope.show_progress():`` and is silent
+    without one, so a Python caller opts in.
+    """
 
     data_dir: Path | None = None
     cache_dir: Path | None = None
-    progress: bool = True
+    progress: bool | None = None
     device: str | None = None
 
 
@@ -147,11 +153,14 @@ def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | 
     """Run (or resume) ``config``: compute its missing cells, then write its report.
 
     Progress (cells, training, attacks over batches, report) is shown as
-    :func:`fisherscope.show_progress` shows it unless ``context.progress`` is False.
+    :func:`fisherscope.show_progress` shows it when ``context.progress`` is True (or None
+    inside an enclosing ``show_progress``).
     """
+    from contextlib import nullcontext
+
     context = context or Context()
     exp = EXPERIMENTS[config.kind]
-    with show_progress(context.progress):
+    with nullcontext() if context.progress is None else show_progress(context.progress):
         run = Run(config, out_dir, resume=resume)
         exp.cells(run, config, context)
         _render(exp, config, run.view(), run.dir)

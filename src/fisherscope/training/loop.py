@@ -264,13 +264,14 @@ def evaluate_accuracy(
 # -------------------------------------------------------------------------- training
 
 
-def _progress(enabled: bool) -> Any:
-    """Where training reports: the caller's display when one is shown, else its own (or none)."""
+def _progress(enabled: bool | None) -> Any:
+    """Where training reports: None follows the caller (shown only inside ``show_progress``);
+    True joins the caller's display or opens its own; False is silent."""
     from contextlib import nullcontext
 
-    if not enabled:
-        return show_progress(False)
-    return nullcontext() if progress_enabled() else show_progress(True)
+    if enabled is None or (enabled and progress_enabled()):
+        return nullcontext()
+    return show_progress(enabled)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -302,7 +303,7 @@ def train_model(
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     device: str | torch.device | None = None,
     track_test_accuracy: bool = False,
     callback: Callable[[int, Mapping[str, Any]], None] | None = None,
@@ -373,10 +374,10 @@ def train_model(
         ``~/.cache/fisherscope/models``.
     data_dir : path-like, optional
         Passed to ``load_dataset`` when ``dataset`` is a name.
-    progress : bool
+    progress : bool, optional
         Report progress: a rich bar on stderr when it is a terminal, log lines otherwise
-        (see :func:`fisherscope.show_progress`; inside an enclosing ``show_progress`` the
-        bar joins its display).
+        (see :func:`fisherscope.show_progress`). None (default): only inside an enclosing
+        ``with fisherscope.show_progress():``; True: always; False: never.
     device : str or torch.device, optional
         CUDA when available, else CPU. Not part of the cache key; bitwise
         reproducibility is guaranteed on CPU only.
@@ -523,7 +524,7 @@ def _fit(
     dev: torch.device,
     resume: dict[str, Any] | None,
     partial_path: Path | None,
-    progress: bool,
+    progress: bool | None,
     track_test: bool,
     callback: Callable[[int, Mapping[str, Any]], None] | None,
     init_state: dict[str, torch.Tensor] | None = None,
@@ -643,7 +644,7 @@ def _fit(
                     loss_sum += loss.detach() * idx.numel()
                     correct += (logits.detach().argmax(1) == yb).sum()
                     bar.advance()
-                    if progress and i % 50 == 0:
+                    if progress_enabled() and i % 50 == 0:
                         bar.advance(0, description=f"train {arch} epoch {epoch + 1}/{t['epochs']} loss {loss.item():.4f}")
                 train_loss = float(loss_sum) / n
                 if not math.isfinite(train_loss):
