@@ -125,3 +125,14 @@ def test_a_stage_that_raises_is_reported_stopped(caplog):
             st.advance()
             raise RuntimeError("boom")
     assert any(r.getMessage().startswith("failing: stopped, 1/2 in ") for r in caplog.records)
+
+
+def test_nested_show_progress_joins_the_outer_display():
+    """run_experiment(context=Context(progress=True)) inside a user's show_progress(): one display
+    (rich allows one live display at a time)."""
+    console, buf = _console(terminal=True)
+    with show_progress(console=console), stage("outer", total=1) as st:
+        with show_progress(), stage("inner", total=1) as inner:
+            inner.advance()
+        st.advance()
+    assert "done outer" in buf.getvalue()

@@ -68,7 +68,8 @@ def show_progress(enabled: bool = True, *, console: Any | None = None) -> Iterat
     Parameters
     ----------
     enabled : bool
-        ``False`` silences every stage inside (also those of an enclosing ``show_progress``).
+        ``False`` silences every stage inside (also those of an enclosing ``show_progress``);
+        ``True`` inside an enclosing ``show_progress(True)`` joins its display.
     console : rich.console.Console, optional
         Where bars are drawn (default: a console on stderr). Bars are drawn when
         ``console.is_terminal``; otherwise stages write log lines to the
@@ -81,6 +82,9 @@ def show_progress(enabled: bool = True, *, console: Any | None = None) -> Iterat
             yield
         finally:
             _DISPLAY.reset(token)
+        return
+    if _DISPLAY.get() is not None:  # already shown: the inner block joins the same display
+        yield
         return
     if console is None:
         from rich.console import Console
