@@ -132,7 +132,7 @@ def test_nested_show_progress_joins_the_outer_display():
     (rich allows one live display at a time)."""
     console, buf = _console(terminal=True)
     with show_progress(console=console), stage("outer", total=1) as st:
-        with show_progress(), stage("inner", total=1) as inner:
+        with show_progress(console=console), stage("inner", total=1) as inner:
             inner.advance()
         st.advance()
     assert "done outer" in buf.getvalue()
