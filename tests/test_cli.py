@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,12 @@ def test_demo_writes_report_and_resume_reuses_everything(iso, digits_model):
     assert "report.html" in res.output
     html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "test accuracy" in html
+    md = (run_dir / "report.md").read_text()
+    top = md.split("\n## ")[0]  # above the first section: the headline under a stated threat model
+    assert re.search(r"\*\*Worst-case robust accuracy of `digits_cnn`: \d+\.\d%\*\* at L2 ε = 1 \(inputs in "
+                     r"\[0, 1\]; APGD-CE, APGD-T and Square .* on 100 seeded test digits", top), top
+    assert "figures/attack_suite_grid_1.png" in md and "figures/attack_suite_grid.png" not in md
+    assert "fisherscope.progress" not in res.output and "━" not in res.output  # --quiet: no progress
     records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     acc = next(r["values"]["accuracy"] for r in records if r["cell"] == "test")
     assert acc >= 0.97

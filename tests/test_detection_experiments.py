@@ -59,7 +59,7 @@ def test_zhao_table4_kind(tmp_path, digits_model, monkeypatch):
     assert [r["attack"] for r in sweep] == ["FGM@0.5", "FGM@1.5"]
     assert sweep[0]["success_rate"] <= sweep[1]["success_rate"]
     md = (run.dir / "report.md").read_text()
-    assert "Zhao et al. Table 4" in md and "(96.11)" in md and "Table 5" in md
+    assert "Zhao et al. Table 4" in md and "(96.1)" in md and "Table 5" in md
     for name in ("zhao-table4-roc.png", "zhao-table4-sweep.png"):
         assert (run.figures_dir / name).stat().st_size > 0
     _resume_is_a_no_op(cfg, run, tmp_path)

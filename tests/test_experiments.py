@@ -150,7 +150,7 @@ def test_report_markdown_and_selfcontained_html(tmp_path):
     md, html = render_report(blocks, tmp_path, title="T")
     text = md.read_text()
     assert "| p\\|q | 1 |" in text
-    assert "# T" in text and "| a | b |" in text and "| x | 0.1235 |" in text and "![a line](figures/f.png)" in text
+    assert "# T" in text and "| a | b |" in text and "| x | 0.123 |" in text and "![a line](figures/f.png)" in text
     page = html.read_text()
     assert "data:image/png;base64," in page and "&lt;b&gt;escaped" in page and "<code>code</code>" in page
     assert "src='figures" not in page  # nothing external
@@ -195,7 +195,7 @@ def test_report_html_is_rendered_from_the_markdown_with_contents_and_provenance(
     links = re.findall(r"href='#([^']+)'", page)
     assert links == ["results", "results-1", "detail"] and set(links) <= ids
     assert "<div class='table-wrap'><table>" in page
-    assert '<td style="text-align:left">KD</td>' in page and '<td style="text-align:right">0.91</td>' in page
+    assert '<td style="text-align:left">KD</td>' in page and '<td style="text-align:right">0.910</td>' in page  # 3 significant digits
     assert "<details class='provenance'>" in page and "abc123" in page
 
 

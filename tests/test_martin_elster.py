@@ -62,7 +62,7 @@ def test_fig1_cells_hold_the_attack_chunks_and_the_scores(runs):
         clean = np.concatenate([r[f"{k}/clean"] for r in scores])
         assert clean.shape == (cfg.n_hist,) and np.all(clean >= 0)
     md = (run.dir / "report.md").read_text()
-    assert "| trace tr F | eq. 4 |" in md and "| 0.94 |" in md
+    assert "| trace tr F | eq. 4 |" in md and "| 0.940 |" in md
 
 
 def test_fig2_rows_are_fooled_then_failed_and_maps_are_artifacts(runs):

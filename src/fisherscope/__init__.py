@@ -21,6 +21,7 @@ _LAZY = {
     "check_labels": "._validation",
     "check_logits": "._validation",
     "eval_mode": "._validation",
+    "show_progress": "._progress",
     "BudgetWarning": ".exceptions",
     "ConvergenceWarning": ".exceptions",
     "ModelModeWarning": ".exceptions",
@@ -41,10 +42,12 @@ __all__ = [
     "check_logits",
     "eval_mode",
     "exceptions",
+    "show_progress",
 ]
 
 if TYPE_CHECKING:
     from . import exceptions
+    from ._progress import show_progress
     from ._validation import check_inputs, check_labels, check_logits, eval_mode
     from .exceptions import (
         BudgetWarning,

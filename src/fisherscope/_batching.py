@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._progress import track
 from ._validation import POSITIVE_INT, check_logits, check_param, eval_mode
 
 __all__ = [
@@ -94,7 +95,8 @@ def even_chunks(n: int, max_size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def in_batches(fn: Callable[..., Any], *tensors: Tensor, batch_size: int | None = 256) -> Any:
+def in_batches(fn: Callable[..., Any], *tensors: Tensor, batch_size: int | None = 256,
+               progress: str | None = None) -> Any:
     """Apply ``fn`` to aligned slices of ``tensors`` and concatenate what it returns.
 
     Parameters
@@ -107,6 +109,9 @@ def in_batches(fn: Callable[..., Any], *tensors: Tensor, batch_size: int | None 
         At least one, all with the same first dimension N >= 1.
     batch_size : int or None
         Rows per call; ``None``: one call with everything.
+    progress : str, optional
+        Name of the stage to report, one step per batch, while progress is shown
+        (:func:`fisherscope.show_progress`); None: not reported.
 
     Returns
     -------
@@ -131,7 +136,8 @@ def in_batches(fn: Callable[..., Any], *tensors: Tensor, batch_size: int | None 
     if n == 0:
         raise ValueError("in_batches got tensors with 0 rows; pass at least one row.")
     check_batch_size(batch_size, allow_none=True)
-    outs = [fn(*(t[sl] for t in tensors)) for sl in chunks(n, batch_size)]
+    slices = list(chunks(n, batch_size))
+    outs = [fn(*(t[sl] for t in tensors)) for sl in (slices if progress is None else track(slices, progress))]
     first = outs[0]
     if isinstance(first, dict):
         return {k: torch.cat([o[k] for o in outs]) for k in first}

@@ -179,7 +179,7 @@ def demo(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bars on a terminal, log lines otherwise).")] = False,
 ) -> None:
     """Run the main job: the fisherscope tour on scikit-learn's digits, offline; prints where the report is."""
     from .experiments import DemoConfig
@@ -333,12 +333,15 @@ def reproduce(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<timestamp>-<name>).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bars or log lines).")] = False,
 ) -> None:
     """Re-render a run's report from its stored results alone (no model is loaded or run)."""
+    from ._progress import show_progress
     from .experiments.base import render_stored
 
     try:
-        html_path = render_stored(run_dir)
+        with show_progress(not quiet):
+            html_path = render_stored(run_dir)
         console.print(f"[green]report:[/]  {html_path}")
         console.print(f"          {run_dir / 'report.md'}")
     except (ValueError, KeyError, OSError, RuntimeError) as exc:

@@ -71,6 +71,7 @@ from sklearn.metrics import roc_curve
 from torch import Tensor, nn
 
 from .._batching import check_batch_size, chunks, in_batches, per_sample, predict
+from .._progress import stage, track
 from .._random import randn
 from .._validation import (
     BOOL,
@@ -574,7 +575,8 @@ class _Features:
         for part in parts:
             key = (*part.key(self.model), digest)
             if key not in self.cache:
-                self.cache[key] = part.compute(self.model, x, self.seed)
+                with stage(f"features {getattr(part.fn, '__name__', part.fn)} ({x.shape[0]} images)"):
+                    self.cache[key] = part.compute(self.model, x, self.seed)
             cols.append(self.cache[key])
         return np.concatenate(cols, axis=1)
 
@@ -804,7 +806,7 @@ def _make_adversarials(name: str, attack: Any, model: nn.Module, x: Tensor, y: T
     x_adv = x.clone()
     idx = torch.nonzero(correct).flatten()
     gen = torch.Generator().manual_seed(_attack_seed(seed, name))
-    for sl in chunks(idx.numel(), batch_size):  # batches, not samples
+    for sl in track(list(chunks(idx.numel(), batch_size)), f"attack {name}"):  # batches, not samples
         sel = idx[sl]
         x_adv[sel] = attack.run(model, x[sel], y[sel], generator=gen).x_adv.to(x.dtype)
     return x_adv
@@ -977,7 +979,7 @@ def evaluate_detectors(
         positives: dict[str, np.ndarray] = {}
         noise: dict[str, Tensor] = {}
         attack_stats: dict[str, dict[str, Any]] = {}
-        for name, attack in all_attacks.items():
+        for name, attack in track(list(all_attacks.items()), "detection: attacks"):
             name = str(name)
             log.info("attack %s", name)
             x_adv = _make_adversarials(name, attack, model, x, y, correct_t, seed, batch_size, bounds)
@@ -1014,7 +1016,7 @@ def evaluate_detectors(
     roc: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
-    for det_name, spec in specs.items():
+    for det_name, spec in track(list(specs.items()), "detection: features, fits, scores"):
         log.info("detector %s", det_name)
         parts = spec.parts()
         supervised = bool(spec.detector.supervised)
@@ -1038,7 +1040,8 @@ def evaluate_detectors(
         train_list: list[str | None] = list(names) if supervised else [None]
         for train in train_list:
             try:
-                fitted, fit_rows = _fit_detector(spec, train, target_fpr, clean_f, adv_f, noise_f)
+                with stage(f"fit {det_name}" + (f" on {train}" if train else "")):
+                    fitted, fit_rows = _fit_detector(spec, train, target_fpr, clean_f, adv_f, noise_f)
                 s_neg = _decide(fitted, clean_f[2])
             except Exception as exc:  # noqa: BLE001 - reported per cell, see Raises
                 msg = f"{type(exc).__name__}: {exc}"

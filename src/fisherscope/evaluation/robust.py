@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._progress import track
 from .._random import randperm
 from .._validation import check_inputs, check_labels, check_logits, eval_mode, warns_once
 from ..attacks.apgd import APGD, APGDTargeted
@@ -327,7 +328,7 @@ def _run_suite(model: nn.Module, x: Tensor, y: Tensor, clean_correct: Tensor, na
     for j, (name, atk) in enumerate(named):
         todo = torch.nonzero(robust).flatten()
         # an empty index splits into one empty chunk: no attack call once nothing is robust
-        for chunk in todo.split(batch_size) if len(todo) else ():
+        for chunk in track(todo.split(batch_size) if len(todo) else (), f"{name} (eps {eps:g})"):
             res = atk.run(model, x[chunk], y[chunk], generator=generator, eps=eps)
             hit = chunk[res.success]
             x_adv[hit] = res.x_adv[res.success]

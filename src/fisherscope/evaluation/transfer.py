@@ -214,7 +214,8 @@ def transfer_matrix(
     check_batch_size(batch_size, "transfer_matrix", allow_none=True)
     x, y = x.detach(), y.to(x.device)
     adversarial = {
-        name: in_batches(lambda xb, yb, src=src: attack(src, xb, yb, generator=generator), x, y, batch_size=batch_size)
+        name: in_batches(lambda xb, yb, src=src: attack(src, xb, yb, generator=generator), x, y, batch_size=batch_size,
+                         progress=f"transfer: attack on {name}")
         for name, src in sources.items()
     }
     return transfer_from_examples(adversarial, sources, target_models, x, y, count=count, batch_size=batch_size,

@@ -47,7 +47,7 @@ from .detection_kit import (
     sources,
     table_rows,
 )
-from .report import Block, Heading, Paragraph, Table
+from .report import Block, Heading, Paragraph, Table, fmt_number
 from .runner import Results, Run
 
 __all__ = ["AdaptiveDetectionConfig", "adaptive_cells", "adaptive_report"]
@@ -169,7 +169,7 @@ def mirror_table(records: list[dict[str, Any]], detectors: list[str], cfg: Adapt
             sur = r.get("surrogate_agreement")
             rows.append([DETECTOR_LABELS.get(d, d), a, r["mirror"], f"{pct(r['mirror_agreement']):.1f}",
                          "–" if sur is None else f"{pct(sur):.1f}", f"{pct(r['success_rate']):.1f}", modes,
-                         "–" if r.get("mean_l2") is None else f"{r['mean_l2']:.2f}"])
+                         fmt_number(r.get("mean_l2"))])
     return Table(["detector", "budget of", "gradient through", "attacker's flag = detector's flag %",
                   "surrogate agrees with the forest %", "misclassified %",
                   f"evasion % by candidate ({' / '.join((*cfg.adaptive_modes, 'oblivious'))})", "mean L2"], rows,

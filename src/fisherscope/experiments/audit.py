@@ -34,7 +34,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -260,7 +260,7 @@ def _maps_cell(cfg: AuditConfig, n_min: int) -> tuple[str, dict[str, Any]]:
                     "deepfool_steps": cfg.deepfool_steps}
 
 
-def _threats(facts: dict[str, Any]) -> list[tuple[str, float]]:
+def _threats(facts: Mapping[str, Any]) -> list[tuple[str, float]]:
     return [("linf", float(e)) for e in facts["linf_eps"]] + [("l2", float(e)) for e in facts["l2_eps"]]
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._progress import show_progress, stage
 from .._registry import Registry
 from .config import config_from_dict, config_to_dict, read_toml
 from .report import Block
@@ -19,11 +20,17 @@ __all__ = ["Context", "Experiment", "EXPERIMENTS", "register", "load_config", "p
 
 @dataclass(frozen=True)
 class Context:
-    """Where an experiment finds data and caches, and how chatty it is."""
+    """Where an experiment finds data and caches, and how chatty it is.
+
+    ``progress``: True shows the progress of cells, training, attacks and the report (rich
+    bars on a terminal's stderr, log lines otherwise; the CLI's default); False silences it;
+    None (default) follows an enclosing ``with fisherscope.show_progress():`` and is silent
+    without one, so a Python caller opts in.
+    """
 
     data_dir: Path | None = None
     cache_dir: Path | None = None
-    progress: bool = True
+    progress: bool | None = None
     device: str | None = None
 
 
@@ -148,9 +155,14 @@ def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | 
     Launched by ``torchrun`` (see :mod:`fisherscope.distributed`), every rank calls this
     with the same arguments: the ranks share one run directory and results store, each
     computes its share of the cells, and rank 0 renders the report once every cell is stored.
+
+    Progress (cells, training, attacks over batches, report) is shown as
+    :func:`fisherscope.show_progress` shows it when ``context.progress`` is True (or None
+    inside an enclosing ``show_progress``); under torchrun only rank 0 shows it.
     """
+    from contextlib import nullcontext
+
     from .. import distributed
-    from .report import render_report
 
     exp = EXPERIMENTS[config.kind]
     context = context or Context()
@@ -158,16 +170,23 @@ def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | 
     if world.distributed:
         distributed.init(context.device)
         context = dataclasses.replace(context, device=distributed.device_for(context.device, world),
-                                      progress=context.progress and world.is_main)
-    run = Run(config, out_dir, resume=resume, world=world)
-    exp.cells(run, config, context)
-    if not world.is_main:
-        return run
-    run.wait_for_pending()
-    results = run.view()
-    render_report(exp.report(config, results), run.dir, title=f"fisherscope — {config.name}",
-                  provenance=results.provenance())
+                                      progress=context.progress if world.is_main else False)
+    with nullcontext() if context.progress is None else show_progress(context.progress):
+        run = Run(config, out_dir, resume=resume, world=world)
+        exp.cells(run, config, context)
+        if not world.is_main:
+            return run
+        run.wait_for_pending()
+        _render(exp, config, run.view(), run.dir)
     return run
+
+
+def _render(exp: Experiment, config: Any, results: Results, run_dir: Path) -> None:
+    from .report import render_report
+
+    with stage(f"{config.name}: report", keep=True):
+        render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}",
+                      provenance=results.provenance())
 
 
 def stored_config(run_dir: str | Path) -> Any:
@@ -191,7 +210,6 @@ def render_stored(run_dir: str | Path) -> Path:
     Raises ``KeyError`` naming the missing cell when the run did not finish.
     """
     from .config import config_hash
-    from .report import render_report
 
     run_dir = Path(run_dir)
     config = stored_config(run_dir)
@@ -205,8 +223,7 @@ def render_stored(run_dir: str | Path) -> Path:
             f"{run_dir}/results.jsonl holds records of other configs (hashes {sorted(foreign)}); "
             "it was mixed with another run's results and cannot be rendered as one report."
         )
-    render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}",
-                  provenance=results.provenance())
+    _render(exp, config, results, run_dir)
     return run_dir / "report.html"
 
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import track
 from ..plotting import confusion_matrix_figure, image_grid
 from .base import Context, register
 from .common import load_split, predict, trained_model
 from .kit import DEMO_SECTIONS, DemoConfig, DemoSection, DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["DemoConfig", "DemoState", "DEMO_SECTIONS", "add_demo_section", "demo_cells", "demo_report"]
@@ -86,14 +87,15 @@ def _accuracy_report(cfg: DemoConfig, results: Results) -> list[Block]:
         Table(
             ["quantity", "value"],
             [
-                ["train accuracy", model_res["train_accuracy"]],
-                ["test accuracy", test_res["accuracy"]],
+                ["train accuracy %", pct(model_res["train_accuracy"])],
+                ["test accuracy %", pct(test_res["accuracy"])],
                 ["epochs", model_res["epochs"]],
                 ["parameters", model_res["n_parameters"]],
                 ["training wall time (s)", model_res["train_wall_time_s"]],
             ],
         ),
-        Table(["class", *classes], [["test accuracy", *per_class]], caption="Per-class test accuracy"),
+        Table(["class", *classes], [["test accuracy %", *[pct(v) for v in per_class]]],
+              caption="Per-class test accuracy"),
         Figure(grid_path, "Random test images with the model's prediction (green: correct, red: wrong), "
                "drawn on the fixed range [0, 1]."),
         Figure(cm_path, "Confusion matrix on the test split."),
@@ -123,6 +125,9 @@ def demo_cells(run: Run, cfg: DemoConfig, ctx: Context) -> None:
 def demo_report(cfg: DemoConfig, results: Results) -> list[Block]:
     blocks: list[Block] = [Paragraph(_INTRO)]
     for section in DEMO_SECTIONS:
+        if section.headline is not None:
+            blocks.extend(section.headline(cfg, results))
+    for section in track(DEMO_SECTIONS, "demo report: sections (tables, figures)"):
         blocks.extend(section.report(cfg, results))
     return blocks
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
+from .._batching import even_chunks
 from ..attacks import ATTACKS
 from ..plotting import to_display
 from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["attack_suite_cells", "attack_suite_report"]
@@ -65,17 +66,19 @@ def attack_suite_cells(run: Run, state: DemoState) -> None:
         run.cell(f"attacks/{key}", functools.partial(measure, key))
 
 
-def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
+#: attack columns per grid figure (plus the clean column): at :data:`GRID_DPI` a figure stays
+#: under the report's 940-px column, so it is shown at 1:1 and its 9-pt labels are ~14 px
+GRID_ATTACKS = 5
+GRID_DPI = 110
+GRID_FONT = 9
+
+
+def _grid_figure(cols: list[tuple[str, Any, list[int], list[float] | None]], ys: list[int], title: str) -> Any:
+    """One grid: rows are the shown test digits, columns clean and some attacks."""
     import matplotlib.pyplot as plt
 
-    keys = _keys()
-    clean = results.cell("attacks/clean")
-    res = {key: results.cell(f"attacks/{key}") for key in keys}
-    ys = clean["shown_y"]
-    cols = [("clean", clean["shown_x"], clean["shown_pred"], None)]
-    cols += [(key, r["shown_x_adv"], r["shown_pred"], r["shown_l2"]) for key, r in res.items()]
     n_show = len(ys)
-    fig, axes = plt.subplots(n_show, len(cols), figsize=(1.05 * len(cols), 1.2 * n_show), squeeze=False)
+    fig, axes = plt.subplots(n_show, len(cols), figsize=(1.3 * len(cols), 1.45 * n_show + 0.4), squeeze=False)
     for c, (name, imgs, preds, l2) in enumerate(cols):
         for i in range(n_show):
             img, cmap = to_display(imgs[i])
@@ -86,19 +89,33 @@ def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
             label = f"{preds[i]}"
             if l2 is not None:
                 label += f" · {l2[i]:.2f}"
-            ax.set_xlabel(label, fontsize=7, color="red" if preds[i] != ys[i] else "black", labelpad=1)
+            ax.set_xlabel(label, fontsize=GRID_FONT, color="red" if preds[i] != ys[i] else "black", labelpad=2)
             if i == 0:
-                ax.set_title(name, fontsize=7)
-    fig.suptitle("Test digits (rows), clean and under each attack (columns), drawn exactly as the model sees "
-                 "them; under each image: prediction · L2 of the perturbation (red: misclassified)", fontsize=8)
+                ax.set_title(name, fontsize=GRID_FONT)
+    fig.suptitle(title, fontsize=GRID_FONT + 1)
     fig.tight_layout()
-    grid_path = save_figure(fig, results.figures_dir / "attack_suite_grid.png")
+    return fig
 
-    table_rows = [["none (clean)", "", 100 * clean["accuracy"], "", "", "", "", ""]]
+
+def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
+    keys = _keys()
+    clean = results.cell("attacks/clean")
+    res = {key: results.cell(f"attacks/{key}") for key in keys}
+    ys = clean["shown_y"]
+    clean_col = ("clean", clean["shown_x"], clean["shown_pred"], None)
+    attack_cols = [(key, r["shown_x_adv"], r["shown_pred"], r["shown_l2"]) for key, r in res.items()]
+    groups = even_chunks(len(attack_cols), GRID_ATTACKS)
+    grids = []
+    for g, sl in enumerate(groups):
+        cols = [clean_col, *attack_cols[sl]]
+        fig = _grid_figure(cols, ys, f"Attacks {sl.start + 1}–{sl.stop} of {len(attack_cols)}")
+        grids.append(save_figure(fig, results.figures_dir / f"attack_suite_grid_{g + 1}.png", dpi=GRID_DPI))
+
+    table_rows = [["none (clean)", "", pct(clean["accuracy"]), None, None, None, None, None]]
     for key in keys:
         r = res[key]
         table_rows.append([
-            key, ATTACKS[key].standard_description, 100 * r["accuracy"], 100 * r["fooling_ratio"],
+            key, ATTACKS[key].standard_description, pct(r["accuracy"]), pct(r["fooling_ratio"]),
             r["mean_l2_fooled"], r["mean_linf_fooled"], r["mean_l0_fooled"], r["images_per_s"],
         ])
     return [
@@ -111,7 +128,10 @@ def attack_suite_report(cfg: DemoConfig, results: Results) -> list[Block]:
         ),
         Table(["attack", "setting", "accuracy %", "fooling ratio %", "mean L2", "mean L∞", "mean L0", "images/s"],
               table_rows, caption="Accuracy under attack (digits_cnn, CPU)"),
-        Figure(grid_path, "Clean and adversarial digits; red titles are misclassified."),
+        *[Figure(path, f"Test digits (rows), clean and under {', '.join(keys[sl])} (columns), drawn exactly as "
+                       "the model sees them; under each image: prediction · L2 of the perturbation (red: "
+                       "misclassified).")
+          for path, sl in zip(grids, groups, strict=True)],
     ]
 
 

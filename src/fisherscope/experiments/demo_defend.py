@@ -21,11 +21,11 @@ from ..attacks import OSSA
 from ..evaluation import one_step_curve
 from .common import select_samples, trained_model
 from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, pct, save_figure
 from .robust_kit import EnsembleSpec, masking_verdict, worst_case
 from .runner import Results, Run
 
-__all__ = ["ENSEMBLE", "MU", "ROBUST_IMAGES", "ROBUST_THREATS", "defend_cells", "defend_report"]
+__all__ = ["ENSEMBLE", "MU", "ROBUST_IMAGES", "ROBUST_THREATS", "defend_cells", "defend_headline", "defend_report"]
 
 #: The penalty weight of the demo's penalised network (Shen et al.'s Figure 5 value).
 MU = 0.02
@@ -104,8 +104,8 @@ def defend_report(cfg: DemoConfig, results: Results) -> list[Block]:
     path = save_figure(fig, results.figures_dir / "defend.png")
 
     show = [b for b in SHOW if b in r["budgets"]]
-    rows = [[labels[n], 100 * r[n]["test_accuracy"], r[n]["lambda_max_mean"], r[n]["lambda_max_median"],
-             *[100 * r[n]["fooling_ratio"][r["budgets"].index(b)] for b in show]] for n in names]
+    rows = [[labels[n], pct(r[n]["test_accuracy"]), r[n]["lambda_max_mean"], r[n]["lambda_max_median"],
+             *[pct(r[n]["fooling_ratio"][r["budgets"].index(b)]) for b in show]] for n in names]
     p, q = r["plain"], r["penalised"]
     robust = _robust_blocks(cfg, results, r, labels)
     return [
@@ -115,11 +115,11 @@ def defend_report(cfg: DemoConfig, results: Results) -> list[Block]:
             "a bound on that matrix's top eigenvalue, not on λ_max(G_x) itself. Here "
             f"`{cfg.arch}` is retrained with "
             f"μ = {r['mu']:g} (same preset and seed, {r['penalised_train_wall_time_s']:.1f} s of training, checkpoint "
-            f"`{r['penalised_key'][:12]}`). Test accuracy {100 * p['test_accuracy']:.2f}% → "
-            f"{100 * q['test_accuracy']:.2f}%; OSSA fooling ratio at L2 budget 1.0 "
-            f"{100 * p['fooling_ratio'][r['budgets'].index(1.0)]:.1f}% → "
-            f"{100 * q['fooling_ratio'][r['budgets'].index(1.0)]:.1f}%; median λ_max {p['lambda_max_median']:.3g} → "
-            f"{q['lambda_max_median']:.3g} (the penalty pulls p towards uniform, which need not lower λ_max)."
+            f"`{r['penalised_key'][:12]}`). Test accuracy {fmt_number(pct(p['test_accuracy']))}% → "
+            f"{fmt_number(pct(q['test_accuracy']))}%; OSSA fooling ratio at L2 budget 1.0 "
+            f"{fmt_number(pct(p['fooling_ratio'][r['budgets'].index(1.0)]))}% → "
+            f"{fmt_number(pct(q['fooling_ratio'][r['budgets'].index(1.0)]))}%; median λ_max "
+            f"{fmt_number(p['lambda_max_median'])} → {fmt_number(q['lambda_max_median'])} (the penalty pulls p towards uniform, which need not lower λ_max)."
         ),
         Table(["network", "test accuracy %", "mean λ_max", "median λ_max", *[f"OSSA fooling % at {b:g}" for b in show]],
               rows, caption=f"λ_max and fooling ratios over the {p['n_correct']} / {q['n_correct']} of the {r['n_test']} "
@@ -130,6 +130,25 @@ def defend_report(cfg: DemoConfig, results: Results) -> list[Block]:
     ]
 
 
+def defend_headline(cfg: DemoConfig, results: Results) -> list[Block]:
+    """The demo's headline: the demo network's worst-case robust accuracy at the largest
+    L2 budget of :data:`ROBUST_THREATS`, the threat model and the attacks stated."""
+    w = results.cell("defend/robust", _robust_spec(cfg))
+    threats = [(n, float(e)) for n, e in w["threats"]]
+    j = max(range(len(threats)), key=lambda i: (threats[i][0] == "l2", threats[i][1]))
+    norm, eps = threats[j]
+    c = w["plain"][j]
+    flags = ", ".join(f["code"] for f in c["flags"]) or "none"
+    return [Paragraph(
+        f"**Worst-case robust accuracy of `{cfg.arch}`: {fmt_number(pct(c['robust_accuracy']))}%** at "
+        f"{'L∞' if norm == 'linf' else 'L2'} ε = {eps:g} (inputs in [0, 1]; APGD-CE, APGD-T and Square — "
+        f"{ENSEMBLE.apgd_steps} steps, {ENSEMBLE.n_target_classes} target classes, {ENSEMBLE.square_queries} "
+        f"queries, a reduced AutoAttack ensemble, so an upper bound — on {w['n']} seeded test digits, clean "
+        f"accuracy {fmt_number(pct(c['clean_accuracy']))}% on them; gradient-masking flags: {flags}). "
+        "Details: [worst-case robust accuracy](#worst-case-robust-accuracy-and-gradient-masking)."
+    )]
+
+
 def _threat(norm: str, eps: float) -> str:
     return f"{'L∞' if norm == 'linf' else 'L2'} {eps:g}"
 
@@ -138,8 +157,8 @@ def _robust_blocks(cfg: DemoConfig, results: Results, r: dict[str, Any], labels:
     """Worst-case robust accuracy with its flags, and the verdict beside the OSSA numbers."""
     w = results.cell("defend/robust", _robust_spec(cfg))
     threats = [(n, float(e)) for n, e in w["threats"]]
-    rows = [[labels[n], _threat(*t), 100 * c["clean_accuracy"], 100 * c["robust_accuracy"],
-             *[100 * acc for _, acc in c["per_attack"]], ", ".join(f["code"] for f in c["flags"]) or "none"]
+    rows = [[labels[n], _threat(*t), pct(c["clean_accuracy"]), pct(c["robust_accuracy"]),
+             *[pct(acc) for _, acc in c["per_attack"]], ", ".join(f["code"] for f in c["flags"]) or "none"]
             for n in ("plain", "penalised") for t, c in zip(threats, w[n], strict=True)]
     flags = [f"{labels[n]}, {_threat(*t)}: {f['message']}" for n in ("plain", "penalised")
              for t, c in zip(threats, w[n], strict=True) for f in c["flags"]]
@@ -164,7 +183,8 @@ def _robust_blocks(cfg: DemoConfig, results: Results, r: dict[str, Any], labels:
             (w["plain"][j[shared[0]]]["n_correct"], w["penalised"][j[shared[0]]]["n_correct"]),
             flags=sorted({f["code"] for t in shared for f in w["penalised"][j[t]]["flags"]}))
         blocks.append(Table(["L2 budget", "OSSA plain %", "OSSA penalised %", "worst case plain %",
-                             "worst case penalised %", "finding"], v.rows,
+                             "worst case penalised %", "finding"],
+                            [[f"{row[0]:g}", *row[1:]] for row in v.rows],  # budgets as set
                             caption="OSSA (all test digits) beside the worst-case ensemble (the sampled digits) at "
                                     "the same L2 budget, fooling ratios of the correctly classified digits"))
         blocks.append(Paragraph(f"**Robustness or gradient masking?** {v.sentence}"))
@@ -177,4 +197,4 @@ def _robust_spec(cfg: DemoConfig) -> dict[str, Any]:
             "mu": MU, "seed": cfg.seed, "arch": cfg.arch, "dataset": cfg.dataset}
 
 
-add_demo_section(DemoSection("defend", 50.0, defend_cells, defend_report))
+add_demo_section(DemoSection("defend", 50.0, defend_cells, defend_report, headline=defend_headline))

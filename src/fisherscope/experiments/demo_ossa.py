@@ -11,7 +11,7 @@ from ..attacks import FGM, OSSA
 from ..fisher import fisher_spectrum
 from ..plotting import to_display
 from .kit import DemoConfig, DemoSection, DemoState, add_demo_section
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["ossa_cells", "ossa_report"]
@@ -96,7 +96,7 @@ def ossa_report(cfg: DemoConfig, results: Results) -> list[Block]:
     fig.tight_layout()
     curve_path = save_figure(fig, results.figures_dir / "ossa_fooling_curve.png")
 
-    rows = [[f"{b:g}", 100 * f, 100 * o] for b, f, o in
+    rows = [[f"{b:g}", pct(f), pct(o)] for b, f, o in
             zip(r["budgets"], r["fgm_fooling_rate"], r["ossa_fooling_rate"], strict=True)]
     return [
         Heading("Attack: the One-Step Spectral Attack (Zhao et al. 2019)"),

@@ -40,6 +40,7 @@ import torch
 from ..attacks import ATTACKS
 from .config import ExperimentConfig
 from .kit import Block, Context, Paragraph, Run, Table, load_split, select_samples, trained_model
+from .report import pct as report_pct
 
 __all__ = [
     "main_detectors",
@@ -455,8 +456,8 @@ def _num(v: Any) -> float:
 
 
 def pct(v: Any) -> float:
-    """Percent of a stored fraction (NaN for a missing one)."""
-    return 100.0 * _num(v)
+    """Percent of a stored fraction (NaN for a missing one), shown with one decimal in tables."""
+    return report_pct(v)
 
 
 def with_ci(r: dict[str, Any] | None, metric: str = "auroc") -> str:
@@ -572,7 +573,7 @@ def auroc_heatmap(rows: dict[str, list[dict[str, Any] | None]], attacks: list[st
     fig, axes = plt.subplots(1, 2, figsize=(2.6 + 1.3 * max(len(attacks), 2), 0.9 + 0.42 * len(rows)), sharey=True)
     for ax, metric, title in zip(axes, ("auroc", "auroc_noise"), (f"AUROC %:{sep}adversarial vs clean",
                                                                     f"control:{sep}adversarial vs noise"), strict=True):
-        vals = np.array([[np.nan if c is None or c.get(metric) is None else 100 * c[metric] for c in row]
+        vals = np.array([[np.nan if c is None or c.get(metric) is None else pct(c[metric]) for c in row]
                          for row in rows.values()])
         ax.imshow(vals, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
         for i, j in np.ndindex(vals.shape):

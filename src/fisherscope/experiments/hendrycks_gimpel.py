@@ -46,7 +46,7 @@ from .hendrycks_kit import (
     record_model,
     run_attack,
 )
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["HGAttackConfig", "HGConfig"]
@@ -232,7 +232,7 @@ def hg_attack_report(cfg: HGAttackConfig, results: Results) -> list[Block]:
     for name, label in (("iterative", f"iterative, α = {cfg.step_size * 255:g}/255, λ = {cfg.l2_reg:g}"),
                         ("fast", f"fast sign step {cfg.fast_eps * 255:g}/255")):
         r = res[name]
-        rows.append([label, 100 * r["success_rate"], 100 * r["fooling_ratio"], r["mean_l2_success"],
+        rows.append([label, pct(r["success_rate"]), pct(r["fooling_ratio"]), r["mean_l2_success"],
                      r["median_l2_success"], r["mean_sq_l2_success"], r["mean_l1_success"], r["mean_linf_success"],
                      r["mean_l0_success"], r.get("mean_steps_success", float("nan")), r["seconds"]])
     paper = cfg.paper.get("note", "")

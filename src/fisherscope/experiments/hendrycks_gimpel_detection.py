@@ -70,7 +70,7 @@ from .hendrycks_kit import (
     record_model,
     run_attack,
 )
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["HGAdaptiveConfig", "HGDetectionConfig", "paired_detection_metrics"]
@@ -565,10 +565,10 @@ def _detection_figures(results: Results, cfg: HGDetectionConfig, arr: dict[str, 
     return paths
 
 
-def _pct(v: float | None, digits: int) -> str:
-    """``100 v`` with ``digits`` decimals; "–" for a metric the protocol could not define
+def _pct(v: float | None) -> str:
+    """``100 v`` as report tables show percentages; "–" for a metric the protocol could not define
     (stored as None, e.g. an AUROC without test positives: no kept adversarial in the split)."""
-    return "–" if v is None else f"{100 * v:.{digits}f}"
+    return fmt_number(pct(v))
 
 
 def _protocol_blocks(cfg: HGDetectionConfig, proto: dict[str, Any], labels: dict[str, str]) -> list[Block]:
@@ -585,8 +585,8 @@ def _protocol_blocks(cfg: HGDetectionConfig, proto: dict[str, Any], labels: dict
             if r.get("error") or not r:
                 row.append("error" if r.get("error") else "–")
                 continue
-            row.append(f"{_pct(r['auroc'], 2)} [{_pct(r['auroc_lo'], 1)}, {_pct(r['auroc_hi'], 1)}]; "
-                       f"TPR {_pct(r['tpr'], 1)} (FPR {_pct(r['fpr'], 1)}); {r['n_pos']}/{r['n_neg']}")
+            row.append(f"{_pct(r['auroc'])} [{_pct(r['auroc_lo'])}, {_pct(r['auroc_hi'])}]; "
+                       f"TPR {_pct(r['tpr'])} (FPR {_pct(r['fpr'])}); {r['n_pos']}/{r['n_neg']}")
         rows.append(row)
     return [
         Table(["score", *[f"{labels[a]}: AUROC [CI]; TPR (test FPR); test positives/negatives" for a in attacks]],
@@ -608,7 +608,7 @@ def _detection_blocks(cfg: HGDetectionConfig, facts: dict[str, Any], info: dict[
     for a, r in res.items():
         kept = np.asarray(r["success"], dtype=bool)
         steps = np.asarray(r.get("steps", [math.nan] * n), dtype=float)
-        att_rows.append([labels[a], f"{int(kept.sum())}/{n}", 100 * kept.mean(), _mean_over(r["l2"], kept),
+        att_rows.append([labels[a], f"{int(kept.sum())}/{n}", pct(kept.mean()), _mean_over(r["l2"], kept),
                          _mean_over(r["linf"], kept), _mean_over(steps, kept), r["seconds"]])
     paper = cfg.paper
     det_rows = []
@@ -618,7 +618,7 @@ def _detection_blocks(cfg: HGDetectionConfig, facts: dict[str, Any], info: dict[
         row: list[Any] = [_det_label(d)]
         for a in res:
             v = m[f"{a}/{d}"]
-            row += [100 * v["auroc"], 100 * v["aupr"], 100 * v["tpr"]]
+            row += [pct(v["auroc"]), pct(v["aupr"]), pct(v["tpr"])]
         det_rows.append(row)
     cols = ["score"]
     for a in res:
@@ -629,9 +629,9 @@ def _detection_blocks(cfg: HGDetectionConfig, facts: dict[str, Any], info: dict[
         row = [_det_label(d)]
         for a in res:
             v = m[f"{a}/{d}"]
-            row.append(f"{100 * v['auroc']:.2f} [{100 * v['auroc_lo']:.2f}, {100 * v['auroc_hi']:.2f}], "
-                       f"FPR {100 * v['fpr']:.1f}%")
-        row.append(100 * m[f"fast/{d}/all"]["auroc"])
+            row.append(f"{_pct(v['auroc'])} [{_pct(v['auroc_lo'])}, {_pct(v['auroc_hi'])}], "
+                       f"FPR {_pct(v['fpr'])}%")
+        row.append(pct(m[f"fast/{d}/all"]["auroc"]))
         ci_rows.append(row)
     eps_rows = []
     for eps in cfg.whitening_eps:
@@ -639,18 +639,18 @@ def _detection_blocks(cfg: HGDetectionConfig, facts: dict[str, Any], info: dict[
         fit = info[f"fit/{d}"]
         eps_rows.append([eps, fit["median"], fit["mean"], fit["std"],
                          float(np.median(res["iterative"][f"score/{d}"])),
-                         100 * m[f"iterative/{d}"]["auroc"], 100 * m[f"iterative/{d}"]["aupr"],
-                         100 * m[f"fast/{d}"]["auroc"], 100 * m[f"fast/{d}/all"]["auroc"],
-                         100 * m[f"iterative_recon/{d}"]["auroc"]])
+                         pct(m[f"iterative/{d}"]["auroc"]), pct(m[f"iterative/{d}"]["aupr"]),
+                         pct(m[f"fast/{d}"]["auroc"]), pct(m[f"fast/{d}/all"]["auroc"]),
+                         pct(m[f"iterative_recon/{d}"]["auroc"])])
     sig_rows = []
     for eps in cfg.whitening_eps:
         d = _eps_key(eps)
         for ref in ("train", "test"):
             s = m[f"sigmas/fast/{d}/{ref}"]
             si = m[f"sigmas/iterative/{d}/{ref}"]
-            sig_rows.append([eps, ref, s["mu"], s["sd"], 100 * s["beyond10_kept"], 100 * s["beyond1e10_kept"],
-                             s["min_z_kept"], 100 * s["beyond10_all"], 100 * s["beyond1e10_all"], s["median_z_all"],
-                             s["max_z_all"], 100 * si["beyond10_all"]])
+            sig_rows.append([f"{eps:g}", ref, s["mu"], s["sd"], pct(s["beyond10_kept"]), pct(s["beyond1e10_kept"]),
+                             s["min_z_kept"], pct(s["beyond10_all"]), pct(s["beyond1e10_all"]), s["median_z_all"],
+                             s["max_z_all"], pct(si["beyond10_all"])])
     return [
         Heading(f"Hendrycks & Gimpel §3: detecting adversarial images on {cfg.dataset} (`{cfg.arch}`)"),
         _model_blurb(cfg, facts, info["n_fit"], info["n_train"]),
@@ -904,9 +904,9 @@ def _adaptive_blocks(cfg: HGAdaptiveConfig, facts: dict[str, Any], ref: dict[str
         succ = np.asarray(r["success"], dtype=bool)
         started = np.asarray(r.get("started_inside", [True] * n), dtype=bool)
         l2 = np.asarray(r["l2"])
-        return [label, band, f"{int(started.sum())}/{n}", 100 * succ.mean(),
+        return [label, band, f"{int(started.sum())}/{n}", pct(succ.mean()),
                 100 * (succ.sum() / started.sum()) if started.any() else math.nan,
-                100 * np.mean(r["reached"]), _mean_over(r["l1"], succ), _mean_over(l2, succ),
+                pct(np.mean(r["reached"])), _mean_over(r["l1"], succ), _mean_over(l2, succ),
                 _mean_over(l2**2, succ), _mean_over(r["linf"], succ), _mean_over(r["steps"], succ), r["seconds"]]
 
     cols = ["constraint", "band", "started inside", "creation success %", "success % of started",
@@ -916,15 +916,15 @@ def _adaptive_blocks(cfg: HGAdaptiveConfig, facts: dict[str, Any], ref: dict[str
         for src in ("train", "test"):
             r = results[f"whitening/{eps:g}/{src}"]
             label = f"whitening var, eps {eps:g}, clean μ ± {cfg.whitening_radius:g}σ ({src})"
-            w_rows.append(row(label, r, f"({r['low']:.3g}, {r['high']:.3g})"))
+            w_rows.append(row(label, r, f"({fmt_number(r['low'])}, {fmt_number(r['high'])})"))
             if cfg.projected:
                 r = results[f"whitening/{eps:g}/{src}/projected"]
                 w_rows.append(row(label + ", steps projected off the window", r,
-                                  f"({r['low']:.3g}, {r['high']:.3g})"))
+                                  f"({fmt_number(r['low'])}, {fmt_number(r['high'])})"))
     k_rows = [row("r = ∞", results["unconstrained"], "–")]
     for r_ in cfg.kl_radii:
         r = results[f"kl/{r_:g}"]
-        k_rows.append(row(f"r = {r_:g} σ_KL", r, f"({r['low']:.4g}, {r['high']:.4g})"))
+        k_rows.append(row(f"r = {r_:g} σ_KL", r, f"({fmt_number(r['low'])}, {fmt_number(r['high'])})"))
     mu, sd = ref["kl/train"]
     mt, st = ref["kl/test"]
     un = results["unconstrained"]

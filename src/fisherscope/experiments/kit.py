@@ -95,12 +95,17 @@ class DemoState:
 
 @dataclass(frozen=True)
 class DemoSection:
-    """One section of the demo report: its cells (compute) and its report (render)."""
+    """One section of the demo report: its cells (compute) and its report (render).
+
+    ``headline`` (optional) renders the section's key number for the top of the report,
+    under the introduction, from the same stored results.
+    """
 
     name: str
     order: float
     cells: Callable[[Run, DemoState], None]
     report: Callable[[DemoConfig, Results], list[Block]]
+    headline: Callable[[DemoConfig, Results], list[Block]] | None = None
 
 
 #: Sections of the demo report, in order. Capabilities add theirs with add_demo_section.

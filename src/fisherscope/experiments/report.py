@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from .runner import atomic_write_text
 
-__all__ = ["Figure", "Heading", "Paragraph", "Table", "render_report", "save_figure"]
+__all__ = ["Figure", "Heading", "Paragraph", "Percent", "Table", "fmt_number", "pct", "render_report", "save_figure"]
 
 
 @dataclass(frozen=True)
@@ -57,31 +58,98 @@ def save_figure(fig: Any, path: Path, *, dpi: int = 110) -> Path:
     return path
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
+class Percent(float):
+    """A number in percent (0–100): report tables show it with one decimal (:func:`fmt_number`).
+
+    A float, so arithmetic and format specs still work; build one with :func:`pct`.
+    """
+
+    __slots__ = ()
 
 
-def _cell(v: Any) -> str:
+def pct(fraction: Any) -> Percent:
+    """The :class:`Percent` of a stored fraction (NaN for a missing one): ``pct(0.9822)`` is 98.22."""
+    return Percent(math.nan if fraction is None else 100.0 * float(fraction))
+
+
+def fmt_number(v: Any, *, percent: bool = False) -> str:
+    """The one number format of report tables (and of numbers in their sentences).
+
+    - missing (``None``, NaN) → "–"; infinities → "∞" / "−∞";
+    - percentages (``percent=True``, a :class:`Percent`, or any number in a table column
+      whose header has a "%") with one decimal: 98.2, 100.0, 0.5;
+    - integers as integers: 1797;
+    - other numbers with 3 significant digits, trailing zeros kept so a column reads
+      evenly (0.982, 1.00, 12.3, 0.0450); 100 and more as rounded integers (1235), below
+      1e-3 or from 1e5 on in scientific notation (4.56e-04, 1.23e+05); exact 0 as "0".
+
+    Anything else (text, bools) is shown as ``str(v)``. Only the display changes: stored
+    results keep full precision.
+
+    Examples
+    --------
+    >>> [fmt_number(v) for v in (1.0, 0.9822, 12.345, 1234.5, 3, None, 2e-5)]
+    ['1.00', '0.982', '12.3', '1234', '3', '–', '2.00e-05']
+    >>> fmt_number(9.495, percent=True), fmt_number(pct(1.0))
+    ('9.5', '100.0')
+    """
+    if v is None:
+        return "–"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    if percent or isinstance(v, Percent):
+        return f"{v:.1f}"
+    if isinstance(v, int):
+        return str(v)
+    if v == 0:
+        return "0"
+    mag = abs(v)
+    if mag < 1e-3 or mag >= 1e5:
+        return f"{v:.2e}"
+    if round(mag, 3 - 1 - math.floor(math.log10(mag))) >= 100:  # 99.96 rounds to 100: no decimals
+        return f"{v:.0f}"
+    decimals = 3 - 1 - math.floor(math.log10(mag))
+    text = f"{v:.{decimals}f}"
+    if abs(float(text)) >= 10 ** (3 - decimals):  # 9.996 -> "10.00": one digit too many
+        text = f"{v:.{max(decimals - 1, 0)}f}"
+    return text
+
+
+def _cell(v: Any, percent: bool = False) -> str:
     """A markdown table cell: formatted, with pipes escaped so they do not split the row."""
-    return _fmt(v).replace("|", "\\|")
+    return fmt_number(v, percent=percent).replace("|", "\\|")
 
 
 def _numeric(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+#: a cell built as text that still reads as a number: "98.2", "80.9 [73.9, 87.6]", "16.1 (0.0)", "3/4"
+_NUMBER_TEXT = re.compile(r"[-−+]?\d[\d.,/]*(e[-+]?\d+)?%?( [(\[/].*)?")
+_EMPTY_TEXT = frozenset({"", "–", "n/a", "error"})
+
+
+def _numberlike(v: Any) -> bool:
+    if v is None or _numeric(v):
+        return True
+    return isinstance(v, str) and (v.strip() in _EMPTY_TEXT or bool(_NUMBER_TEXT.fullmatch(v.strip())))
+
+
 def _align(table: Table) -> str:
-    """The separator row: numeric columns right-aligned, text columns left-aligned."""
+    """The separator row: numeric columns right-aligned, text columns left-aligned.
+
+    A column is numeric when every cell is a number, missing, or text that reads as a
+    number (a percentage with its interval, a count "3/4"), and at least one is not empty.
+    """
     cols = []
     for j in range(len(table.columns)):
         values = [row[j] for row in table.rows if j < len(row)]
-        numeric = bool(values) and all(_numeric(v) or v is None for v in values)
+        filled = [v for v in values if not (v is None or (isinstance(v, str) and v.strip() in _EMPTY_TEXT))]
+        numeric = bool(filled) and all(_numberlike(v) for v in values)
         cols.append("---:" if numeric else ":---")
     return "|" + "|".join(cols) + "|"
 
@@ -99,8 +167,10 @@ def _markdown(blocks: Sequence[Block], run_dir: Path) -> str:
                 out.append("")
             out.append("| " + " | ".join(_cell(c) for c in b.columns) + " |")
             out.append(_align(b))
+            percent = ["%" in str(c) for c in b.columns]
             for row in b.rows:
-                out.append("| " + " | ".join(_cell(v) for v in row) + " |")
+                out.append("| " + " | ".join(_cell(v, j < len(percent) and percent[j])
+                                             for j, v in enumerate(row)) + " |")
         elif isinstance(b, Figure):
             rel = Path(b.path).resolve().relative_to(run_dir.resolve())
             out.append(f"![{b.alt or b.caption}]({rel.as_posix()})")

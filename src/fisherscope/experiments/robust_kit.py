@@ -23,6 +23,7 @@ from torch import Tensor
 from ..attacks import APGD, APGDTargeted, Attack, Square
 from ..evaluation import robust_accuracy
 from .base import Context
+from .report import pct
 from .specs import ModelSpec, train_spec
 
 __all__ = ["MASKING", "NO_GAP", "PARTLY", "ROBUSTNESS", "UNDECIDED", "EnsembleSpec", "Verdict", "masking_verdict",
@@ -218,7 +219,7 @@ def masking_verdict(defense: str, ref: str, budgets: Sequence[float], weak_ref: 
             finding = MASKING
         else:
             finding = UNDECIDED
-        rows.append([b, 100 * wr, 100 * wd, 100 * sr, 100 * sd, finding])
+        rows.append([b, pct(wr), pct(wd), pct(sr), pct(sd), finding])
         if finding != "not lower":
             found.append((b, wr, wd, sr, sd, finding))
     flag_text = (f"masking flags raised on {defense}: {', '.join(sorted(set(flags)))}" if flags

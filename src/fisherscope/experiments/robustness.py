@@ -33,7 +33,7 @@ from ..evaluation import one_step_curve
 from .base import Context, register
 from .common import load_split, select_samples
 from .config import ExperimentConfig, config_to_dict
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .robust_kit import EnsembleSpec, masking_verdict, train_network, worst_case
 from .runner import Results, Run
 from .specs import ModelSpec, model_record, net_spec
@@ -223,21 +223,21 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
     if not done:
         return blocks
 
-    net_rows = [[n, 100 * got[n]["model"]["test_accuracy"], 100 * got[n]["model"]["sample_accuracy"],
+    net_rows = [[n, pct(got[n]["model"]["test_accuracy"]), pct(got[n]["model"]["sample_accuracy"]),
                  _schedule(cfg, specs[n]), got[n]["model"]["epochs"], got[n]["model"]["train_wall_time_s"]]
                 for n in done]
     blocks.append(Table(["network", "test acc %", "sample acc %", "training", "epochs", "train time (s)"], net_rows,
                         caption="The networks"))
 
-    ra_rows = [[n, 100 * got[n][threats[0]]["clean_accuracy"],
-                *[100 * got[n][t]["robust_accuracy"] for t in threats],
+    ra_rows = [[n, pct(got[n][threats[0]]["clean_accuracy"]),
+                *[pct(got[n][t]["robust_accuracy"]) for t in threats],
                 ", ".join(sorted({f["code"] for t in threats for f in got[n][t]["flags"]})) or "none"] for n in done]
     blocks.append(Table(["network", "clean %", *[f"{_label(*t)} %" for t in threats], "masking flags"], ra_rows,
                         caption=f"Worst-case robust accuracy (% of all {sample['n_robust']} sampled images: correct on the "
                                 "clean image and after every attack)"))
 
     attack_names = [a for a, _ in got[done[0]][threats[0]]["per_attack"]]
-    step_rows = [[n, _label(*t), *[100 * acc for _, acc in got[n][t]["per_attack"]], got[n][t]["seconds"]]
+    step_rows = [[n, _label(*t), *[pct(acc) for _, acc in got[n][t]["per_attack"]], got[n][t]["seconds"]]
                  for n in done for t in threats]
     blocks.append(Table(["network", "threat", *[f"after {a} %" for a in attack_names], "seconds"], step_rows,
                         caption="Robust accuracy after each attack of the ensemble (cumulative), and the time of each "
@@ -249,7 +249,7 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                         caption="Gradient-masking flags and their sentences"))
 
     shared = _shared_budgets(cfg)
-    ossa_rows = [[n, got[n]["ossa"]["n_correct"], *[100 * f for f in got[n]["ossa"]["fooling_ratio"]]] for n in done]
+    ossa_rows = [[n, got[n]["ossa"]["n_correct"], *[pct(f) for f in got[n]["ossa"]["fooling_ratio"]]] for n in done]
     blocks.append(Table(["network", "attacked", *[f"OSSA {b:g}" for b in got[done[0]]["ossa"]["budgets"]]], ossa_rows,
                         caption="OSSA fooling ratio (%) at Shen et al.'s L2 budgets (before clipping), on the sampled "
                                 "images each network classifies correctly"))
@@ -259,8 +259,8 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
         for n in done:
             for b in shared:
                 r = got[n][("l2", b)]
-                cmp_rows.append([n, b, 100 * _at(got[n]["ossa"], b), 100 * r["per_attack_fooling"][0],
-                                 100 * r["gradient_fooling_ratio"], 100 * r["fooling_ratio"]])
+                cmp_rows.append([n, f"{b:g}", pct(_at(got[n]["ossa"], b)), pct(r["per_attack_fooling"][0]),
+                                 pct(r["gradient_fooling_ratio"]), pct(r["fooling_ratio"])])
         blocks.append(Table(["network", "L2 budget", f"OSSA % ({sample['n']} images)", "APGD-CE %", "APGD-CE + APGD-T %", "worst case %"],
                             cmp_rows, caption="Fooling ratio at the same L2 budget: OSSA beside APGD and the whole "
                                               f"ensemble ({sample['n_robust']} images), of the correctly classified "
@@ -281,7 +281,7 @@ def robustness_report(cfg: RobustnessConfig, results: Results) -> list[Block]:
                 (got[ref]["ossa"]["n_correct"], got[n]["ossa"]["n_correct"]),
                 (got[ref][("l2", shared[0])]["n_correct"], got[n][("l2", shared[0])]["n_correct"]), flags=flags)
             blocks.append(Paragraph(f"**{n}** — {v.sentence}"))
-            verdict_rows += [[n, *row] for row in v.rows]
+            verdict_rows += [[n, f"{row[0]:g}", *row[1:]] for row in v.rows]  # budgets as set
         if ref in done and len(done) == 1:
             blocks.append(Paragraph(f"No verdict yet: only the reference `{ref}` has results."))
         if verdict_rows:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from .. import distributed
+from .._progress import stage
 from .._validation import NON_NEGATIVE_INT, POSITIVE_INT, check_param
 from .config import config_hash, config_to_dict, to_toml
 from .provenance import device_name, git_sha, versions
@@ -230,7 +231,8 @@ class Run:
             return PendingCell(self, key)
         self._depth += 1
         try:
-            values = dict(fn())
+            with stage(f"cell {cell}", keep=True):  # a bar / log lines while progress is shown
+                values = dict(fn())
         finally:
             self._depth -= 1
         if spec:

@@ -46,7 +46,7 @@ from ..plotting import to_display
 from .base import Context, register
 from .common import in_batches, load_split, predict, select_samples
 from .config import ExperimentConfig, config_to_dict
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .runner import Artifact, Results, Run
 from .specs import AttackSpec, ModelSpec, build_attack, crafted, model_record, train_spec
 
@@ -439,8 +439,8 @@ def figure2_3_report(cfg: ShenConfig, results: Results) -> list[Block]:
     rows = []
     for m in mus:
         c = curves[m]
-        rows.append([f"{m:g}", 100 * c["test_accuracy"], c["lambda_max_median"],
-                     *[100 * c["fooling_ratio"][c["budgets"].index(b)] for b in show], c["n_correct"],
+        rows.append([f"{m:g}", pct(c["test_accuracy"]), c["lambda_max_median"],
+                     *[pct(c["fooling_ratio"][c["budgets"].index(b)]) for b in show], c["n_correct"],
                      c["last_epoch_capped"], c["checkpoint_key"][:12]])
     p = cfg.paper
     blocks: list[Block] = [
@@ -461,8 +461,8 @@ def figure2_3_report(cfg: ShenConfig, results: Results) -> list[Block]:
     ]
     if baselines:
         blocks.insert(4, Table(["seed", "test accuracy %", *[f"fooling % at ε={b:g}" for b in show]],
-                               [[r["seed"], 100 * r["test_accuracy"],
-                                 *[100 * r["fooling_ratio"][r["budgets"].index(b)] for b in show]] for r in baselines],
+                               [[r["seed"], pct(r["test_accuracy"]),
+                                 *[pct(r["fooling_ratio"][r["budgets"].index(b)]) for b in show]] for r in baselines],
                                caption="Extra μ = 0 networks (other seeds) for the baseline"))
     return blocks
 
@@ -539,10 +539,10 @@ def figure5_report(cfg: ShenConfig, results: Results) -> list[Block]:
     top.set_xlabel("mean applied L2 (penalised net)", fontsize=8)
     fig.tight_layout()
     path = save_figure(fig, results.figures_dir / "shen_figure5.png")
-    l2_rows = [[f"{b:g}", *[100 * res[n][k]["fooling_ratio"][i] for k in ("fgm", "otcm") for n in names]]
+    l2_rows = [[f"{b:g}", *[pct(res[n][k]["fooling_ratio"][i]) for k in ("fgm", "otcm") for n in names]]
                for i, b in enumerate(res[names[0]]["fgm"]["budgets"])]
     linf_rows = [[f"{b:g}", *[res[n]["fgsm"]["mean_applied_l2"][i] for n in names],
-                  *[100 * res[n]["fgsm"]["fooling_ratio"][i] for n in names]]
+                  *[pct(res[n]["fgsm"]["fooling_ratio"][i]) for n in names]]
                  for i, b in enumerate(res[names[0]]["fgsm"]["budgets"])]
     acc = ", ".join(f"{n} {100 * res[n]['model']['test_accuracy']:.2f}%" for n in names)
     return [
@@ -654,7 +654,7 @@ def table1_report(cfg: ShenConfig, results: Results) -> list[Block]:
     plain_rows = [[label, specs[label].distance, *[cells[n, label][f"mean_{specs[label].distance}"] for n in names]]
                   for label in labels]
     schedule = {str(m.name): _schedule(cfg, m) for m in cfg.models}
-    model_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n],
+    model_rows = [[n, pct(models[n]["test_accuracy"]), schedule[n],
                    *[cells[n, label]["mean_paper_units"] for label in labels]] for n in names]
     ratio_rows = [[n, *[cells[n, label]["mean_paper_units"] / cells[ref, label]["mean_paper_units"] for label in labels]]
                   for n in names[1:]]
@@ -769,12 +769,12 @@ def table2_report(cfg: ShenConfig, results: Results) -> list[Block]:
         a, ca = acc(label, ref, cmp_name)
         b, cb = acc(label, cmp_name, ref)
         pa, pb = _paper_pair(cfg, label)
-        paper_rows.append([label, 100 * a, ca, 100 * b, cb, pa, pb])
+        paper_rows.append([label, pct(a), ca, pct(b), cb, pa, pb])
     others = [n for n in models if n != ref]
     schedule = {str(m.name): _schedule(cfg, m) for m in cfg.models}
-    to_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, ref, n)[0] for label in labels]]
+    to_rows = [[n, pct(models[n]["test_accuracy"]), schedule[n], *[pct(acc(label, ref, n)[0]) for label in labels]]
                for n in others]
-    from_rows = [[n, 100 * models[n]["test_accuracy"], schedule[n], *[100 * acc(label, n, ref)[0] for label in labels]]
+    from_rows = [[n, pct(models[n]["test_accuracy"]), schedule[n], *[pct(acc(label, n, ref)[0]) for label in labels]]
                  for n in others]
     return [
         Heading("Shen et al. Table 2: black-box transfer (cross-model classification accuracy)"),

@@ -25,7 +25,7 @@ from ..plotting import image_grid
 from .base import Context, register
 from .common import in_batches, predict
 from .detection_kit import model_cell, record_model
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
 from .runner import Artifact, Results, Run
 from .zhao_kit import ZhaoConfig, data_spec, model_blurb, zhao_sources
 
@@ -84,8 +84,8 @@ def table2_report(cfg: ZhaoConfig, results: Results) -> list[Block]:
     for key in cfg.attacks:
         r = results.cell(*_table2_cell(cfg, key))
         paper = cfg.paper.get(key, {})
-        rows.append([key.upper(), r["mean_least_l2"], 100 * r["fooling_rate"], r["mean_applied_l2"],
-                     100 * r["fooling_rate_all"], paper.get("mean", math.nan), paper.get("rate", math.nan)])
+        rows.append([key.upper(), r["mean_least_l2"], pct(r["fooling_rate"]), r["mean_applied_l2"],
+                     pct(r["fooling_rate_all"]), paper.get("mean", math.nan), paper.get("rate", math.nan)])
     return [
         Heading("Zhao et al. Table 2 (MNIST column)"),
         model_blurb(cfg, facts, facts["n_images"]),

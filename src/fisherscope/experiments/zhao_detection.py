@@ -29,7 +29,7 @@ from ..fisher import fisher_spectrum
 from . import detection_kit as dk
 from .base import Context, register
 from .common import predict
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, save_figure
 from .runner import Results, Run
 from .zhao_kit import ZhaoConfig, data_spec, zhao_sources
 
@@ -113,7 +113,8 @@ def table4_report(cfg: dk.DetectionConfig, results: Results) -> list[Block]:
     for d in dets:
         ours = [dk.pct(tab[(d, a)]["auroc"]) if (d, a) in tab else math.nan for a in names]
         paper = [paper4.get(d, {}).get(a, math.nan) for a in names]
-        rows.append([dk.DETECTOR_LABELS.get(d, d), *[f"{o:.2f} ({p:.2f})" if not math.isnan(p) else f"{o:.2f}"
+        rows.append([dk.DETECTOR_LABELS.get(d, d), *[f"{fmt_number(o, percent=True)} ({fmt_number(p, percent=True)})"
+                                                      if not math.isnan(p) else fmt_number(o, percent=True)
                                                     for o, p in zip(ours, paper, strict=True)]])
     blocks.append(Table(["detector", *names], rows, caption="AUROC % ours (paper's Table 4 in brackets)"))
     blocks += dk.detection_tables(recs, dets, names, "AUROC % [95% bootstrap interval over test images]")
@@ -124,7 +125,8 @@ def table4_report(cfg: dk.DetectionConfig, results: Results) -> list[Block]:
         m = cross["fisher_spectrum"]
         blocks.append(Table(
             ["trained on \\ tested on", *names],
-            [[a, *[f"{dk.pct(m.get((a, b))):.2f}" + (f" ({paper5[a][b]:.2f})" if a in paper5 and b in paper5[a] else "")
+            [[a, *[fmt_number(dk.pct(m.get((a, b)))) + (f" ({fmt_number(paper5[a][b], percent=True)})"
+                                                       if a in paper5 and b in paper5[a] else "")
                    for b in names]] for a in names],
             caption="Table 5: eigenvalue detector trained on one attack (fit split), tested on each (test "
                     "split); AUROC % (paper in brackets)"))

@@ -32,7 +32,7 @@ from ..evaluation import transfer_matrix
 from .base import Context, register
 from .common import load_split, predict, select_samples
 from .config import ExperimentConfig
-from .report import Block, Heading, Paragraph, Table
+from .report import Block, Heading, Paragraph, Percent, Table, fmt_number, pct
 from .runner import Results, Run
 from .specs import ModelSpec, model_record, net_spec, train_spec
 
@@ -136,16 +136,16 @@ def table3_report(cfg: ZhaoTable3Config, results: Results) -> list[Block]:
         j = r["targets"].index(tgt)
         return f"{r['n_fooled'][0][j]}/{r['n_counted'][0][j]}"
 
-    table = [[tgt, *[f"{100 * rate(src, tgt):.2f} ({count(src, tgt)})" for src in names]] for tgt in names]
+    table = [[tgt, *[f"{fmt_number(pct(rate(src, tgt)))} ({count(src, tgt)})" for src in names]] for tgt in names]
     paper_rows = []
     for tgt in names:
         p = cfg.paper.get(tgt, {})
-        paper_rows.append([tgt, *[float(p.get(src, math.nan)) for src in names]])
+        paper_rows.append([tgt, *[Percent(p.get(src, math.nan)) for src in names]])  # the paper's %
     plain = [str(s.name) for s in cfg.models if s.defense is None]
     adv = [str(s.name) for s in cfg.models if s.defense is not None]
 
     def mean_rate(srcs: list[str], tgts: list[str], source: str) -> float:
-        vals = [100 * rate(s, t) if source == "ours" else float(cfg.paper.get(t, {}).get(s, math.nan))
+        vals = [pct(rate(s, t)) if source == "ours" else float(cfg.paper.get(t, {}).get(s, math.nan))
                 for s in srcs for t in tgts]
         return float(np.mean(vals)) if vals else math.nan
 
@@ -153,7 +153,7 @@ def table3_report(cfg: ZhaoTable3Config, results: Results) -> list[Block]:
         ["crafted on plain, tested on -adv", mean_rate(plain, adv, "ours"), mean_rate(plain, adv, "paper")],
         ["crafted on -adv, tested on plain", mean_rate(adv, plain, "ours"), mean_rate(adv, plain, "paper")],
     ]
-    acc_rows = [[n_, 100 * records[n_]["test_accuracy"], rows[n_]["n_correct_source"],
+    acc_rows = [[n_, pct(records[n_]["test_accuracy"]), rows[n_]["n_correct_source"],
                  100 * rows[n_]["n_counted"][0][names.index(n_)] / max(rows[n_]["n_correct_source"], 1),
                  records[n_]["checkpoint_key"][:12], str(records[n_]["defense"] or "none")] for n_ in names]
     return [

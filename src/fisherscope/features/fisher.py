@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._batching import check_batch_size, chunks
+from .._progress import track
 from .._validation import POSITIVE_INT, check_inputs, check_logits, check_param, eval_mode
 from ..fisher import fisher_spectrum, param_fisher_form, param_fisher_trace
 from ._common import check_model, to_numpy
@@ -106,7 +107,7 @@ def fisher_eigenvalues(
         r = min(k, num_classes - 1)
         parts = [
             fisher_spectrum(model, x[sl], r, bounds=bounds, **spectrum_kwargs).eigenvalues
-            for sl in chunks(x.shape[0], batch_size)
+            for sl in track(list(chunks(x.shape[0], batch_size)), "features fisher_eigenvalues")
         ]
     values = to_numpy(torch.cat(parts))
     if k > r:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import progress_enabled, show_progress, stage
 from .._validation import (
     NON_NEGATIVE_INT,
     POSITIVE_INT,
@@ -263,39 +264,14 @@ def evaluate_accuracy(
 # -------------------------------------------------------------------------- training
 
 
-class _NullProgress:
-    def __enter__(self) -> _NullProgress:
-        return self
+def _progress(enabled: bool | None) -> Any:
+    """Where training reports: None follows the caller (shown only inside ``show_progress``);
+    True joins the caller's display or opens its own; False is silent."""
+    from contextlib import nullcontext
 
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return _NullProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
+    if enabled is None or (enabled and progress_enabled()):
+        return nullcontext()
+    return show_progress(enabled)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -327,7 +303,7 @@ def train_model(
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     device: str | torch.device | None = None,
     track_test_accuracy: bool = False,
     callback: Callable[[int, Mapping[str, Any]], None] | None = None,
@@ -398,8 +374,10 @@ def train_model(
         ``~/.cache/fisherscope/models``.
     data_dir : path-like, optional
         Passed to ``load_dataset`` when ``dataset`` is a name.
-    progress : bool
-        Show a rich progress bar (stderr).
+    progress : bool, optional
+        Report progress: a rich bar on stderr when it is a terminal, log lines otherwise
+        (see :func:`fisherscope.show_progress`). None (default): only inside an enclosing
+        ``with fisherscope.show_progress():``; True: always; False: never.
     device : str or torch.device, optional
         CUDA when available, else CPU. Not part of the cache key; bitwise
         reproducibility is guaranteed on CPU only.
@@ -546,7 +524,7 @@ def _fit(
     dev: torch.device,
     resume: dict[str, Any] | None,
     partial_path: Path | None,
-    progress: bool,
+    progress: bool | None,
     track_test: bool,
     callback: Callable[[int, Mapping[str, Any]], None] | None,
     init_state: dict[str, torch.Tensor] | None = None,
@@ -619,8 +597,8 @@ def _fit(
                 f"{train_ds.num_classes} classes; set model_kwargs num_classes."
             )
 
-        with _progress(progress) as bar:
-            task = bar.add_task(f"{arch}", total=total_steps, completed=start_epoch * steps_per_epoch)
+        with _progress(progress), stage(f"train {arch}", total=total_steps) as bar:
+            bar.advance(start_epoch * steps_per_epoch)
             for epoch in range(start_epoch, t["epochs"]):
                 t0 = time.perf_counter()
                 model.train()
@@ -665,9 +643,9 @@ def _fit(
                     opt.step()
                     loss_sum += loss.detach() * idx.numel()
                     correct += (logits.detach().argmax(1) == yb).sum()
-                    bar.update(task, advance=1)
-                    if progress and i % 50 == 0:
-                        bar.update(task, description=f"{arch} epoch {epoch + 1}/{t['epochs']} loss {loss.item():.4f}")
+                    bar.advance()
+                    if progress_enabled() and i % 50 == 0:
+                        bar.advance(0, description=f"train {arch} epoch {epoch + 1}/{t['epochs']} loss {loss.item():.4f}")
                 train_loss = float(loss_sum) / n
                 if not math.isfinite(train_loss):
                     raise FloatingPointError(
