@@ -113,13 +113,14 @@ def test_exact_chunks_by_budget_and_still_matches_the_oracle(setup, monkeypatch)
     per = ins.exact_jacobian_bytes(K, D, torch.float64)
     monkeypatch.setattr(ins, "EXACT_JACOBIAN_BYTES", per + per // 2)  # one sample per chunk
     monkeypatch.setattr(ins, "JACOBIAN_STRATEGY", "vmap")
+    ins._costs(model, x)  # the one-sample probe (K, activation bytes) is cached per model
     sizes = []
     handle = model[0].register_forward_hook(lambda m, a, o: sizes.append(a[0].shape[0]))
     try:
         spec = fisher_spectrum(model, x, k=5, method="exact")
     finally:
         handle.remove()
-    assert sizes == [1, 1]  # the batch of 2 in two chunks (K came from the cached probe)
+    assert sizes == [1, 1]  # the batch of 2 in two chunks, no extra forward for K
     for i, (w, _) in enumerate(oracle):
         torch.testing.assert_close(spec.eigenvalues[i], w[:5], rtol=1e-9, atol=1e-13 * float(w[0]))
 
