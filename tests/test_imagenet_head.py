@@ -15,9 +15,8 @@ from torch import nn
 
 from fisherscope.attacks import OSSA
 from fisherscope.features import fisher_eigenvalues, param_fisher_scores
-from fisherscope.fisher import _factored
+from fisherscope.fisher import _factored, fisher_spectrum
 from fisherscope.fisher import input_space as ins
-from fisherscope.fisher import fisher_spectrum
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -19,8 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
-from _models import tiny_cnn  # noqa: E402
 from test_attacks import KEYS, NORM_ORD, make  # noqa: E402
+
+from _models import tiny_cnn  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,

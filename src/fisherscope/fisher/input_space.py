@@ -552,14 +552,7 @@ def differentiable_eigenvalues(model: nn.Module, x: Tensor, k: int | None = None
             k = num_classes - 1
         check_param("differentiable_eigenvalues", "k", k,
                     POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenvalues)"))
-        fits = _check_exact_fits("differentiable_eigenvalues", num_classes, xr)
-        if fits is not None and n > fits:
-            raise ValueError(
-                f"differentiable_eigenvalues keeps the graph of all {n} samples' Jacobian rows; "
-                f"expected at most {fits} samples under EXACT_JACOBIAN_BYTES = "
-                f"{EXACT_JACOBIAN_BYTES / 2**20:,.0f} MiB for K = {num_classes} and D = "
-                f"{math.prod(xr.shape[1:])}; got {n}. Pass smaller batches."
-            )
+        _check_exact_fits("differentiable_eigenvalues", num_classes, xr)  # one sample's rows must fit
         jc, h = helmert_rows(logits, xr, create_graph=True)  # (N, K-1, D)
         jc = jc.to(torch.float64)
         s = torch.exp(0.5 * torch.log_softmax(logits.to(torch.float64), dim=1))  # √p, (N, K)
