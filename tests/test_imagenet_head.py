@@ -259,3 +259,30 @@ def test_param_fisher_scores_on_a_1000_class_head(setup, monkeypatch):
     split = param_fisher_scores(model, x, scores=("trace",))
     assert passes == [1]
     torch.testing.assert_close(torch.from_numpy(split[:, 0]), want[:, 0], rtol=1e-8, atol=0)
+
+
+@pytest.mark.slow
+def test_resnet50_at_224_runs_lanczos_under_the_budget_and_refuses_exact():
+    """The real size: ResNet-50, 3 x 224 x 224, K = 1000 (a minute or two on one CPU thread)."""
+    import resource
+    import warnings
+
+    from fisherscope.exceptions import ConvergenceWarning
+    from fisherscope.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet50").eval()
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"K = 1000 classes and D = 150528 .* method='lanczos'"):
+        fisher_spectrum(model, x, k=2, method="exact")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        spec = fisher_spectrum(model, x, k=2, method="lanczos", max_iter=3,
+                               generator=torch.Generator().manual_seed(0))
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    act = ins._costs(model, x)[1]
+    assert grown <= ins.krylov_bytes(x[0].numel(), 2, 3, act, "lanczos") + 2**30  # allocator slack
+    w = spec.eigenvalues[0]
+    assert torch.isfinite(w).all() and (w >= 0).all() and w[0] >= w[1] > 0
+    torch.testing.assert_close(spec.eigenvectors.flatten(2).norm(dim=2), torch.ones(1, 2))
