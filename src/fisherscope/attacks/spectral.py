@@ -172,7 +172,7 @@ class IterativeOSSA(Attack):
         step = torch.full((x.shape[0],), float(self.step_size), dtype=x.dtype, device=x.device)
         success, eigvals = [], []
         for _ in range(self.steps):
-            spec = fisher_spectrum(model, xt, k=self.eigen_index + 1, method=self.method,  # type: ignore[arg-type]
+            spec = fisher_spectrum(model, xt, k=self.eigen_index + 1, method=self.method,
                                    class_samples=self.class_samples, tol=self.tol, max_iter=self.max_iter,
                                    generator=generator, bounds=self.bounds)
             v = spec.eigenvectors[:, self.eigen_index]
