@@ -146,6 +146,7 @@ def test_parameter_counts():
     assert count_parameters(build_model("lenet5")) == 61_706
     assert count_parameters(build_model("resnet18", num_classes=1000)) == 11_689_512  # torchvision
     assert count_parameters(build_model("resnet14")) == 177_403
+    assert count_parameters(build_model("resnet50")) == 25_557_032  # torchvision resnet50
     counts = {a: count_parameters(build_model(a)) for a in ARCHS}
     assert counts["convnet_bn"] < 100_000
     assert counts["digits_cnn"] < 200_000
@@ -187,6 +188,31 @@ def test_resnet18_torchvision_names_and_resize():
     x = torch.rand(2, 3, 16, 16)
     assert resized(x).shape == (2, 10)
     assert not torch.allclose(resized(x), model(x))
+
+
+def test_resnet50_torchvision_layout():
+    """Key names and shapes of torchvision's resnet50 state dict (53 convs, 16 bottlenecks)."""
+    model = _build("resnet50")
+    sd = model.state_dict()
+    shapes = {
+        "conv1.weight": (64, 3, 7, 7), "bn1.running_var": (64,),
+        "layer1.0.conv1.weight": (64, 64, 1, 1), "layer1.0.conv3.weight": (256, 64, 1, 1),
+        "layer1.0.downsample.0.weight": (256, 64, 1, 1), "layer2.0.conv2.weight": (128, 128, 3, 3),
+        "layer3.5.bn3.weight": (1024,), "layer4.0.downsample.1.running_mean": (2048,),
+        "layer4.2.conv3.weight": (2048, 512, 1, 1), "fc.weight": (1000, 2048), "fc.bias": (1000,),
+    }
+    for key, shape in shapes.items():
+        assert tuple(sd[key].shape) == shape, key
+    assert "layer3.6.conv1.weight" not in sd and "layer1.1.downsample.0.weight" not in sd
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 53
+    assert model.layer2[0].conv2.stride == (2, 2) and model.layer2[0].conv1.stride == (1, 1)  # v1.5
+    # torchvision keys plus normalize.* only: a torchvision state dict loads with strict=False
+    extra = {k for k in sd if k.startswith("normalize.")}
+    assert extra == {"normalize.mean", "normalize.std"}
+    tv_like = {k: v for k, v in sd.items() if k not in extra}
+    fresh = build_model("resnet50").eval()
+    missing, unexpected = fresh.load_state_dict(tv_like, strict=False)
+    assert set(missing) == extra and not unexpected
 
 
 def test_unknown_architecture_lists_valid_names():

@@ -72,7 +72,11 @@ class OSSA(OneStepAttack):
         Which eigenvector, 0-based (0 = v₁). Other indices probe the "multiple
         adversarial subspaces" of Zhao §3.4.
     method, class_samples, tol, max_iter
-        Passed to :func:`~fisherscope.fisher.fisher_spectrum` (default: exact).
+        Passed to :func:`~fisherscope.fisher.fisher_spectrum` (default: exact). For
+        ImageNet-size heads (K = 1000 at 224 × 224) the exact method refuses (its K − 1
+        Jacobian rows exceed ``fisher.input_space.EXACT_JACOBIAN_BYTES``); use
+        ``method="lanczos"``, whose memory does not grow with K (chunked by
+        ``KRYLOV_CHUNK_BYTES``; docs/BENCHMARKS.md has ResNet-50 timings).
 
     Shapes
     ------
@@ -139,6 +143,9 @@ class IterativeOSSA(Attack):
         Total L2 budget; ``None`` (default) = no projection.
     eigen_index : int
         Eigenvector used at every step (0 = top).
+    method, class_samples, tol, max_iter
+        Passed to :func:`~fisherscope.fisher.fisher_spectrum` at every step, as for
+        :class:`OSSA` (``method="lanczos"`` for ImageNet-size heads).
 
     Shapes
     ------
@@ -151,6 +158,10 @@ class IterativeOSSA(Attack):
     steps: int = 10
     eps: float | None = None
     eigen_index: int = 0
+    method: str = "exact"
+    class_samples: int | None = None
+    tol: float = 1e-6
+    max_iter: int = 100
     norms = ("l2",)
     budget = "optional"
     standard = {"eps": 1.0, "step_size": 0.25, "steps": 4}
@@ -161,7 +172,9 @@ class IterativeOSSA(Attack):
         step = torch.full((x.shape[0],), float(self.step_size), dtype=x.dtype, device=x.device)
         success, eigvals = [], []
         for _ in range(self.steps):
-            spec = fisher_spectrum(model, xt, k=self.eigen_index + 1, bounds=self.bounds)
+            spec = fisher_spectrum(model, xt, k=self.eigen_index + 1, method=self.method,
+                                   class_samples=self.class_samples, tol=self.tol, max_iter=self.max_iter,
+                                   generator=generator, bounds=self.bounds)
             v = spec.eigenvectors[:, self.eigen_index]
             _, d = _choose_sign(model, xt, y, v, step, self.bounds, targeted)
             xt = (xt + d).clamp(*self.bounds)

@@ -56,8 +56,12 @@ def fisher_eigenvalues(
     k : int
         Number of eigenvalues (columns); Zhao et al. use 20.
     batch_size : int
-        Samples per call of ``fisher_spectrum`` (memory: the K × D Jacobian and the k
-        eigenvectors of each sample).
+        Samples per call of ``fisher_spectrum``. Memory inside a call is bounded by the
+        byte budgets of :mod:`fisherscope.fisher.input_space`, whatever ``batch_size`` is:
+        the exact method chunks samples under ``EXACT_JACOBIAN_BYTES`` (its K − 1 Jacobian
+        rows per sample; a sample over the budget, e.g. K = 1000 at 224 × 224, is refused
+        with a message pointing at ``method="lanczos"``), the iterative methods under
+        ``KRYLOV_CHUNK_BYTES`` (Krylov basis and graph per sample, nothing × K).
     bounds : (float, float) or None
         Admissible input range (``None`` skips the check).
     **spectrum_kwargs
@@ -182,7 +186,13 @@ def param_fisher_scores(
         λ of the unnormalised direction (``"form"`` only).
     batch_size : int, optional
         Samples per vmapped chunk (``chunk_size`` of the underlying functions; default:
-        as many as fit their memory budget).
+        as many as fit their memory budget, ``FACTORED_CHUNK_BYTES`` of
+        :mod:`fisherscope.fisher.parameter_space`). The K − 1 cotangent rows of the full
+        trace are vmapped in passes under ``fisherscope.fisher._factored.VMAP_ROWS_BYTES``
+        or looped one at a time, so memory does not grow with K; time does: the full
+        trace costs K − 1 backward passes per sample (999 for an ImageNet head, about
+        70 min per sample for ResNet-50 at 224 × 224 on one CPU thread, see
+        docs/BENCHMARKS.md), the two-class reduction and the forms one each.
     bounds : (float, float) or None
         Admissible input range (``None`` skips the check).
 

@@ -65,7 +65,9 @@ from ._func import vjp
 __all__ = [
     "CONV_NORM",
     "Plan",
+    "VMAP_ROWS_BYTES",
     "choose_strategy",
+    "rows_per_pass",
     "vjp_rows",
 ]
 
@@ -114,22 +116,51 @@ VMAP_MAX_ROWS = 64
 VMAP_MAX_WORK = 2e6
 
 
+#: Memory budget (bytes) of one vmapped backward pass: it holds every activation gradient
+#: once per cotangent row, so :func:`vjp_rows` splits C rows into passes of at most
+#: ``VMAP_ROWS_BYTES // row_bytes`` rows (``row_bytes``: the activation gradients of one
+#: row for the whole batch, estimated by the caller). With K = 1000 classes on an
+#: ImageNet-size network (about 0.1 GB of activations per sample) the 999 rows of the
+#: exact methods would otherwise be some 100 GB in one pass. ``None``: no cap.
+VMAP_ROWS_BYTES: int | None = 2**30
+
+
+def rows_per_pass(row_bytes: float) -> int | None:
+    """Cotangent rows per vmapped pass under :data:`VMAP_ROWS_BYTES` (at least one)."""
+    if VMAP_ROWS_BYTES is None:
+        return None
+    return max(1, int(VMAP_ROWS_BYTES // max(row_bytes, 1)))
+
+
 def vjp_rows(outputs: Tensor, inputs: list[Tensor], cotangents: Tensor, strategy: Strategy, *,
-             create_graph: bool = False, retain_last: bool = False) -> Iterator[tuple[slice, list[Tensor | None]]]:
+             create_graph: bool = False, retain_last: bool = False,
+             max_rows: int | None = None) -> Iterator[tuple[slice, list[Tensor | None]]]:
     """The vector-Jacobian products of ``outputs`` for ``C`` cotangents, one graph.
 
     ``cotangents`` has shape (C, *outputs.shape). Yields ``(rows, grads)``: ``grads[i]`` is
     the gradient with respect to ``inputs[i]`` for the cotangents ``rows``, with a leading
     dimension of length ``len(rows)`` (``None`` where an input does not affect the
     outputs). ``"loop"``: C backward passes on one retained graph, one row at a time (one
-    row of gradients alive at a time). ``"vmap"``: one backward pass with the C
-    cotangents vmapped (``is_grads_batched``), all rows at once.
+    row of gradients alive at a time). ``"vmap"``: backward passes with the cotangents
+    vmapped (``is_grads_batched``), ``max_rows`` rows per pass (all C when ``None``; see
+    :func:`rows_per_pass`), so a pass never holds more than ``max_rows`` copies of the
+    activation gradients.
     """
     c = cotangents.shape[0]
     if strategy == "vmap" and c > 1:
-        grads = torch.autograd.grad(outputs, inputs, cotangents, retain_graph=create_graph or retain_last,
-                                    create_graph=create_graph, allow_unused=True, is_grads_batched=True)
-        yield slice(0, c), list(grads)
+        step = c if max_rows is None else max(1, min(c, max_rows))
+        for start in range(0, c, step):
+            stop = min(c, start + step)
+            last = stop == c
+            sub = cotangents[start:stop]
+            if stop - start == 1:
+                grads = torch.autograd.grad(outputs, inputs, sub[0], retain_graph=create_graph or retain_last or not last,
+                                            create_graph=create_graph, allow_unused=True)
+                yield slice(start, stop), [None if g is None else g.unsqueeze(0) for g in grads]
+                continue
+            grads = torch.autograd.grad(outputs, inputs, sub, retain_graph=create_graph or retain_last or not last,
+                                        create_graph=create_graph, allow_unused=True, is_grads_batched=True)
+            yield slice(start, stop), list(grads)
         return
     for j in range(c):
         grads = torch.autograd.grad(outputs, inputs, cotangents[j], retain_graph=create_graph or retain_last or j < c - 1,
@@ -651,7 +682,9 @@ class Plan:
         """‖Jᵀ c‖² per cotangent and sample: cotangents (C, N, K) -> (C, N)."""
         c, n = cotangents.shape[:2]
         out = torch.zeros(c, n, dtype=z.dtype, device=z.device)
-        for rows, grads in vjp_rows(z, probes, cotangents.to(z.dtype), strategy):
+        # one cotangent row costs the output gradients of every unit (and their forms)
+        row_bytes = n * (self.elements_per_sample(1) - self.elements_per_sample(0)) * z.element_size()
+        for rows, grads in vjp_rows(z, probes, cotangents.to(z.dtype), strategy, max_rows=rows_per_pass(row_bytes)):
             for u, d in zip(self.units, grads, strict=True):
                 if d is not None:
                     out[rows] += u.sqnorm(states[u.name], d)

@@ -19,6 +19,22 @@ score vectors. Since Σ_k √p_k B_k = Σ_k p_k g_k = 0, rank(G_x) ≤ K − 1.
 - ``class_samples=m``: Zhao's Monte Carlo approximation, the expectation over y replaced
   by m classes drawn from p(y|x) with the alias method: Â = (1/m) Σ_s (e_{y_s} − p)(e_{y_s} − p)ᵀ.
 
+Memory (ImageNet-size heads: K = 1000, D = 3 · 224 · 224 = 150528). Every path runs under
+a byte budget, a module constant read at call time:
+
+- :data:`EXACT_JACOBIAN_BYTES`: the exact methods hold (K − 1) × D rows per sample
+  (:func:`exact_jacobian_bytes`, 3.0 GB for the sizes above in float32). Samples are
+  chunked to fit; a sample that alone exceeds the budget is refused with a ``ValueError``
+  pointing at ``method="lanczos"``. :data:`JACOBIAN_CHUNK_BYTES` additionally caps the
+  activations of a chunk on CPU (speed, not memory).
+- :data:`fisherscope.fisher._factored.VMAP_ROWS_BYTES`: a vmapped backward pass holds
+  one copy of the activation gradients per cotangent row; the K − 1 rows are split into
+  passes that fit.
+- :data:`KRYLOV_CHUNK_BYTES`: the iterative methods hold the Krylov basis (``max_iter``
+  × D), k Ritz vectors and the model's graph per sample (:func:`krylov_bytes`); nothing
+  there scales with K (the alias method's Â is applied from the class frequencies, O(K)),
+  so a K × D matrix is never formed.
+
 Sign convention of eigenvectors: v is oriented so that moving along +v does not decrease
 the cross-entropy of the predicted class ŷ, i.e. ⟨v, −∇x log p(ŷ|x)⟩ ≥ 0; when that
 product vanishes (|⟨v, g_ŷ⟩| ≤ 1e-12 ‖g_ŷ‖), the entry of largest magnitude is positive.
@@ -56,15 +72,18 @@ from .._validation import (
     real,
 )
 from ..exceptions import ConvergenceWarning
-from ._factored import choose_strategy, vjp_rows
+from ._factored import choose_strategy, rows_per_pass, vjp_rows
 from ._func import jvp, vjp
 
 __all__ = [
     "FisherSpectrum",
+    "EXACT_JACOBIAN_BYTES",
+    "KRYLOV_CHUNK_BYTES",
     "MAX_DENSE_DIM",
     "alias_sample",
     "alias_table",
     "differentiable_eigenvalues",
+    "exact_jacobian_bytes",
     "fisher_factor",
     "fisher_matrix",
     "fisher_spectrum",
@@ -72,6 +91,7 @@ __all__ = [
     "fisher_vector_product",
     "helmert_basis",
     "helmert_rows",
+    "krylov_bytes",
     "logits_jacobian",
     "reduced_softmax_covariance",
     "score_vectors",
@@ -93,8 +113,72 @@ JACOBIAN_STRATEGY = "auto"
 #: chunk that fits (see docs/BENCHMARKS.md). ``None``: the whole batch at once (as on CUDA).
 JACOBIAN_CHUNK_BYTES: int | None = 96 * 2**20
 
+#: Memory budget (bytes) of the exact methods' Jacobian rows, on every device. One sample
+#: holds the K − 1 rows of Hᵀ J in the input's dtype and the float64 factor B (and its
+#: float64 copy of Hᵀ J): (K − 1) · D · (itemsize + 16) bytes, see
+#: :func:`exact_jacobian_bytes`. Samples are chunked so that a chunk stays within the
+#: budget; a single sample over it is refused with a ``ValueError`` that points at
+#: ``method="lanczos"`` (K = 1000, D = 3 · 224 · 224 in float32: 3.0 GB per sample).
+#: ``None``: no limit (the whole batch, or the activation chunks of
+#: :data:`JACOBIAN_CHUNK_BYTES`).
+EXACT_JACOBIAN_BYTES: int | None = 2**30
+
+#: Memory budget (bytes) of one chunk of samples for the iterative methods (``lanczos``,
+#: ``power``), on every device: per sample the Krylov basis (``max_iter`` × D in the
+#: input's dtype) or the block of k iterates (float64), the k float64 Ritz vectors and
+#: about three copies of the model's activations (the graph kept for the vjp, the jvp's
+#: tangents), see :func:`krylov_bytes`. Nothing scales with K: a chunk has at least one
+#: sample. Random start vectors are drawn for the whole batch before chunking, so the
+#: results do not depend on the budget. ``None``: the whole batch at once.
+KRYLOV_CHUNK_BYTES: int | None = 2**30
+
 Bounds = tuple[float, float] | None
 Method = Literal["exact", "lanczos", "power"]
+
+
+def exact_jacobian_bytes(num_classes: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes per sample of the exact methods' Jacobian rows: (K − 1) · D · (itemsize + 16).
+
+    The rows Hᵀ J in ``dtype``, the float64 factor B = (HᵀAH)^{1/2} HᵀJ and the float64
+    copy of Hᵀ J it is computed from; compared with :data:`EXACT_JACOBIAN_BYTES`.
+    """
+    return (num_classes - 1) * dim * (torch.empty((), dtype=dtype).element_size() + 16)
+
+
+def krylov_bytes(dim: int, k: int, max_iter: int, act_bytes: int, method: str,
+                 dtype: torch.dtype = torch.float32) -> int:
+    """Bytes per sample of the iterative methods; compared with :data:`KRYLOV_CHUNK_BYTES`.
+
+    ``lanczos``: the basis (min(max_iter, D) × D in ``dtype``) and k float64 Ritz vectors;
+    ``power``: the k iterates, their products and the Ritz vectors (float64, plus the
+    products in ``dtype``); both: three copies of the activations (``act_bytes``).
+    """
+    isz = torch.empty((), dtype=dtype).element_size()
+    if method == "lanczos":
+        vectors = min(max_iter, dim) * dim * isz + 2 * k * dim * 8
+    else:
+        vectors = k * dim * (3 * 8 + isz)
+    return vectors + 3 * act_bytes
+
+
+def _check_exact_fits(owner: str, num_classes: int, x: Tensor) -> int | None:
+    """Samples per chunk under :data:`EXACT_JACOBIAN_BYTES` (None: no limit); refuses one over it."""
+    if EXACT_JACOBIAN_BYTES is None:
+        return None
+    d = math.prod(x.shape[1:])
+    per = exact_jacobian_bytes(num_classes, d, x.dtype)
+    if per > EXACT_JACOBIAN_BYTES:
+        raise ValueError(
+            f"{owner}: the exact method needs the K - 1 = {num_classes - 1} Jacobian rows of each "
+            f"sample, {per / 2**20:,.0f} MiB per sample for K = {num_classes} classes and "
+            f"D = {d} (input shape {tuple(x.shape[1:])}, {x.dtype}); expected at most "
+            f"EXACT_JACOBIAN_BYTES = {EXACT_JACOBIAN_BYTES / 2**20:,.0f} MiB per sample. Use "
+            "method='lanczos' (matrix-free: one jvp and one vjp per product, memory independent "
+            "of K; e.g. fisher_spectrum(model, x, k=5, method='lanczos'), OSSA(eps=..., "
+            "method='lanczos')), or raise fisherscope.fisher.input_space.EXACT_JACOBIAN_BYTES if "
+            "the memory is there."
+        )
+    return max(1, EXACT_JACOBIAN_BYTES // per)
 
 
 @dataclass(frozen=True)
@@ -198,11 +282,11 @@ def helmert_basis(k: int, *, dtype: torch.dtype = torch.float64, device: torch.d
     return h
 
 
-_COSTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[float, int]]] = weakref.WeakKeyDictionary()
+_COSTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[float, int, int]]] = weakref.WeakKeyDictionary()
 
 
-def _measure_costs(model: nn.Module, x1: Tensor) -> tuple[Tensor, tuple[float, int]]:
-    """One forward of one sample: (logits, (multiply-adds, activation bytes) per sample).
+def _measure_costs(model: nn.Module, x1: Tensor) -> tuple[Tensor, tuple[float, int, int]]:
+    """One forward of one sample: (logits, (multiply-adds, activation bytes, K) per sample).
 
     Multiply-adds are counted for convolutions and linear layers (one per output element
     for every other leaf module); activation bytes are the leaf modules' outputs. The
@@ -231,13 +315,14 @@ def _measure_costs(model: nn.Module, x1: Tensor) -> tuple[Tensor, tuple[float, i
     finally:
         for h in handles:
             h.remove()
-    costs = (max(macs, 1.0), max(act, 1))
+    check_logits(logits)
+    costs = (max(macs, 1.0), max(act, 1), int(logits.shape[1]))
     if is_module:
         _COSTS.setdefault(model, {})[(tuple(x1.shape[1:]), x1.dtype, x1.device)] = costs
     return logits, costs
 
 
-def _costs(model: nn.Module, x: Tensor) -> tuple[float, int]:
+def _costs(model: nn.Module, x: Tensor) -> tuple[float, int, int]:
     cached = _COSTS.get(model, {}).get((tuple(x.shape[1:]), x.dtype, x.device)) if isinstance(model, nn.Module) else None
     if cached is not None:
         return cached
@@ -245,25 +330,37 @@ def _costs(model: nn.Module, x: Tensor) -> tuple[float, int]:
         return _measure_costs(model, x[:1].detach())[1]
 
 
-def _jacobian_chunk(model: nn.Module, x: Tensor) -> tuple[int, float]:
-    """(samples per chunk, multiply-adds per sample) for the exact methods."""
-    macs, act = _costs(model, x)
+def _jacobian_chunk(model: nn.Module, x: Tensor) -> tuple[int, float, int]:
+    """(samples per chunk, multiply-adds per sample, activation bytes per sample) for the exact methods."""
+    macs, act, _ = _costs(model, x)
     n = x.shape[0]
     if x.device.type == "cuda" or JACOBIAN_CHUNK_BYTES is None:
-        return max(n, 1), macs
-    return max(1, min(n, JACOBIAN_CHUNK_BYTES // act)), macs
+        return max(n, 1), macs, act
+    return max(1, min(n, JACOBIAN_CHUNK_BYTES // act)), macs, act
 
 
-def _centered_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _num_classes(model: nn.Module, x: Tensor) -> int:
+    """K from the cached one-sample cost probe (no extra forward once measured)."""
+    return _costs(model, x)[2]
+
+
+def _centered_jacobian(model: nn.Module, x: Tensor, owner: str = "fisher_spectrum") -> tuple[Tensor, Tensor, Tensor]:
     """(logits (N, K), Hᵀ J (N, K − 1, D), H (K, K − 1)): one forward, K − 1 batched VJPs.
 
-    Per chunk of samples (:data:`JACOBIAN_CHUNK_BYTES`), the K − 1 products share one
-    graph: a loop of plain batched backward passes, or one backward pass with the
-    cotangents vmapped, as :data:`JACOBIAN_STRATEGY` decides (docs/BENCHMARKS.md has the
-    measurements behind the rule). Nothing loops over samples.
+    Memory, three budgets: chunks of samples whose activations fit
+    :data:`JACOBIAN_CHUNK_BYTES` (CPU) and whose Jacobian rows fit
+    :data:`EXACT_JACOBIAN_BYTES` (a sample over that is refused, pointing at
+    ``method="lanczos"``); a vmapped pass takes at most
+    :data:`fisherscope.fisher._factored.VMAP_ROWS_BYTES` of activation gradients. Per
+    chunk the K − 1 products share one graph: a loop of plain batched backward passes, or
+    backward passes with the cotangents vmapped, as :data:`JACOBIAN_STRATEGY` decides
+    (docs/BENCHMARKS.md has the measurements behind the rule). Nothing loops over samples.
     """
     x = x.detach()
-    chunk, macs = _jacobian_chunk(model, x)
+    fits = _check_exact_fits(owner, _num_classes(model, x), x)
+    chunk, macs, act = _jacobian_chunk(model, x)
+    if fits is not None:
+        chunk = min(chunk, fits)
     outs: list[tuple[Tensor, Tensor]] = []
     h = None
     with torch.enable_grad():
@@ -272,14 +369,14 @@ def _centered_jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Ten
             logits = model(xr)
             check_logits(logits)
             strategy = choose_strategy(logits.shape[1] - 1, xr.shape[0], macs, x.device, JACOBIAN_STRATEGY)
-            jc, h = helmert_rows(logits, xr, strategy=strategy)
+            jc, h = helmert_rows(logits, xr, strategy=strategy, max_rows=rows_per_pass(xr.shape[0] * act))
             outs.append((logits.detach(), jc))
     assert h is not None
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]), h
 
 
 def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False,
-                 strategy: str = "loop") -> tuple[Tensor, Tensor]:
+                 strategy: str = "loop", max_rows: int | None = None) -> tuple[Tensor, Tensor]:
     """The centred logit Jacobian ``Hᵀ J`` of ``logits = model(xr)``, and the Helmert basis H.
 
     K − 1 batched vector-Jacobian products on one graph (a loop of backward passes over the
@@ -297,6 +394,9 @@ def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False,
     strategy : {"loop", "vmap"}
         K − 1 backward passes on one retained graph, or one backward pass with the
         cotangents vmapped (see :data:`JACOBIAN_STRATEGY`).
+    max_rows : int, optional
+        With ``"vmap"``: cotangent rows per vmapped pass (memory: that many copies of the
+        activation gradients; :func:`fisherscope.fisher._factored.rows_per_pass`).
 
     Returns
     -------
@@ -307,7 +407,8 @@ def helmert_rows(logits: Tensor, xr: Tensor, *, create_graph: bool = False,
     h = helmert_basis(k, dtype=logits.dtype, device=logits.device)
     cot = h.mT.unsqueeze(1).expand(k - 1, n, k)  # row j: the cotangent H[:, j] for every sample
     parts = []
-    for sl, (g,) in vjp_rows(logits, [xr], cot, strategy, create_graph=create_graph):  # type: ignore[arg-type]
+    for sl, (g,) in vjp_rows(logits, [xr], cot, strategy, create_graph=create_graph,  # type: ignore[arg-type]
+                             max_rows=max_rows):
         if g is None:
             g = torch.zeros((sl.stop - sl.start, *xr.shape), dtype=xr.dtype, device=xr.device)
         parts.append(g.reshape(g.shape[0], n, -1).movedim(0, 1))  # (N, rows, D)
@@ -382,7 +483,7 @@ def fisher_matrix(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) -
             "products; neither forms the matrix."
         )
     with eval_mode(model):
-        b = fisher_factor(*_centered_jacobian(model, x))
+        b = fisher_factor(*_centered_jacobian(model, x, "fisher_matrix"))
     return (b.mT @ b).to(x.dtype)
 
 
@@ -395,7 +496,7 @@ def fisher_trace(model: nn.Module, x: Tensor, *, bounds: Bounds = (0.0, 1.0)) ->
     """
     _prepare(model, x, bounds)
     with eval_mode(model):
-        b = fisher_factor(*_centered_jacobian(model, x))
+        b = fisher_factor(*_centered_jacobian(model, x, "fisher_trace"))
     return b.pow(2).sum(dim=(1, 2)).to(x.dtype)
 
 
@@ -451,6 +552,7 @@ def differentiable_eigenvalues(model: nn.Module, x: Tensor, k: int | None = None
             k = num_classes - 1
         check_param("differentiable_eigenvalues", "k", k,
                     POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenvalues)"))
+        _check_exact_fits("differentiable_eigenvalues", num_classes, xr)  # one sample's rows must fit
         jc, h = helmert_rows(logits, xr, create_graph=True)  # (N, K-1, D)
         jc = jc.to(torch.float64)
         s = torch.exp(0.5 * torch.log_softmax(logits.to(torch.float64), dim=1))  # √p, (N, K)
@@ -468,8 +570,12 @@ def differentiable_eigenvalues(model: nn.Module, x: Tensor, k: int | None = None
     return w
 
 
-def _a_operator(p: Tensor, a_matrix: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """u ↦ A u with A = diag(p) − p pᵀ, or a given (N, K, K) matrix (class sampling).
+def _a_operator(p: Tensor, a_matrix: Tensor | None, class_weights: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """u ↦ A u with A = diag(p) − p pᵀ, a given (N, K, K) matrix, or sampled class weights.
+
+    ``class_weights`` w (N, K), the empirical frequencies of the drawn classes (Σ w = 1):
+    Â = Σ_k w_k (e_k − p)(e_k − p)ᵀ = diag(w) − w pᵀ − p wᵀ + p pᵀ is applied matrix-free,
+    O(N K) memory instead of the (N, K, K) matrix (8 MB per sample for K = 1000).
 
     Evaluated in float64 and returned in u's dtype. For a confident prediction
     (p_ŷ = 1 − δ) the ŷ entry p_ŷ(u_ŷ − pᵀu) is a difference of two numbers that agree
@@ -477,6 +583,16 @@ def _a_operator(p: Tensor, a_matrix: Tensor | None) -> Callable[[Tensor], Tensor
     then converge to the wrong operator. The cost is O(N K), nothing next to the jvp.
     """
     p = p.to(torch.float64)
+    if class_weights is not None:
+        w = class_weights.to(torch.float64)
+
+        def apply_sampled(u: Tensor) -> Tensor:
+            u64 = u.to(torch.float64)
+            pu = (p * u64).sum(dim=1, keepdim=True)
+            wu = (w * u64).sum(dim=1, keepdim=True)
+            return (w * u64 - w * pu - p * wu + w.sum(1, keepdim=True) * p * pu).to(u.dtype)
+
+        return apply_sampled
     if a_matrix is not None:
         a64 = a_matrix.to(torch.float64)
         return lambda u: torch.einsum("nij,nj->ni", a64, u.to(torch.float64)).to(u.dtype)
@@ -491,14 +607,15 @@ def _a_operator(p: Tensor, a_matrix: Tensor | None) -> Callable[[Tensor], Tensor
 class _Products:
     """Matrix-free G_x v for one batch: a jvp and a vjp per product, independent of K."""
 
-    def __init__(self, model: nn.Module, x: Tensor, a_matrix: Tensor | None = None):
+    def __init__(self, model: nn.Module, x: Tensor, a_matrix: Tensor | None = None,
+                 class_weights: Tensor | None = None):
         self.model = model
         self.x = x.detach()
         logits, self._vjp = vjp(model, self.x)
         check_logits(logits)
         self.logits = logits.detach()
         self.p = _probs(self.logits.to(torch.float64))  # float64: see _a_operator
-        self._a = _a_operator(self.p, a_matrix)
+        self._a = _a_operator(self.p, a_matrix, class_weights)
         self.count = 0
 
     def __call__(self, v: Tensor) -> Tensor:
@@ -590,14 +707,20 @@ def alias_sample(
     return torch.where(keep, col, alias.gather(1, col))
 
 
-def _sampled_a_matrix(p: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
-    """Â = (1/m) Σ_s (e_{y_s} − p)(e_{y_s} − p)ᵀ with y_s drawn by the alias method."""
+def _sampled_class_weights(p: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
+    """Empirical frequencies w (N, K) of m classes per sample drawn by the alias method."""
     prob, alias = alias_table(p)
     draws = alias_sample(prob, alias, m, generator=generator)  # (N, m)
     k = p.shape[1]
     counts = torch.zeros(p.shape[0], k, dtype=p.dtype, device=p.device)
     counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=p.dtype))
-    w = counts / m  # empirical class frequencies
+    return counts / m
+
+
+def _sampled_a_matrix(p: Tensor, m: int, generator: torch.Generator | None) -> Tensor:
+    """Â = (1/m) Σ_s (e_{y_s} − p)(e_{y_s} − p)ᵀ with y_s drawn by the alias method (dense, tests)."""
+    w = _sampled_class_weights(p, m, generator)
+    k = p.shape[1]
     eye = torch.eye(k, dtype=p.dtype, device=p.device)
     d = eye.unsqueeze(0) - p.unsqueeze(1)  # (N, K, K): rows e_k − p
     return torch.einsum("nkc,nk,nkd->ncd", d, w, d)
@@ -664,16 +787,19 @@ def _warn_unconverged(converged: Tensor, method: str, max_iter: int, tol: float)
             f"{converged.numel()} samples: [{shown}]; their eigenpairs are the last iterates. "
             "Raise max_iter or loosen tol.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
 def _lanczos(prod: _Products, x: Tensor, k: int, tol: float, max_iter: int,
-             generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Batched Lanczos with full reorthogonalisation; returns (θ (N,k), V (N,k,D), conv, steps)."""
+             start: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Batched Lanczos with full reorthogonalisation; returns (θ (N,k), V (N,k,D), conv, steps).
+
+    ``start``: unit start vectors (N, 1, D) from :func:`_random_start`.
+    """
     n, d = x.shape[0], math.prod(x.shape[1:])
     m = min(max_iter, d)
-    q = _random_start(x, generator)[:, 0]  # (N, D)
+    q = start[:, 0]  # (N, D)
     basis = torch.zeros(n, m, d, dtype=x.dtype, device=x.device)
     alpha = torch.zeros(n, m, dtype=torch.float64, device=x.device)
     beta = torch.zeros(n, m, dtype=torch.float64, device=x.device)
@@ -724,10 +850,13 @@ def _lanczos(prod: _Products, x: Tensor, k: int, tol: float, max_iter: int,
 
 
 def _power(prod: _Products, x: Tensor, k: int, tol: float, max_iter: int,
-           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Batched block power (subspace) iteration with Rayleigh–Ritz; k = 1 is plain power iteration."""
+           start: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Batched block power (subspace) iteration with Rayleigh–Ritz; k = 1 is plain power iteration.
+
+    ``start``: unit start vectors (N, k, D) from :func:`_random_start`.
+    """
     n, d = x.shape[0], math.prod(x.shape[1:])
-    v = _random_start(x, generator, cols=k).to(torch.float64)  # (N, k, D)
+    v = start.to(torch.float64)  # (N, k, D)
     v = torch.linalg.qr(v.mT).Q.mT
     converged = torch.zeros(n, dtype=torch.bool, device=x.device)
     theta = torch.zeros(n, k, dtype=torch.float64, device=x.device)
@@ -750,6 +879,56 @@ def _power(prod: _Products, x: Tensor, k: int, tol: float, max_iter: int,
             break
         v = torch.linalg.qr(g_ritz.mT).Q.mT
     return theta.clamp_min(0.0), v, converged, steps
+
+
+def _krylov_chunk(model: nn.Module, x: Tensor, k: int, max_iter: int, method: str) -> int:
+    """Samples per chunk of the iterative methods under :data:`KRYLOV_CHUNK_BYTES` (≥ 1)."""
+    if KRYLOV_CHUNK_BYTES is None:
+        return max(1, x.shape[0])
+    act = _costs(model, x)[1]
+    per = krylov_bytes(math.prod(x.shape[1:]), k, max_iter, act, method, x.dtype)
+    return max(1, min(x.shape[0], KRYLOV_CHUNK_BYTES // per))
+
+
+def _iterative(model: nn.Module, x: Tensor, r: int, method: str, class_samples: int | None, tol: float,
+               max_iter: int, generator: torch.Generator | None) -> FisherSpectrum:
+    """Lanczos / block power for the top r pairs, in chunks of :data:`KRYLOV_CHUNK_BYTES`.
+
+    The random draws (alias classes, then start vectors) are made for the whole batch in
+    that order before chunking, so the result does not depend on the chunk size.
+    """
+    n = x.shape[0]
+    x = x.detach()
+    chunk = _krylov_chunk(model, x, r, max_iter, method)
+    slices = list(even_chunks(n, chunk))
+    weights = None
+    name = method
+    if class_samples is not None:
+        with torch.no_grad():
+            z = torch.cat([model(x[sl]) for sl in slices])
+        weights = _sampled_class_weights(_probs(z.detach().to(torch.float64)), class_samples, generator)
+        name = f"{method}+alias"
+    start = _random_start(x, generator, cols=1 if method == "lanczos" else r)
+    solver = _lanczos if method == "lanczos" else _power
+    vals, vecs_all, convs = [], [], []
+    steps = 0
+    for sl in slices:
+        xs = x[sl]
+        prod = _Products(model, xs, class_weights=None if weights is None else weights[sl])
+        theta, vecs, conv, st = solver(prod, xs, r, tol, max_iter, start[sl])
+        steps = max(steps, st)
+        norms = vecs.norm(dim=2, keepdim=True)
+        zero = (theta <= 0) | (norms.squeeze(-1) == 0)
+        vecs = torch.where(zero.unsqueeze(-1), torch.zeros_like(vecs), vecs / norms.clamp_min(1e-300))
+        g_pred = prod.grad_log_prob(prod.p.argmax(1)).reshape(xs.shape[0], -1).to(torch.float64)
+        vals.append(theta.masked_fill(zero, 0.0).to(x.dtype))
+        vecs_all.append(_orient(vecs, g_pred).to(x.dtype).reshape(xs.shape[0], r, *x.shape[1:]))
+        convs.append(conv)
+        del prod, vecs, theta
+    conv_all = torch.cat(convs)
+    _warn_unconverged(conv_all, name, max_iter, tol)
+    return FisherSpectrum(eigenvalues=torch.cat(vals), eigenvectors=torch.cat(vecs_all), method=name,
+                          converged=conv_all, iterations=steps)
 
 
 def fisher_spectrum(
@@ -793,6 +972,19 @@ def fisher_spectrum(
     -------
     FisherSpectrum
 
+    Raises
+    ------
+    ValueError
+        ``method="exact"`` when the K − 1 Jacobian rows of one sample exceed
+        :data:`EXACT_JACOBIAN_BYTES` (e.g. K = 1000 at 224 × 224): use ``"lanczos"``.
+
+    Notes
+    -----
+    Memory is bounded by byte budgets (module docstring): the exact method chunks samples
+    under :data:`EXACT_JACOBIAN_BYTES`, the iterative ones under
+    :data:`KRYLOV_CHUNK_BYTES` (at least one sample per chunk, results independent of the
+    chunking: the random draws are made for the whole batch first).
+
     Shapes
     ------
     x: (N, *S) -> eigenvalues (N, k), eigenvectors (N, k, *S).
@@ -824,13 +1016,11 @@ def fisher_spectrum(
         check_param(owner, "k", k, POSITIVE_INT.but(expected="an integer >= 1 (the number of eigenpairs)"))
     with eval_mode(model), torch.enable_grad():
         parts = None
-        if method == "exact":  # K comes with the Jacobian rows: no separate probe forward
-            parts = _centered_jacobian(model, x)
+        if method == "exact":  # K comes with the Jacobian rows
+            parts = _centered_jacobian(model, x, owner)
             num_classes = parts[0].shape[1]
         else:
-            logits = model(x[:1].detach())
-            check_logits(logits)
-            num_classes = logits.shape[1]
+            num_classes = _num_classes(model, x)
         if k is None:
             k = num_classes - 1
         r = min(k, num_classes - 1)
@@ -844,29 +1034,7 @@ def fisher_spectrum(
         if method == "exact":
             spec = _exact(model, x, r, parts)
         else:
-            a_matrix = None
-            name: str = method
-            if class_samples is not None:
-                p = _probs(model(x.detach()).detach().to(torch.float64))
-                a_matrix = _sampled_a_matrix(p, class_samples, generator)
-                name = f"{method}+alias"
-            prod = _Products(model, x, a_matrix)
-            solver = _lanczos if method == "lanczos" else _power
-            theta, vecs, conv, steps = solver(prod, x, r, tol, max_iter, generator)
-            n = x.shape[0]
-            norms = vecs.norm(dim=2, keepdim=True)
-            zero = (theta <= 0) | (norms.squeeze(-1) == 0)
-            vecs = torch.where(zero.unsqueeze(-1), torch.zeros_like(vecs), vecs / norms.clamp_min(1e-300))
-            g_pred = prod.grad_log_prob(prod.p.argmax(1)).reshape(n, -1).to(torch.float64)
-            vecs = _orient(vecs, g_pred)
-            _warn_unconverged(conv, name, max_iter, tol)
-            spec = FisherSpectrum(
-                eigenvalues=theta.masked_fill(zero, 0.0).to(x.dtype),
-                eigenvectors=vecs.to(x.dtype).reshape(n, r, *x.shape[1:]),
-                method=name,
-                converged=conv,
-                iterations=steps,
-            )
+            spec = _iterative(model, x, r, method, class_samples, tol, max_iter, generator)
     if k > r:
         n = x.shape[0]
         pad_vals = torch.zeros(n, k - r, dtype=spec.eigenvalues.dtype, device=x.device)

@@ -56,6 +56,7 @@ __all__ = [
     "Normalize",
     "ResNet14",
     "ResNet18",
+    "ResNet50",
     "VGG11",
     "VGGSmall",
     "as_logits",
@@ -812,6 +813,130 @@ class ResNet18(nn.Module):
         return self.fc(self.dropout(self.flatten(self.avgpool(x))))
 
 
+class Bottleneck(nn.Module):
+    """1x1 reduce - 3x3 (stride here, "ResNet v1.5") - 1x1 expand (x4), BN after each, shortcut.
+
+    Module names follow torchvision's ``Bottleneck`` (``conv1, bn1, conv2, bn2, conv3, bn3,
+    downsample``) so that torchvision ResNet-50 state dicts map onto :class:`ResNet50`.
+    Each activation is its own module (``act1``, ``act2``, ``act3``; torchvision reuses one
+    ``relu``, which owns no parameters, so the state dicts agree).
+    """
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int, activation: str) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = _activation(activation)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = _activation(activation)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.act3 = _activation(activation)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, out, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act3(out + identity)
+
+
+def _make_bottleneck_stage(in_planes: int, planes: int, blocks: int, stride: int, activation: str) -> nn.Sequential:
+    layers = [Bottleneck(in_planes, planes, stride, activation)]
+    layers += [Bottleneck(planes * Bottleneck.expansion, planes, 1, activation) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 (bottleneck blocks), written to match ``torchvision.models.resnet50``.
+
+    7x7/2 conv 64 - BN - act - 3x3/2 max-pool, four stages of 3, 4, 6 and 3 bottleneck
+    blocks (widths 64, 128, 256, 512, outputs 4x that; the stride sits on the 3x3 conv,
+    torchvision's "v1.5"), global average pooling, [dropout], fc K. 25,557,032 parameters
+    with ``num_classes=1000`` (the default: an ImageNet-size head), as torchvision's.
+
+    Module and state-dict key names match torchvision's (``conv1``, ``bn1``,
+    ``layer1.0.conv1`` ... ``layer4.2.bn3``, ``layerN.0.downsample.{0,1}``, ``fc``), so
+    torchvision's ImageNet weights load with ``model.load_state_dict(sd, strict=False)``;
+    only ``normalize.mean`` / ``normalize.std`` are extra: set them to the ImageNet
+    statistics with ``model.normalize.set_statistics((0.485, 0.456, 0.406),
+    (0.229, 0.224, 0.225))``, since fisherscope models take inputs in [0, 1]. Pretrained
+    weights cannot be downloaded here and torchvision is not a dependency; the network is
+    what the ImageNet-size code paths (Lanczos spectra, OSSA, Fisher features under a
+    memory budget) are built and benchmarked on, with random weights.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    activation : {"relu", "elu", "gelu"}
+    dropout : float
+    input_resize : int or None
+        Resize inputs to ``input_resize x input_resize`` (bilinear, after normalisation)
+        before the stem; ``None`` keeps the input size (any size works: global pooling).
+
+    Shapes
+    ------
+    x: (N, in_channels, H, W) in [0, 1] -> logits (N, num_classes); ImageNet: H = W = 224.
+
+    References
+    ----------
+    .. [1] K. He et al., "Deep residual learning for image recognition", CVPR 2016.
+    .. [2] C. Zhao et al., "The adversarial attack and detection under the Fisher
+       information metric", AAAI 2019 (ImageNet experiments on ResNet-50).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_resize: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_common(
+            "resnet50", in_channels=in_channels, num_classes=num_classes,
+            activation=activation, dropout=dropout,
+        )  # fmt: skip
+        check_param("resnet50", "input_resize", input_resize, integer(ge=8).or_none("no resizing"))
+        self.input_resize = input_resize
+        self.normalize = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.act1 = _activation(activation)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = _make_bottleneck_stage(64, 64, 3, 1, activation)
+        self.layer2 = _make_bottleneck_stage(256, 128, 4, 2, activation)
+        self.layer3 = _make_bottleneck_stage(512, 256, 6, 2, activation)
+        self.layer4 = _make_bottleneck_stage(1024, 512, 3, 2, activation)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = _dropout(dropout)
+        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        _init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        if self.input_resize is not None:
+            x = nn.functional.interpolate(
+                x, size=(self.input_resize, self.input_resize), mode="bilinear", align_corners=False
+            )
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.dropout(self.flatten(self.avgpool(x))))
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -858,6 +983,7 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry(
         "vgg11": _registered("vgg11", VGG11),
         "resnet14": _registered("resnet14", ResNet14),
         "resnet18": _registered("resnet18", ResNet18),
+        "resnet50": _registered("resnet50", ResNet50),
     },
     validate=_check_model,
 )
