@@ -736,7 +736,41 @@ class ResNet14(nn.Module):
         return self.fc(self.dropout(self.flatten(self.avgpool(x))))
 
 
-class ResNet18(nn.Module):
+class _ImageNetResNet(nn.Module):
+    """The ImageNet-layout ResNet shared by :class:`ResNet18` and :class:`ResNet50`: the 7x7
+    stride-2 stem with max-pooling, four stages, global average pooling and one linear layer,
+    under torchvision's module names (so torchvision state dicts map onto it)."""
+
+    def _build(self, name: str, in_channels: int, num_classes: int, activation: str, dropout: float,
+               input_resize: int | None, stages: Callable[[], list[nn.Sequential]], *, width: int) -> None:
+        _check_common(name, in_channels=in_channels, num_classes=num_classes, activation=activation,
+                      dropout=dropout)
+        check_param(name, "input_resize", input_resize, integer(ge=8).or_none("no resizing"))
+        self.input_resize = input_resize
+        self.normalize = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.act1 = _activation(activation)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.dropout = _dropout(dropout)
+        self.fc = nn.Linear(width, num_classes)
+        _init_conv_bn(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        if self.input_resize is not None:
+            x = nn.functional.interpolate(
+                x, size=(self.input_resize, self.input_resize), mode="bilinear", align_corners=False
+            )
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.dropout(self.flatten(self.avgpool(x))))
+
+
+class ResNet18(_ImageNetResNet):
     """ResNet-18 with the ImageNet stem, written to match ``torchvision.models.resnet18``.
 
     7x7/2 conv 64 - BN - act - 3x3/2 max-pool, four stages of two basic blocks (64, 128,
@@ -781,36 +815,10 @@ class ResNet18(nn.Module):
         input_resize: int | None = None,
     ) -> None:
         super().__init__()
-        _check_common(
-            "resnet18", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout,
-        )  # fmt: skip
-        check_param("resnet18", "input_resize", input_resize, integer(ge=8).or_none("no resizing"))
-        self.input_resize = input_resize
-        self.normalize = Normalize(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.act1 = _activation(activation)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = _make_stage(64, 64, 2, 1, activation)
-        self.layer2 = _make_stage(64, 128, 2, 2, activation)
-        self.layer3 = _make_stage(128, 256, 2, 2, activation)
-        self.layer4 = _make_stage(256, 512, 2, 2, activation)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.dropout = _dropout(dropout)
-        self.fc = nn.Linear(512, num_classes)
-        _init_conv_bn(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        if self.input_resize is not None:
-            x = nn.functional.interpolate(
-                x, size=(self.input_resize, self.input_resize), mode="bilinear", align_corners=False
-            )
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.dropout(self.flatten(self.avgpool(x))))
+        self._build("resnet18", in_channels, num_classes, activation, dropout, input_resize,
+                    lambda: [_make_stage(64, 64, 2, 1, activation), _make_stage(64, 128, 2, 2, activation),
+                             _make_stage(128, 256, 2, 2, activation), _make_stage(256, 512, 2, 2, activation)],
+                    width=512)
 
 
 class Bottleneck(nn.Module):
@@ -857,7 +865,7 @@ def _make_bottleneck_stage(in_planes: int, planes: int, blocks: int, stride: int
     return nn.Sequential(*layers)
 
 
-class ResNet50(nn.Module):
+class ResNet50(_ImageNetResNet):
     """ResNet-50 (bottleneck blocks), written to match ``torchvision.models.resnet50``.
 
     7x7/2 conv 64 - BN - act - 3x3/2 max-pool, four stages of 3, 4, 6 and 3 bottleneck
@@ -905,36 +913,12 @@ class ResNet50(nn.Module):
         input_resize: int | None = None,
     ) -> None:
         super().__init__()
-        _check_common(
-            "resnet50", in_channels=in_channels, num_classes=num_classes,
-            activation=activation, dropout=dropout,
-        )  # fmt: skip
-        check_param("resnet50", "input_resize", input_resize, integer(ge=8).or_none("no resizing"))
-        self.input_resize = input_resize
-        self.normalize = Normalize(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.act1 = _activation(activation)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = _make_bottleneck_stage(64, 64, 3, 1, activation)
-        self.layer2 = _make_bottleneck_stage(256, 128, 4, 2, activation)
-        self.layer3 = _make_bottleneck_stage(512, 256, 6, 2, activation)
-        self.layer4 = _make_bottleneck_stage(1024, 512, 3, 2, activation)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.dropout = _dropout(dropout)
-        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
-        _init_conv_bn(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        if self.input_resize is not None:
-            x = nn.functional.interpolate(
-                x, size=(self.input_resize, self.input_resize), mode="bilinear", align_corners=False
-            )
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.dropout(self.flatten(self.avgpool(x))))
+        self._build("resnet50", in_channels, num_classes, activation, dropout, input_resize,
+                    lambda: [_make_bottleneck_stage(64, 64, 3, 1, activation),
+                             _make_bottleneck_stage(256, 128, 4, 2, activation),
+                             _make_bottleneck_stage(512, 256, 6, 2, activation),
+                             _make_bottleneck_stage(1024, 512, 3, 2, activation)],
+                    width=512 * Bottleneck.expansion)
 
 
 # ------------------------------------------------------------------------- registry
