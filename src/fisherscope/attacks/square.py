@@ -200,15 +200,8 @@ class Square(Attack):
             loss = ce if targeted else -ce
         return fooled, loss
 
-    def _rand(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-        return rand(shape, generator=generator, like=like)
-
     def _signs(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-        return torch.where(self._rand(shape, like, generator) < 0.5, -1.0, 1.0).to(like.dtype)
-
-    def _randint(self, high: int, n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        """n integers uniform in 0 … high (inclusive)."""
-        return randint(0, high + 1, (n,), generator=generator, like=like)
+        return torch.where(rand(shape, generator=generator, like=like) < 0.5, -1.0, 1.0).to(like.dtype)
 
     def _side(self, iteration: int, h: int, w: int) -> int:
         p = square_p_schedule(iteration, self.n_queries, self.p_init)
@@ -223,8 +216,8 @@ class Square(Attack):
     def _window_index(self, n: int, c: int, s: int, h: int, w: int, like: Tensor,
                       generator: torch.Generator | None) -> tuple[Tensor, ...]:
         """Advanced-indexing tuple addressing one random s × s window per sample: (n, c, s, s)."""
-        rows = self._randint(h - s, n, like, generator)[:, None] + torch.arange(s, device=like.device)
-        cols = self._randint(w - s, n, like, generator)[:, None] + torch.arange(s, device=like.device)
+        rows = randint(0, h - s + 1, (n,), generator=generator, like=like)[:, None] + torch.arange(s, device=like.device)
+        cols = randint(0, w - s + 1, (n,), generator=generator, like=like)[:, None] + torch.arange(s, device=like.device)
         ni = torch.arange(n, device=like.device)[:, None, None, None]
         ci = torch.arange(c, device=like.device)[None, :, None, None]
         return ni, ci, rows[:, None, :, None], cols[:, None, None, :]
@@ -232,7 +225,7 @@ class Square(Attack):
     def _eta(self, n: int, s: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         """η of side s for n samples, each transposed with probability 1/2: (n, 1, s, s)."""
         eta = pseudo_gaussian_window(s, like.dtype, like.device)
-        flip = self._rand((n,), like, generator) < 0.5
+        flip = rand((n,), generator=generator, like=like) < 0.5
         return torch.where(flip[:, None, None, None], eta.t(), eta)
 
     def _l2_normalise(self, delta: Tensor, eps: Tensor) -> Tensor:
@@ -250,7 +243,7 @@ class Square(Attack):
         s = max(min(h, w) // 5, 1)
         th, tw = h // s, w // s
         eta = pseudo_gaussian_window(s, x.dtype, x.device)
-        flip = self._rand((n, 1, th, tw), x, generator) < 0.5
+        flip = rand((n, 1, th, tw), generator=generator, like=x) < 0.5
         tiles = torch.where(flip[..., None, None], eta.t(), eta)  # (n, 1, th, tw, s, s)
         tiles = tiles * self._signs((n, c, th, tw), x, generator)[..., None, None]
         block = tiles.permute(0, 1, 2, 4, 3, 5).reshape(n, c, th * s, tw * s)
