@@ -78,6 +78,43 @@ def test_two_gloo_ranks_store_what_one_process_stores(tmp_path, digits_model):
     assert "rank" not in _lines(one.results_path)[0]  # a single process records no shard
 
 
+def _timeless(v):
+    """A cell's values without its wall-clock fields (the only ones that may differ)."""
+    if isinstance(v, dict):
+        return {k: _timeless(x) for k, x in v.items() if k not in ("wall_s", "seconds") and not k.endswith("_seconds")}
+    if isinstance(v, list):
+        return [_timeless(x) for x in v]
+    return v
+
+
+#: The built-in digits audit at tiny settings (a few dozen images, the quick ensemble).
+AUDIT_ARGS = ["--limit", "24", "--ensemble", "quick", "--linf-eps", "0.1", "--l2-eps", "0.5", "--set", "detect_samples=24",
+              "--set", "adaptive_steps=2", "--set", "minimal_samples=8", "--set", "cw_steps=5", "--set", "n_maps=1",
+              "--set", "detectors=['softmax', 'pca_whitening']", "--set", "chunk=12", "--quiet"]
+
+
+def test_audit_on_two_gloo_ranks_stores_what_one_process_stores(tmp_path, digits_model):
+    """``torchrun -m fisherscope audit``: the ranks share one run, rank 0 alone writes the
+    report and prints the summary, and the cells hold the values one process stores."""
+    from typer.testing import CliRunner
+
+    from fisherscope.cli import app
+
+    res = CliRunner().invoke(app, ["audit", *AUDIT_ARGS, "--out", str(tmp_path / "one")])
+    assert res.exit_code == 0, res.output
+    one = _one_dir(tmp_path / "one")
+    out = _torchrun(2, "-m", "fisherscope", "audit", *AUDIT_ARGS, "--out", str(tmp_path / "two"), "--json",
+                    cwd=tmp_path)
+    two = _one_dir(tmp_path / "two")
+    assert json.loads(out)["clean_accuracy"] == json.loads((one / "summary.json").read_text())["clean_accuracy"]
+    expected, got = _values(one / "results.jsonl"), _values(two / "results.jsonl")
+    assert len(expected) >= 6 and got.keys() == expected.keys()
+    for key in expected:
+        assert _timeless(got[key]) == _timeless(expected[key]), key
+    assert {r["rank"] for r in _lines(two / "results.jsonl")} == {0, 1}
+    assert (two / "report.html").is_file() and (two / "summary.json").is_file()
+
+
 # ------------------------------------------------------- per-block random draws
 
 

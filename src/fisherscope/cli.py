@@ -299,6 +299,12 @@ def audit(
     except (ValueError, TypeError, OSError, RuntimeError, KeyError) as exc:
         _fail(exc)
         return
+    finally:
+        from . import distributed
+
+        distributed.finish()
+    if "rank" in summary:  # torchrun: rank 0 alone says where the shared run is
+        return
     run_path = Path(summary["run_dir"])
     say.print(f"[bold]{summary['headline']}[/]")
     say.print(f"[green]report:[/]  {run_path / 'report.html'}")

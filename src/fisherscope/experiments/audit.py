@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from .base import Context, register
 from .common import inspect_maps, saliency_rows, trained_model
 from .config import config_from_dict, config_to_dict
@@ -1134,6 +1135,11 @@ def audit(
     actx = AuditContext(data_dir=ctx.data_dir, cache_dir=ctx.cache_dir, progress=progress, device=device,
                         loaded=loaded, source=source)
     run = run_experiment(cfg, out, resume=resume, context=actx)
+    world = distributed.world()
+    if not world.is_main:
+        # torchrun: this rank's cells are stored; rank 0 renders the report and writes the summary
+        return {"run_dir": str(run.dir), "rank": world.rank, "world_size": world.size,
+                "headline": f"rank {world.rank} of {world.size}: its cells are stored; rank 0 writes the report"}
     summary = json.loads((run.dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     summary["run_dir"] = str(run.dir)
     return summary
