@@ -116,6 +116,28 @@ def test_eot_averages_a_random_score(digits):
     assert len(calls) == 4 * 4  # 4 draws at each of the 4 iterates (the start and 3 steps)
 
 
+def test_step_transform_keeps_an_invariant_of_the_clean_image(digits):
+    """With each step projected off a subspace (and no random start), x_adv − x has no
+    component in it; without the transform it has. Images in [0.25, 0.75] and an L2 budget
+    of 0.2 keep every pixel off the box's faces, so clipping cannot re-inject one."""
+    model, x, y = digits
+    xs, ys = 0.25 + 0.5 * x[:16], y[:16]
+    basis, _ = torch.linalg.qr(torch.randn(xs[0].numel(), 8, generator=torch.Generator().manual_seed(1)))
+    off = lambda v: v - ((v.flatten(1) @ basis) @ basis.T).reshape(v.shape)  # noqa: E731
+    score = lambda t: t.flatten(1).mean(1)  # noqa: E731
+    kw = {"eps": 0.2, "norm": "l2", "score": score, "threshold": 10.0, "steps": 5, "random_start": False}
+    along = lambda xa: ((xa - xs).flatten(1) @ basis).norm(dim=1)  # noqa: E731
+    with_t = DetectorAwarePGD(**kw, step_transform=off)(model, xs, ys)
+    without = DetectorAwarePGD(**kw)(model, xs, ys)
+    assert ((with_t - xs).flatten(1).norm(dim=1) > 0.1).sum() >= 4  # it moved (others were fooled at the start)
+    assert along(with_t).max() < 1e-5
+    assert along(without).max() > 1e-2
+    with pytest.raises(ValueError, match="step_transform"):
+        DetectorAwarePGD(**kw, step_transform=lambda v: v.flatten(1))(model, xs[:2], ys[:2])
+    with pytest.raises((ValueError, TypeError), match="step_transform"):
+        DetectorAwarePGD(**kw, step_transform=3)
+
+
 def test_bad_parameters_are_clear_errors(digits):
     model, x, y = digits
     score = lambda t: t.flatten(1).mean(1)  # noqa: E731

@@ -130,6 +130,12 @@ class DetectorAwarePGD(Attack):
         Restarts for the samples not yet successful.
     eot_iter : int
         Score gradient averaged over this many draws (randomised detectors).
+    step_transform : callable, optional
+        ``step_transform(direction) -> tensor shaped like it``, applied to each step's
+        direction before the norm's steepest step (sign or unit L2): e.g. a detector's
+        ``project_off_window`` (:class:`~fisherscope.features.TrailingVarianceScore`),
+        which removes the directions its score is built on. The random start is not
+        transformed; use ``random_start=False`` to keep an invariant of the clean image.
 
     Shapes
     ------
@@ -161,6 +167,7 @@ class DetectorAwarePGD(Attack):
     random_start: bool = True
     restarts: int = 1
     eot_iter: int = 1
+    step_transform: Callable[[Tensor], Tensor] | None = None
     norms = ("linf", "l2")
     budget = "required"
 
@@ -168,6 +175,8 @@ class DetectorAwarePGD(Attack):
         super().__post_init__()
         name = type(self).__name__
         check_params(name, self, {
+            "step_transform": CALLABLE.but(
+                expected="callable as step_transform(direction) -> tensor shaped like direction").or_none("no transform"),
             "score": CALLABLE.but(expected="callable as score(x) -> (N,) tensor, differentiable in x, e.g. "
                                   "fisherscope.detectors.TorchScore"),
             "threshold": real().but(fix="Pass the detector's fitted threshold_ (finite)."),
@@ -226,6 +235,15 @@ class DetectorAwarePGD(Attack):
         correct = per_sample(m <= 0, gm)
         return torch.where(correct, cls_step, torch.where(need_det, det_step, torch.where(need_cls, cls_step, zero)))
 
+    def _transformed(self, direction: Tensor) -> Tensor:
+        assert self.step_transform is not None
+        out = self.step_transform(direction)
+        if not isinstance(out, Tensor) or out.shape != direction.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"DetectorAwarePGD: step_transform must return a tensor of shape "
+                             f"{tuple(direction.shape)} (the direction's); got {got}.")
+        return out.to(direction.dtype)
+
     def _steepest(self, g: Tensor) -> Tensor:
         return g.sign() if self.norm == "linf" else _unit(g)
 
@@ -251,7 +269,10 @@ class DetectorAwarePGD(Attack):
             ok |= hit
             if t == self.steps:
                 break
-            xt = xt + alpha * self._steepest(self._direction(m, d, gm, gd))
+            direction = self._direction(m, d, gm, gd)
+            if self.step_transform is not None:
+                direction = self._transformed(direction)
+            xt = xt + alpha * self._steepest(direction)
             xt = project(x, xt, eps, self.norm).clamp(*self.bounds)
         return best, ok, best_d
 
