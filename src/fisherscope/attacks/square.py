@@ -56,6 +56,7 @@ adversarial attack via random search." ECCV 2020, arXiv:1912.00049.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -113,6 +114,12 @@ def pseudo_gaussian_window(s: int, dtype: torch.dtype = torch.float32,
     parts.append(-r / r.norm())
     eta = torch.cat(parts, 0)
     return eta / eta.norm()
+
+
+@functools.lru_cache(maxsize=64)
+def _window(s: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`pseudo_gaussian_window`, computed once per (side, dtype, device); read-only."""
+    return pseudo_gaussian_window(s, dtype, device)
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
@@ -213,18 +220,28 @@ class Square(Attack):
             s += 1
         return min(s, h, w)
 
+    def _corners(self, n: int, s: int, h: int, w: int, like: Tensor, generator: torch.Generator | None
+                 ) -> tuple[Tensor, Tensor]:
+        """Top-left corner (row, column) of one random s × s window per sample: two (n,) tensors."""
+        return (randint(0, h - s + 1, (n,), generator=generator, like=like),
+                randint(0, w - s + 1, (n,), generator=generator, like=like))
+
     def _window_index(self, n: int, c: int, s: int, h: int, w: int, like: Tensor,
-                      generator: torch.Generator | None) -> tuple[Tensor, ...]:
-        """Advanced-indexing tuple addressing one random s × s window per sample: (n, c, s, s)."""
-        rows = randint(0, h - s + 1, (n,), generator=generator, like=like)[:, None] + torch.arange(s, device=like.device)
-        cols = randint(0, w - s + 1, (n,), generator=generator, like=like)[:, None] + torch.arange(s, device=like.device)
-        ni = torch.arange(n, device=like.device)[:, None, None, None]
-        ci = torch.arange(c, device=like.device)[None, :, None, None]
-        return ni, ci, rows[:, None, :, None], cols[:, None, None, :]
+                      generator: torch.Generator | None) -> Tensor:
+        """Flat indices into a contiguous (n, c, h, w) tensor of one random s × s window per sample: (n, c, s, s)."""
+        return self._flat_index(*self._corners(n, s, h, w, like, generator), c, s, h, w)
+
+    @staticmethod
+    def _flat_index(r0: Tensor, c0: Tensor, c: int, s: int, h: int, w: int) -> Tensor:
+        ar = torch.arange(s, device=r0.device)
+        n = r0.shape[0]
+        base = (torch.arange(n, device=r0.device) * (c * h * w))[:, None, None, None] + (
+            torch.arange(c, device=r0.device) * (h * w))[None, :, None, None]
+        return base + ((r0[:, None] + ar) * w)[:, None, :, None] + (c0[:, None] + ar)[:, None, None, :]
 
     def _eta(self, n: int, s: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         """η of side s for n samples, each transposed with probability 1/2: (n, 1, s, s)."""
-        eta = pseudo_gaussian_window(s, like.dtype, like.device)
+        eta = _window(s, like.dtype, like.device)
         flip = rand((n,), generator=generator, like=like) < 0.5
         return torch.where(flip[:, None, None, None], eta.t(), eta)
 
@@ -242,7 +259,7 @@ class Square(Attack):
         n, c, h, w = x.shape
         s = max(min(h, w) // 5, 1)
         th, tw = h // s, w // s
-        eta = pseudo_gaussian_window(s, x.dtype, x.device)
+        eta = _window(s, x.dtype, x.device)
         flip = rand((n, 1, th, tw), generator=generator, like=x) < 0.5
         tiles = torch.where(flip[..., None, None], eta.t(), eta)  # (n, 1, th, tw, s, s)
         tiles = tiles * self._signs((n, c, th, tw), x, generator)[..., None, None]
@@ -257,29 +274,34 @@ class Square(Attack):
                       generator: torch.Generator | None) -> Tensor:
         n, c, h, w = x.shape
         idx = self._window_index(n, c, s, h, w, x, generator)
-        delta = x_best - x
-        delta[idx] = (_bcast(eps, x) * self._signs((n, c, 1, 1), x, generator)).expand(n, c, s, s)
+        delta = (x_best - x).contiguous()  # the flat indices address the (n, c, h, w) layout
+        delta.view(-1)[idx] = (_bcast(eps, x) * self._signs((n, c, 1, 1), x, generator)).expand(n, c, s, s)
         return (x + delta).clamp(*self.bounds)
 
     def _propose_l2(self, x: Tensor, x_best: Tensor, eps: Tensor, s: int,
                     generator: torch.Generator | None) -> Tensor:
         n, c, h, w = x.shape
-        idx1 = self._window_index(n, c, s, h, w, x, generator)
-        idx2 = self._window_index(n, c, s, h, w, x, generator)
-        delta = x_best - x
-        win1 = delta[idx1]  # (n, c, s, s)
+        r1, c1 = self._corners(n, s, h, w, x, generator)
+        r2, c2 = self._corners(n, s, h, w, x, generator)
+        idx1, idx2 = self._flat_index(r1, c1, c, s, h, w), self._flat_index(r2, c2, c, s, h, w)
+        delta = (x_best - x).contiguous()  # the flat indices address the (n, c, h, w) layout
+        flat = delta.view(-1)
+        win1, win2 = flat[idx1], flat[idx2]  # (n, c, s, s)
         norm_win1 = win1.flatten(2).norm(dim=2)[..., None, None]  # per (sample, channel)
         norm_img = delta.flatten(1).norm(dim=1)
-        both = torch.zeros_like(x, dtype=torch.bool)
-        both[idx1] = True
-        both[idx2] = True
-        norm_both = (delta * both).flatten(1).norm(dim=1)
+        # ‖δ‖² on the union of the two windows: both windows' energy minus the overlap's
+        ar = torch.arange(s, device=x.device)
+        rows_in = ((r1[:, None] + ar) >= r2[:, None]) & ((r1[:, None] + ar) < r2[:, None] + s)  # (n, s)
+        cols_in = ((c1[:, None] + ar) >= c2[:, None]) & ((c1[:, None] + ar) < c2[:, None] + s)
+        overlap = (rows_in[:, None, :, None] & cols_in[:, None, None, :]).to(x.dtype)  # (n, 1, s, s)
+        sq1, sq2 = win1.square(), win2.square()
+        norm_both = ((sq1 + (sq2 - sq1 * overlap)).flatten(1).sum(1)).clamp_min(0).sqrt()
         new = self._eta(n, s, x, generator) * self._signs((n, c, 1, 1), x, generator)
         new = new + win1 / (norm_win1 + 1e-12)
         mass = ((eps ** 2 - norm_img ** 2).clamp_min(0) / c + norm_both ** 2).sqrt()
         new = new / (new.flatten(2).norm(dim=2)[..., None, None] + 1e-12) * _bcast(mass, new)
-        delta[idx2] = 0.0
-        delta[idx1] = new
+        flat[idx2] = 0.0
+        flat[idx1] = new
         return (x + self._l2_normalise(delta, eps)).clamp(*self.bounds)
 
     # ---------------------------------------------------------- one run
@@ -293,23 +315,28 @@ class Square(Attack):
             x_best = self._start_l2(x, eps, generator)
         fooled, loss_best = self._margin_loss(model(x_best), label, targeted)
         queries = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+        # the samples not fooled yet, compacted: gathered again only after an iteration fooled some
+        active = torch.nonzero(~fooled).flatten()
+        xa, xb, la, ea, lb = x[active], x_best[active], label[active], eps[active], loss_best[active]
         for i in range(self.n_queries):
-            todo = torch.nonzero(~fooled).flatten()
-            if len(todo) == 0:
+            if active.numel() == 0:
                 break
             s = self._side(i, h, w)
-            xc, xb = x[todo], x_best[todo]
             if self.norm == "linf":
-                x_new = self._propose_linf(xc, xb, eps[todo], s, generator)
+                x_new = self._propose_linf(xa, xb, ea, s, generator)
             else:
-                x_new = self._propose_l2(xc, xb, eps[todo], s, generator)
-            hit, loss = self._margin_loss(model(x_new), label[todo], targeted)
-            take = hit | (loss < loss_best[todo])
-            idx = todo[take]
-            x_best[idx] = x_new[take]
-            loss_best[idx] = loss[take]
-            fooled[todo[hit]] = True
-            queries[todo] += 1
+                x_new = self._propose_l2(xa, xb, ea, s, generator)
+            hit, loss = self._margin_loss(model(x_new), la, targeted)
+            take = hit | (loss < lb)
+            xb = torch.where(_bcast(take, xb), x_new, xb)
+            lb = torch.where(take, loss, lb)
+            queries[active] += 1
+            if hit.any():
+                x_best[active], loss_best[active] = xb, lb
+                fooled[active[hit]] = True
+                keep = ~hit
+                active, xa, xb, la, ea, lb = active[keep], xa[keep], xb[keep], la[keep], ea[keep], lb[keep]
+        x_best[active], loss_best[active] = xb, lb
         return x_best, fooled, loss_best, queries
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
