@@ -201,7 +201,7 @@ def _section(cfg: AdaptiveDetectionConfig, facts: dict[str, Any], recs: list[dic
     return [
         Heading(title, 3),
         *partial,
-        Paragraph(f"`{cfg.arch}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
+        Paragraph(f"`{cfg.arch}` (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, checkpoint "
                   f"`{facts['checkpoint_key'][:12]}`), {facts['n_images']} random test images (seed {cfg.seed}) split "
                   f"fit / calibrate / test = {cfg.splits}; {n_test} correctly classified test images are the sources "
                   "of every evasion rate."),

@@ -46,7 +46,7 @@ from .hendrycks_kit import (
     record_model,
     run_attack,
 )
-from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["HGAttackConfig", "HGConfig"]
@@ -123,7 +123,7 @@ def _measure(attack: Any, model: Any, x: torch.Tensor, y: torch.Tensor, cfg: HGA
 
 def _blurb(cfg: HGAttackConfig, facts: dict[str, Any]) -> Paragraph:
     return Paragraph(
-        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {facts['test_accuracy']:.4f}, "
+        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, "
         f"checkpoint `{facts['checkpoint_key'][:12]}`); {facts['n']} of the {facts['n_correct']} correctly classified "
         f"test images (seeded draw, seed {cfg.seed}); random wrong-class targets drawn with seed {cfg.seed}."
     )

@@ -140,7 +140,7 @@ def paired_detection_metrics(clean: np.ndarray, adv: np.ndarray, *, threshold: f
 def _model_blurb(cfg: Any, facts: dict[str, Any], n_fit: int, n_train: int) -> Paragraph:
     n, n_correct = facts["n"], facts["n_correct"]
     return Paragraph(
-        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
+        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, checkpoint "
         f"`{facts['checkpoint_key'][:12]}`). Sources: {n} of the {n_correct} correctly classified test images (seeded draw, "
         f"seed {cfg.seed}), one random wrong-class target each. Fitted on training images only: the whitening on "
         f"all {n_train}, clean reference statistics and thresholds on {n_fit} correctly classified ones."

@@ -36,7 +36,7 @@ from ..plotting_maps import fis_figure, roc_figure, saliency_figure, score_histo
 from .base import Context, register
 from .common import inspect_maps, load_split, predict, saliency_rows, trained_model
 from .config import ExperimentConfig
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, pct, save_figure
 from .runner import Artifact, Results, Run
 
 __all__ = ["MartinElsterConfig", "fig1_cells", "fig1_report", "fig2_cells", "fig2_report", "fisher_scores"]
@@ -470,7 +470,7 @@ def fig2_report(cfg: MartinElsterConfig, results: Results) -> list[Block]:
     return [
         Heading("Martin & Elster 2019, Figure 2 (MNIST): Fisher information sensitivity"),
         Paragraph(
-            f"Model `{cfg.arch}` (preset `{cfg.preset}`, test accuracy {m['test_accuracy']:.4f}), MI-FGSM "
+            f"Model `{cfg.arch}` (preset `{cfg.preset}`, test accuracy {fmt_number(pct(m['test_accuracy']))}%), MI-FGSM "
             f"ε = {cfg.eps}, T = {cfg.steps}, μ = {cfg.decay}. FIS (eq. 13) with the {cfg.fis_reduction.replace('_', '-')} "
             "reduction and the normalised direction v̄ = ∇θ log p(ŷ|x)/‖·‖ at the same image, exact (forward "
             "mode); |FIS| is drawn over the image the model saw. Saliency maps explain each image's own "

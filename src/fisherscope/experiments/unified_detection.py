@@ -33,7 +33,7 @@ from .detection_kit import (
     sources,
     table_rows,
 )
-from .report import Block, Figure, Heading, Paragraph, Table, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, save_figure
 from .runner import Results, Run
 
 __all__ = ["unified_cells", "unified_report"]
@@ -77,7 +77,7 @@ def unified_report(cfg: DetectionConfig, results: Results) -> list[Block]:
     blocks: list[Block] = [
         Heading(f"All detectors against all attacks on `{cfg.arch}` ({cfg.dataset})"),
         Paragraph(
-            f"`{cfg.arch}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
+            f"`{cfg.arch}` (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, checkpoint "
             f"`{facts['checkpoint_key'][:12]}`), {facts['n_images']} random test images (seed {cfg.seed}), split "
             f"by source image into fit / calibrate / test = {cfg.splits}; thresholds at {100 * cfg.target_fpr:g}% "
             f"FPR on the calibration split; 95% intervals from {cfg.n_bootstrap} bootstrap draws of test images. "
@@ -100,7 +100,7 @@ def unified_report(cfg: DetectionConfig, results: Results) -> list[Block]:
         blocks += [
             Heading(f"Reconstruction detector on `{rec_cfg.arch}`", 3),
             Paragraph(f"The reconstruction error needs a decoder: `{rec_cfg.arch}` (test accuracy "
-                      f"{rfacts['test_accuracy']:.4f}) attacked with the same attack settings, the same "
+                      f"{fmt_number(pct(rfacts['test_accuracy']))}%) attacked with the same attack settings, the same "
                       "images and protocol; max softmax beside it for reference."),
             attack_table(cfg.attacks, attack_rows(rr["records"])),
             *detection_tables(rr["records"], RECONSTRUCTION_DETECTORS, names, "AUROC % [95% interval]"),

@@ -29,7 +29,7 @@ from ..fisher import fisher_spectrum
 from . import detection_kit as dk
 from .base import Context, register
 from .common import predict
-from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, pct, save_figure
 from .runner import Results, Run
 from .zhao_kit import ZhaoConfig, data_spec, zhao_sources
 
@@ -96,7 +96,7 @@ def table4_report(cfg: dk.DetectionConfig, results: Results) -> list[Block]:
     blocks: list[Block] = [
         Heading("Zhao et al. Table 4: AUROC of detecting adversarial examples (MNIST)"),
         Paragraph(
-            f"`{cfg.arch}` (test accuracy {facts['test_accuracy']:.4f}, checkpoint "
+            f"`{cfg.arch}` (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, checkpoint "
             f"`{facts['checkpoint_key'][:12]}`), {facts['n_images']} random MNIST test images (seed {cfg.seed}) "
             f"split by source image into fit / calibrate / test = {cfg.splits}. Eigenvalue detector: "
             f"top-{cfg.eigenvalues} eigenvalues of G_x (9 non-zero with 10 classes) -> random forest "

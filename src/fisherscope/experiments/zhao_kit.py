@@ -15,6 +15,7 @@ import torch
 
 from .config import ExperimentConfig
 from .kit import Context, Paragraph, load_split, select_samples, trained_model
+from .report import fmt_number, pct
 
 __all__ = ["ZhaoConfig", "data_spec", "model_blurb", "zhao_sources"]
 
@@ -53,6 +54,6 @@ def data_spec(cfg: ZhaoConfig) -> dict[str, Any]:
 def model_blurb(cfg: ZhaoConfig, facts: dict[str, Any], n: int) -> Paragraph:
     """The model line of a report from the stored model facts."""
     return Paragraph(
-        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {facts['test_accuracy']:.4f}, "
+        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, "
         f"checkpoint `{facts['checkpoint_key'][:12]}`), {n} test images, seed {cfg.seed}."
     )
