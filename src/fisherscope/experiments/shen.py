@@ -46,7 +46,7 @@ from ..plotting import to_display
 from .base import Context, register
 from .common import in_batches, load_split, predict, select_samples
 from .config import ExperimentConfig, config_to_dict
-from .report import Block, Figure, Heading, Paragraph, Table, pct, save_figure
+from .report import Block, Figure, Heading, Paragraph, Table, fmt_number, pct, save_figure
 from .runner import Artifact, Results, Run
 from .specs import AttackSpec, ModelSpec, build_attack, crafted, model_record, train_spec
 
@@ -450,7 +450,7 @@ def figure2_3_report(cfg: ShenConfig, results: Results) -> list[Block]:
             f"One network per μ (loss CE + μ Σ 1/p_i, penalty `{cfg.penalty}`), same preset and seed; OSSA on the "
             "sampled test images each network classifies correctly, L2 budgets before clipping. "
             + (f"Baseline (dotted): mean test accuracy of the μ = 0 networks, seeds "
-               f"{[cfg.seed, *cfg.baseline_seeds] if 0.0 in curves else cfg.baseline_seeds}: {100 * base_acc:.2f}%. "
+               f"{[cfg.seed, *cfg.baseline_seeds] if 0.0 in curves else cfg.baseline_seeds}: {fmt_number(pct(base_acc))}%. "
                if plain else "")
             + ("Paper: " + str(p.get("note", "")) if p else "")
         ),
@@ -544,7 +544,7 @@ def figure5_report(cfg: ShenConfig, results: Results) -> list[Block]:
     linf_rows = [[f"{b:g}", *[res[n]["fgsm"]["mean_applied_l2"][i] for n in names],
                   *[pct(res[n]["fgsm"]["fooling_ratio"][i]) for n in names]]
                  for i, b in enumerate(res[names[0]]["fgsm"]["budgets"])]
-    acc = ", ".join(f"{n} {100 * res[n]['model']['test_accuracy']:.2f}%" for n in names)
+    acc = ", ".join(f"{n} {fmt_number(pct(res[n]['model']['test_accuracy']))}%" for n in names)
     return [
         Heading("Shen et al. Figure 5: FGM, OTCM and FGSM against the penalised net"),
         _blurb(cfg, sample["n"]),
