@@ -1,7 +1,8 @@
 """Fisher kernels at every batch size: ours against stock ``torch.func`` and the faithful references.
 
 Run: ``python benchmarks/kernels.py [--quick] [--threads 1] [--json out.json]`` (parts:
-``--parts table tune alloc``). Models: ``mnist_cnn`` (1×28×28) and ``vgg_small``
+``--parts table tune alloc``; table rows: ``--models mnist_cnn vgg_small``, ``--kernels
+spectrum trace``, ``--batches 1 20 256``). Models: ``mnist_cnn`` (1×28×28) and ``vgg_small``
 (3×32×32), random weights, uniform inputs, 10 classes; costs do not depend on the
 values, except the iteration count of Algorithm 1 (noted in the output).
 
@@ -25,7 +26,14 @@ interleaved repeats (every method once per round, A B C A B C …):
   **loop** = per sample, K backward passes of log p_c with respect to the parameters
   (``autograd.grad``); **floor** = one forward and K − 1 ordinary backward passes of the
   batch (input gradients and batch-summed weight gradients): the arithmetic of K − 1
-  per-sample weight-gradient norms in materialised form.
+  per-sample weight-gradient norms in materialised form — not a floor for the factored
+  path, which forms no weight gradient; **floor_act** = one forward and K − 1 backward
+  passes that form only the gradients at the outputs of the layers that own parameters
+  (no weight gradient, no input gradient; the better of a loop and vmapped cotangents on
+  the whole batch, and our chunks with our strategy): what autograd must deliver to any
+  method that forms the K − 1 per-sample gradients through the network, the factored
+  path included (it adds the per-layer norms on top). ``loop / floor_act`` < 5 means
+  that 5× the loop lies below this floor.
 
 The per-sample references (Alg. 1, loop) are timed on the first ``--n-ref`` samples of the
 batch; at batch 256 "before" and "stock" are timed on the first 64 (both already work in
@@ -529,7 +537,7 @@ def main() -> None:
     if args.quick:
         args.batches, args.repeats, args.n_ref = [1, 8], 2, 2
     load = os.getloadavg()
-    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": load,
+    results: dict = {"argv": sys.argv[1:], "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": load,
                      "cpus": os.cpu_count()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load[0]:.2f}")
     for part in args.parts:
