@@ -196,6 +196,34 @@ def floor_trace_act(model: nn.Module, x: torch.Tensor, strategy: str, chunk: int
             h.remove()
 
 
+def trace_arith(model: nn.Module, x: torch.Tensor, rows: int = 9) -> dict[str, float]:
+    """Multiply-adds per sample of floor_act and of the factored trace, from the plan's layers.
+
+    Convolutions and linear layers only (BatchNorm, biases, activations and the unfold are
+    left out): ``fwd`` = one forward, ``bwd_row`` = one backward pass that forms the output
+    gradients (all layers' input gradients but the first's), ``norms`` = the per-layer
+    squared norms of ``rows`` output gradients in the form the plan chose (materialised
+    rows·T·C_out·D_in, ghost T²(D_in + rows·C_out)). floor_act = fwd + rows·bwd_row; ours
+    adds the validation forward and the norms.
+    """
+    net, _, _ = ps._prepare(model, x[:1], (0.0, 1.0))
+    assert net.plan is not None
+    net.plan.prepare(rows, tangent=False)
+    fwd = bwd = norms = 0.0
+    for u in net.plan.units:
+        if not isinstance(u, fa._MatUnit):
+            continue
+        m = u.t * u.c_out * u.d_in / u.groups
+        bwd += m if fwd else 0.0
+        fwd += m
+        if u.has_w:
+            norms += rows * m if u.mode == "materialize" else u.t * u.t * (u.d_in + rows * u.c_out)
+    floor = fwd + rows * bwd
+    ours = 2 * fwd + rows * bwd + norms
+    return {"fwd": fwd, "bwd_row": bwd, "norms": norms, "floor_act": floor, "ours": ours,
+            "ours_vs_floor_act": ours / floor}
+
+
 #: The activation floor also tries vmapped cotangents on whole batches up to this size (the
 #: factored path vmaps them only on small chunks, see ``choose_strategy``).
 ACT_VMAP_MAX_BATCH = 32
@@ -359,6 +387,7 @@ def part_trace_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tens
           # "5× the loop lies below the floor" holds when loop / floor_act < 5
           "five_x_loop_below_floor_act": cpu["loop"] / cpu["floor_act"] < 5,
           "chunk": tchunk, "strategy": strategy}
+    tr["arith"] = trace_arith(model, x)
     rows[f"trace/{name}/{n}"] = tr
     print(f"trace    {name:9s} N={n:3d}  ours {per['ours']:8.2f}  before {per['before']:8.2f}  stock {per['stock']:8.2f}"
           f"  loop {per['loop']:8.2f}  floor {per['floor']:8.2f}  floor_act {per['floor_act']:8.2f}"
@@ -372,6 +401,9 @@ def part_trace_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tens
           f"  x loop {tr['cpu_vs_loop']:.2f}  x before {tr['cpu_vs_before']:.2f}  ours/floor {tr['cpu_ours_vs_floor']:.2f}"
           f"  ours/floor_act {tr['cpu_ours_vs_floor_act']:.2f}  loop/floor_act {tr['cpu_loop_vs_floor_act']:.2f}"
           f"  stock/floor_act {tr['cpu_stock_vs_floor_act']:.2f}", flush=True)
+    ar = tr["arith"]
+    print(f"         multiply-adds per sample: floor_act {ar['floor_act'] / 1e6:.0f} M, ours {ar['ours'] / 1e6:.0f} M"
+          f" (of which norms {ar['norms'] / 1e6:.0f} M): ours/floor_act {ar['ours_vs_floor_act']:.2f}", flush=True)
 
 
 def part_tune(args: argparse.Namespace, results: dict) -> None:
