@@ -1,7 +1,8 @@
 """Fisher kernels at every batch size: ours against stock ``torch.func`` and the faithful references.
 
 Run: ``python benchmarks/kernels.py [--quick] [--threads 1] [--json out.json]`` (parts:
-``--parts table tune alloc``). Models: ``mnist_cnn`` (1×28×28) and ``vgg_small``
+``--parts table tune alloc``; table rows: ``--models mnist_cnn vgg_small``, ``--kernels
+spectrum trace``, ``--batches 1 20 256``). Models: ``mnist_cnn`` (1×28×28) and ``vgg_small``
 (3×32×32), random weights, uniform inputs, 10 classes; costs do not depend on the
 values, except the iteration count of Algorithm 1 (noted in the output).
 
@@ -25,7 +26,14 @@ interleaved repeats (every method once per round, A B C A B C …):
   **loop** = per sample, K backward passes of log p_c with respect to the parameters
   (``autograd.grad``); **floor** = one forward and K − 1 ordinary backward passes of the
   batch (input gradients and batch-summed weight gradients): the arithmetic of K − 1
-  per-sample weight-gradient norms in materialised form.
+  per-sample weight-gradient norms in materialised form — not a floor for the factored
+  path, which forms no weight gradient; **floor_act** = one forward and K − 1 backward
+  passes that form only the gradients at the outputs of the layers that own parameters
+  (no weight gradient, no input gradient; the better of a loop and vmapped cotangents on
+  the whole batch, and our chunks with our strategy): what autograd must deliver to any
+  method that forms the K − 1 per-sample gradients through the network, the factored
+  path included (it adds the per-layer norms on top). ``loop / floor_act`` < 5 means
+  that 5× the loop lies below this floor.
 
 The per-sample references (Alg. 1, loop) are timed on the first ``--n-ref`` samples of the
 batch; at batch 256 "before" and "stock" are timed on the first 64 (both already work in
@@ -157,6 +165,70 @@ def floor_trace(model: nn.Module, x: torch.Tensor, chunk: int | None = None) -> 
             torch.autograd.grad(z, [xr, *params], h[:, j].expand(xr.shape[0], k), retain_graph=j < k - 2)
 
 
+def param_owners(model: nn.Module) -> list[nn.Module]:
+    """The modules that own trainable parameters directly (the layers of the factored path)."""
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def floor_trace_act(model: nn.Module, x: torch.Tensor, strategy: str, chunk: int | None = None) -> None:
+    """One forward and K − 1 backward passes that form only the gradients at the outputs of
+    the layers that own parameters, on the whole batch or in chunks.
+
+    What the ghost-norm / outer-product identities of the factored path need from autograd
+    (δ at every layer's output; the layers' inputs come from the forward): no weight
+    gradient and no input gradient is formed (the autograd engine computes only what the
+    requested outputs need; x does not require grad). The loop of backward passes or the
+    vmapped cotangents (``strategy``), as in :func:`fisherscope.fisher._factored.vjp_rows`.
+    """
+    outs: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda mod, a, o: outs.append(o)) for m in param_owners(model)]
+    try:
+        for start in range(0, x.shape[0], chunk or x.shape[0]):
+            xr = x[start : start + (chunk or x.shape[0])].detach()
+            outs.clear()
+            z = model(xr)
+            k = z.shape[1]
+            cot = helmert_basis(k, dtype=z.dtype).mT.unsqueeze(1).expand(k - 1, xr.shape[0], k)
+            for _ in fa.vjp_rows(z, list(outs), cot, strategy):  # type: ignore[arg-type]
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def trace_arith(model: nn.Module, x: torch.Tensor, rows: int = 9) -> dict[str, float]:
+    """Multiply-adds per sample of floor_act and of the factored trace, from the plan's layers.
+
+    Convolutions and linear layers only (BatchNorm, biases, activations and the unfold are
+    left out): ``fwd`` = one forward, ``bwd_row`` = one backward pass that forms the output
+    gradients (all layers' input gradients but the first's), ``norms`` = the per-layer
+    squared norms of ``rows`` output gradients in the form the plan chose (materialised
+    rows·T·C_out·D_in, ghost T²(D_in + rows·C_out)). floor_act = fwd + rows·bwd_row; ours
+    adds the validation forward and the norms.
+    """
+    net, _, _ = ps._prepare(model, x[:1], (0.0, 1.0))
+    assert net.plan is not None
+    net.plan.prepare(rows, tangent=False)
+    fwd = bwd = norms = 0.0
+    for u in net.plan.units:
+        if not isinstance(u, fa._MatUnit):
+            continue
+        m = u.t * u.c_out * u.d_in / u.groups
+        bwd += m if fwd else 0.0
+        fwd += m
+        if u.has_w:
+            norms += rows * m if u.mode == "materialize" else u.t * u.t * (u.d_in + rows * u.c_out)
+    floor = fwd + rows * bwd
+    ours = 2 * fwd + rows * bwd + norms
+    return {"fwd": fwd, "bwd_row": bwd, "norms": norms, "floor_act": floor, "ours": ours,
+            "ours_vs_floor_act": ours / floor}
+
+
+#: The activation floor also tries vmapped cotangents on whole batches up to this size (the
+#: factored path vmaps them only on small chunks, see ``choose_strategy``).
+ACT_VMAP_MAX_BATCH = 32
+
+
 def trace_chunk(model: nn.Module, x: torch.Tensor) -> int:
     net, _, _ = ps._prepare(model, x, (0.0, 1.0))
     net.plan.prepare(9, tangent=False)
@@ -209,6 +281,8 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
     print("\n== exact top eigenpair and parameter trace: ms per sample (median of interleaved repeats) ==")
     rows = results.setdefault("table", {})
     for name, (model, shape) in models().items():
+        if name not in args.models:
+            continue
         for n in args.batches:
             torch.manual_seed(1)
             x = torch.rand(n, *shape)
@@ -216,88 +290,120 @@ def part_table(args: argparse.Namespace, results: dict) -> None:
             nr = min(n, args.n_ref)
             nb = n if (args.full_refs or n < 256) else 64
             xr, xb = x[:nr], x[:nb]
-            # --- spectrum
-            ours_s = fisher_spectrum(model, x, k=1)
-            lam_st, vec_st = stock_top(model, x)
-            lam_a1, _ = algorithm1_top(model, xr)
-            lam_st, vec_st = lam_st.detach(), vec_st.detach()
-            rel_st = float(((ours_s.top_eigenvalue.double() - lam_st).abs() / lam_st).max())
-            cos_st = float((ours_s.top_eigenvector.flatten(1).double() * vec_st).sum(1).abs().min())
-            rel_a1 = float(((ours_s.top_eigenvalue[:nr].double() - lam_a1.double()).abs() / lam_a1.double()).max())
-            jchunk = ins._jacobian_chunk(model, x)[0]
-            fns = {
-                "ours": lambda m=model, xx=x: fisher_spectrum(m, xx, k=1),
-                "stock": lambda m=model, xx=x: stock_top(m, xx),
-                "alg1": lambda m=model, xx=xr: algorithm1_top(m, xx),
-                "floor_loop": lambda m=model, xx=x: floor_spectrum(m, xx, "loop"),
-                "floor_vmap": lambda m=model, xx=x: floor_spectrum(m, xx, "vmap"),
-            }
-            if jchunk < n:  # the floor on our chunks too: a whole batch of 256 runs slower per sample
-                fns["floor_loop_chunked"] = lambda m=model, xx=x, c=jchunk: floor_spectrum(m, xx, "loop", c)
-            t, fl = interleaved(fns, reps)
-            per = {k: med(v) / (nr if k == "alg1" else n) * 1e3 for k, v in t.items()}
-            cpu = {k: cpu_ms(k, nr if k == "alg1" else n) for k in t}
-            floors = [k for k in per if k.startswith("floor")]
-            floor = min(per[k] for k in floors)
-            cfloor = min(cpu[k] for k in floors)
-            spec = {**{f"{k}_ms": v for k, v in per.items()}, "floor_ms": floor,
-                    "vs_stock": per["stock"] / per["ours"], "vs_alg1": per["alg1"] / per["ours"],
-                    "ours_vs_floor": per["ours"] / floor, "stock_vs_floor": per["stock"] / floor,
-                    "faults_per_call": fl, "max_rel_eig_vs_stock": rel_st, "min_abs_cos_vs_stock": cos_st,
-                    "max_rel_eig_vs_alg1": rel_a1, "n_ref": nr,
-                    "strategy": fa.choose_strategy(9, min(n, ins._jacobian_chunk(model, x)[0]),
-                                                   ins._costs(model, x)[0], x.device, ins.JACOBIAN_STRATEGY),
-                    "chunk": ins._jacobian_chunk(model, x)[0], "cpu_ms": cpu, "cpu_floor_ms": cfloor,
-                    "cpu_vs_stock": cpu["stock"] / cpu["ours"], "cpu_vs_alg1": cpu["alg1"] / cpu["ours"],
-                    "cpu_ours_vs_floor": cpu["ours"] / cfloor}
-            rows[f"spectrum/{name}/{n}"] = spec
-            print(f"spectrum {name:9s} N={n:3d}  ours {per['ours']:8.2f}  stock {per['stock']:8.2f}  Alg.1 {per['alg1']:8.2f}"
-                  f"  floor {floor:8.2f} ({', '.join(f'{k[6:]} {per[k]:.2f}' for k in floors)})"
-                  f"  | x stock {spec['vs_stock']:.2f}  x Alg.1 {spec['vs_alg1']:.2f}  ours/floor {spec['ours_vs_floor']:.2f}"
-                  f"  stock/floor {spec['stock_vs_floor']:.2f}  [{spec['strategy']}, chunk {spec['chunk']}]"
-                  f"  (λ rel. {rel_st:.1e}, |cos| {cos_st:.6f}; Alg.1 λ rel. {rel_a1:.1e})", flush=True)
-            print(f"         CPU ms: ours {cpu['ours']:.2f} stock {cpu['stock']:.2f} Alg.1 {cpu['alg1']:.2f} floor {cfloor:.2f}"
-                  f"  | x stock {spec['cpu_vs_stock']:.2f}  x Alg.1 {spec['cpu_vs_alg1']:.2f}  ours/floor {spec['cpu_ours_vs_floor']:.2f}",
-                  flush=True)
-            # --- trace
-            ours_t = param_fisher_trace(model, x)
-            st = stock_trace(model, xb)
-            rel_t = float(((ours_t[:nb].double() - st.double()).abs() / st.double()).max())
-            tchunk = trace_chunk(model, x)
-            fns = {
-                "ours": lambda m=model, xx=x: param_fisher_trace(m, xx),
-                "before": lambda m=model, xx=xb: before_trace(m, xx),
-                "stock": lambda m=model, xx=xb: stock_trace(m, xx),
-                "loop": lambda m=model, xx=xr: loop_trace(m, xx),
-                "floor_whole": lambda m=model, xx=x: floor_trace(m, xx),
-            }
-            if tchunk < n:
-                fns["floor_chunked"] = lambda m=model, xx=x, c=tchunk: floor_trace(m, xx, c)
-            t, fl = interleaved(fns, reps)
-            sizes = {"ours": n, "before": nb, "stock": nb, "loop": nr, "floor_whole": n, "floor_chunked": n}
-            per = {k: med(v) / sizes[k] * 1e3 for k, v in t.items()}
-            cpu = {k: cpu_ms(k, sizes[k]) for k in t}
-            per["floor"] = min(v for k, v in per.items() if k.startswith("floor_"))
-            cpu["floor"] = min(v for k, v in cpu.items() if k.startswith("floor_"))
-            spread_ours = spread(t["ours"]) / med(t["ours"])
-            tr = {**{f"{k}_ms": v for k, v in per.items()}, "vs_stock": per["stock"] / per["ours"],
-                  "vs_loop": per["loop"] / per["ours"], "vs_before": per["before"] / per["ours"],
-                  "ours_vs_floor": per["ours"] / per["floor"], "stock_vs_floor": per["stock"] / per["floor"],
-                  "loop_vs_floor": per["loop"] / per["floor"], "faults_per_call": fl,
-                  "ours_rel_spread": spread_ours, "max_rel_vs_stock": rel_t, "n_ref": nr, "n_batched_refs": nb,
-                  "cpu_ms": cpu, "cpu_vs_stock": cpu["stock"] / cpu["ours"], "cpu_vs_loop": cpu["loop"] / cpu["ours"],
-                  "cpu_vs_before": cpu["before"] / cpu["ours"], "cpu_ours_vs_floor": cpu["ours"] / cpu["floor"],
-                  "chunk": tchunk, "strategy": ps._strategy(ps._prepare(model, x[:1], (0.0, 1.0))[0], 9, min(n, tchunk))}
-            rows[f"trace/{name}/{n}"] = tr
-            print(f"trace    {name:9s} N={n:3d}  ours {per['ours']:8.2f}  before {per['before']:8.2f}  stock {per['stock']:8.2f}"
-                  f"  loop {per['loop']:8.2f}  floor {per['floor']:8.2f}  | x stock {tr['vs_stock']:.2f}  x loop {tr['vs_loop']:.2f}"
-                  f"  x before {tr['vs_before']:.2f}  ours/floor {tr['ours_vs_floor']:.2f}  stock/floor {tr['stock_vs_floor']:.2f}"
-                  f"  [{tr['strategy']}, chunk {tchunk}]"
-                  f"  (rel. diff vs stock {rel_t:.1e}; faults/call ours {fl['ours']:.0f} before {fl['before']:.0f}"
-                  f" stock {fl['stock']:.0f})", flush=True)
-            print(f"         CPU ms: ours {cpu['ours']:.2f} before {cpu['before']:.2f} stock {cpu['stock']:.2f} loop {cpu['loop']:.2f}"
-                  f" floor {cpu['floor']:.2f}  | x stock {tr['cpu_vs_stock']:.2f}  x loop {tr['cpu_vs_loop']:.2f}"
-                  f"  x before {tr['cpu_vs_before']:.2f}  ours/floor {tr['cpu_ours_vs_floor']:.2f}", flush=True)
+            if "spectrum" in args.kernels:
+                part_spectrum_cell(name, model, x, xr, reps, rows)
+            if "trace" in args.kernels:
+                part_trace_cell(name, model, x, xr, xb, reps, rows)
+
+
+def part_spectrum_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tensor, reps: int, rows: dict) -> None:
+    """One row of the exact top eigenpair (see the module docstring)."""
+    n, nr = x.shape[0], xr.shape[0]
+    ours_s = fisher_spectrum(model, x, k=1)
+    lam_st, vec_st = stock_top(model, x)
+    lam_a1, _ = algorithm1_top(model, xr)
+    lam_st, vec_st = lam_st.detach(), vec_st.detach()
+    rel_st = float(((ours_s.top_eigenvalue.double() - lam_st).abs() / lam_st).max())
+    cos_st = float((ours_s.top_eigenvector.flatten(1).double() * vec_st).sum(1).abs().min())
+    rel_a1 = float(((ours_s.top_eigenvalue[:nr].double() - lam_a1.double()).abs() / lam_a1.double()).max())
+    jchunk = ins._jacobian_chunk(model, x)[0]
+    fns = {
+        "ours": lambda m=model, xx=x: fisher_spectrum(m, xx, k=1),
+        "stock": lambda m=model, xx=x: stock_top(m, xx),
+        "alg1": lambda m=model, xx=xr: algorithm1_top(m, xx),
+        "floor_loop": lambda m=model, xx=x: floor_spectrum(m, xx, "loop"),
+        "floor_vmap": lambda m=model, xx=x: floor_spectrum(m, xx, "vmap"),
+    }
+    if jchunk < n:  # the floor on our chunks too: a whole batch of 256 runs slower per sample
+        fns["floor_loop_chunked"] = lambda m=model, xx=x, c=jchunk: floor_spectrum(m, xx, "loop", c)
+    t, fl = interleaved(fns, reps)
+    per = {k: med(v) / (nr if k == "alg1" else n) * 1e3 for k, v in t.items()}
+    cpu = {k: cpu_ms(k, nr if k == "alg1" else n) for k in t}
+    floors = [k for k in per if k.startswith("floor")]
+    floor = min(per[k] for k in floors)
+    cfloor = min(cpu[k] for k in floors)
+    spec = {**{f"{k}_ms": v for k, v in per.items()}, "floor_ms": floor,
+            "vs_stock": per["stock"] / per["ours"], "vs_alg1": per["alg1"] / per["ours"],
+            "ours_vs_floor": per["ours"] / floor, "stock_vs_floor": per["stock"] / floor,
+            "faults_per_call": fl, "max_rel_eig_vs_stock": rel_st, "min_abs_cos_vs_stock": cos_st,
+            "max_rel_eig_vs_alg1": rel_a1, "n_ref": nr,
+            "strategy": fa.choose_strategy(9, min(n, ins._jacobian_chunk(model, x)[0]),
+                                           ins._costs(model, x)[0], x.device, ins.JACOBIAN_STRATEGY),
+            "chunk": ins._jacobian_chunk(model, x)[0], "cpu_ms": cpu, "cpu_floor_ms": cfloor,
+            "cpu_vs_stock": cpu["stock"] / cpu["ours"], "cpu_vs_alg1": cpu["alg1"] / cpu["ours"],
+            "cpu_ours_vs_floor": cpu["ours"] / cfloor}
+    rows[f"spectrum/{name}/{n}"] = spec
+    print(f"spectrum {name:9s} N={n:3d}  ours {per['ours']:8.2f}  stock {per['stock']:8.2f}  Alg.1 {per['alg1']:8.2f}"
+          f"  floor {floor:8.2f} ({', '.join(f'{k[6:]} {per[k]:.2f}' for k in floors)})"
+          f"  | x stock {spec['vs_stock']:.2f}  x Alg.1 {spec['vs_alg1']:.2f}  ours/floor {spec['ours_vs_floor']:.2f}"
+          f"  stock/floor {spec['stock_vs_floor']:.2f}  [{spec['strategy']}, chunk {spec['chunk']}]"
+          f"  (λ rel. {rel_st:.1e}, |cos| {cos_st:.6f}; Alg.1 λ rel. {rel_a1:.1e})", flush=True)
+    print(f"         CPU ms: ours {cpu['ours']:.2f} stock {cpu['stock']:.2f} Alg.1 {cpu['alg1']:.2f} floor {cfloor:.2f}"
+          f"  | x stock {spec['cpu_vs_stock']:.2f}  x Alg.1 {spec['cpu_vs_alg1']:.2f}  ours/floor {spec['cpu_ours_vs_floor']:.2f}",
+          flush=True)
+
+
+def part_trace_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tensor, xb: torch.Tensor, reps: int,
+                    rows: dict) -> None:
+    """One row of the parameter-space trace (see the module docstring)."""
+    n, nr, nb = x.shape[0], xr.shape[0], xb.shape[0]
+    ours_t = param_fisher_trace(model, x)
+    st = stock_trace(model, xb)
+    rel_t = float(((ours_t[:nb].double() - st.double()).abs() / st.double()).max())
+    tchunk = trace_chunk(model, x)
+    fns = {
+        "ours": lambda m=model, xx=x: param_fisher_trace(m, xx),
+        "before": lambda m=model, xx=xb: before_trace(m, xx),
+        "stock": lambda m=model, xx=xb: stock_trace(m, xx),
+        "loop": lambda m=model, xx=xr: loop_trace(m, xx),
+        "floor_whole": lambda m=model, xx=x: floor_trace(m, xx),
+    }
+    strategy = ps._strategy(ps._prepare(model, x[:1], (0.0, 1.0))[0], 9, min(n, tchunk))
+    fns["act_loop"] = lambda m=model, xx=x: floor_trace_act(m, xx, "loop")
+    if n <= ACT_VMAP_MAX_BATCH:
+        fns["act_vmap"] = lambda m=model, xx=x: floor_trace_act(m, xx, "vmap")
+    if tchunk < n:
+        fns["floor_chunked"] = lambda m=model, xx=x, c=tchunk: floor_trace(m, xx, c)
+        fns["act_chunked"] = lambda m=model, xx=x, c=tchunk, s=strategy: floor_trace_act(m, xx, s, c)
+    t, fl = interleaved(fns, reps)
+    sizes = {"ours": n, "before": nb, "stock": nb, "loop": nr}
+    per = {k: med(v) / sizes.get(k, n) * 1e3 for k, v in t.items()}
+    cpu = {k: cpu_ms(k, sizes.get(k, n)) for k in t}
+    for d in (per, cpu):
+        d["floor"] = min(v for k, v in d.items() if k.startswith("floor_"))
+        d["floor_act"] = min(v for k, v in d.items() if k.startswith("act_"))
+    spread_ours = spread(t["ours"]) / med(t["ours"])
+    tr = {**{f"{k}_ms": v for k, v in per.items()}, "vs_stock": per["stock"] / per["ours"],
+          "vs_loop": per["loop"] / per["ours"], "vs_before": per["before"] / per["ours"],
+          "ours_vs_floor": per["ours"] / per["floor"], "stock_vs_floor": per["stock"] / per["floor"],
+          "loop_vs_floor": per["loop"] / per["floor"], "faults_per_call": fl,
+          "ours_rel_spread": spread_ours, "max_rel_vs_stock": rel_t, "n_ref": nr, "n_batched_refs": nb,
+          "cpu_ms": cpu, "cpu_vs_stock": cpu["stock"] / cpu["ours"], "cpu_vs_loop": cpu["loop"] / cpu["ours"],
+          "cpu_vs_before": cpu["before"] / cpu["ours"], "cpu_ours_vs_floor": cpu["ours"] / cpu["floor"],
+          "ours_vs_floor_act": per["ours"] / per["floor_act"], "loop_vs_floor_act": per["loop"] / per["floor_act"],
+          "stock_vs_floor_act": per["stock"] / per["floor_act"],
+          "cpu_ours_vs_floor_act": cpu["ours"] / cpu["floor_act"], "cpu_loop_vs_floor_act": cpu["loop"] / cpu["floor_act"],
+          "cpu_stock_vs_floor_act": cpu["stock"] / cpu["floor_act"],
+          # "5× the loop lies below the floor" holds when loop / floor_act < 5
+          "five_x_loop_below_floor_act": cpu["loop"] / cpu["floor_act"] < 5,
+          "chunk": tchunk, "strategy": strategy}
+    tr["arith"] = trace_arith(model, x)
+    rows[f"trace/{name}/{n}"] = tr
+    print(f"trace    {name:9s} N={n:3d}  ours {per['ours']:8.2f}  before {per['before']:8.2f}  stock {per['stock']:8.2f}"
+          f"  loop {per['loop']:8.2f}  floor {per['floor']:8.2f}  floor_act {per['floor_act']:8.2f}"
+          f" ({', '.join(f'{k[4:]} {per[k]:.2f}' for k in t if k.startswith('act_'))})  | x stock {tr['vs_stock']:.2f}  x loop {tr['vs_loop']:.2f}"
+          f"  x before {tr['vs_before']:.2f}  ours/floor {tr['ours_vs_floor']:.2f}  stock/floor {tr['stock_vs_floor']:.2f}"
+          f"  ours/floor_act {tr['ours_vs_floor_act']:.2f}  loop/floor_act {tr['loop_vs_floor_act']:.2f}  [{tr['strategy']}, chunk {tchunk}]"
+          f"  (rel. diff vs stock {rel_t:.1e}; faults/call ours {fl['ours']:.0f} before {fl['before']:.0f}"
+          f" stock {fl['stock']:.0f})", flush=True)
+    print(f"         CPU ms: ours {cpu['ours']:.2f} before {cpu['before']:.2f} stock {cpu['stock']:.2f} loop {cpu['loop']:.2f}"
+          f" floor {cpu['floor']:.2f} floor_act {cpu['floor_act']:.2f}  | x stock {tr['cpu_vs_stock']:.2f}"
+          f"  x loop {tr['cpu_vs_loop']:.2f}  x before {tr['cpu_vs_before']:.2f}  ours/floor {tr['cpu_ours_vs_floor']:.2f}"
+          f"  ours/floor_act {tr['cpu_ours_vs_floor_act']:.2f}  loop/floor_act {tr['cpu_loop_vs_floor_act']:.2f}"
+          f"  stock/floor_act {tr['cpu_stock_vs_floor_act']:.2f}", flush=True)
+    ar = tr["arith"]
+    print(f"         multiply-adds per sample: floor_act {ar['floor_act'] / 1e6:.0f} M, ours {ar['ours'] / 1e6:.0f} M"
+          f" (of which norms {ar['norms'] / 1e6:.0f} M): ours/floor_act {ar['ours_vs_floor_act']:.2f}", flush=True)
 
 
 def part_tune(args: argparse.Namespace, results: dict) -> None:
@@ -445,6 +551,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--parts", nargs="+", default=["table"], choices=["table", "tune", "alloc"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 20, 256])
+    ap.add_argument("--models", nargs="+", default=["mnist_cnn", "vgg_small"], choices=["mnist_cnn", "vgg_small"])
+    ap.add_argument("--kernels", nargs="+", default=["spectrum", "trace"], choices=["spectrum", "trace"],
+                    help="table rows: top eigenpair, parameter trace")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--n-ref", type=int, default=8, help="samples the per-sample references are timed on")
     ap.add_argument("--full-refs", action="store_true", help="time the batched references on the whole batch")
@@ -460,7 +569,7 @@ def main() -> None:
     if args.quick:
         args.batches, args.repeats, args.n_ref = [1, 8], 2, 2
     load = os.getloadavg()
-    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": load,
+    results: dict = {"argv": sys.argv[1:], "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": load,
                      "cpus": os.cpu_count()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load[0]:.2f}")
     for part in args.parts:
