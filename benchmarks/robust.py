@@ -1,6 +1,7 @@
 """Robust-accuracy evaluation speed: APGD, Square and the AutoAttack ensemble, ours against floors and torchattacks.
 
-Run: ``python benchmarks/robust.py [--quick] [--models digits_cnn,vgg_small] [--threads 1] [--json out.json]``.
+Run: ``python benchmarks/robust.py [--quick] [--models mnist_cnn,vgg_small] [--parts apgd,square,ensemble]
+[--ens-steps S --ens-targets T --ens-queries Q] [--no-checks] [--threads 1] [--json out.json]``.
 ``--quick`` is a smoke run (batch 16, few steps and queries): its timings mean nothing.
 
 What is timed, per model, on CPU, batch 256, the same ``nn.Module`` for every library:
@@ -119,9 +120,19 @@ def bench_model(name: str, args, ta) -> dict:
     with torch.no_grad():
         clean = model(x).argmax(1) == y
 
+    parts = set(args.parts.split(","))
     # APGD vs floor vs torchattacks
     ours_apgd = APGD(eps=eps, steps=steps, loss="ce")
     g = torch.Generator().manual_seed(0)
+    if "apgd" in parts:
+        _apgd(out, model, x, y, eps, steps, ours_apgd, g, repeats, warmup, ta)
+    if "square" in parts:
+        _square(out, model, x, y, eps, queries, repeats, clean, ta)
+    _ensemble(out, model, x, y, eps, n, clean, vgg, quick, args, ta, parts)
+    return out
+
+
+def _apgd(out, model, x, y, eps, steps, ours_apgd, g, repeats, warmup, ta) -> None:
     fns = {"ours": lambda: ours_apgd(model, x, y, generator=g), "floor": floor_fwd_bwd(model, x, y, steps)}
     if ta is not None:
         ta_apgd = ta.APGD(model, eps=eps, steps=steps, loss="ce", seed=0)
@@ -137,7 +148,9 @@ def bench_model(name: str, args, ta) -> dict:
                  f" (CPU {c['ours'] / c['torchattacks']:.2f})")
     print(line)
 
-    # Square vs its forwards vs torchattacks
+
+def _square(out, model, x, y, eps, queries, repeats, clean, ta) -> None:
+    """Square vs its forwards replayed vs torchattacks."""
     rec = Recorder(model).eval()
     sq = Square(eps=eps, n_queries=queries)
     x_sq = sq(rec, x, y, generator=torch.Generator().manual_seed(0))  # records the forwards' batch sizes
@@ -163,31 +176,38 @@ def bench_model(name: str, args, ta) -> dict:
                  f"ours/torchattacks {t_sq / ck.wall:.2f} (CPU {c_sq / ck.cpu:.2f})")
     print(line)
 
-    # the ensemble
+
+def _ensemble(out, model, x, y, eps, n, clean, vgg, quick, args, ta, parts) -> None:
+    """robust_accuracy(..., 'standard' or a reduction) vs torchattacks' MultiAttack of the same attacks."""
+    if "ensemble" not in parts:
+        return
     if vgg:
         ne = min(args.vgg_ensemble_n, n)
         e_steps, e_queries = (3, 10) if quick else (10, 100)
     else:
         ne, e_steps, e_queries = n, (3 if quick else 100), (10 if quick else 5000)
+    e_steps = args.ens_steps or e_steps
+    e_queries = args.ens_queries or e_queries
     if ne == 0:
-        return out
+        return
     xe, ye, ce = x[:ne], y[:ne], clean[:ne]
     k = model(xe[:1]).shape[1]
+    n_targets = min(args.ens_targets or 9, k - 1)
     attacks = [("apgd-ce", APGD(eps=eps, steps=e_steps, loss="ce")),
-               ("apgd-t", APGDTargeted(eps=eps, steps=e_steps, n_target_classes=min(9, k - 1))),
+               ("apgd-t", APGDTargeted(eps=eps, steps=e_steps, n_target_classes=n_targets)),
                ("square", Square(eps=eps, n_queries=e_queries))]
-    is_standard = e_steps == 100 and e_queries == 5000
+    is_standard = e_steps == 100 and e_queries == 5000 and n_targets == min(9, k - 1)
     with Clock() as ck:
         res = robust_accuracy(model, xe, ye, norm="linf", eps=eps, attacks="standard" if is_standard else attacks,
                               generator=torch.Generator().manual_seed(0), checks=None)
     t_ours, c_ours = ck.wall, ck.cpu
-    ens = {"n": ne, "apgd_steps": e_steps, "square_queries": e_queries, "ours": t_ours, "cpu_ours": c_ours,
+    ens = {"n": ne, "apgd_steps": e_steps, "square_queries": e_queries, "n_target_classes": n_targets, "ours": t_ours, "cpu_ours": c_ours,
            "robust_ours": res.robust_accuracy, "per_attack": res.per_attack}
     line = (f"ensemble (APGD-CE-{e_steps}, APGD-T-{e_steps}, Square-{e_queries}) on {ne}: ours {t_ours:.1f}s "
             f"(CPU {c_ours:.1f}s) = {ne / t_ours:.2f} img/s (robust {res.robust_accuracy:.3f})")
     if ta is not None:
         multi = ta.MultiAttack([ta.APGD(model, eps=eps, steps=e_steps, loss="ce", n_restarts=1, seed=0),
-                                ta.APGDT(model, eps=eps, steps=e_steps, n_classes=k, n_restarts=1, seed=0),
+                                ta.APGDT(model, eps=eps, steps=e_steps, n_classes=n_targets + 1, n_restarts=1, seed=0),
                                 ta.Square(model, eps=eps, n_queries=e_queries, n_restarts=1, seed=0)])
         with torch.random.fork_rng(), Clock() as ck:
             x_ta = multi(xe, ye)
@@ -202,13 +222,16 @@ def bench_model(name: str, args, ta) -> dict:
         line += f"; ours with checks='standard' {ck.wall:.1f}s (CPU {ck.cpu:.1f}s, flags {res_c.flag_codes})"
     out["ensemble"] = ens
     print(line)
-    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", default="mnist_cnn,vgg_small", help="comma-separated: mnist_cnn, digits_cnn, vgg_small")
+    ap.add_argument("--parts", default="apgd,square,ensemble", help="comma-separated: apgd, square, ensemble")
+    ap.add_argument("--ens-steps", type=int, default=0, help="APGD steps in the ensemble (default: 100; vgg_small 10)")
+    ap.add_argument("--ens-queries", type=int, default=0, help="Square queries in the ensemble (default: 5000; vgg_small 100)")
+    ap.add_argument("--ens-targets", type=int, default=0, help="APGD-T target classes in the ensemble (default: 9)")
     ap.add_argument("--no-checks", dest="checks", action="store_false", help="skip timing checks='standard'")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
