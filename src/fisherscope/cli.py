@@ -303,7 +303,7 @@ def audit(
         from . import distributed
 
         distributed.finish()
-    if "rank" in summary:  # torchrun: rank 0 alone says where the shared run is
+    if not distributed.world().is_main:  # torchrun: rank 0 alone says where the shared run is
         return
     run_path = Path(summary["run_dir"])
     say.print(f"[bold]{summary['headline']}[/]")

@@ -318,9 +318,11 @@ class Square(Attack):
         # the samples not fooled yet, compacted: gathered again only after an iteration fooled some
         active = torch.nonzero(~fooled).flatten()
         xa, xb, la, ea, lb = x[active], x_best[active], label[active], eps[active], loss_best[active]
+        done = 0  # iterations run: an active sample has made 1 + done queries
         for i in range(self.n_queries):
             if active.numel() == 0:
                 break
+            done = i + 1
             s = self._side(i, h, w)
             if self.norm == "linf":
                 x_new = self._propose_linf(xa, xb, ea, s, generator)
@@ -330,13 +332,14 @@ class Square(Attack):
             take = hit | (loss < lb)
             xb = torch.where(_bcast(take, xb), x_new, xb)
             lb = torch.where(take, loss, lb)
-            queries[active] += 1
             if hit.any():
                 x_best[active], loss_best[active] = xb, lb
                 fooled[active[hit]] = True
+                queries[active[hit]] = 1 + done
                 keep = ~hit
                 active, xa, xb, la, ea, lb = active[keep], xa[keep], xb[keep], la[keep], ea[keep], lb[keep]
         x_best[active], loss_best[active] = xb, lb
+        queries[active] = 1 + done
         return x_best, fooled, loss_best, queries
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, eps: Tensor | None, targeted: bool,
