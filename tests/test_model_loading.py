@@ -394,8 +394,14 @@ def test_weights_files_without_a_state_dict(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds a list, not a state dict"):
         read_weights(tmp_path / "b.pt")
     (tmp_path / "c.pt").write_bytes(b"not a torch file at all")
-    with pytest.raises(CheckpointError, match=r"not a PyTorch weights file"):
+    with pytest.raises(CheckpointError, match=r"not a PyTorch weights file") as err:
         read_weights(tmp_path / "c.pt")
+    # the reason torch gave, never its advice to load untrusted files with weights_only=False
+    assert "weights_only` set to `False`" not in str(err.value) and "truncated" in str(err.value)
+    (tmp_path / "d.pt").write_bytes(b"x\n")  # a byte stream that starts like a pickle opcode
+    with pytest.raises(CheckpointError, match=r"not a PyTorch weights file") as err:
+        read_weights(tmp_path / "d.pt")
+    assert "weights_only` set to `False`" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_weights(tmp_path / "missing.pt")
 

@@ -411,6 +411,17 @@ def _pickle_refusal(path: Path, names: list[str]) -> CheckpointError:
     )
 
 
+def _load_failure(exc: BaseException) -> str:
+    """The reason torch.load gave, without its advice to load with weights_only=False."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # torch's weights-only preamble, then the reason
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        text = " ".join(reason.split())
+    else:
+        text = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _tensor_mapping(obj: Any) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
@@ -475,8 +486,13 @@ def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         stream = _pickle_bytes(path)
         if stream is not None and "Weights only load failed" in str(exc):
             raise _pickle_refusal(path, _pickle_globals(stream)) from None
-        raise CheckpointError(f"{path} is not a PyTorch weights file ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}).") from None
+        raise CheckpointError(
+            f"{path} is not a PyTorch weights file: torch.load(weights_only=True) could not read it "
+            f"({_load_failure(exc)}). Expected a state dict saved with "
+            "torch.save(model.state_dict(), path), a fisherscope checkpoint, a .safetensors file, "
+            "a TorchScript or a torch.export file; check that the file is complete (not truncated) "
+            "and is the one you meant."
+        ) from None
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         ckpt = read_checkpoint(path)
         info.update(format="fisherscope.checkpoint", container_key="state_dict",
