@@ -1,6 +1,7 @@
 """Time ``fisherscope audit`` of lenet5 on MNIST test images, with a stage breakdown and peak memory.
 
-Run: ``python benchmarks/audit.py [--sizes 250,1000] [--checkpoint CKPT] [--ensemble standard] [--threads 2]``.
+Run: ``python benchmarks/audit.py [--sizes 250,1000] [--checkpoint CKPT] [--ensemble standard] [--threads 2]
+[--nproc 2]``.
 
 The model: ``--checkpoint`` (a fisherscope checkpoint of lenet5 on MNIST), or lenet5 trained once
 with its preset into a temporary cache (``fisherscope train lenet5 --dataset mnist``; the training
@@ -11,6 +12,12 @@ time, the peak resident memory of that process (``ru_maxrss``) and the time per 
 the finish times of the run's cells in ``results.jsonl`` (each cell is charged the time since the
 cell before it finished; the first one also carries loading the model and data). Issue 19's target:
 N = 1000 in at most 10 minutes on 2 CPU cores.
+
+``--nproc P`` runs the audit as P torchrun ranks (``python -m torch.distributed.run --standalone
+--nproc-per-node P -m fisherscope audit ...``; use ``--threads 1`` with ``--nproc 2`` on 2 cores).
+The peak memory is then that of the largest single process (``RUSAGE_CHILDREN``), so the machine
+holds about P times it; the stage times come from the one store both ranks write, whose cells
+finish interleaved, so they are shares of the wall time, not per-rank compute.
 """
 
 from __future__ import annotations
@@ -39,6 +46,17 @@ else:
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"start": t0, "seconds": time.time() - t0, "cpu_seconds": ru.ru_utime + ru.ru_stime,
                   "peak_mib": ru.ru_maxrss / 1024, "code": code}), file=sys.stderr)
+"""
+
+# the same under torchrun: the ranks are grandchildren, waited for by the launcher
+TORCHRUN = r"""
+import json, resource, subprocess, sys, time
+t0 = time.time()
+res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                      sys.argv[1], "-m", "fisherscope", *sys.argv[2:]])
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"start": t0, "seconds": time.time() - t0, "cpu_seconds": ru.ru_utime + ru.ru_stime,
+                  "peak_mib": ru.ru_maxrss / 1024, "code": res.returncode}), file=sys.stderr)
 """
 
 
@@ -77,6 +95,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--ensemble", default="standard")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--nproc", type=int, default=1, help="torchrun ranks (1: one process)")
     ap.add_argument("--extra", default="", help="more audit options, e.g. '--set detect_samples=200'")
     args = ap.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MPLBACKEND": "Agg"}
@@ -85,18 +104,19 @@ def main() -> None:
         rows = []
         for n in [int(s) for s in args.sizes.split(",")]:
             out = Path(tmp) / f"runs{n}"
-            cmd = [sys.executable, "-c", CHILD, "audit", "--model", str(ckpt), "--data", "mnist", "--limit", str(n),
-                   "--ensemble", args.ensemble, "--quiet", "--json", "--out", str(out), *args.extra.split()]
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            audit = ["audit", "--model", str(ckpt), "--data", "mnist", "--limit", str(n),
+                     "--ensemble", args.ensemble, "--quiet", "--json", "--out", str(out), *args.extra.split()]
+            launch = [TORCHRUN, str(args.nproc)] if args.nproc > 1 else [CHILD]
+            res = subprocess.run([sys.executable, "-c", *launch, *audit], capture_output=True, text=True, env=env)
             info = json.loads(res.stderr.strip().splitlines()[-1])
             if info["code"] not in (0, None):
                 print(res.stderr[-3000:])
                 raise SystemExit(f"audit of N={n} failed")
-            summary = json.loads(res.stdout)
             (run_dir,) = out.iterdir()
+            summary = json.loads((run_dir / "summary.json").read_text())
             stages = _breakdown(run_dir, info["start"])
             rows.append((n, info, stages, summary))
-            print(f"N={n}: {info['seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s CPU, peak RSS "
+            print(f"N={n}, {args.nproc} process(es) x {args.threads} thread(s): {info['seconds']:.0f} s wall, {info['cpu_seconds']:.0f} s CPU, peak RSS "
                   f"{info['peak_mib']:.0f} MiB; {summary['headline']}")
             for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
                 print(f"    {k:<22} {v:7.0f} s")

@@ -57,3 +57,16 @@ def test_targeted_apgd_with_too_many_targets_names_the_fix(digits_model):
     te = load_dataset("digits", "test")
     with pytest.raises(ValueError, match="n_target_classes <= 9"):
         APGDTargeted(eps=0.1, n_target_classes=12, steps=2)(digits_model.model, te.x[:4], te.y[:4])
+
+
+def test_checkpoint_rule_is_validated_and_the_paper_rule_still_attacks(digits_model):
+    with pytest.raises(ValueError, match="checkpoint_rule"):
+        APGD(eps=0.1, checkpoint_rule="text")
+    from fisherscope.data import load_dataset
+
+    te = load_dataset("digits", "test")
+    model, x, y = digits_model.model.eval(), te.x[:64], te.y[:64]
+    for rule in ("reference", "paper"):
+        res = APGD(eps=0.1, steps=20, checkpoint_rule=rule).run(model, x, y, generator=torch.Generator().manual_seed(0))
+        assert (res.x_adv - x).abs().amax() <= 0.1 + 1e-6
+        assert res.success.float().mean() > 0.5, rule
