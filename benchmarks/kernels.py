@@ -33,7 +33,28 @@ interleaved repeats (every method once per round, A B C A B C …):
   the whole batch, and our chunks with our strategy): what autograd must deliver to any
   method that forms the K − 1 per-sample gradients through the network, the factored
   path included (it adds the per-layer norms on top). ``loop / floor_act`` < 5 means
-  that 5× the loop lies below this floor.
+  that 5× the loop lies below this floor. **floor_method** = floor_act + **norms**, the
+  measured time of the per-layer norm arithmetic alone: for every layer of the factored
+  plan that ``param_fisher_trace`` builds for the batch (same layers, same ghost or
+  materialised mode per layer, same chunks), the layer's own ``state`` (the unfold of U,
+  and in ghost mode the Gram U Uᵀ; BatchNorm: x̂) and ``sqnorm`` (the products
+  ``dc.mT @ u`` or ``<D, (U Uᵀ) D>`` and their squared sums) on random inputs (s, *in)
+  and K − 1 = 9 random output gradients (9, s, *out) of the real shapes (s: the chunk
+  size), made before the timing; the better of one row per call (as the loop of backward passes hands them over)
+  and all nine in one call (as the vmapped cotangents do), timed in the same interleaved
+  rounds as the others (wall and CPU). It is a floor for the factored method and for any
+  exact method of its form: such a method must form the K − 1 per-sample gradients at
+  the layer outputs (floor_act) and then reduce each layer's input and output gradients
+  to these per-sample squared norms, by the ghost or the materialised identity, and
+  those two pieces of work are disjoint (the norms start from the output gradients that
+  floor_act ends with), so their sum is a lower bound; ours also pays the validation
+  forward, the probes and the cotangents' K × K eigenproblems (and the norms here reuse
+  one set of operands for every chunk of a size, where ours gets fresh ones from each
+  backward pass). It does not prove that nothing faster exists: an exact identity for
+  these norms cheaper than both the ghost and the materialised form (or a method that
+  avoids the per-layer output gradients altogether) would lie below it.
+  ``loop / floor_method`` < 5 (CPU time, ``five_x_loop_below_floor_method``) means that
+  5× the loop is out of reach for methods of this form with these two identities.
 
 The per-sample references (Alg. 1, loop) are timed on the first ``--n-ref`` samples of the
 batch; at batch 256 "before" and "stock" are timed on the first 64 (both already work in
@@ -76,6 +97,7 @@ from fisher_spectrum import algorithm1_top  # noqa: E402
 import fisherscope.fisher._factored as fa  # noqa: E402
 import fisherscope.fisher.input_space as ins  # noqa: E402
 import fisherscope.fisher.parameter_space as ps  # noqa: E402
+from fisherscope._batching import even_chunks  # noqa: E402
 from fisherscope.fisher import fisher_spectrum, helmert_basis, param_fisher_trace  # noqa: E402
 from fisherscope.models import build_model  # noqa: E402
 
@@ -224,6 +246,58 @@ def trace_arith(model: nn.Module, x: torch.Tensor, rows: int = 9) -> dict[str, f
             "ours_vs_floor_act": ours / floor}
 
 
+def norm_plan(model: nn.Module, x: torch.Tensor) -> tuple[list[fa._Unit], list[int], int]:
+    """The layers of the factored plan that ``param_fisher_trace(model, x)`` builds, prepared
+    as there for its K − 1 output gradients (each matrix layer's ghost or materialised
+    mode), the sizes of the chunks it runs the batch in, and K − 1."""
+    net, logits, _ = ps._prepare(model, x, (0.0, 1.0))
+    assert net.plan is not None, "the model takes the whole-model vmap path: no factored norms"
+    rows = logits.shape[1] - 1
+    net.plan.prepare(rows, tangent=False)
+    chunk = ps._auto_chunk(None, net, rows)
+    return net.plan.units, [sl.stop - sl.start for sl in even_chunks(x.shape[0], chunk)], rows
+
+
+def norm_operands(units: list[fa._Unit], sizes: list[int], rows: int, dtype: torch.dtype = torch.float32,
+                  seed: int = 0) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per chunk size s, per layer: a random input (s, *in) and ``rows`` random output
+    gradients (rows, s, *out), contiguous as autograd delivers them (the arithmetic does not
+    depend on the values)."""
+    g = torch.Generator().manual_seed(seed)
+    return {s: [(torch.rand(s, *u.in_shape, generator=g, dtype=dtype),
+                 torch.randn(rows, s, *u.out_shape, generator=g, dtype=dtype)) for u in units]
+            for s in sorted(set(sizes))}
+
+
+def layer_sqnorms(units: list[fa._Unit], operands: list[tuple[torch.Tensor, torch.Tensor]],
+                  rows_per_call: int) -> torch.Tensor:
+    """Σ over the layers of the per-sample squared parameter-gradient norms, (rows, s).
+
+    Exactly the factored trace's arithmetic after its backward passes, by its own code: per
+    layer, ``state`` of the layer's input (the unfold of U and, in ghost mode, the Gram
+    U Uᵀ, as in ``Plan.probe_forward``; BatchNorm: x̂), then ``sqnorm`` of the output
+    gradients ``rows_per_call`` rows at a time (1: the loop of backward passes, which hands
+    over one row per pass; all rows: the vmapped cotangents), summed over the layers as in
+    ``Plan.sqnorms``. With the real inputs and output gradients this gives ‖Jᵀ c_j‖² per
+    cotangent row j and sample.
+    """
+    rows, s = operands[0][1].shape[:2]
+    out = torch.zeros(rows, s, dtype=operands[0][1].dtype)
+    for u, (a, d) in zip(units, operands, strict=True):
+        st = u.state(a)
+        for start in range(0, rows, rows_per_call):
+            out[start : start + rows_per_call] += u.sqnorm(st, d[start : start + rows_per_call])
+    return out
+
+
+def floor_trace_norms(units: list[fa._Unit], operands: dict[int, list[tuple[torch.Tensor, torch.Tensor]]],
+                      sizes: list[int], rows_per_call: int) -> None:
+    """The per-layer norms alone for a whole batch, in the plan's chunks (see :func:`layer_sqnorms`)."""
+    with torch.no_grad():
+        for s in sizes:
+            layer_sqnorms(units, operands[s], rows_per_call)
+
+
 #: The activation floor also tries vmapped cotangents on whole batches up to this size (the
 #: factored path vmaps them only on small chunks, see ``choose_strategy``).
 ACT_VMAP_MAX_BATCH = 32
@@ -365,6 +439,10 @@ def part_trace_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tens
     if tchunk < n:
         fns["floor_chunked"] = lambda m=model, xx=x, c=tchunk: floor_trace(m, xx, c)
         fns["act_chunked"] = lambda m=model, xx=x, c=tchunk, s=strategy: floor_trace_act(m, xx, s, c)
+    units, csizes, nrows = norm_plan(model, x)
+    operands = norm_operands(units, csizes, nrows, dtype=x.dtype)
+    for label, per_call in (("row1", 1), ("rows", nrows)):
+        fns[f"norms_{label}"] = lambda u=units, o=operands, c=csizes, r=per_call: floor_trace_norms(u, o, c, r)
     t, fl = interleaved(fns, reps)
     sizes = {"ours": n, "before": nb, "stock": nb, "loop": nr}
     per = {k: med(v) / sizes.get(k, n) * 1e3 for k, v in t.items()}
@@ -372,6 +450,8 @@ def part_trace_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tens
     for d in (per, cpu):
         d["floor"] = min(v for k, v in d.items() if k.startswith("floor_"))
         d["floor_act"] = min(v for k, v in d.items() if k.startswith("act_"))
+        d["norms"] = min(v for k, v in d.items() if k.startswith("norms_"))
+        d["floor_method"] = d["floor_act"] + d["norms"]
     spread_ours = spread(t["ours"]) / med(t["ours"])
     tr = {**{f"{k}_ms": v for k, v in per.items()}, "vs_stock": per["stock"] / per["ours"],
           "vs_loop": per["loop"] / per["ours"], "vs_before": per["before"] / per["ours"],
@@ -386,6 +466,13 @@ def part_trace_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tens
           "cpu_stock_vs_floor_act": cpu["stock"] / cpu["floor_act"],
           # "5× the loop lies below the floor" holds when loop / floor_act < 5
           "five_x_loop_below_floor_act": cpu["loop"] / cpu["floor_act"] < 5,
+          "ours_vs_floor_method": per["ours"] / per["floor_method"],
+          "loop_vs_floor_method": per["loop"] / per["floor_method"],
+          "cpu_ours_vs_floor_method": cpu["ours"] / cpu["floor_method"],
+          "cpu_loop_vs_floor_method": cpu["loop"] / cpu["floor_method"],
+          # in CPU time, as for floor_act
+          "five_x_loop_below_floor_method": cpu["loop"] / cpu["floor_method"] < 5,
+          "norm_chunks": csizes, "norm_modes": {u.name: getattr(u, "mode", u.kind) for u in units},
           "chunk": tchunk, "strategy": strategy}
     tr["arith"] = trace_arith(model, x)
     rows[f"trace/{name}/{n}"] = tr
@@ -401,6 +488,12 @@ def part_trace_cell(name: str, model: nn.Module, x: torch.Tensor, xr: torch.Tens
           f"  x loop {tr['cpu_vs_loop']:.2f}  x before {tr['cpu_vs_before']:.2f}  ours/floor {tr['cpu_ours_vs_floor']:.2f}"
           f"  ours/floor_act {tr['cpu_ours_vs_floor_act']:.2f}  loop/floor_act {tr['cpu_loop_vs_floor_act']:.2f}"
           f"  stock/floor_act {tr['cpu_stock_vs_floor_act']:.2f}", flush=True)
+    print(f"         floor_method {per['floor_method']:.2f} = floor_act + norms {per['norms']:.2f}"
+          f" ({', '.join(f'{k[6:]} {per[k]:.2f}' for k in t if k.startswith('norms_'))})"
+          f"  | ours/floor_method {tr['ours_vs_floor_method']:.2f}  loop/floor_method {tr['loop_vs_floor_method']:.2f}"
+          f"  CPU ms: floor_method {cpu['floor_method']:.2f} = {cpu['floor_act']:.2f} + {cpu['norms']:.2f}"
+          f"  ours/floor_method {tr['cpu_ours_vs_floor_method']:.2f}  loop/floor_method {tr['cpu_loop_vs_floor_method']:.2f}"
+          f"  5x loop below floor_method: {tr['five_x_loop_below_floor_method']}", flush=True)
     ar = tr["arith"]
     print(f"         multiply-adds per sample: floor_act {ar['floor_act'] / 1e6:.0f} M, ours {ar['ours'] / 1e6:.0f} M"
           f" (of which norms {ar['norms'] / 1e6:.0f} M): ours/floor_act {ar['ours_vs_floor_act']:.2f}", flush=True)
