@@ -22,7 +22,8 @@ What is timed, per model, on CPU, batch 256, the same ``nn.Module`` for every li
   each (recomputed here from the returned images); plus the cost of ``checks="standard"``.
   Which images survive each attack depends on the random draws, and survivors cost the later
   attacks more, so on a few images one draw can tilt images/s either way: ``--ens-seeds S``
-  runs both libraries with seeds 0 … S − 1 and compares the totals.
+  runs both libraries with seeds 0 … S − 1 and compares the totals; the two alternate which
+  runs first.
 
 Models: ``mnist_cnn`` trained at its ``@paper`` preset (checkpoint cache; 256 MNIST test images,
 L∞ ε = 0.1; ``digits_cnn`` on digits with ``--models digits_cnn``) and
@@ -204,36 +205,51 @@ def _ensemble(out, model, x, y, eps, n, clean, vgg, quick, args, ta, parts) -> N
     # the later attacks more, so one draw can make either library look faster; --ens-seeds S
     # runs both with seeds 0 … S − 1 and compares the totals.
     seeds = range(max(args.ens_seeds, 1))
-    t_ours = c_ours = 0.0
-    robust_ours = []
-    for s in seeds:
+    times = {"ours": [0.0, 0.0], "torchattacks": [0.0, 0.0]}
+    robust: dict[str, list[float]] = {"ours": [], "torchattacks": []}
+
+    def run_ours(s: int) -> None:
         with Clock() as ck:
             res = robust_accuracy(model, xe, ye, norm="linf", eps=eps, attacks="standard" if is_standard else attacks,
                                   generator=torch.Generator().manual_seed(s), checks=None)
-        t_ours, c_ours = t_ours + ck.wall, c_ours + ck.cpu
-        robust_ours.append(res.robust_accuracy)
-    mean_ours = sum(robust_ours) / len(robust_ours)
+        times["ours"][0] += ck.wall
+        times["ours"][1] += ck.cpu
+        robust["ours"].append(res.robust_accuracy)
+        per_attack.append(res.per_attack)
+
+    def run_ta(s: int) -> None:
+        multi = ta.MultiAttack([ta.APGD(model, eps=eps, steps=e_steps, loss="ce", n_restarts=1, seed=s),
+                                ta.APGDT(model, eps=eps, steps=e_steps, n_classes=n_targets + 1, n_restarts=1, seed=s),
+                                ta.Square(model, eps=eps, n_queries=e_queries, n_restarts=1, seed=s)])
+        with torch.random.fork_rng(), Clock() as ck:
+            x_ta = multi(xe, ye)
+        times["torchattacks"][0] += ck.wall
+        times["torchattacks"][1] += ck.cpu
+        robust["torchattacks"].append(robust_frac(model, x_ta, ye, ce))
+
+    per_attack: list = []
+    # the libraries alternate which goes first, so neither always meets cold caches (oneDNN
+    # builds a primitive for each new batch size the attacks' shrinking subsets produce)
+    for s in seeds:
+        order = [run_ours] if ta is None else ([run_ours, run_ta] if s % 2 == 0 else [run_ta, run_ours])
+        for run in order:
+            run(s)
+    t_ours, c_ours = times["ours"]
+    mean_ours = sum(robust["ours"]) / len(robust["ours"])
     ens = {"n": ne, "apgd_steps": e_steps, "square_queries": e_queries, "n_target_classes": n_targets, "seeds": len(seeds),
-           "ours": t_ours, "cpu_ours": c_ours, "robust_ours": mean_ours, "robust_ours_per_seed": robust_ours,
-           "per_attack": res.per_attack}
+           "ours": t_ours, "cpu_ours": c_ours, "robust_ours": mean_ours, "robust_ours_per_seed": robust["ours"],
+           "per_attack": per_attack}
     total = ne * len(seeds)
     line = (f"ensemble (APGD-CE-{e_steps}, APGD-T-{e_steps}, Square-{e_queries}) on {ne} x {len(seeds)} seed(s): ours {t_ours:.1f}s "
-            f"(CPU {c_ours:.1f}s) = {total / t_ours:.2f} img/s (robust {mean_ours:.3f}, per seed {[round(r, 3) for r in robust_ours]})")
+            f"(CPU {c_ours:.1f}s) = {total / t_ours:.2f} img/s (robust {mean_ours:.3f}, per seed {[round(r, 3) for r in robust['ours']]})")
     if ta is not None:
-        t_ta = c_ta = 0.0
-        robust_ta = []
-        for s in seeds:
-            multi = ta.MultiAttack([ta.APGD(model, eps=eps, steps=e_steps, loss="ce", n_restarts=1, seed=s),
-                                    ta.APGDT(model, eps=eps, steps=e_steps, n_classes=n_targets + 1, n_restarts=1, seed=s),
-                                    ta.Square(model, eps=eps, n_queries=e_queries, n_restarts=1, seed=s)])
-            with torch.random.fork_rng(), Clock() as ck:
-                x_ta = multi(xe, ye)
-            t_ta, c_ta = t_ta + ck.wall, c_ta + ck.cpu
-            robust_ta.append(robust_frac(model, x_ta, ye, ce))
-        mean_ta = sum(robust_ta) / len(robust_ta)
-        ens.update(torchattacks=t_ta, cpu_torchattacks=c_ta, robust_torchattacks=mean_ta, robust_torchattacks_per_seed=robust_ta)
+        t_ta, c_ta = times["torchattacks"]
+        mean_ta = sum(robust["torchattacks"]) / len(robust["torchattacks"])
+        ens.update(torchattacks=t_ta, cpu_torchattacks=c_ta, robust_torchattacks=mean_ta,
+                   robust_torchattacks_per_seed=robust["torchattacks"])
         line += (f"; torchattacks MultiAttack {t_ta:.1f}s (CPU {c_ta:.1f}s) = {total / t_ta:.2f} img/s (robust "
-                 f"{mean_ta:.3f}, per seed {[round(r, 3) for r in robust_ta]}); ours/torchattacks images/s {t_ta / t_ours:.2f} (CPU {c_ta / c_ours:.2f})")
+                 f"{mean_ta:.3f}, per seed {[round(r, 3) for r in robust['torchattacks']]}); ours/torchattacks images/s "
+                 f"{t_ta / t_ours:.2f} (CPU {c_ta / c_ours:.2f})")
     if args.checks:
         with Clock() as ck:
             res_c = robust_accuracy(model, xe, ye, norm="linf", eps=eps, attacks="standard" if is_standard else attacks,
