@@ -279,3 +279,22 @@ def test_the_mnist_config_parses_and_builds():
     attacks = build_attacks(cfg.attacks)
     assert all(adaptable(attacks[a]) for a in cfg.adaptive_attacks)
     assert {p["detector"] for p in cfg.paper["published"]} >= {"KD (Feinman et al.)", "BU (Feinman et al.)"}
+
+
+def test_a_success_is_kept_even_when_the_score_rose_on_the_way(digits):
+    """The score here grows with the distance from the clean image and never reaches the
+    threshold, so every misclassified iterate is a success; an earlier, lower-scored iterate
+    that was not misclassified must not stop the first success from being kept (it did: the
+    attack returned a clean-classified point and reported no success)."""
+    model, x, y = digits
+    xs, ys = x[:32], y[:32]
+    x0 = xs.clone()
+    rising = lambda t: (t - x0[: t.shape[0]]).flatten(1).square().sum(1)  # noqa: E731
+    kw = {"eps": 0.3, "score": rising, "threshold": 1e6, "steps": 20, "random_start": False}
+    pgd = PGD(eps=0.3, steps=20, random_start=False).run(model, xs, ys)
+    for mode in ("penalty", "orthogonal"):
+        res = DetectorAwarePGD(**kw, mode=mode).run(model, xs, ys)
+        assert res.success.float().mean() >= pgd.success.float().mean() - 0.1, mode
+        assert res.success.float().mean() > 0.5, mode
+        with torch.no_grad():
+            assert bool((model(res.x_adv).argmax(1) != ys)[res.success].all())

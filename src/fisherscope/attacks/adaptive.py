@@ -264,7 +264,9 @@ class DetectorAwarePGD(Attack):
                 d + self.margin).clamp_min(0)
             take = (hit & (d < best_d)) | (~ok & ~hit & (obj > best_obj))
             best = torch.where(per_sample(take, x), xt, best)
-            best_d = torch.where(take, d, best_d)
+            # best_d is the excess of the kept *successful* iterate only: a non-successful
+            # iterate kept earlier must not stop the first success from being taken
+            best_d = torch.where(take & hit, d, best_d)
             best_obj = torch.where(take & ~hit, obj, best_obj)
             ok |= hit
             if t == self.steps:
