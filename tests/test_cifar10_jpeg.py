@@ -203,7 +203,7 @@ def test_zhao_table2_cifar10_jpeg_config_smoke(tmp_path, monkeypatch):
     report = (run.dir / "report.md").read_text()
     assert f"Zhao et al. Table 2 (CIFAR-10 column) on {LABEL}" in report
     assert f"Data: {LABEL} (dataset `cifar10_jpeg`)" in report
-    assert f"on {LABEL} [`cifar10_jpeg`]" in report and "95.21" in report
+    assert f"on {LABEL} [`cifar10_jpeg`]" in report and "| 1.11 | 95.2 |" in report  # paper FGM, 1 decimal
     assert assert_rerenders_from_the_store(run.dir, tmp_path, monkeypatch) == report
 
 

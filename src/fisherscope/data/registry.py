@@ -165,8 +165,9 @@ _MNIST_FILE_SHA256 = "1a9fb53be6f83d6098d96fa99748e157b118a436c2c6818a7bb2a9cb7f
 # Every pixel carries JPEG error; it cannot be checked against the original CIFAR-10 bytes.
 # The file is 170,977,066 bytes.
 _CIFAR10_JPEG_FILE_SHA256 = "2826c8f0dd13f5ba7ad4d807b7d62a486cf8c8953c397bbc05297a736e7db2bc"
-# Its content digest (fisherscope.data.content_sha256 of the four arrays of that file).
-_CIFAR10_JPEG_CONTENT_SHA256: str | None = None
+# Its content digest, computed once with fisherscope.data.content_sha256 from the four arrays
+# of that file (the file sha256 above checked first).
+_CIFAR10_JPEG_CONTENT_SHA256 = "1a9b5215bc53c6e70a67b96fae9aac2f67686deed52d73591348f2d460a9aa56"
 
 _CIFAR10_CLASSES = (
     "airplane",
