@@ -555,7 +555,7 @@ def test_list_datasets(tmp_path, monkeypatch):
     (tmp_path / "broken.npz").write_bytes(b"nope")
     (tmp_path / "cifar10.npz").write_bytes(b"nope")
     rows = {r.name: r for r in list_datasets(tmp_path)}
-    assert list(rows) == ["digits", "mnist", "fashion_mnist", "cifar10", "broken", "toy"]
+    assert list(rows) == ["digits", "mnist", "fashion_mnist", "cifar10", "cifar10_jpeg", "broken", "toy"]
     assert all(isinstance(r, DatasetInfo) for r in rows.values())
     assert (
         rows["digits"].available
@@ -587,7 +587,7 @@ def test_list_datasets(tmp_path, monkeypatch):
 def test_list_datasets_on_missing_folder(tmp_path):
     rows = list_datasets(tmp_path / "does-not-exist")
     assert [r.name for r in rows] == list(DATASETS)
-    assert [r.available for r in rows] == [True, False, False, False]
+    assert [r.available for r in rows] == [True, False, False, False, False]
 
 
 # ----------------------------------------------------------------------------- data_dir

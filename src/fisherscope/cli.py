@@ -467,10 +467,11 @@ def data_list(data_dir: DataDirOpt = None) -> None:
     """Show which datasets are available locally and where they came from."""
     from .data import list_datasets, resolve_data_dir
 
-    table = Table("name", "available", "train", "test", "source", "checksum")
+    table = Table("name", "label", "available", "train", "test", "source", "checksum")
     for row in list_datasets(data_dir):
         table.add_row(
             row.name,
+            row.label or row.name,
             "yes" if row.available else "no",
             str(row.n_train or "–"),
             str(row.n_test or "–"),

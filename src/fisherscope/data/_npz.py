@@ -295,8 +295,9 @@ def verify_identity(
 
     A file whose sha256 is one of ``spec.file_sha256`` is accepted without decoding it;
     otherwise the four arrays are read and their :func:`content_sha256` computed. If
-    ``spec.content_sha256`` is known and differs, the file is rejected. Hashes are cached
-    per (path, size, mtime, inode) for the life of the process.
+    ``spec.content_sha256`` is known and differs, the file is rejected; so is, when only
+    ``spec.file_sha256`` is known (no content digest), a file whose sha256 is not among
+    them. Hashes are cached per (path, size, mtime, inode) for the life of the process.
 
     Returns
     -------
@@ -307,7 +308,8 @@ def verify_identity(
     Raises
     ------
     ValueError
-        The content differs from the known digest of ``spec``.
+        The content differs from the known digest of ``spec`` (or, without one, the file's
+        sha256 from every known file sha256).
     """
     key = _cache_key(path)
     with _CACHE_LOCK:
@@ -327,6 +329,10 @@ def verify_identity(
             _IDENTITY_CACHE[key] = (fsha, digest)
     if spec is not None and known is not None and digest != known:
         raise ValueError(content_mismatch_message(spec, path, digest, fsha, layout))
+    if spec is not None and known is None and spec.file_sha256:
+        if fsha not in spec.file_sha256:
+            raise ValueError(content_mismatch_message(spec, path, digest, fsha, layout))
+        return FileIdentity(fsha, digest, True), arrays
     return FileIdentity(fsha, digest, known is not None), arrays
 
 
@@ -336,17 +342,37 @@ def expected_layout(spec: DatasetSpec) -> str:
     return f"x_train ({spec.n_train},{img}), x_test ({spec.n_test},{img})"
 
 
+def fix_hint(spec: DatasetSpec, suffix: str = "custom") -> str:
+    """How to replace a wrong file of ``spec``: rebuild it, or (local-only data) restore it."""
+    if spec.local_only:
+        known = " or ".join(spec.file_sha256) or "unknown"
+        return (
+            f"Fix: replace it with the reference file {spec.filename} (file sha256 {known}), "
+            f"which `fisherscope data download` cannot make ({spec.title} is "
+            f"{spec.note or 'a local file'}). To use another copy, save it under another name "
+            f"(e.g. {spec.name}_{suffix}.npz, loaded as a custom dataset)."
+        )
+    return (
+        f"Fix: delete it and re-create it with `fisherscope data download {spec.name} --force` "
+        f"(Python: fisherscope.data.download_dataset({spec.name!r}, force=True)), or load "
+        f"your own variant under another name (e.g. {spec.name}_{suffix}.npz)."
+    )
+
+
 def content_mismatch_message(
     spec: DatasetSpec, path: Path, actual: str, fsha: str, layout: NpzLayout
 ) -> str:
+    if spec.content_sha256 is not None:
+        got = f"its content sha256 is {actual}, expected {spec.content_sha256} (file sha256 {fsha}"
+    else:
+        got = (
+            f"its file sha256 is {fsha}, expected {' or '.join(spec.file_sha256)} "
+            f"(content sha256 {actual}"
+        )
     return (
-        f"{path} is not the canonical {spec.title}: its content sha256 is {actual}, "
-        f"expected {spec.content_sha256} (file sha256 {fsha}; arrays {layout.describe()}; "
+        f"{path} is not the canonical {spec.title}: {got}; arrays {layout.describe()}; "
         f"expected {expected_layout(spec)}). The file is truncated, corrupted or was "
-        f"converted from other sources. Fix: delete it and re-create it with "
-        f"`fisherscope data download {spec.name} --force` "
-        f"(Python: fisherscope.data.download_dataset({spec.name!r}, force=True)), or load "
-        f"your own variant under another name (e.g. {spec.name}_custom.npz)."
+        f"converted from other sources. {fix_hint(spec)}"
     )
 
 
@@ -386,8 +412,6 @@ def check_dataset_file(
         ):
             raise ValueError(
                 f"{path} holds {layout.describe()}, but {spec.title} has {expected_layout(spec)}. "
-                f"It is a subset or another dataset: save it under another name (e.g. "
-                f"{spec.name}_subset.npz, loaded as a custom dataset), or re-create the "
-                f"canonical file with `fisherscope data download {spec.name} --force`."
+                f"It is a subset or another dataset. {fix_hint(spec, 'subset')}"
             )
     return layout, identity, arrays

@@ -580,11 +580,12 @@ def download_dataset(
     spec = get_spec(name)
     if spec is None or not spec.downloadable:
         choices = ", ".join(k for k, s in DATASETS.items() if s.downloadable)
-        why = (
-            "ships with scikit-learn; there is nothing to download"
-            if spec is not None
-            else "is not a known dataset"
-        )
+        if spec is None:
+            why = "is not a known dataset"
+        elif spec.local_only:
+            why = f"({spec.title}) is {spec.note}; there is no published source to download"
+        else:
+            why = "ships with scikit-learn; there is nothing to download"
         raise ValueError(f"dataset {name!r} {why}; downloadable datasets: {choices}.")
     if mirror is not None and raw_dir is not None:
         raise ValueError(

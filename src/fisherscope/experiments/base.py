@@ -181,12 +181,25 @@ def run_experiment(config: Any, out_dir: str | Path = "runs", *, resume: bool | 
     return run
 
 
+def _data_caveat(config: Any) -> list[Any]:
+    """A first paragraph for reports on a dataset the registry flags with a note (an
+    approximation such as ``cifar10_jpeg``): its label and what it is, above every table."""
+    from ..data.registry import get_spec
+    from .report import Paragraph
+
+    name = getattr(config, "dataset", None)
+    spec = get_spec(name) if isinstance(name, str) else None
+    if spec is None or not spec.note:
+        return []
+    return [Paragraph(f"Data: {spec.display_name} (dataset `{spec.name}`), {spec.note}.")]
+
+
 def _render(exp: Experiment, config: Any, results: Results, run_dir: Path) -> None:
     from .report import render_report
 
     with stage(f"{config.name}: report", keep=True):
-        render_report(exp.report(config, results), run_dir, title=f"fisherscope — {config.name}",
-                      provenance=results.provenance())
+        render_report([*_data_caveat(config), *exp.report(config, results)], run_dir,
+                      title=f"fisherscope — {config.name}", provenance=results.provenance())
 
 
 def stored_config(run_dir: str | Path) -> Any:

@@ -15,8 +15,20 @@ from ..fisher import fisher_sensitivity
 from ..saliency import gradient, guided_backprop, hendrycks_saliency
 from .base import Context
 
-__all__ = ["check_overrides", "correct_draw", "in_batches", "inspect_maps", "load_split", "predict", "saliency_rows",
-           "select_samples", "trained_model"]
+__all__ = ["check_overrides", "correct_draw", "dataset_phrase", "in_batches", "inspect_maps", "load_split", "predict",
+           "saliency_rows", "select_samples", "trained_model"]
+
+
+def dataset_phrase(name: str) -> str:
+    """How a report names a dataset: ```mnist``` (the name as code), or for a dataset the
+    registry flags with a note (an approximation) its label first:
+    ``CIFAR-10 (JPEG q75 copy) [`cifar10_jpeg`]``."""
+    from ..data.registry import get_spec
+
+    spec = get_spec(name) if isinstance(name, str) else None
+    if spec is None or not spec.note:
+        return f"`{name}`"
+    return f"{spec.display_name} [`{spec.name}`]"
 
 
 def load_split(name: str, split: str, ctx: Context) -> Any:

@@ -25,6 +25,7 @@ from typing import Any
 from .base import Context, register
 from .common import (
     correct_draw,
+    dataset_phrase,
     in_batches,
     inspect_maps,
     load_split,
@@ -53,6 +54,7 @@ __all__ = [
     "add_demo_section",
     "cell_key",
     "correct_draw",
+    "dataset_phrase",
     "in_batches",
     "inspect_maps",
     "load_split",

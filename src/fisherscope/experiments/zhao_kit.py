@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .config import ExperimentConfig
-from .kit import Context, Paragraph, load_split, select_samples, trained_model
+from .kit import Context, Paragraph, dataset_phrase, load_split, select_samples, trained_model
 from .report import fmt_number, pct
 
 __all__ = ["ZhaoConfig", "data_spec", "model_blurb", "zhao_sources"]
@@ -54,6 +54,6 @@ def data_spec(cfg: ZhaoConfig) -> dict[str, Any]:
 def model_blurb(cfg: ZhaoConfig, facts: dict[str, Any], n: int) -> Paragraph:
     """The model line of a report from the stored model facts."""
     return Paragraph(
-        f"Model `{cfg.arch}` on `{cfg.dataset}` (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, "
+        f"Model `{cfg.arch}` on {dataset_phrase(cfg.dataset)} (test accuracy {fmt_number(pct(facts['test_accuracy']))}%, "
         f"checkpoint `{facts['checkpoint_key'][:12]}`), {n} test images, seed {cfg.seed}."
     )
