@@ -13,11 +13,11 @@ the finish times of the run's cells in ``results.jsonl`` (each cell is charged t
 cell before it finished; the first one also carries loading the model and data). Issue 19's target:
 N = 1000 in at most 10 minutes on 2 CPU cores.
 
-``--nproc P`` runs the audit as P torchrun ranks (``python -m torch.distributed.run --standalone
---nproc-per-node P -m fisherscope audit ...``; use ``--threads 1`` with ``--nproc 2`` on 2 cores).
-The peak memory is then that of the largest single process (``RUSAGE_CHILDREN``), so the machine
-holds about P times it; the stage times come from the one store both ranks write, whose cells
-finish interleaved, so they are shares of the wall time, not per-rank compute.
+``--nproc P`` runs it as ``fisherscope audit ... --workers P`` (the command relaunches itself as a
+torchrun of P ranks, which claim the cells as they meet them; use ``--threads 1`` with ``--nproc 2``
+on 2 cores). The peak memory is then that of the largest single process (``RUSAGE_CHILDREN``), so
+the machine holds about P times it; the stage times come from the one store both ranks write,
+whose cells finish interleaved, so they are shares of the wall time, not per-rank compute.
 """
 
 from __future__ import annotations
@@ -48,12 +48,11 @@ print(json.dumps({"start": t0, "seconds": time.time() - t0, "cpu_seconds": ru.ru
                   "peak_mib": ru.ru_maxrss / 1024, "code": code}), file=sys.stderr)
 """
 
-# the same under torchrun: the ranks are grandchildren, waited for by the launcher
+# the same with --workers P: the ranks are grandchildren (torchrun's), waited for by the launcher
 TORCHRUN = r"""
 import json, resource, subprocess, sys, time
 t0 = time.time()
-res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                      sys.argv[1], "-m", "fisherscope", *sys.argv[2:]])
+res = subprocess.run([sys.executable, "-m", "fisherscope", *sys.argv[2:], "--workers", sys.argv[1]])
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"start": t0, "seconds": time.time() - t0, "cpu_seconds": ru.ru_utime + ru.ru_stime,
                   "peak_mib": ru.ru_maxrss / 1024, "code": res.returncode}), file=sys.stderr)
@@ -95,7 +94,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--ensemble", default="standard")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nproc", type=int, default=1, help="torchrun ranks (1: one process)")
+    ap.add_argument("--nproc", type=int, default=1, help="processes: fisherscope audit --workers P (1: one process)")
     ap.add_argument("--extra", default="", help="more audit options, e.g. '--set detect_samples=200'")
     args = ap.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MPLBACKEND": "Agg"}

@@ -7,11 +7,14 @@ values other ranks computed) and draws a bootstrap, with a cell nested inside it
 
 ``python -m torch.distributed.run --standalone --nproc-per-node N tests/_shard_job.py OUT [RUN_DIR]``
 runs it on N processes (resuming RUN_DIR when given); :func:`job` runs it in this process.
+``... tests/_shard_job.py OUT --uneven`` runs :func:`uneven_job` instead: one slow cell, then
+quick ones, to show that a rank busy with a long cell does not hold back the others.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,36 @@ def job(out_dir: str | Path, resume: bool | str | Path = False) -> Run:
     return run
 
 
+@dataclass(frozen=True)
+class UnevenJobConfig:
+    name: str = "uneven-job"
+    kind: str = "uneven_job"
+    seed: int = 0
+    slow_s: float = 3.0
+    n_quick: int = 6
+
+
+def uneven_job(out_dir: str | Path) -> Run:
+    """A slow cell first, then ``n_quick`` quick ones. With fixed shares (round robin) the rank
+    holding the slow cell would also owe half the quick ones; claimed as met, the other
+    ranks take every quick cell while the slow one runs."""
+    cfg = UnevenJobConfig()
+    run = Run(cfg, out_dir)
+
+    def slow() -> dict[str, Any]:
+        time.sleep(cfg.slow_s)
+        return {"slow": True}
+
+    run.cell("slow", slow, spec={"seed": cfg.seed})
+    for i in range(cfg.n_quick):
+        run.cell(f"quick/{i}", lambda i=i: {"i": i}, spec={"seed": cfg.seed})
+    run.wait_for_pending()
+    return run
+
+
 if __name__ == "__main__":
-    job(sys.argv[1], resume=sys.argv[2] if len(sys.argv) > 2 else False)
+    if sys.argv[2:] == ["--uneven"]:
+        uneven_job(sys.argv[1])
+    else:
+        job(sys.argv[1], resume=sys.argv[2] if len(sys.argv) > 2 else False)
     distributed.finish()

@@ -233,6 +233,25 @@ def _npz(path, n_train=30, n_test=20, shape=(5, 4), classes=True, fortran=False,
     return arrays
 
 
+def test_subset_reads_only_the_positions_asked(tmp_path, monkeypatch):
+    """``DataSource.subset``: the images at some positions of a selection, in order, decoding only
+    those files; bad positions are refused with what was expected."""
+    _folder(tmp_path, classes=("a", "b", "c"), per_class=10, rgb=False)
+    sel = open_data(tmp_path, limit=12, seed=1)
+    x, y = _cat(sel)
+    pos = [0, 4, 5, 11]
+    opened = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda f, *a, **k: opened.append(str(f)) or real(f, *a, **k))
+    xs, ys = _cat(sel.subset(pos))
+    torch.testing.assert_close(xs, x[pos], rtol=0, atol=0)
+    assert ys.tolist() == y[pos].tolist() and len(opened) == len(pos)
+    assert sel.subset(pos).indices.tolist() == sel.indices[pos].tolist()
+    for bad in ([3, 1], [0, 0], [12], [-1]):
+        with pytest.raises(ValueError, match="ascending, distinct and in 0..11"):
+            sel.subset(bad)
+
+
 def _expected(x):
     t = torch.from_numpy(np.ascontiguousarray(x))
     t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)

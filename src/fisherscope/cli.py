@@ -94,6 +94,54 @@ def _device(value: str) -> str | None:
 
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[int, typer.Option(
+    "--workers", min=1, help="Processes sharing the run's cells: this command relaunched as a torchrun of N ranks "
+    "on this machine, each with OMP_NUM_THREADS = cores / N unless set (same numbers as 1; on CPU, N = the "
+    "number of cores is usually fastest). 1: this process.")]
+
+_ARGV: list[str] | None = None  # the command line main() was given (what --workers relaunches)
+
+
+def _strip_workers(args: list[str]) -> list[str]:
+    """``args`` without ``--workers N`` / ``--workers=N``."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _relaunch(workers: int) -> None:
+    """Run this command line again as ``workers`` torchrun ranks on this machine and exit with
+    their status (``--workers N``; 1 returns at once and the command runs here)."""
+    import subprocess
+    import sys
+
+    from . import distributed
+
+    if workers == 1:
+        return
+    if distributed.world().distributed:
+        raise typer.BadParameter("this process is already a torchrun rank; drop --workers (torchrun's "
+                                 "--nproc-per-node sets the number of processes).", param_hint="--workers")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // workers)))
+    args = _strip_workers(list(_ARGV if _ARGV is not None else sys.argv[1:]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
+           "-m", "fisherscope", *args]
+    raise typer.Exit(subprocess.run(cmd, env=env).returncode)
 
 
 def _fail(exc: Exception) -> None:
@@ -269,6 +317,7 @@ def audit(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
+    workers: WorkersOpt = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Audit your model on your data: accuracy and calibration, worst-case robust accuracy, minimal
@@ -279,6 +328,7 @@ def audit(
     """
     from .experiments.audit import audit as run_audit
 
+    _relaunch(workers)
     linf = _floats_opt(linf_eps, "--linf-eps")
     l2 = _floats_opt(l2_eps, "--l2-eps")
     shape = _shape_opt(input_shape)
@@ -324,11 +374,13 @@ def reproduce(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "auto",
+    workers: WorkersOpt = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Run a paper table/figure config from configs/ (resumable)."""
     from .experiments import load_config
 
+    _relaunch(workers)
     try:
         config = load_config(find_config(name), set_ or ())
         _run_and_report(config, out, run_dir or resume, _context(data_dir, cache_dir, quiet, device))
@@ -619,6 +671,8 @@ def results(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    global _ARGV
+    _ARGV = None if argv is None else list(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fisherscope").setLevel(os.environ.get("FISHERSCOPE_LOGLEVEL", "WARNING").upper())
     os.environ.setdefault("MPLBACKEND", "Agg")

@@ -280,6 +280,16 @@ class DataSource:
             return known[torch.from_numpy(self.indices)].numpy()
         return np.concatenate([yb.numpy() for _, yb in self.batches()]) if len(self) else np.empty(0, np.int64)
 
+    def subset(self, positions: Any) -> DataSource:
+        """The samples at ``positions`` (ascending, 0 to ``len(self) - 1``) of this selection, read
+        in batches like any source: only those images are decoded."""
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pos.size and (pos[0] < 0 or pos[-1] >= len(self) or np.any(np.diff(pos) <= 0)):
+            raise ValueError(f"DataSource.subset: positions must be ascending, distinct and in 0..{len(self) - 1}; "
+                             f"got {pos.size} position(s) from {int(pos.min())} to {int(pos.max())}. "
+                             "Sort them (np.unique) and keep them below the selection's length.")
+        return replace(self, indices=self.indices[pos])
+
     def take(self, limit: int | None, seed: int | None = 0) -> DataSource:
         """The same source with another ``limit`` / ``seed`` (selection from the whole split)."""
         return replace(self, indices=_select(self.n_available, limit, seed), limit=limit, seed=seed)

@@ -20,7 +20,8 @@ cells, so a run is resumable and ``fisherscope report RUN`` re-renders it. Secti
 - saliency and FIS maps of the most vulnerable images, drawn as the model saw them.
 
 The images are streamed in chunks of ``chunk`` (one chunk in memory at a time, plus seeded draws
-of ``detect_samples`` and ``minimal_samples`` images kept for the detectors and the maps); every
+of ``detect_samples`` and ``minimal_samples`` images for the detectors and the maps; the
+detector cell, met first, reads its draw on its own); every
 per-image section is one cell per chunk, so a killed run loses at most one chunk of one
 section. Every cell's spec holds the digest of the model's weights and of the data selection,
 and :func:`audit` refuses to resume a run made with another model or other data.
@@ -456,6 +457,12 @@ def _detect(loaded: Any, x: torch.Tensor, y: torch.Tensor, linf: float, cfg: Aud
             "wall_s": time.perf_counter() - t0}
 
 
+def _detect_drawn(loaded: Any, source: Any, positions: np.ndarray, linf: float, cfg: AuditConfig) -> dict[str, Any]:
+    """:func:`_detect` on the images at ``positions`` of the selection, read from ``source``."""
+    parts = list(source.subset(positions).batches(cfg.chunk))
+    return _detect(loaded, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), linf, cfg)
+
+
 def _maps(loaded: Any, x: torch.Tensor, y: torch.Tensor, deepfool_l2: list[float], cfg: AuditConfig
           ) -> dict[str, Any]:
     from ..attacks import DeepFool
@@ -520,14 +527,17 @@ def audit_cells(run: Run, cfg: AuditConfig, ctx: Context) -> None:
     l2 = [float(e) for e in f["l2_eps"]]
     pos_min = _draw(n, cfg.minimal_samples, cfg.seed, 1)
     pos_det = _draw(n, cfg.detect_samples, cfg.seed, 2)
-    kept: dict[str, list[torch.Tensor]] = {"xm": [], "ym": [], "xd": [], "yd": []}
+    if len(pos_det) and cfg.detectors:
+        # met first: the one long cell of fixed size, so under torchrun one rank takes it while the
+        # others start on the chunks (it reads its own images, only the drawn ones)
+        linf = max(f["linf_eps"])
+        name, spec = _detect_cell(cfg, len(pos_det), linf)
+        run.cell(name, partial(_detect_drawn, loaded, source, pos_det, linf, cfg), spec=spec)
+    kept: dict[str, list[torch.Tensor]] = {"xm": [], "ym": []}
     for c, (xb, yb) in zip(_chunks(n, cfg.chunk), _stream(source, cfg.chunk), strict=True):
         pm = _local(pos_min, c)
-        pd = _local(pos_det, c)
         kept["xm"].append(xb[pm])
         kept["ym"].append(yb[pm])
-        kept["xd"].append(xb[pd])
-        kept["yd"].append(yb[pd])
         run.cell(*_clean_cell(cfg, c)[:1], partial(_clean, model, xb, yb, cfg), spec=_clean_cell(cfg, c)[1])
         for norm, eps in threats:
             name, spec = _robust_cell(cfg, norm, eps, c)
@@ -538,11 +548,7 @@ def audit_cells(run: Run, cfg: AuditConfig, ctx: Context) -> None:
             name, spec = _minimal_cell(cfg, c, (pm + c[0]).tolist())
             run.cell(name, partial(_minimal, model, xb[pm], yb[pm], cfg), spec=spec)
         del xb, yb
-    xm, ym, xd, yd = (torch.cat(kept[k]) for k in ("xm", "ym", "xd", "yd"))
-    if len(pos_det) and cfg.detectors:
-        linf = max(f["linf_eps"])
-        run.cell(*_detect_cell(cfg, len(pos_det), linf)[:1], partial(_detect, loaded, xd, yd, linf, cfg),
-                 spec=_detect_cell(cfg, len(pos_det), linf)[1])
+    xm, ym = (torch.cat(kept[k]) for k in ("xm", "ym"))
     if len(pos_min) and cfg.n_maps:
         df: list[float] = []
         for name, spec in _minimal_cells(cfg, n):

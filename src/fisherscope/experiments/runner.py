@@ -15,18 +15,25 @@ therefore continues a killed run without redoing or losing finished cells. Repor
 :class:`Results` view of the store and never compute.
 
 Under ``torchrun`` (:mod:`fisherscope.distributed`) every rank opens the same run directory
-(rank 0 picks it), computes the cells :meth:`Run.owner` gives it and gets the others as
-:class:`PendingCell` s read from the store; :meth:`Run.blocks` makes one cell per fixed-size
-image block, so the images of one experiment shard over the ranks too.
+(rank 0 picks it) and every rank meets the same cells in the same order. The first rank to
+meet a cell that is not stored yet claims it (:meth:`Run.claim`: a file made with
+``O_EXCL`` under ``.claims/<launch>/`` in the run directory) and computes it; the others get it
+as a :class:`PendingCell` read from the store. A rank that finishes a long cell therefore
+takes the next unclaimed one instead of a fixed share, so the ranks stay busy until the end.
+:meth:`Run.blocks` makes one cell per fixed-size image block, so the images of one experiment
+shard over the ranks too. Which rank computes a cell never changes its values.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import json
 import logging
+import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -83,7 +90,8 @@ class Run:
         self.config_hash = config_hash(config)
         self.seed = int(getattr(config, "seed", 0))
         self.world = distributed.world() if world is None else world
-        self._owners: dict[str, int] = {}  # top-level cell key -> the rank that computes it
+        self._claims: dict[str, bool] = {}  # top-level cell key -> whether this rank computes it
+        self._launch = ""  # under torchrun: the id the ranks of this launch share (their claims' folder)
         self._pending: dict[str, None] = {}  # cells other ranks compute, in the order met
         self._depth = 0  # > 0 while a cell's function runs (its inner cells stay on this rank)
         if self.world.distributed:
@@ -134,23 +142,25 @@ class Run:
     def _agree_on_dir(self, out: Path, resume: bool | str | Path) -> tuple[Path, bool]:
         """Rank 0 picks (or creates) the run directory and writes its config; then every
         rank opens the same one. An error on rank 0 is raised on every rank."""
-        answer: tuple[str, str, bool]
+        answer: tuple[str, str, bool, str]
         if self.world.is_main:
             try:
                 run_dir, resumed = self._resolve_dir(out, resume)
                 self.dir = run_dir
                 self._open()
             except Exception as exc:
-                distributed.broadcast_object(("error", f"{type(exc).__name__}: {exc}", False))
+                distributed.broadcast_object(("error", f"{type(exc).__name__}: {exc}", False, ""))
                 raise
-            answer = distributed.broadcast_object(("ok", str(run_dir), resumed))
+            answer = distributed.broadcast_object(("ok", str(run_dir), resumed, uuid.uuid4().hex))
         else:
-            answer = distributed.broadcast_object(("", "", False))
+            answer = distributed.broadcast_object(("", "", False, ""))
             if answer[0] != "ok":
                 raise StoreError(f"rank 0 could not open the run directory, so rank {self.world.rank} "
                                  f"stops too: {answer[1]}")
             self.dir = Path(answer[1])
             self._open()
+        self._launch = answer[3]
+        self.claims_dir.mkdir(parents=True, exist_ok=True)
         return self.dir, answer[2]
 
     # ------------------------------------------------------------------ files
@@ -161,6 +171,12 @@ class Run:
     @property
     def results_path(self) -> Path:
         return self.dir / RESULTS_FILE
+
+    @property
+    def claims_dir(self) -> Path:
+        """Under torchrun: where this launch's ranks claim cells (one empty file per claimed cell,
+        named by a hash of its key; a later launch, e.g. a resume, uses a folder of its own)."""
+        return self.dir / ".claims" / (self._launch or "none")
 
     def _check_config(self) -> None:
         cfg_path = self.dir / CONFIG_FILE
@@ -217,16 +233,16 @@ class Run:
         that differ in any setting never share a key, and the spec is stored beside them.
         Values wrapped in :class:`Artifact` are stored as verified ``.npy`` files.
 
-        Under ``torchrun`` only the cells :meth:`owner` gives this rank are computed; a
-        cell another rank computes comes back as a :class:`PendingCell`, a mapping that
-        waits for that rank's record when it is first read (ignoring it costs nothing).
+        Under ``torchrun`` a cell that is not stored yet is computed by the rank that
+        :meth:`claim` s it first; on the other ranks it comes back as a :class:`PendingCell`,
+        a mapping that waits for that rank's record when it is first read (ignoring it costs
+        nothing).
         """
         key = cell_key(cell, spec)
-        mine = self.owner(key) == self.world.rank
         if self.done(key):
             log.info("cell %s already done; skipping", key)
             return self.results(key)
-        if not mine:
+        if not self.claim(key):
             self._pending.setdefault(key, None)
             return PendingCell(self, key)
         self._depth += 1
@@ -264,18 +280,32 @@ class Run:
         return out
 
     # ------------------------------------------------------------ sharding
-    def owner(self, key: str) -> int:
-        """The rank that computes cell ``key``: the top-level cells, numbered in the order
-        every rank meets them, go round robin (:func:`fisherscope.distributed.owner`); a
-        cell met while another cell's function runs stays with that cell's rank. Always 0
-        in a single process."""
-        if not self.world.distributed:
-            return 0
-        if self._depth > 0:
-            return self.world.rank
-        if key not in self._owners:
-            self._owners[key] = distributed.owner(len(self._owners), self.world)
-        return self._owners[key]
+    def claim(self, key: str) -> bool:
+        """Whether this rank computes cell ``key`` (not stored yet): True in a single process and
+        for a cell met while another cell's function runs (it stays with that cell's rank).
+        Under torchrun a top-level cell goes to the first rank that meets it: its claim is a
+        file created with ``O_EXCL`` in :attr:`claims_dir`, which exactly one rank of the launch
+        can make. The answer is remembered, so asking again costs nothing.
+
+        Every rank meets the cells in the same order and computes a cell as soon as it claims
+        it, so a rank waiting for a cell (a :class:`PendingCell` read) waits for one that is
+        being computed, and a cell's inputs come from cells met before it: no rank can wait
+        for itself. A killed launch leaves claims only in its own folder; the next launch
+        (``--resume``) claims afresh.
+        """
+        if not self.world.distributed or self._depth > 0:
+            return True
+        if key not in self._claims:
+            path = self.claims_dir / hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._claims[key] = False
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(f"{self.world.rank} {key}\n")
+                self._claims[key] = True
+        return self._claims[key]
 
     @property
     def pending(self) -> list[str]:
