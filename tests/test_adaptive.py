@@ -279,6 +279,11 @@ def test_the_mnist_config_parses_and_builds():
     attacks = build_attacks(cfg.attacks)
     assert all(adaptable(attacks[a]) for a in cfg.adaptive_attacks)
     assert {p["detector"] for p in cfg.paper["published"]} >= {"KD (Feinman et al.)", "BU (Feinman et al.)"}
+    # the two other Martin & Elster scores: the same protocol, field for field, but the detectors
+    forms = load_config(CONFIGS / "adaptive-detection-fisher-forms.toml")
+    assert forms.detectors == ["fisher_form", "fisher_nform"] and "fisher_score" in cfg.detectors
+    same = {f.name for f in dataclasses.fields(cfg)} - {"name", "description", "detectors", "noise_in_fit", "paper"}
+    assert {k: getattr(forms, k) for k in same} == {k: getattr(cfg, k) for k in same}
 
 
 def test_a_success_is_kept_even_when_the_score_rose_on_the_way(digits):
