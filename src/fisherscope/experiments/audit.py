@@ -550,11 +550,14 @@ def audit_cells(run: Run, cfg: AuditConfig, ctx: Context) -> None:
         del xb, yb
     xm, ym = (torch.cat(kept[k]) for k in ("xm", "ym"))
     if len(pos_min) and cfg.n_maps:
-        df: list[float] = []
-        for name, spec in _minimal_cells(cfg, n):
-            df += run.results(_key(name, spec))["deepfool_l2"]
-        run.cell(*_maps_cell(cfg, len(pos_min))[:1], partial(_maps, loaded, xm, ym, df, cfg),
-                 spec=_maps_cell(cfg, len(pos_min))[1])
+        minimal = [_key(name, spec) for name, spec in _minimal_cells(cfg, n)]
+
+        def maps() -> dict[str, Any]:
+            run.wait_for(minimal)  # under torchrun other ranks may still be computing some of them
+            df = [v for k in minimal for v in run.results(k)["deepfool_l2"]]
+            return _maps(loaded, xm, ym, df, cfg)
+
+        run.cell(*_maps_cell(cfg, len(pos_min))[:1], maps, spec=_maps_cell(cfg, len(pos_min))[1])
 
 
 def _local(positions: np.ndarray, c: tuple[int, int]) -> np.ndarray:
